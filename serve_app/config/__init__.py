@@ -1,0 +1,13 @@
+"""Configuration: application settings (pydantic) and Serve config files."""
+
+from serve_app.config.settings import AppSettings, EngineSettings, IngressSettings, ModelSettings
+from serve_app.config.loader import ConfigError, load_serve_config
+
+__all__ = [
+    "AppSettings",
+    "ConfigError",
+    "EngineSettings",
+    "IngressSettings",
+    "ModelSettings",
+    "load_serve_config",
+]

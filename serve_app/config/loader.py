@@ -1,0 +1,61 @@
+"""Load and validate a Serve config file (Serve's own schema) and the app settings inside it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from serve_app.config.settings import AppSettings
+
+APP_IMPORT_PATH = "serve_app.app:build_app"
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be deployed. The message names the offending field."""
+
+
+def _describe(exc: ValidationError, prefix: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
+        lines.append(f"{loc}: {err['msg']}")
+    return "; ".join(lines)
+
+
+def validate_app_args(args: dict[str, Any] | None, where: str = "args") -> AppSettings:
+    try:
+        return AppSettings.model_validate(args or {})
+    except ValidationError as exc:
+        raise ConfigError(f"invalid config: {_describe(exc, where)}") from None
+
+
+def load_serve_config(path: str | Path):
+    """Parse a Serve config file into Serve's ``ServeDeploySchema`` and validate our app's settings.
+
+    Returns ``(schema, {app_name: AppSettings})``. Raises ConfigError naming the field on any problem.
+    """
+    from ray.serve.schema import ServeDeploySchema
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping (Serve config format)")
+    try:
+        schema = ServeDeploySchema.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid config {path}: {_describe(exc, '')}") from None
+    settings = {}
+    for i, app in enumerate(schema.applications):
+        if app.import_path == APP_IMPORT_PATH:
+            settings[app.name] = validate_app_args(app.args, f"applications[{i}].args")
+    if not settings:
+        raise ConfigError(f"config {path} has no application with import_path {APP_IMPORT_PATH}")
+    return schema, settings

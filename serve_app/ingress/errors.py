@@ -1,0 +1,139 @@
+"""One table from exceptions to HTTP responses, and the FastAPI handlers that apply it.
+
+Every error leaves the app as an OpenAI-style body ``{"error": {"message", "type", "param", "code"}}``
+where ``code`` is the HTTP status. Messages of unexpected exceptions are never shown to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from serve_app import errors as E
+from serve_app.llm.errors import from_vllm
+
+logger = logging.getLogger("ray.serve")
+
+# exception class -> HTTP status. Looked up along the class's MRO, so subclasses inherit their base's row.
+ERROR_TABLE: dict[type[BaseException], int] = {
+    E.InvalidRequest: 400,
+    E.ModelNotFound: 404,
+    E.NotFound: 404,
+    E.PayloadTooLarge: 413,
+    E.ServiceUnavailable: 503,
+    E.UpstreamTimeout: 504,
+}
+
+# HTTP status -> OpenAI error type.
+ERROR_TYPES: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    408: "timeout_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "internal_server_error",
+    501: "not_implemented_error",
+    503: "service_unavailable_error",
+    504: "timeout_error",
+}
+
+_MAX_MESSAGE = 2000
+
+
+def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
+    if len(message) > _MAX_MESSAGE:
+        message = message[:_MAX_MESSAGE] + "...[truncated]"
+    err_type = ERROR_TYPES.get(status) or ("invalid_request_error" if status < 500 else "internal_server_error")
+    return {"error": {"message": message, "type": err_type, "param": param, "code": status}}
+
+
+def error_response(status: int, message: str, param: str | None = None, headers=None) -> JSONResponse:
+    return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
+
+
+def status_for(exc: BaseException) -> int | None:
+    if isinstance(exc, E.EngineError):
+        return exc.status
+    for cls in type(exc).__mro__:
+        if cls in ERROR_TABLE:
+            return ERROR_TABLE[cls]
+    return None
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The original exception behind a Ray task error raised by a replica."""
+    from ray.exceptions import RayTaskError
+
+    while isinstance(exc, RayTaskError) and getattr(exc, "cause", None) is not None:
+        exc = exc.cause
+    return exc
+
+
+def response_for(exc: BaseException) -> JSONResponse:
+    exc = unwrap(exc)
+    if not isinstance(exc, E.AppError):
+        # vLLM's protocol models raise vLLM's own validation errors while FastAPI parses the body.
+        exc = from_vllm(exc, builtin=False) or exc
+    status = status_for(exc)
+    if status is None:
+        logger.error("unhandled error: %s", exc, exc_info=exc)
+        return error_response(500, "internal error; the request id identifies it in the logs")
+    if isinstance(exc, E.AppError):
+        return error_response(status, exc.message, exc.param)
+    return error_response(status, str(exc))
+
+
+def _param_from_loc(loc: tuple) -> str | None:
+    # FastAPI prefixes body errors with "body"; pydantic adds wrapper/union markers such as
+    # "function-wrap[...]" or "str" that mean nothing to an API user.
+    parts = [str(p) for p in loc if p != "body" and "[" not in str(p) and "(" not in str(p)]
+    return ".".join(parts) or None
+
+
+async def _on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    errs = exc.errors()
+    if not errs:
+        return error_response(400, "invalid request")
+    first = errs[0]
+    if first.get("type") == "json_invalid":
+        return error_response(400, "request body is not valid JSON")
+    param = _param_from_loc(tuple(first.get("loc", ())))
+    if param is None and first.get("type") == "model_attributes_type":
+        return error_response(400, "request body must be a JSON object")
+    msgs = []
+    for e in errs[:5]:
+        where = _param_from_loc(tuple(e.get("loc", ()))) or "body"
+        msgs.append(f"{where}: {e.get('msg')}")
+    more = f" (and {len(errs) - 5} more)" if len(errs) > 5 else ""
+    return error_response(400, "; ".join(msgs) + more, param)
+
+
+async def _on_http(_: Request, exc: HTTPException) -> JSONResponse:
+    try:
+        message = str(exc.detail) if exc.detail else HTTPStatus(exc.status_code).phrase
+    except ValueError:
+        message = "error"
+    return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+
+
+async def _on_app_error(_: Request, exc: Exception) -> JSONResponse:
+    return response_for(exc)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(HTTPException, _on_http)
+    app.add_exception_handler(E.AppError, _on_app_error)
+    # Catch-all: anything else becomes a sanitized 500 (logged with its stack trace).
+    app.add_exception_handler(Exception, _on_app_error)

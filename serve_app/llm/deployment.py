@@ -1,0 +1,76 @@
+"""The LLM Serve deployment: one vLLM engine per replica.
+
+Every call is a streaming call (``handle.options(stream=True)``): the first item is a *head* telling the
+ingress whether a complete JSON body or an SSE stream follows. Using one shape for both lets the ingress
+decide the HTTP status before it sends a byte, and lets it retry a request whose replica died before the
+head arrived without ever replaying a partial answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
+
+from ray import serve
+
+from serve_app.config.settings import AppSettings
+from serve_app.llm.engine import LLMEngine, VLLMEngine
+from serve_app.llm.model import resolve_model
+
+logger = logging.getLogger("ray.serve")
+
+EngineFactory = Callable[[AppSettings], LLMEngine]
+
+
+def vllm_engine_factory(settings: AppSettings) -> LLMEngine:
+    model = resolve_model(settings.model.source, settings.model.cache_dir)
+    return VLLMEngine(settings.engine.cli_args(model, settings.model.name), env=settings.engine.env())
+
+
+@serve.deployment(name="LLMServer", max_ongoing_requests=64, health_check_period_s=10)
+class LLMServer:
+    async def __init__(self, settings: dict[str, Any], engine_factory: EngineFactory | None = None):
+        # Serve awaits an async constructor: the replica is routable only once the engine has started.
+        self._settings = AppSettings.model_validate(settings)
+        self._engine: LLMEngine | None = None
+        engine = (engine_factory or vllm_engine_factory)(self._settings)
+        await engine.start()
+        self._engine, self._started_at = engine, time.time()
+
+    async def generate(self, kind: str, request: Any) -> AsyncGenerator[Any, None]:
+        """Run a chat or completion request. Yields the head, then SSE lines when streaming."""
+        if kind == "chat":
+            result = await self._engine.chat(request)
+        elif kind == "completion":
+            result = await self._engine.completion(request)
+        else:
+            raise ValueError(f"unknown request kind {kind!r}")
+        if isinstance(result, dict):
+            yield {"stream": False, "body": result}
+            return
+        yield {"stream": True}
+        async for line in result:
+            yield line
+
+    async def models(self) -> dict[str, Any]:
+        return await self._engine.models()
+
+    async def health(self) -> dict[str, Any]:
+        """Health detail for /healthz. Raises when the engine cannot serve."""
+        await self._engine.check_health()
+        return {"model": self._settings.model.name, "started_at": self._started_at}
+
+    async def check_health(self) -> None:
+        # Called by Serve's controller; raising marks the replica unhealthy and Serve replaces it.
+        await self._engine.check_health()
+
+    def __del__(self):
+        # Serve calls __del__ on graceful replica shutdown: stop the engine-core process with it.
+        engine, self._engine = getattr(self, "_engine", None), None
+        if engine is not None:
+            try:
+                engine.shutdown()
+            except Exception:  # noqa: BLE001 - shutdown must not raise from __del__
+                logger.exception("engine shutdown failed")

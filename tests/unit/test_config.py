@@ -1,0 +1,96 @@
+"""Config invariants: the shipped config files deploy as they are; an invalid config is refused before
+anything starts, with a message naming the field; engine settings become arguments vLLM's own parser
+accepts."""
+
+import textwrap
+
+import pytest
+
+from serve_app.config import AppSettings, ConfigError, load_serve_config
+from serve_app.config.loader import validate_app_args
+from serve_app.llm.engine import vllm_serve_args
+
+
+@pytest.mark.parametrize("path", ["configs/dev-cpu.yaml", "configs/gpu.yaml"])
+def test_shipped_configs_validate(path):
+    schema, settings = load_serve_config(path)
+    assert set(settings) == {"serve_app"}
+    deployments = {d.name for d in schema.applications[0].deployments}
+    assert deployments == {"LLMServer", "Ingress"}
+
+
+def test_defaults_are_valid():
+    s = AppSettings()
+    assert s.model.name == "SmolLM2-135M-Instruct"
+    assert s.engine.max_num_seqs >= s.ingress.max_n
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+APP = """
+applications:
+  - name: a
+    import_path: serve_app.app:build_app
+    args:
+{args}
+"""
+
+
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        ("      engine: {max_model_len: 0}", "engine.max_model_len"),
+        ("      engine: {dtype: 3}", "engine.dtype"),
+        ("      ingress: {max_n: 0}", "ingress.max_n"),
+        ("      ingress: {max_body_bytes: -1}", "ingress.max_body_bytes"),
+        ("      engine: {max_num_sequences: 4}", "engine.max_num_sequences"),  # typo: unknown field
+        ("      modle: {source: x}", "modle"),
+    ],
+)
+def test_invalid_app_settings_name_the_field(tmp_path, args, field):
+    with pytest.raises(ConfigError) as info:
+        load_serve_config(_write(tmp_path, APP.format(args=args)))
+    assert f"applications[0].args.{field}" in str(info.value)
+
+
+def test_invalid_serve_options_are_refused(tmp_path):
+    text = APP.format(args="      release: x") + "    deployments:\n      - name: LLMServer\n        num_replicas: -3\n"
+    with pytest.raises(ConfigError) as info:
+        load_serve_config(_write(tmp_path, text))
+    assert "num_replicas" in str(info.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_serve_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_serve_config(_write(tmp_path, "a: [1,"))
+    with pytest.raises(ConfigError, match="mapping"):
+        load_serve_config(_write(tmp_path, "- 1\n- 2\n"))
+    with pytest.raises(ConfigError, match="no application"):
+        load_serve_config(_write(tmp_path, "applications:\n  - name: a\n    import_path: x.y:z\n"))
+
+
+def test_cross_field_rule():
+    with pytest.raises(ConfigError, match="max_num_seqs"):
+        validate_app_args({"engine": {"max_num_seqs": 2}, "ingress": {"max_n": 4}})
+
+
+def test_engine_args_parse_with_vllms_parser():
+    s = AppSettings.model_validate({"engine": {"max_model_len": 1024, "extra_args": ["--max-num-batched-tokens", "4096"]}})
+    args = vllm_serve_args(s.engine.cli_args("some/model", s.model.name))
+    assert args.model == "some/model"
+    assert args.served_model_name == ["SmolLM2-135M-Instruct"]
+    assert args.max_model_len == 1024
+    assert args.enforce_eager is True
+    assert args.max_num_batched_tokens == 4096
+    assert s.engine.env() == {"VLLM_CPU_KVCACHE_SPACE": "1"}
+
+
+def test_served_name_rules():
+    assert AppSettings.model_validate({"model": {"source": "org/m"}}).model.name == "org/m"
+    assert AppSettings.model_validate({"model": {"source": "org/m", "served_name": "m"}}).model.name == "m"

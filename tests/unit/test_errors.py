@@ -1,0 +1,75 @@
+"""Error invariants: every error leaves as one OpenAI-style body with the status from the one table;
+vLLM's own errors keep vLLM's status and parameter; exceptions survive pickling (they cross Ray actors);
+unexpected exceptions never leak their message."""
+
+import json
+import pickle
+
+import pytest
+from vllm.exceptions import VLLMValidationError
+from vllm.v1.engine.exceptions import EngineDeadError
+
+from serve_app import errors as E
+from serve_app.ingress.errors import ERROR_TABLE, error_body, response_for, status_for
+from serve_app.llm.errors import from_vllm
+
+
+def _body(resp):
+    return json.loads(resp.body)
+
+
+@pytest.mark.parametrize(
+    "exc, status",
+    [
+        (E.InvalidRequest("bad", "n"), 400),
+        (E.ModelNotFound("no", "model"), 404),
+        (E.NotFound("no"), 404),
+        (E.PayloadTooLarge("big"), 413),
+        (E.ServiceUnavailable("down"), 503),
+        (E.UpstreamTimeout("slow"), 504),
+        (E.EngineError("x", 422, "p"), 422),
+    ],
+)
+def test_table_and_body(exc, status):
+    assert status_for(exc) == status
+    resp = response_for(exc)
+    assert resp.status_code == status
+    err = _body(resp)["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["code"] == status and err["message"] == exc.message and err["param"] == exc.param
+
+
+def test_every_table_row_has_a_type():
+    for status in ERROR_TABLE.values():
+        assert error_body(status, "m")["error"]["type"] != "internal_server_error"
+
+
+@pytest.mark.parametrize("exc", [E.InvalidRequest("bad", "n"), E.EngineError("x", 400, "max_tokens"), E.ServiceUnavailable("d")])
+def test_exceptions_pickle(exc):
+    back = pickle.loads(pickle.dumps(exc))
+    assert type(back) is type(exc) and back.message == exc.message and back.param == exc.param
+    assert status_for(back) == status_for(exc)
+
+
+def test_unexpected_exception_is_sanitized():
+    resp = response_for(RuntimeError("secret path /x/y"))
+    assert resp.status_code == 500
+    assert "secret" not in resp.body.decode()
+
+
+def test_vllm_validation_error_keeps_status_and_param():
+    mapped = from_vllm(VLLMValidationError("max_tokens too large", parameter="max_tokens", value=10**6))
+    assert isinstance(mapped, E.EngineError) and mapped.status == 400 and mapped.param == "max_tokens"
+    # The ingress sees vLLM's errors raised while FastAPI parses the body.
+    resp = response_for(VLLMValidationError("prompt empty", parameter="prompt"))
+    assert resp.status_code == 400 and _body(resp)["error"]["param"] == "prompt"
+
+
+def test_dead_engine_is_503_and_plain_errors_stay_500_at_the_ingress():
+    assert status_for(from_vllm(EngineDeadError())) == 503
+    assert from_vllm(ValueError("x"), builtin=False) is None
+    assert response_for(ValueError("internal detail")).status_code == 500
+
+
+def test_long_messages_are_truncated():
+    assert len(error_body(400, "x" * 10_000)["error"]["message"]) < 2100

@@ -1,0 +1,145 @@
+"""Ingress invariants without Ray: oversized bodies get 413 (declared or streamed), malformed JSON gets a
+400 error body, and a call whose replica dies before answering is retried with backoff while a timeout
+or an exhausted retry budget becomes 504/503 and cancels the call."""
+
+import asyncio
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from pydantic import BaseModel
+from ray import exceptions as ray_exc
+
+from serve_app.config.settings import IngressSettings
+from serve_app.errors import ServiceUnavailable, UpstreamTimeout
+from serve_app.ingress.errors import install_error_handlers
+from serve_app.ingress.middleware import BodyLimitMiddleware
+from serve_app.ingress.relay import open_call, relay_stream
+
+
+class Body(BaseModel):
+    text: str
+
+
+def _client(limit=2048):
+    app = FastAPI()
+    app.add_middleware(BodyLimitMiddleware)
+    install_error_handlers(app)
+    app.state.max_body_bytes = limit
+
+    @app.post("/echo")
+    async def echo(body: Body):
+        return {"n": len(body.text)}
+
+    return TestClient(app)
+
+
+def test_body_limit_declared_and_streamed():
+    c = _client()
+    assert c.post("/echo", json={"text": "a" * 100}).json() == {"n": 100}
+    r = c.post("/echo", json={"text": "a" * 5000})
+    assert r.status_code == 413 and r.json()["error"]["code"] == 413
+
+    def chunks():  # no Content-Length: the limit is enforced while reading
+        yield b'{"text": "'
+        for _ in range(10):
+            yield b"a" * 500
+        yield b'"}'
+
+    r = c.post("/echo", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("payload", [b"[1,2]", b'{"text": ', b'"s"', b'{"text": 5}', b"\xff\xfe", b"[" * 5000 + b"]" * 5000])
+def test_malformed_bodies_get_400(payload):
+    r = _client(10**6).post("/echo", content=payload, headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+class FakeCall:
+    """Same surface as a Serve streaming DeploymentResponseGenerator: async iteration and cancel()."""
+
+    def __init__(self, items, fail=None, hang=False):
+        self.items, self.fail, self.hang, self.cancelled = list(items), fail, hang, False
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if self.hang:
+            await asyncio.sleep(3600)
+        if self.fail is not None:
+            raise self.fail
+        if not self.items:
+            raise StopAsyncIteration
+        return self.items.pop(0)
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class FakeMethod:
+    """Same surface as a DeploymentHandle method: .options(stream=True).remote(*args)."""
+
+    def __init__(self, calls):
+        self.calls, self.made = list(calls), []
+
+    def options(self, **_):
+        return self
+
+    def remote(self, *args):
+        call = self.calls.pop(0)
+        self.made.append(call)
+        return call
+
+
+def _settings(**kw):
+    return IngressSettings.model_validate({"retry": {"attempts": 3, "backoff_s": 0.01}, **kw})
+
+
+def test_retry_after_replica_death_then_success():
+    died = ray_exc.ActorDiedError()
+    m = FakeMethod([FakeCall([], fail=died), FakeCall([{"stream": False, "body": {"ok": 1}}])])
+    head, _ = asyncio.run(open_call(m, ("chat", None), _settings()))
+    assert head == {"stream": False, "body": {"ok": 1}}
+    assert len(m.made) == 2 and m.made[0].cancelled
+
+
+def test_retry_budget_exhausted_is_503():
+    m = FakeMethod([FakeCall([], fail=ray_exc.ActorUnavailableError("x", None)) for _ in range(3)])
+    with pytest.raises(ServiceUnavailable):
+        asyncio.run(open_call(m, ("chat", None), _settings()))
+    assert len(m.made) == 3
+
+
+def test_timeout_is_504_and_cancels():
+    call = FakeCall([], hang=True)
+    with pytest.raises(UpstreamTimeout):
+        asyncio.run(open_call(FakeMethod([call]), ("chat", None), _settings(request_timeout_s=0.05)))
+    assert call.cancelled
+
+
+def test_application_errors_are_not_retried():
+    m = FakeMethod([FakeCall([], fail=ValueError("bad")), FakeCall([{"stream": False}])])
+    with pytest.raises(ValueError):
+        asyncio.run(open_call(m, ("chat", None), _settings()))
+    assert len(m.made) == 1
+
+
+def test_stream_failure_ends_with_error_event_and_done():
+    class Broken(FakeCall):
+        async def __anext__(self):
+            if self.items:
+                return self.items.pop(0)
+            raise ray_exc.ActorDiedError()
+
+    call = Broken(["data: {\"a\": 1}\n\n"])
+
+    async def collect():
+        return [x async for x in relay_stream(call)]
+
+    out = asyncio.run(collect())
+    assert out[0].startswith("data: {\"a\"")
+    assert '"error"' in out[1] and out[-1] == "data: [DONE]\n\n"
+    assert call.cancelled
