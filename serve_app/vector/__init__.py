@@ -1,0 +1,1 @@
+"""Retrieval layer: embedder, chunker, vector stores (Qdrant), and their Serve deployments."""

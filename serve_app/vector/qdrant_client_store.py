@@ -1,0 +1,111 @@
+"""Vector store on qdrant-client: a Qdrant server or cluster by URL (``remote``), or qdrant-client's local
+mode on a folder (``local``: pure Python, exact search, SQLite persistence). Both speak the same client API,
+so one class serves both."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from serve_app.vector.store import StoredChunk, VectorStore
+
+
+def _payload_filter(models, document_id: str | None = None, metadata: dict[str, Any] | None = None, from_position: int | None = None):
+    must = []
+    if document_id is not None:
+        must.append(models.FieldCondition(key="document_id", match=models.MatchValue(value=document_id)))
+    if from_position:
+        must.append(models.FieldCondition(key="position", range=models.Range(gte=from_position)))
+    for key, value in (metadata or {}).items():
+        must.append(models.FieldCondition(key=f"metadata.{key}", match=models.MatchValue(value=value)))
+    return models.Filter(must=must) if must else None
+
+
+def _chunk(point, score=None) -> StoredChunk:
+    p = point.payload or {}
+    return StoredChunk(
+        id=str(point.id),
+        document_id=p.get("document_id", ""),
+        position=int(p.get("position", 0)),
+        text=p.get("text", ""),
+        metadata=p.get("metadata") or {},
+        score=score,
+    )
+
+
+class QdrantClientStore(VectorStore):
+    def __init__(
+        self,
+        collection: str,
+        dim: int,
+        *,
+        path: str | None = None,
+        url: str | None = None,
+        api_key: str | None = None,
+        timeout_s: float = 10.0,
+    ):
+        from qdrant_client import QdrantClient, models
+
+        if (path is None) == (url is None):
+            raise ValueError("give exactly one of path (local mode) or url (server)")
+        self._m = models
+        self.collection = collection
+        if path is not None:
+            self._client = QdrantClient(path=path)
+        else:
+            self._client = QdrantClient(url=url, api_key=api_key, timeout=int(timeout_s))
+        if not self._client.collection_exists(collection):
+            self._client.create_collection(
+                collection, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE)
+            )
+            # Payload indexes make the document-id and metadata filters cheap on a server; local mode
+            # ignores them.
+            self._client.create_payload_index(collection, "document_id", models.PayloadSchemaType.KEYWORD)
+            self._client.create_payload_index(collection, "position", models.PayloadSchemaType.INTEGER)
+
+    def upsert(self, chunks: list[StoredChunk], vectors: np.ndarray) -> None:
+        if not chunks:
+            return
+        points = [
+            self._m.PointStruct(
+                id=c.id,
+                vector=v.tolist(),
+                payload={"document_id": c.document_id, "position": c.position, "text": c.text, "metadata": c.metadata},
+            )
+            for c, v in zip(chunks, vectors)
+        ]
+        # wait=True: acknowledged only once the server (or local SQLite) has applied the write.
+        self._client.upsert(self.collection, points=points, wait=True)
+
+    def delete_chunks(self, document_id: str, from_position: int = 0) -> None:
+        flt = _payload_filter(self._m, document_id=document_id, from_position=from_position)
+        self._client.delete(self.collection, points_selector=self._m.FilterSelector(filter=flt), wait=True)
+
+    def get_chunks(self, document_id: str) -> list[StoredChunk]:
+        flt = _payload_filter(self._m, document_id=document_id)
+        out, offset = [], None
+        while True:
+            points, offset = self._client.scroll(self.collection, scroll_filter=flt, limit=256, offset=offset, with_payload=True)
+            out.extend(_chunk(p) for p in points)
+            if offset is None:
+                break
+        return sorted(out, key=lambda c: c.position)
+
+    def search(self, vector, top_k, filter=None, score_threshold=None, exact=False) -> list[StoredChunk]:
+        res = self._client.query_points(
+            self.collection,
+            query=np.asarray(vector, dtype=np.float32).tolist(),
+            limit=top_k,
+            query_filter=_payload_filter(self._m, metadata=filter),
+            score_threshold=score_threshold,
+            with_payload=True,
+            search_params=self._m.SearchParams(exact=exact) if exact else None,
+        )
+        return [_chunk(p, p.score) for p in res.points]
+
+    def count(self) -> int:
+        return self._client.count(self.collection, exact=True).count
+
+    def close(self) -> None:
+        self._client.close()
