@@ -13,6 +13,13 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     from serve_app.ingress.app import Ingress
     from serve_app.llm.deployment import LLMServer
 
-    settings = validate_app_args(args).model_dump(mode="json")
-    llm = LLMServer.bind(settings)
-    return Ingress.bind(llm, settings)
+    settings = validate_app_args(args)
+    plain = settings.model_dump(mode="json")
+    llm = LLMServer.bind(plain)
+    if not settings.vector.enabled:
+        return Ingress.bind(llm, plain)
+    from serve_app.vector.deployment import EmbedderServer, VectorStoreServer
+
+    embedder = EmbedderServer.bind(plain)
+    vector = VectorStoreServer.bind(plain, embedder)
+    return Ingress.bind(llm, plain, vector, embedder)

@@ -94,7 +94,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
         if address:
             ray.init(address=address, namespace="serve")
         else:
-            ray.init(num_cpus=ns.num_cpus, include_dashboard=ns.dashboard, namespace="serve")
+            # address="local": always a new local instance, never a `ray start` cluster that happens to run.
+            ray.init(address="local", num_cpus=ns.num_cpus, include_dashboard=ns.dashboard, namespace="serve")
         # Ray's core worker installs its own SIGTERM handler (it logs and aborts the driver, skipping
         # Serve's shutdown): put ours back so SIGTERM shuts down as cleanly as Ctrl-C.
         signal.signal(signal.SIGINT, _on_signal)

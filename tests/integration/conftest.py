@@ -34,7 +34,9 @@ def app_url(tmp_path_factory):
     log_path = tmp_path_factory.mktemp("app") / "serve-app.log"
     log = open(log_path, "w")
     cmd = [sys.executable, "-m", "serve_app.cli", "run", "--config", "configs/dev-cpu.yaml", "--port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # The vector store writes under a temporary data directory, never the user's.
+    env = {**os.environ, "SERVE_APP_DATA_DIR": str(tmp_path_factory.mktemp("data"))}
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -16,7 +16,7 @@ def test_shipped_configs_validate(path):
     schema, settings = load_serve_config(path)
     assert set(settings) == {"serve_app"}
     deployments = {d.name for d in schema.applications[0].deployments}
-    assert deployments == {"LLMServer", "Ingress"}
+    assert deployments == {"LLMServer", "Ingress", "Embedder", "VectorStore"}
 
 
 def test_defaults_are_valid():
@@ -94,3 +94,25 @@ def test_engine_args_parse_with_vllms_parser():
 def test_served_name_rules():
     assert AppSettings.model_validate({"model": {"source": "org/m"}}).model.name == "org/m"
     assert AppSettings.model_validate({"model": {"source": "org/m", "served_name": "m"}}).model.name == "m"
+
+
+@pytest.mark.parametrize(
+    "options",
+    ["num_replicas: 2", "autoscaling_config: {min_replicas: 1, max_replicas: 3}"],
+)
+def test_embedded_store_is_single_replica(tmp_path, options):
+    text = APP.format(args="      vector: {backend: edge}") + f"    deployments:\n      - name: VectorStore\n        {options}\n"
+    with pytest.raises(ConfigError, match="single-writer"):
+        load_serve_config(_write(tmp_path, text))
+    # The remote backend may scale the store.
+    remote = APP.format(args="      vector: {backend: remote, url: 'http://q:6333'}") + f"    deployments:\n      - name: VectorStore\n        {options}\n"
+    load_serve_config(_write(tmp_path, remote))
+
+
+def test_vector_rules():
+    with pytest.raises(ConfigError, match="chunk_overlap"):
+        validate_app_args({"vector": {"chunk_tokens": 50, "chunk_overlap": 50}})
+    with pytest.raises(ConfigError, match="url"):
+        validate_app_args({"vector": {"backend": "remote"}})
+    with pytest.raises(ConfigError, match="vector.backend"):
+        validate_app_args({"vector": {"backend": "faiss"}})

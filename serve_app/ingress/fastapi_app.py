@@ -1,0 +1,12 @@
+"""The FastAPI app every route module registers on, with its middleware and error handlers."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from serve_app.ingress.errors import install_error_handlers
+from serve_app.ingress.middleware import BodyLimitMiddleware
+
+app = FastAPI(title="serve_app", version="0.1.0", description="OpenAI-compatible LLM serving and retrieval on Ray Serve.")
+app.add_middleware(BodyLimitMiddleware)
+install_error_handlers(app)

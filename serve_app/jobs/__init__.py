@@ -1,0 +1,1 @@
+"""Batch jobs submitted with `ray job submit` to a cluster running the app."""

@@ -1,0 +1,79 @@
+"""Documents, search and embeddings: request/response models. Limits that depend on configuration are
+checked by the routes (they know the settings); shapes and types are checked here."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+
+# Metadata values are scalars so that a filter can match them exactly.
+MetaValue = str | int | bool | float
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Document(_Model):
+    id: StrictStr = Field(..., min_length=1, max_length=256, description="Caller-chosen id; re-ingesting replaces.")
+    text: StrictStr = Field(..., description="Plain text (markdown is fine).")
+    metadata: dict[str, MetaValue] = Field(default_factory=dict, description="Scalar fields a search can filter on.")
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("text must not be empty or whitespace")
+        return v
+
+
+class IngestRequest(_Model):
+    documents: list[Document] = Field(..., min_length=1)
+
+
+class IngestedDocument(BaseModel):
+    id: str
+    chunks: int
+
+
+class IngestResponse(BaseModel):
+    object: Literal["ingest.result"] = "ingest.result"
+    documents: list[IngestedDocument]
+
+
+class SearchRequest(_Model):
+    query: StrictStr = Field(..., min_length=1)
+    top_k: int = Field(5, description="How many chunks to return (1..vector.max_top_k).")
+    filter: dict[str, MetaValue] | None = Field(None, description="Metadata equality; every key must match.")
+    score_threshold: float | None = Field(None, ge=-1.0, le=1.0, description="Drop hits scoring lower (cosine).")
+
+    @field_validator("query")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("query must not be empty or whitespace")
+        return v
+
+
+class SearchHit(BaseModel):
+    document_id: str
+    chunk_id: str
+    text: str
+    score: float
+    metadata: dict[str, Any]
+
+
+class SearchResponse(BaseModel):
+    object: Literal["search.result"] = "search.result"
+    results: list[SearchHit]
+
+
+class EmbeddingRequest(_Model):
+    """OpenAI's embeddings request (text inputs)."""
+
+    model_config = ConfigDict(extra="ignore")  # OpenAI SDKs may send fields this server does not use (user).
+    input: StrictStr | list[StrictStr] = Field(..., description="A string or a list of strings.")
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, description="Only the model's own dimension is supported.")

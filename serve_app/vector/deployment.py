@@ -1,0 +1,177 @@
+"""Serve deployments of the retrieval tier.
+
+``Embedder`` holds the sentence embedder and batches concurrent requests into shared forward passes
+(``@serve.batch``); it scales with replicas. ``VectorStore`` owns the store: chunking, embedding through the
+Embedder's handle, writes and searches. With an embedded backend it has exactly one replica (the config
+loader refuses more); with the remote backend it scales too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import numpy as np
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.config.settings import AppSettings, VectorSettings
+from serve_app.errors import NotFound
+from serve_app.vector.chunker import chunk_text
+from serve_app.vector.embedder import Embedder, resolve_embedder
+from serve_app.vector.store import StoredChunk, VectorStore
+
+logger = logging.getLogger("ray.serve")
+
+
+def make_store(s: VectorSettings, dim: int) -> VectorStore:
+    if s.backend == "edge":
+        from serve_app.vector.edge_store import QdrantEdgeStore
+
+        return QdrantEdgeStore(s.storage_path() / s.collection, dim, hnsw_ef=s.hnsw_ef)
+    from serve_app.vector.qdrant_client_store import QdrantClientStore
+
+    if s.backend == "local":
+        path = s.storage_path()
+        path.mkdir(parents=True, exist_ok=True)
+        return QdrantClientStore(s.collection, dim, path=str(path))
+    return QdrantClientStore(s.collection, dim, url=s.url, api_key=os.environ.get(s.api_key_env) or None)
+
+
+@serve.deployment(name="Embedder", max_ongoing_requests=128, ray_actor_options={"num_cpus": 0})
+class EmbedderServer:
+    def __init__(self, settings: dict[str, Any]):
+        s = AppSettings.model_validate(settings).vector
+        if s.embed_threads:
+            import torch
+
+            torch.set_num_threads(s.embed_threads)
+        self.name = s.embedder_name
+        self.embedder = Embedder(s.embedder)
+        self._batched.set_max_batch_size(s.embed_batch_size)
+        self._batched.set_batch_wait_timeout_s(s.embed_batch_wait_s)
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
+    async def _batched(self, requests: list[list[str]]) -> list[np.ndarray]:
+        flat = [t for texts in requests for t in texts]
+        # Off the event loop, so requests keep arriving (and batching) while a batch computes.
+        vecs = await asyncio.to_thread(self.embedder.encode, flat)
+        out, i = [], 0
+        for texts in requests:
+            out.append(vecs[i : i + len(texts)])
+            i += len(texts)
+        return out
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        return await self._batched(texts)
+
+    async def embed_with_usage(self, texts: list[str]) -> tuple[np.ndarray, int]:
+        vecs = await self._batched(texts)
+        return vecs, await asyncio.to_thread(self.embedder.count_tokens, texts)
+
+    def info(self) -> dict[str, Any]:
+        return {"model": self.name, "dim": self.embedder.dim, "max_tokens": self.embedder.max_tokens}
+
+
+def _doc_view(document_id: str, chunks: list[StoredChunk]) -> dict[str, Any]:
+    return {
+        "id": document_id,
+        "text": _rejoin([c.text for c in chunks]),
+        "metadata": chunks[0].metadata if chunks else {},
+        "chunks": [{"chunk_id": c.id, "position": c.position, "text": c.text} for c in chunks],
+    }
+
+
+def _rejoin(texts: list[str]) -> str:
+    # Chunks overlap: keep each chunk's part that the previous one does not already end with.
+    out = ""
+    for t in texts:
+        k = min(len(out), len(t))
+        while k > 0 and not out.endswith(t[:k]):
+            k -= 1
+        out += t[k:] if k else ((" " if out else "") + t)
+    return out
+
+
+@serve.deployment(name="VectorStore", max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
+class VectorStoreServer:
+    async def __init__(self, settings: dict[str, Any], embedder: DeploymentHandle):
+        from transformers import AutoTokenizer
+
+        self.s = AppSettings.model_validate(settings).vector
+        self.embedder = embedder
+        info = await embedder.info.remote()
+        self.dim = info["dim"]
+        self.tokenizer = AutoTokenizer.from_pretrained(resolve_embedder(self.s.embedder))
+        self.store = make_store(self.s, self.dim)
+        self._unindexed = 0
+        self._index_task: asyncio.Task | None = None
+
+    async def ingest(self, documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Chunk, embed and store documents. A document's old chunks are replaced (idempotent by id)."""
+        per_doc = [
+            chunk_text(d["id"], d["text"], self.tokenizer, self.s.chunk_tokens, self.s.chunk_overlap, d.get("metadata"))
+            for d in documents
+        ]
+        texts = [c.text for chunks in per_doc for c in chunks]
+        vectors = await self.embedder.embed.remote(texts) if texts else np.zeros((0, self.dim), np.float32)
+        out, i = [], 0
+        for d, chunks in zip(documents, per_doc):
+            stored = [StoredChunk(c.id, c.document_id, c.position, c.text, c.metadata) for c in chunks]
+            await asyncio.to_thread(self.store.replace_document, d["id"], stored, vectors[i : i + len(chunks)])
+            i += len(chunks)
+            out.append({"id": d["id"], "chunks": len(chunks)})
+        self._unindexed += len(texts)
+        self._maybe_index()
+        return out
+
+    def _maybe_index(self) -> None:
+        # Qdrant Edge searches unindexed points exactly; past a threshold the HNSW index is built in the
+        # background so search stays fast as the collection grows.
+        optimize = getattr(self.store, "optimize", None)
+        if optimize is None or self._unindexed < self.s.index_after_points:
+            return
+        if self._index_task is not None and not self._index_task.done():
+            return
+        self._unindexed = 0
+        self._index_task = asyncio.get_running_loop().create_task(asyncio.to_thread(optimize))
+
+    async def get_document(self, document_id: str) -> dict[str, Any]:
+        chunks = await asyncio.to_thread(self.store.get_chunks, document_id)
+        if not chunks:
+            raise NotFound(f"document {document_id!r} does not exist", "id")
+        return _doc_view(document_id, chunks)
+
+    async def delete_document(self, document_id: str) -> dict[str, Any]:
+        chunks = await asyncio.to_thread(self.store.get_chunks, document_id)
+        if not chunks:
+            raise NotFound(f"document {document_id!r} does not exist", "id")
+        await asyncio.to_thread(self.store.delete_chunks, document_id, 0)
+        return {"id": document_id, "deleted": True, "chunks": len(chunks)}
+
+    async def search(
+        self, query: str, top_k: int, filter: dict[str, Any] | None = None, score_threshold: float | None = None
+    ) -> list[dict[str, Any]]:
+        vec = (await self.embedder.embed.remote([query]))[0]
+        hits = await asyncio.to_thread(self.store.search, vec, top_k, filter, score_threshold)
+        return [
+            {"document_id": h.document_id, "chunk_id": h.id, "text": h.text, "score": h.score, "metadata": h.metadata}
+            for h in hits
+        ]
+
+    async def health(self) -> dict[str, Any]:
+        count = await asyncio.to_thread(self.store.count)
+        return {"backend": self.s.backend, "collection": self.s.collection, "chunks": count, "pid": os.getpid()}
+
+    async def check_health(self) -> None:
+        await asyncio.to_thread(self.store.count)
+
+    def __del__(self):
+        store = getattr(self, "store", None)
+        if store is not None:
+            try:
+                store.close()
+            except Exception:  # noqa: BLE001 - shutdown must not raise from __del__
+                logger.exception("vector store close failed")
