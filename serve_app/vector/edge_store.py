@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from serve_app.vector.store import StoredChunk, VectorStore
+from serve_app.vector.store import StoredChunk, VectorStore, chunk_from_point, chunk_payload
 
 
 class QdrantEdgeStore(VectorStore):
@@ -46,18 +46,6 @@ class QdrantEdgeStore(VectorStore):
             must.append(qe.FieldCondition(key=f"metadata.{key}", match=qe.MatchValue(value)))
         return qe.Filter(must=must) if must else None
 
-    @staticmethod
-    def _chunk(point, score=None) -> StoredChunk:
-        p = point.payload or {}
-        return StoredChunk(
-            id=str(point.id),
-            document_id=p.get("document_id", ""),
-            position=int(p.get("position", 0)),
-            text=p.get("text", ""),
-            metadata=p.get("metadata") or {},
-            score=score,
-        )
-
     def upsert(self, chunks: list[StoredChunk], vectors: np.ndarray) -> None:
         if not chunks:
             return
@@ -66,7 +54,7 @@ class QdrantEdgeStore(VectorStore):
             qe.Point(
                 c.id,
                 np.asarray(v, dtype=np.float32).tolist(),
-                {"document_id": c.document_id, "position": c.position, "text": c.text, "metadata": c.metadata},
+                chunk_payload(c),
             )
             for c, v in zip(chunks, vectors)
         ]
@@ -87,7 +75,7 @@ class QdrantEdgeStore(VectorStore):
             while True:
                 req = qe.ScrollRequest(offset=offset, limit=256, filter=self._filter(document_id=document_id), with_payload=True)
                 points, offset = self._shard.scroll(req)
-                out.extend(self._chunk(p) for p in points)
+                out.extend(chunk_from_point(p.id, p.payload) for p in points)
                 if offset is None:
                     break
         return sorted(out, key=lambda c: c.position)
@@ -104,7 +92,7 @@ class QdrantEdgeStore(VectorStore):
         )
         with self._lock:
             points = self._shard.query(req)
-        return [self._chunk(p, p.score) for p in points]
+        return [chunk_from_point(p.id, p.payload, p.score) for p in points]
 
     def optimize(self) -> bool:
         """Build the HNSW index for what was added since the last call (blocks writers meanwhile)."""

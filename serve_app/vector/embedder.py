@@ -21,7 +21,8 @@ def resolve_embedder(source: str) -> str:
 
 
 class Embedder:
-    """Normalized sentence embeddings (cosine similarity = dot product)."""
+    """Normalized sentence embeddings (cosine similarity = dot product). Not thread-safe: the fast
+    tokenizer refuses concurrent use, so callers serialize calls (the Embedder deployment does)."""
 
     def __init__(self, source: str = DEFAULT_EMBEDDER, max_seq_length: int | None = None):
         from sentence_transformers import SentenceTransformer
@@ -37,9 +38,12 @@ class Embedder:
     def max_tokens(self) -> int:
         return int(self.model.max_seq_length)
 
-    def count_tokens(self, texts: list[str]) -> int:
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Tokens the model reads per text (with special tokens, after truncation)."""
+        if not texts:
+            return []
         enc = self.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=self.max_tokens)
-        return sum(len(ids) for ids in enc["input_ids"])
+        return [len(ids) for ids in enc["input_ids"]]
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         if not texts:

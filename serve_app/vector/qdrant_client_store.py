@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from serve_app.vector.store import StoredChunk, VectorStore
+from serve_app.vector.store import StoredChunk, VectorStore, chunk_from_point, chunk_payload
 
 
 def _payload_filter(models, document_id: str | None = None, metadata: dict[str, Any] | None = None, from_position: int | None = None):
@@ -20,18 +20,6 @@ def _payload_filter(models, document_id: str | None = None, metadata: dict[str, 
     for key, value in (metadata or {}).items():
         must.append(models.FieldCondition(key=f"metadata.{key}", match=models.MatchValue(value=value)))
     return models.Filter(must=must) if must else None
-
-
-def _chunk(point, score=None) -> StoredChunk:
-    p = point.payload or {}
-    return StoredChunk(
-        id=str(point.id),
-        document_id=p.get("document_id", ""),
-        position=int(p.get("position", 0)),
-        text=p.get("text", ""),
-        metadata=p.get("metadata") or {},
-        score=score,
-    )
 
 
 class QdrantClientStore(VectorStore):
@@ -52,7 +40,9 @@ class QdrantClientStore(VectorStore):
         self._m = models
         self.collection = collection
         self._local = path is not None
-        if path is not None:
+        if path == ":memory:":  # no persistence: benchmarks and throwaway collections
+            self._client = QdrantClient(location=":memory:")
+        elif path is not None:
             self._client = QdrantClient(path=path)
         else:
             self._client = QdrantClient(url=url, api_key=api_key, timeout=int(timeout_s))
@@ -71,7 +61,7 @@ class QdrantClientStore(VectorStore):
             self._m.PointStruct(
                 id=c.id,
                 vector=v.tolist(),
-                payload={"document_id": c.document_id, "position": c.position, "text": c.text, "metadata": c.metadata},
+                payload=chunk_payload(c),
             )
             for c, v in zip(chunks, vectors)
         ]
@@ -87,7 +77,7 @@ class QdrantClientStore(VectorStore):
         out, offset = [], None
         while True:
             points, offset = self._client.scroll(self.collection, scroll_filter=flt, limit=256, offset=offset, with_payload=True)
-            out.extend(_chunk(p) for p in points)
+            out.extend(chunk_from_point(p.id, p.payload) for p in points)
             if offset is None:
                 break
         return sorted(out, key=lambda c: c.position)
@@ -103,7 +93,7 @@ class QdrantClientStore(VectorStore):
             # Local mode is always exact.
             search_params=self._m.SearchParams(exact=True) if exact and not self._local else None,
         )
-        return [_chunk(p, p.score) for p in res.points]
+        return [chunk_from_point(p.id, p.payload, p.score) for p in res.points]
 
     def count(self) -> int:
         return self._client.count(self.collection, exact=True).count

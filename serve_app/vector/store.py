@@ -20,6 +20,23 @@ class StoredChunk:
     score: float | None = None
 
 
+def chunk_from_point(point_id: Any, payload: dict[str, Any] | None, score: float | None = None) -> StoredChunk:
+    """A stored chunk from a Qdrant point's id and payload (the layout every Qdrant backend writes)."""
+    p = payload or {}
+    return StoredChunk(
+        id=str(point_id),
+        document_id=p.get("document_id", ""),
+        position=int(p.get("position", 0)),
+        text=p.get("text", ""),
+        metadata=p.get("metadata") or {},
+        score=score,
+    )
+
+
+def chunk_payload(c: StoredChunk) -> dict[str, Any]:
+    return {"document_id": c.document_id, "position": c.position, "text": c.text, "metadata": c.metadata}
+
+
 class VectorStore(abc.ABC):
     """Chunks of documents with one dense vector each, cosine similarity."""
 

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
+
+from tests.integration.procs import stop_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 600
@@ -53,22 +54,7 @@ def app_url(tmp_path_factory):
             time.sleep(2)
         yield url
     finally:
-        try:
-            family = psutil.Process(proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            family = []
-        proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            rc = None
-        time.sleep(2)
-        left = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        for p in left + ([psutil.Process(proc.pid)] if rc is None else []):
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
+        rc, left = stop_tree(proc, signal.SIGTERM, STOP_TIMEOUT_S)
         log.close()
         assert rc == 0, f"serve-app did not stop cleanly on SIGTERM (rc={rc}):\n{log_path.read_text()[-3000:]}"
         assert not left, f"processes left behind after shutdown: {[(p.pid, p.name()) for p in left]}"

@@ -5,7 +5,6 @@ the final count, the documents are searchable, and a second run changes nothing 
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -13,9 +12,10 @@ import time
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 import yaml
+
+from tests.integration.procs import stop_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -31,26 +31,6 @@ def _ports(n):
     for s in socks:
         s.close()
     return ports
-
-
-def _stop(proc, timeout=60):
-    try:
-        family = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        family = []
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    time.sleep(2)
-    left = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    for p in left:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    return left
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +96,8 @@ def cluster(tmp_path_factory):
             time.sleep(1)
         yield {"dashboard": dash_url, "url": url, "tmp": tmp, "env": env}
     finally:
-        left = _stop(app) if app is not None else []
-        left += _stop(head)
+        left = stop_tree(app, timeout_s=60)[1] if app is not None else []
+        left += stop_tree(head, timeout_s=60)[1]
         assert not left, f"processes left behind: {[(p.pid, p.name()) for p in left]}"
 
 
