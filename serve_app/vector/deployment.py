@@ -25,6 +25,9 @@ from serve_app.vector.store import StoredChunk, VectorStore
 
 logger = logging.getLogger("ray.serve")
 
+# Texts per forward pass of the embedder (measured on 2 cores: 128-text passes 542 texts/s, 64: 427).
+_PASS = 128
+
 
 def make_store(s: VectorSettings, dim: int) -> VectorStore:
     if s.backend == "edge":
@@ -69,8 +72,10 @@ class EmbedderServer:
         return out
 
     def _encode(self, flat: list[str]) -> tuple[np.ndarray, list[int]]:
-        # Token counts (for usage) in the same thread, after the forward pass.
-        vecs = self.embedder.encode(flat, max(64, len(flat)))
+        # Forward passes of at most _PASS texts: the whole call is length-sorted anyway, and a bounded
+        # pass keeps memory bounded when one ingest sends thousands of chunks. Token counts (for usage)
+        # in the same thread, after the forward pass.
+        vecs = self.embedder.encode(flat, _PASS)
         return vecs, self.embedder.token_counts(flat)
 
     async def embed(self, texts: list[str]) -> np.ndarray:
@@ -118,6 +123,9 @@ class VectorStoreServer:
         self.store = make_store(self.s, self.dim)
         self._unindexed = 0
         self._index_task: asyncio.Task | None = None
+        # Writes one at a time: a document's replacement (upsert, then drop the tail) must not interleave
+        # with another write of the same document.
+        self._write_lock = asyncio.Lock()
 
     async def ingest(self, documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Chunk, embed and store documents. A document's old chunks are replaced (idempotent by id)."""
@@ -130,7 +138,8 @@ class VectorStoreServer:
         out, i = [], 0
         for d, chunks in zip(documents, per_doc):
             stored = [StoredChunk(c.id, c.document_id, c.position, c.text, c.metadata) for c in chunks]
-            await asyncio.to_thread(self.store.replace_document, d["id"], stored, vectors[i : i + len(chunks)])
+            async with self._write_lock:
+                await asyncio.to_thread(self.store.replace_document, d["id"], stored, vectors[i : i + len(chunks)])
             i += len(chunks)
             out.append({"id": d["id"], "chunks": len(chunks)})
         self._unindexed += len(texts)
@@ -158,7 +167,8 @@ class VectorStoreServer:
         chunks = await asyncio.to_thread(self.store.get_chunks, document_id)
         if not chunks:
             raise NotFound(f"document {document_id!r} does not exist", "id")
-        await asyncio.to_thread(self.store.delete_chunks, document_id, 0)
+        async with self._write_lock:
+            await asyncio.to_thread(self.store.delete_chunks, document_id, 0)
         return {"id": document_id, "deleted": True, "chunks": len(chunks)}
 
     async def search(

@@ -4,6 +4,8 @@ so one class serves both."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Any
 
 import numpy as np
@@ -39,7 +41,10 @@ class QdrantClientStore(VectorStore):
             raise ValueError("give exactly one of path (local mode) or url (server)")
         self._m = models
         self.collection = collection
+        # Local mode is in-process Python state plus SQLite: one call at a time. A server client is
+        # thread-safe and needs no lock.
         self._local = path is not None
+        self._lock = threading.RLock() if self._local else contextlib.nullcontext()
         if path == ":memory:":  # no persistence: benchmarks and throwaway collections
             self._client = QdrantClient(location=":memory:")
         elif path is not None:
@@ -66,37 +71,43 @@ class QdrantClientStore(VectorStore):
             for c, v in zip(chunks, vectors)
         ]
         # wait=True: acknowledged only once the server (or local SQLite) has applied the write.
-        self._client.upsert(self.collection, points=points, wait=True)
+        with self._lock:
+            self._client.upsert(self.collection, points=points, wait=True)
 
     def delete_chunks(self, document_id: str, from_position: int = 0) -> None:
         flt = _payload_filter(self._m, document_id=document_id, from_position=from_position)
-        self._client.delete(self.collection, points_selector=self._m.FilterSelector(filter=flt), wait=True)
+        with self._lock:
+            self._client.delete(self.collection, points_selector=self._m.FilterSelector(filter=flt), wait=True)
 
     def get_chunks(self, document_id: str) -> list[StoredChunk]:
         flt = _payload_filter(self._m, document_id=document_id)
         out, offset = [], None
         while True:
-            points, offset = self._client.scroll(self.collection, scroll_filter=flt, limit=256, offset=offset, with_payload=True)
+            with self._lock:
+                points, offset = self._client.scroll(self.collection, scroll_filter=flt, limit=256, offset=offset, with_payload=True)
             out.extend(chunk_from_point(p.id, p.payload) for p in points)
             if offset is None:
                 break
         return sorted(out, key=lambda c: c.position)
 
     def search(self, vector, top_k, filter=None, score_threshold=None, exact=False) -> list[StoredChunk]:
-        res = self._client.query_points(
-            self.collection,
-            query=np.asarray(vector, dtype=np.float32).tolist(),
-            limit=top_k,
-            query_filter=_payload_filter(self._m, metadata=filter),
-            score_threshold=score_threshold,
-            with_payload=True,
-            # Local mode is always exact.
-            search_params=self._m.SearchParams(exact=True) if exact and not self._local else None,
-        )
+        with self._lock:
+            res = self._client.query_points(
+                self.collection,
+                query=np.asarray(vector, dtype=np.float32).tolist(),
+                limit=top_k,
+                query_filter=_payload_filter(self._m, metadata=filter),
+                score_threshold=score_threshold,
+                with_payload=True,
+                # Local mode is always exact.
+                search_params=self._m.SearchParams(exact=True) if exact and not self._local else None,
+            )
         return [chunk_from_point(p.id, p.payload, p.score) for p in res.points]
 
     def count(self) -> int:
-        return self._client.count(self.collection, exact=True).count
+        with self._lock:
+            return self._client.count(self.collection, exact=True).count
 
     def close(self) -> None:
-        self._client.close()
+        with self._lock:
+            self._client.close()

@@ -100,3 +100,22 @@ def test_data_survives_reopening(kind, tmp_path):
         assert [h.id for h in s.search(vecs[0], 5, exact=True)] == before
     finally:
         s.close()
+
+
+def test_concurrent_threads(store):
+    """The deployment calls the store from worker threads: concurrent reads and writes must not fail."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    chunks, vecs = _data(seed=3)
+
+    def work(i):
+        doc = f"doc{i % N_DOCS}"
+        part = [c for c in chunks if c.document_id == doc]
+        idx = [j for j, c in enumerate(chunks) if c.document_id == doc]
+        store.replace_document(doc, part, vecs[idx])
+        assert len(store.search(vecs[i], 5)) == 5
+        return len(store.get_chunks(doc))
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(work, range(64))) == {PER_DOC}
+    assert store.count() == N_DOCS * PER_DOC
