@@ -174,7 +174,16 @@ def exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int) -> list[set[int
     return out
 
 
-def bench_store(kind: str, vectors: np.ndarray, queries: np.ndarray, truth: list[set[int]], tmp: Path, max_query_s: float, local_disk_max: int) -> dict:
+def bench_store(
+    kind: str,
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    truth: list[set[int]],
+    tmp: Path,
+    max_query_s: float,
+    local_disk_max: int,
+    ef_sweep: list[int] | None = None,
+) -> dict:
     from serve_app.vector.edge_store import QdrantEdgeStore
     from serve_app.vector.qdrant_client_store import QdrantClientStore
     from serve_app.vector.store import StoredChunk
@@ -200,21 +209,31 @@ def bench_store(kind: str, vectors: np.ndarray, queries: np.ndarray, truth: list
         t0 = time.perf_counter()
         store.optimize()
         res["index_build_s"] = time.perf_counter() - t0
-    lat, recalls = [], []
-    t_start = time.perf_counter()
-    for i, q in enumerate(queries):
-        t = time.perf_counter()
-        hits = store.search(q, 10)
-        lat.append(time.perf_counter() - t)
-        recalls.append(len({int(h.id) for h in hits} & truth[i]) / 10)
-        if time.perf_counter() - t_start > max_query_s and i >= 19:
-            break
-    res.update(
-        queries=len(lat),
-        search_p50_ms=pct(lat, 50) * 1000,
-        search_p99_ms=pct(lat, 99) * 1000,
-        recall_at_10=statistics.fmean(recalls),
-    )
+    def run_queries() -> dict:
+        lat, recalls = [], []
+        t_start = time.perf_counter()
+        for i, q in enumerate(queries):
+            t = time.perf_counter()
+            hits = store.search(q, 10)
+            lat.append(time.perf_counter() - t)
+            recalls.append(len({int(h.id) for h in hits} & truth[i]) / 10)
+            if time.perf_counter() - t_start > max_query_s and i >= 19:
+                break
+        return {
+            "queries": len(lat),
+            "search_p50_ms": pct(lat, 50) * 1000,
+            "search_p99_ms": pct(lat, 99) * 1000,
+            "recall_at_10": statistics.fmean(recalls),
+        }
+
+    res.update(run_queries())
+    if kind == "edge" and ef_sweep:
+        # Same index, other search breadths: the recall / latency trade-off of vector.hnsw_ef.
+        default_ef, res["ef_sweep"] = store.hnsw_ef, {}
+        for ef in ef_sweep:
+            store.hnsw_ef = ef
+            res["ef_sweep"][str(ef)] = run_queries()
+        store.hnsw_ef = default_ef
     store.close()
     shutil.rmtree(path, ignore_errors=True)
     return res
@@ -270,6 +289,7 @@ def main() -> None:
     p.add_argument("--texts-per-request", type=int, default=16)
     p.add_argument("--documents", type=int, default=64)
     p.add_argument("--max-query-seconds", type=float, default=60.0, help="per backend and size")
+    p.add_argument("--ef-sweep", type=int, nargs="*", default=[], help="also query Edge at these hnsw_ef values")
     p.add_argument("--local-disk-max", type=int, default=100_000, help="largest local-mode collection loaded on disk")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ns = p.parse_args()
@@ -285,7 +305,7 @@ def main() -> None:
         for n in sorted(ns.sizes) if not ns.skip_stores else []:
             truth = exact_topk(vectors[:n], queries, 10)
             for kind in ns.backends:
-                r = bench_store(kind, vectors[:n], queries, truth, tmp, ns.max_query_seconds, ns.local_disk_max)
+                r = bench_store(kind, vectors[:n], queries, truth, tmp, ns.max_query_seconds, ns.local_disk_max, ns.ef_sweep)
                 print(json.dumps(r), flush=True)
                 report["stores"].append(r)
                 (out / "retrieval.json").write_text(json.dumps(report, indent=2))
