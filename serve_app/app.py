@@ -22,4 +22,9 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
 
         embedder = EmbedderServer.bind(plain)
         vector = VectorStoreServer.bind(plain, embedder)
-    return Ingress.bind(llm, plain, vector, embedder)
+    agent = None
+    if llm is not None and settings.agent.enabled:
+        from serve_app.agent.deployment import AgentServer
+
+        agent = AgentServer.bind(plain, llm, vector)
+    return Ingress.bind(llm, plain, vector, embedder, agent)

@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from serve_app.agent.tools import DEFAULT_TOOLS, FINAL, REGISTRY
+from serve_app.config.prompts import PromptSettings
 from serve_app.llm.model import DEFAULT_MODEL, DEFAULT_MODEL_NAME
 
 
@@ -66,6 +68,12 @@ class EngineSettings(_Strict):
     )
     tensor_parallel_size: int = Field(1, ge=1, description="Tensor-parallel degree (GPUs per replica).")
     seed: int = Field(0, description="Engine random seed.")
+    compact_json: bool = Field(
+        True,
+        description="Structured outputs through xgrammar without free whitespace between JSON tokens. A small "
+        "model otherwise fills its token budget with whitespace inside a schema-constrained answer; compact "
+        "output keeps every agent tool call and json_schema answer parseable within its length bound.",
+    )
     extra_args: list[str] = Field(
         default_factory=list,
         description="More `vllm serve` arguments, verbatim (e.g. ['--max-num-batched-tokens', '4096']).",
@@ -84,6 +92,8 @@ class EngineSettings(_Strict):
         ]
         if self.enforce_eager:
             args.append("--enforce-eager")
+        if self.compact_json:
+            args += ["--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}']
         if self.gpu_memory_utilization is not None:
             args += ["--gpu-memory-utilization", str(self.gpu_memory_utilization)]
         return args + list(self.extra_args)
@@ -190,6 +200,72 @@ class VectorSettings(_Strict):
         return Path(base) / "vector" / self.backend
 
 
+class RagSettings(_Strict):
+    """POST /v1/rag: a draft from the LLM and the search run in parallel, then the cited answer."""
+
+    enabled: bool = Field(True, description="Serve /v1/rag (needs the model and the vector tier).")
+    default_top_k: int = Field(4, ge=1, le=100, description="Sources retrieved when the request names no top_k.")
+    max_top_k: int = Field(10, ge=1, le=100, description="Largest top_k a RAG request may ask for.")
+    draft: bool = Field(
+        True,
+        description="Draft an answer with the LLM while the question is searched, and merge the draft into the "
+        "final prompt. Off: the parallel stage is the search alone.",
+    )
+    draft_max_tokens: int = Field(48, ge=1, le=1024, description="Length bound of the draft.")
+    answer_max_tokens: int = Field(256, ge=1, le=8192, description="Default and largest max_tokens of the answer.")
+    max_context_chars: int = Field(
+        3000, ge=100, le=200_000, description="Sources are cut to this many characters in total (context budget)."
+    )
+    retrieval_timeout_s: float = Field(
+        3.0, gt=0, le=600, description="Past this the search is dropped and the answer is given without sources "
+        "(`degraded: true`)."
+    )
+    timeout_s: float = Field(120.0, gt=0, description="Deadline of a whole RAG answer (or of its first event).")
+    temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature of the draft and the answer.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "RagSettings":
+        if self.default_top_k > self.max_top_k:
+            raise ValueError("default_top_k must not exceed max_top_k")
+        return self
+
+
+class AgentSettings(_Strict):
+    """POST /v1/agent: a bounded tool loop in its own deployment."""
+
+    enabled: bool = Field(True, description="Deploy the agent (needs the model; search tools need the vector tier).")
+    tools: tuple[str, ...] = Field(
+        DEFAULT_TOOLS,
+        min_length=1,
+        description=f"Allow-list of tools the agent may call; must include {FINAL!r}. Known tools: {sorted(REGISTRY)}.",
+    )
+    default_max_steps: int = Field(4, ge=1, le=64, description="Steps when the request names no max_steps.")
+    max_steps: int = Field(8, ge=1, le=64, description="Largest max_steps a request may ask for.")
+    tool_timeout_s: float = Field(5.0, gt=0, le=600, description="Deadline of one tool call; past it the step "
+                                  "records an error observation and the loop goes on.")
+    deadline_s: float = Field(120.0, gt=0, le=3600, description="Deadline of a whole agent run.")
+    step_max_tokens: int = Field(
+        320, ge=16, le=4096,
+        description="Length bound of one generated tool call. Keep it above the longest call the schema allows "
+        "(string arguments are at most 256 characters), or a call can be cut off.",
+    )
+    observation_chars: int = Field(1200, ge=50, le=100_000, description="Tool outputs are cut to this length.")
+    temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature of tool calls.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "AgentSettings":
+        unknown = [t for t in self.tools if t not in REGISTRY]
+        if unknown:
+            raise ValueError(f"unknown tool(s) {unknown} in tools; known tools: {sorted(REGISTRY)}")
+        if FINAL not in self.tools:
+            raise ValueError(f"tools must include {FINAL!r}, the tool that ends a run")
+        if len(set(self.tools)) != len(self.tools):
+            raise ValueError("tools lists a tool twice")
+        if self.default_max_steps > self.max_steps:
+            raise ValueError("default_max_steps must not exceed max_steps")
+        return self
+
+
 class AppSettings(_Strict):
     """Everything the application builder takes (the `args:` block of a Serve config)."""
 
@@ -200,6 +276,11 @@ class AppSettings(_Strict):
     engine: EngineSettings = Field(default_factory=EngineSettings, description="vLLM engine arguments.")
     ingress: IngressSettings = Field(default_factory=IngressSettings, description="HTTP front door limits.")
     vector: VectorSettings = Field(default_factory=VectorSettings, description="Retrieval tier.")
+    rag: RagSettings = Field(default_factory=RagSettings, description="Retrieval-augmented answers.")
+    agent: AgentSettings = Field(default_factory=AgentSettings, description="The tool-using agent.")
+    prompts: PromptSettings = Field(
+        default_factory=PromptSettings, description="Prompt templates of RAG and the agent (versioned)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "AppSettings":

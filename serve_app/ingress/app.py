@@ -11,25 +11,37 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config.settings import AppSettings
+from serve_app.ingress.answer_routes import AnswerRoutes
 from serve_app.ingress.errors import unwrap
 from serve_app.ingress.fastapi_app import app
 from serve_app.ingress.openai_routes import OpenAIRoutes
+from serve_app.ingress.relay import awaited
 from serve_app.ingress.retrieval_routes import RetrievalRoutes
+from serve_app.llm.client import LLMClient
+from serve_app.rag.pipeline import RagPipeline
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
 @serve.ingress(app)
-class Ingress(OpenAIRoutes, RetrievalRoutes):
+class Ingress(OpenAIRoutes, RetrievalRoutes, AnswerRoutes):
     def __init__(
         self,
         llm: DeploymentHandle | None,
         settings: dict[str, Any],
         vector: DeploymentHandle | None = None,
         embedder: DeploymentHandle | None = None,
+        agent: DeploymentHandle | None = None,
     ):
-        self.settings = AppSettings.model_validate(settings)
-        self.llm, self.vector, self.embedder = llm, vector, embedder
-        app.state.max_body_bytes = self.settings.ingress.max_body_bytes
+        s = self.settings = AppSettings.model_validate(settings)
+        self.llm, self.vector, self.embedder, self.agent = llm, vector, embedder, agent
+        self.rag = None
+        if llm is not None and s.rag.enabled:
+            search = self._search if vector is not None else None
+            self.rag = RagPipeline(LLMClient(llm, s.model.name, s.ingress), search, s.rag, s.prompts)
+        app.state.max_body_bytes = s.ingress.max_body_bytes
+
+    async def _search(self, query: str, top_k: int, filter_: dict[str, Any] | None) -> list[dict[str, Any]]:
+        return await awaited(self.vector.search.remote(query, top_k, filter_, None))
 
     async def _probe(self, call) -> dict[str, Any]:
         try:
@@ -49,6 +61,8 @@ class Ingress(OpenAIRoutes, RetrievalRoutes):
         if self.vector is not None:
             probes["vector"] = self.vector.health.remote()
             probes["embedder"] = self.embedder.info.remote()
+        if self.agent is not None:
+            probes["agent"] = self.agent.health.remote()
         results = await asyncio.gather(*(self._probe(c) for c in probes.values()))
         components = dict(zip(probes, results))
         healthy = all(c["status"] == "ok" for c in components.values())

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from ray import exceptions as ray_exc
 from ray.serve import exceptions as serve_exc
 
 from serve_app.config.settings import IngressSettings
-from serve_app.errors import ServiceUnavailable, UpstreamTimeout
+from serve_app.errors import AppError, ServiceUnavailable, UpstreamTimeout
 from serve_app.ingress.errors import error_body, status_for, unwrap
 
 logger = logging.getLogger("ray.serve")
@@ -51,6 +51,16 @@ async def open_call(method, args: tuple, settings: IngressSettings) -> tuple[dic
     raise AssertionError("unreachable")
 
 
+async def awaited(response):
+    """Await a DeploymentResponse. When the awaiting task is cancelled (client gone, deadline, a sibling
+    branch failed), the request is cancelled on the replica too instead of running on unobserved."""
+    try:
+        return await response
+    except asyncio.CancelledError:
+        response.cancel()
+        raise
+
+
 def _sse(obj: dict[str, Any]) -> str:
     return f"data: {json.dumps(obj)}\n\n"
 
@@ -77,3 +87,22 @@ async def relay_stream(gen) -> AsyncGenerator[str, None]:
     finally:
         # Client gone or stream ended: make sure the replica stops generating (aborts the vLLM request).
         gen.cancel()
+
+
+async def sse_events(events: AsyncIterator[dict[str, Any]]) -> AsyncGenerator[str, None]:
+    """Serve our own event stream (RAG, agent) as SSE: one JSON object per event, then ``[DONE]``. A
+    failure mid-stream becomes an in-band error event, as in ``relay_stream``."""
+    try:
+        async for event in events:
+            yield _sse(event)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - turned into an in-band error event
+        cause = unwrap(exc)
+        status = status_for(cause) or 503
+        logger.warning("event stream failed mid-way: %s", cause)
+        msg = str(cause) if status < 500 or isinstance(cause, AppError) else "a component failed during the stream"
+        yield _sse(error_body(status, msg, getattr(cause, "param", None)))
+    finally:
+        await events.aclose()
+    yield "data: [DONE]\n\n"

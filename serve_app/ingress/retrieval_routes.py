@@ -12,6 +12,7 @@ from fastapi import Path as PathParam
 from serve_app.config.settings import AppSettings
 from serve_app.errors import InvalidRequest, ModelNotFound, NotFound, PayloadTooLarge, UpstreamTimeout
 from serve_app.ingress.fastapi_app import app
+from serve_app.ingress.relay import awaited
 from serve_app.protocol.retrieval import IngestRequest, IngestResponse, SearchRequest, SearchResponse, EmbeddingRequest
 
 
@@ -26,7 +27,7 @@ class RetrievalRoutes:
         if self.vector is None:
             raise NotFound("the retrieval tier is disabled in this deployment")
         try:
-            return await asyncio.wait_for(coro, self.settings.vector.timeout_s)
+            return await asyncio.wait_for(awaited(coro), self.settings.vector.timeout_s)
         except asyncio.TimeoutError:
             raise UpstreamTimeout(f"the vector tier did not answer within {self.settings.vector.timeout_s:g}s") from None
 

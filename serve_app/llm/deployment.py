@@ -60,7 +60,11 @@ class LLMServer:
     async def health(self) -> dict[str, Any]:
         """Health detail for /healthz. Raises when the engine cannot serve."""
         await self._engine.check_health()
-        return {"model": self._settings.model.name, "started_at": self._started_at}
+        return {
+            "model": self._settings.model.name,
+            "started_at": self._started_at,
+            "running_requests": self._engine.running_requests(),
+        }
 
     async def check_health(self) -> None:
         # Called by Serve's controller; raising marks the replica unhealthy and Serve replaces it.

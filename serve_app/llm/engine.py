@@ -46,6 +46,10 @@ class LLMEngine(abc.ABC):
         """Raise when the engine cannot serve."""
 
     @abc.abstractmethod
+    def running_requests(self) -> int:
+        """Requests the engine holds (queued or generating): drops when a request finishes or is aborted."""
+
+    @abc.abstractmethod
     def shutdown(self) -> None: ...
 
 
@@ -130,6 +134,9 @@ class VLLMEngine(LLMEngine):
         if self._engine is None:
             raise RuntimeError("engine not started")
         await self._engine.check_health()
+
+    def running_requests(self) -> int:
+        return self._engine.get_num_unfinished_requests() if self._engine is not None else 0
 
     def shutdown(self) -> None:
         if self._engine is not None:

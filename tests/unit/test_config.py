@@ -16,7 +16,7 @@ def test_shipped_configs_validate(path):
     schema, settings = load_serve_config(path)
     assert set(settings) == {"serve_app"}
     deployments = {d.name for d in schema.applications[0].deployments}
-    assert deployments == {"LLMServer", "Ingress", "Embedder", "VectorStore"}
+    assert deployments == {"LLMServer", "Ingress", "Embedder", "VectorStore", "Agent"}
 
 
 def test_defaults_are_valid():

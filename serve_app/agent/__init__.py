@@ -1,0 +1,1 @@
+"""The agent: tool registry, bounded loop, Serve deployment."""

@@ -1,0 +1,78 @@
+"""The Agent Serve deployment: runs the bounded tool loop, calling the LLM and the vector tier through
+their handles. ``run`` is a streaming method (events: start, step…, answer) so the ingress can relay steps
+as they happen or collect them into one response; cancelling the call (client gone) cancels the step in
+flight, which aborts its engine request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.agent.calculator import calculate
+from serve_app.agent.loop import AgentLoop, ToolResult
+from serve_app.config.settings import AppSettings
+from serve_app.errors import NotFound
+from serve_app.ingress.relay import awaited
+from serve_app.llm.client import LLMClient
+
+logger = logging.getLogger("ray.serve")
+
+
+class Tools:
+    """Implementations of the registry's tools over the vector tier's handle."""
+
+    def __init__(self, vector: DeploymentHandle | None, observation_chars: int):
+        self.vector = vector
+        self.chars = observation_chars
+
+    def _store(self) -> DeploymentHandle:
+        if self.vector is None:
+            raise NotFound("the document store is disabled in this deployment")
+        return self.vector
+
+    async def search_documents(self, args) -> ToolResult:
+        hits = await awaited(self._store().search.remote(args.query, args.top_k, None, None))
+        if not hits:
+            return ToolResult("no matching passages")
+        per_hit = max(80, self.chars // len(hits))
+        lines = [f"[{h['document_id']}] {h['text'][:per_hit]}" for h in hits]
+        sources = [{"document_id": h["document_id"], "chunk_id": h["chunk_id"], "score": h["score"]} for h in hits]
+        return ToolResult("\n".join(lines), sources)
+
+    async def get_document(self, args) -> ToolResult:
+        doc = await awaited(self._store().get_document.remote(args.document_id))
+        return ToolResult(doc["text"], [{"document_id": doc["id"], "chunk_id": None, "score": None}])
+
+    async def calculator(self, args) -> ToolResult:
+        return ToolResult(str(calculate(args.expression)))
+
+    async def delete_document(self, args) -> ToolResult:
+        out = await awaited(self._store().delete_document.remote(args.document_id))
+        return ToolResult(f"deleted {out['id']} ({out['chunks']} chunks)")
+
+    def bound(self, names) -> dict[str, Any]:
+        return {n: getattr(self, n) for n in names if n != "final_answer"}
+
+
+@serve.deployment(name="Agent", max_ongoing_requests=32, ray_actor_options={"num_cpus": 0})
+class AgentServer:
+    def __init__(self, settings: dict[str, Any], llm: DeploymentHandle, vector: DeploymentHandle | None = None):
+        s = AppSettings.model_validate(settings)
+        self.settings = s
+        client = LLMClient(llm, s.model.name, s.ingress)
+        tools = Tools(vector, s.agent.observation_chars).bound(s.agent.tools)
+        self.loop = AgentLoop(client, tools, s.agent, s.prompts)
+
+    async def run(self, task: str, max_steps: int) -> AsyncGenerator[dict[str, Any], None]:
+        async for event in self.loop.run(task, max_steps):
+            if event["type"] == "answer":
+                event["release"] = self.settings.release
+            yield event
+
+    def health(self) -> dict[str, Any]:
+        return {"tools": list(self.settings.agent.tools), "prompts_version": self.settings.prompts.version}

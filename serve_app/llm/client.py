@@ -1,0 +1,74 @@
+"""Chat calls to the LLM deployment from other deployments (RAG in the ingress, the agent).
+
+Requests are vLLM's own ``ChatCompletionRequest`` (so chat templates, sampling and structured outputs are
+vLLM's) and go through ``open_call``: retried while the replica died before answering, bounded by the
+ingress deadline. When the caller is cancelled (client gone, deadline), the handle call is cancelled too,
+which aborts the request inside the engine.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from serve_app.config.settings import IngressSettings
+from serve_app.errors import EngineError
+from serve_app.ingress.relay import open_call
+
+
+def chat_request(body: dict[str, Any]):
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+    return ChatCompletionRequest.model_validate(body)
+
+
+class LLMClient:
+    def __init__(self, handle, model: str, settings: IngressSettings):
+        self.handle, self.model, self.settings = handle, model, settings
+
+    def _body(self, messages: list[dict[str, str]], max_tokens: int, temperature: float, **extra) -> dict[str, Any]:
+        return {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature, **extra}
+
+    async def complete(
+        self, messages: list[dict[str, str]], max_tokens: int, temperature: float = 0.0, json_schema: dict | None = None
+    ) -> str:
+        """The whole answer text. With ``json_schema`` the engine constrains the output to the schema."""
+        extra: dict[str, Any] = {}
+        if json_schema is not None:
+            extra["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": json_schema}}
+        req = chat_request(self._body(messages, max_tokens, temperature, **extra))
+        head, gen = await open_call(self.handle.generate, ("chat", req), self.settings)
+        gen.cancel()  # a non-streaming answer is complete in the head
+        return head["body"]["choices"][0]["message"]["content"] or ""
+
+    async def stream(self, messages: list[dict[str, str]], max_tokens: int, temperature: float = 0.0) -> AsyncIterator[str]:
+        """Open a streaming answer; returns an iterator of text deltas once the engine accepted the request
+        (errors before that raise here, with their status)."""
+        req = chat_request(self._body(messages, max_tokens, temperature, stream=True))
+        head, gen = await open_call(self.handle.generate, ("chat", req), self.settings)
+        return _deltas(head, gen)
+
+
+async def _deltas(head: dict[str, Any], gen) -> AsyncIterator[str]:
+    try:
+        if not head.get("stream"):
+            yield head["body"]["choices"][0]["message"]["content"] or ""
+            return
+        async for line in gen:
+            if not line.startswith("data: "):
+                continue
+            data = line[len("data: "):].strip()
+            if data == "[DONE]":
+                return
+            event = json.loads(data)
+            if "error" in event:
+                err = event["error"]
+                raise EngineError(err.get("message", "generation failed"), int(err.get("code") or 500), err.get("param"))
+            for choice in event.get("choices") or ():
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    yield text
+    finally:
+        # Finished, failed or abandoned: the engine stops generating for this request.
+        gen.cancel()

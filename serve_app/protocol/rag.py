@@ -1,0 +1,92 @@
+"""POST /v1/rag and POST /v1/agent: request/response models. Limits that depend on configuration (top_k,
+max_steps, max_tokens) are checked by the routes against the settings."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+
+from serve_app.protocol.retrieval import MetaValue
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _not_blank(v: str) -> str:
+    if not v.strip():
+        raise ValueError("must not be empty or whitespace")
+    return v
+
+
+class RagRequest(_Request):
+    question: StrictStr = Field(..., min_length=1, max_length=4000, description="The question to answer.")
+    top_k: int | None = Field(None, description="Sources to retrieve (1..rag.max_top_k; default rag.default_top_k).")
+    filter: dict[str, MetaValue] | None = Field(None, description="Metadata equality filter on the sources.")
+    stream: bool = Field(False, description="Server-sent events: sources, then tokens, then timings.")
+    max_tokens: int | None = Field(None, description="Answer length bound (1..rag.answer_max_tokens).")
+    plan: Literal["parallel", "sequential"] = Field(
+        "parallel",
+        description="'parallel' (default): the draft and the search run at the same time. 'sequential' runs "
+        "the same steps one after the other; it exists to measure what the parallel plan saves.",
+    )
+
+    _q = field_validator("question")(_not_blank)
+
+
+class RagSource(BaseModel):
+    index: int = Field(..., description="The number the answer cites it by, as in [1].")
+    document_id: str
+    chunk_id: str
+    score: float
+    cited: bool = Field(..., description="Whether the answer cites this source.")
+
+
+class RagTimings(BaseModel):
+    retrieval_ms: float | None = Field(..., description="The search branch (None when it was dropped).")
+    draft_ms: float | None = Field(..., description="The draft branch (None when drafting is off).")
+    parallel_ms: float = Field(..., description="The whole retrieval + draft stage.")
+    llm_ms: float = Field(..., description="LLM time: draft + answer generation.")
+    ttft_ms: float | None = Field(None, description="Time to the first answer token (streaming).")
+    total_ms: float
+
+
+class RagResponse(BaseModel):
+    object: Literal["rag.answer"] = "rag.answer"
+    answer: str
+    sources: list[RagSource]
+    timings: RagTimings
+    degraded: bool = Field(..., description="True when the answer was given without retrieval.")
+    degraded_reason: str | None = None
+    plan: str
+    prompts_version: str
+    release: str
+
+
+class AgentRequest(_Request):
+    task: StrictStr = Field(..., min_length=1, max_length=4000, description="What the agent should do.")
+    max_steps: int | None = Field(None, description="Step bound (1..agent.max_steps; default agent.default_max_steps).")
+    stream: bool = Field(False, description="Server-sent events: one per step, then the answer.")
+
+    _t = field_validator("task")(_not_blank)
+
+
+class AgentStep(BaseModel):
+    tool: str | None = Field(..., description="The tool called (None when the model's output was not a call).")
+    input: dict[str, Any] | None
+    output: str
+    ms: float
+    status: Literal["ok", "error", "refused"] = Field(
+        ..., description="'error': the tool failed or timed out; 'refused': the tool is not allowed."
+    )
+
+
+class AgentResponse(BaseModel):
+    object: Literal["agent.answer"] = "agent.answer"
+    answer: str | None
+    finish_reason: Literal["final_answer", "max_steps", "deadline"]
+    steps: list[AgentStep]
+    sources: list[dict[str, Any]]
+    prompts_version: str
+    release: str

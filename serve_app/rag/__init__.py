@@ -1,0 +1,1 @@
+"""Retrieval-augmented generation: the parallel plan and prompt assembly."""
