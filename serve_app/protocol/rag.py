@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
 
 from serve_app.protocol.retrieval import MetaValue
 
@@ -24,7 +24,7 @@ class RagRequest(_Request):
     question: StrictStr = Field(..., min_length=1, max_length=4000, description="The question to answer.")
     top_k: int | None = Field(None, description="Sources to retrieve (1..rag.max_top_k; default rag.default_top_k).")
     filter: dict[str, MetaValue] | None = Field(None, description="Metadata equality filter on the sources.")
-    stream: bool = Field(False, description="Server-sent events: sources, then tokens, then timings.")
+    stream: StrictBool = Field(False, description="Server-sent events: sources, then tokens, then timings.")
     max_tokens: int | None = Field(None, description="Answer length bound (1..rag.answer_max_tokens).")
     plan: Literal["parallel", "sequential"] = Field(
         "parallel",
@@ -41,6 +41,9 @@ class RagSource(BaseModel):
     chunk_id: str
     score: float
     cited: bool = Field(..., description="Whether the answer cites this source.")
+    cited_by: Literal["marker", "overlap"] | None = Field(
+        ..., description="'marker': the answer has its [n]; 'overlap': it shares 3+ content words with the answer."
+    )
 
 
 class RagTimings(BaseModel):
@@ -67,7 +70,7 @@ class RagResponse(BaseModel):
 class AgentRequest(_Request):
     task: StrictStr = Field(..., min_length=1, max_length=4000, description="What the agent should do.")
     max_steps: int | None = Field(None, description="Step bound (1..agent.max_steps; default agent.default_max_steps).")
-    stream: bool = Field(False, description="Server-sent events: one per step, then the answer.")
+    stream: StrictBool = Field(False, description="Server-sent events: one per step, then the answer.")
 
     _t = field_validator("task")(_not_blank)
 

@@ -27,6 +27,12 @@ logger = logging.getLogger("ray.serve")
 
 Search = Callable[[str, int, dict[str, Any] | None], Awaitable[list[dict[str, Any]]]]
 _CITATION = re.compile(r"\[(\d{1,3})\]")
+_WORD = re.compile(r"[^\W_]{4,}")
+_OVERLAP = 3
+
+
+def _content_words(text: str) -> set[str]:
+    return {w.lower() for w in _WORD.findall(text)}
 
 
 def _ms(start: float) -> float:
@@ -120,18 +126,30 @@ class RagPipeline:
             )
         else:
             sources = self.p.rag_no_sources
-        draft = self.p.rag_draft.format(draft=prep.draft) if prep.draft else ""
+        # Without sources the draft adds nothing the answer will not say itself: leave it out.
+        draft = self.p.rag_draft.format(draft=prep.draft) if prep.draft and prep.hits else ""
         return [
             {"role": "system", "content": self.p.rag_answer_system},
             {"role": "user", "content": self.p.rag_answer_user.format(sources=sources, draft=draft, question=prep.question)},
         ]
 
     def sources(self, prep: Prepared, answer: str) -> list[dict[str, Any]]:
-        cited = {int(n) for n in _CITATION.findall(answer)}
-        return [
-            {"index": i, "document_id": h["document_id"], "chunk_id": h["chunk_id"], "score": h["score"], "cited": i in cited}
-            for i, h in enumerate(prep.hits, 1)
-        ]
+        """Every source in the prompt, with whether the answer cites it: by its [n] marker, or — for models
+        too small to write markers — by sharing at least ``_OVERLAP`` distinct content words with it that the
+        question does not contain."""
+        marked = {int(n) for n in _CITATION.findall(answer)}
+        words = _content_words(answer) - _content_words(prep.question)  # echoing the question proves nothing
+        out = []
+        for i, h in enumerate(prep.hits, 1):
+            if i in marked:
+                by = "marker"
+            elif len(words & _content_words(h["text"])) >= _OVERLAP:
+                by = "overlap"
+            else:
+                by = None
+            out.append({"index": i, "document_id": h["document_id"], "chunk_id": h["chunk_id"], "score": h["score"],
+                        "cited": by is not None, "cited_by": by})
+        return out
 
     def finish(self, prep: Prepared, answer: str, answer_ms: float, ttft_ms: float | None) -> dict[str, Any]:
         t = prep.timings
