@@ -50,6 +50,31 @@ def _check_single_writer(settings: AppSettings, deployments, app_index: int) -> 
             )
 
 
+def deployment_names(settings: AppSettings) -> set[str]:
+    """The deployments ``build_app`` creates for these settings."""
+    names = {"Ingress"}
+    if settings.model.enabled:
+        names.add("LLMServer")
+        if settings.agent.enabled:
+            names.add("Agent")
+    if settings.vector.enabled:
+        names |= {"Embedder", "VectorStore"}
+    return names
+
+
+def _check_deployment_names(settings: AppSettings, deployments, app_index: int) -> None:
+    # Serve refuses options for a deployment the application does not have, but only once Ray is up and
+    # with a less direct message; say which setting disabled it.
+    known = deployment_names(settings)
+    for j, d in enumerate(deployments or ()):
+        if d.name not in known:
+            raise ConfigError(
+                f"invalid config: applications[{app_index}].deployments[{j}]: this application has no deployment "
+                f"{d.name!r} with these args (it deploys {sorted(known)}; LLMServer needs model.enabled, Agent needs "
+                "model.enabled and agent.enabled, Embedder and VectorStore need vector.enabled)"
+            )
+
+
 def load_serve_config(path: str | Path):
     """Parse a Serve config file into Serve's ``ServeDeploySchema`` and validate our app's settings.
 
@@ -74,6 +99,7 @@ def load_serve_config(path: str | Path):
     for i, app in enumerate(schema.applications):
         if app.import_path == APP_IMPORT_PATH:
             settings[app.name] = s = validate_app_args(app.args, f"applications[{i}].args")
+            _check_deployment_names(s, app.deployments, i)
             _check_single_writer(s, app.deployments, i)
     if not settings:
         raise ConfigError(f"config {path} has no application with import_path {APP_IMPORT_PATH}")

@@ -76,7 +76,7 @@ def cluster(tmp_path_factory):
         config = yaml.safe_load((ROOT / "configs/dev-cpu.yaml").read_text())
         application = config["applications"][0]
         application["args"]["model"]["enabled"] = False
-        application["deployments"] = [d for d in application["deployments"] if d["name"] != "LLMServer"]
+        application["deployments"] = [d for d in application["deployments"] if d["name"] not in ("LLMServer", "Agent")]
         cfg = tmp / "retrieval.yaml"
         cfg.write_text(yaml.safe_dump(config))
         app_log = open(tmp / "app.log", "w")

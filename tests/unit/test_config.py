@@ -116,3 +116,9 @@ def test_vector_rules():
         validate_app_args({"vector": {"backend": "remote"}})
     with pytest.raises(ConfigError, match="vector.backend"):
         validate_app_args({"vector": {"backend": "faiss"}})
+
+
+def test_options_for_a_deployment_the_settings_disable_are_refused(tmp_path):
+    text = APP.format(args="      model:\n        enabled: false") + "    deployments:\n      - name: Agent\n        num_replicas: 1\n"
+    with pytest.raises(ConfigError, match=r"deployments\[0\].*no deployment 'Agent'.*model.enabled"):
+        load_serve_config(_write(tmp_path, text))
