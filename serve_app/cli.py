@@ -152,6 +152,105 @@ def cmd_check_config(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _admin_client(ns: argparse.Namespace):
+    import httpx
+
+    key = os.environ.get("SERVE_APP_ADMIN_KEY")
+    if not key and os.environ.get("SERVE_APP_ADMIN_KEY_FILE"):
+        with open(os.environ["SERVE_APP_ADMIN_KEY_FILE"]) as fh:
+            key = fh.read().strip()
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(base_url=ns.url, headers=headers, timeout=60)
+
+
+def _admin_call(ns: argparse.Namespace, method: str, path: str, **kw) -> tuple[int, object]:
+    import httpx
+
+    try:
+        with _admin_client(ns) as c:
+            r = c.request(method, path, **kw)
+    except httpx.HTTPError as exc:
+        _say(f"cannot reach {ns.url}: {exc}")
+        return 2, None
+    body = r.json() if r.headers.get("content-type", "").startswith("application/json") else r.text
+    if r.status_code >= 400:
+        msg = body.get("error", {}).get("message") if isinstance(body, dict) else body
+        _say(f"{r.status_code}: {msg}")
+        return 1, body
+    return 0, body
+
+
+def _print(obj) -> None:
+    import json
+
+    print(json.dumps(obj, indent=2))
+
+
+def _follow(ns: argparse.Namespace, n: int) -> int:
+    """Wait for a release's outcome (and its automatic rollback's), print it; 0 only when it is good."""
+    while True:
+        rc, rel = _admin_call(ns, "GET", f"/admin/releases/{n}")
+        if rc:
+            return rc
+        if rel["status"] != "deploying":
+            break
+        time.sleep(2)
+    rel.pop("config", None)
+    _print(rel)
+    if rel.get("rolled_back_to"):
+        _say(f"release {n} failed; rolling back as release {rel['rolled_back_to']}")
+        _follow(ns, rel["rolled_back_to"])
+    return 0 if rel["status"] == "good" else 1
+
+
+def cmd_deploy(ns: argparse.Namespace) -> int:
+    import yaml
+
+    try:
+        config = yaml.safe_load(open(ns.file).read())
+    except (OSError, yaml.YAMLError) as exc:
+        _say(f"cannot read {ns.file}: {exc}")
+        return 2
+    rc, out = _admin_call(ns, "POST", "/admin/releases", json={"config": config, "note": ns.note})
+    if rc:
+        return rc
+    _say(f"release {out['release']} deploying; changed: {', '.join(out['changed']) or 'nothing'}")
+    return _follow(ns, out["release"]) if not ns.no_wait else 0
+
+
+def cmd_status(ns: argparse.Namespace) -> int:
+    rc, out = _admin_call(ns, "GET", "/admin/status")
+    if not rc:
+        _print(out)
+    return rc
+
+
+def cmd_history(ns: argparse.Namespace) -> int:
+    rc, out = _admin_call(ns, "GET", "/admin/releases")
+    if not rc:
+        for r in out["data"]:
+            print(f"{r['n']:>4}  {r['status']:<10} {r['kind']:<9} {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r['created_at']))}"
+                  f"  {r['actor']:<16} {', '.join(r['changed'])[:60]:<60} {r.get('outcome') or ''}")
+    return rc
+
+
+def cmd_rollback(ns: argparse.Namespace) -> int:
+    rc, out = _admin_call(ns, "POST", "/admin/rollback", json={"release": ns.release})
+    if rc:
+        return rc
+    _say(f"rollback deploying as release {out['release']}")
+    return _follow(ns, out["release"])
+
+
+def cmd_scale(ns: argparse.Namespace) -> int:
+    body = {"deployment": ns.name, "replicas": ns.replicas, "factor": ns.factor}
+    rc, out = _admin_call(ns, "POST", "/admin/scale", json=body)
+    if rc:
+        return rc
+    _say(f"scaling as release {out['release']}")
+    return _follow(ns, out["release"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="serve-app", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -172,6 +271,28 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check-config", help="validate a Serve config file and the app settings in it")
     check.add_argument("config")
     check.set_defaults(func=cmd_check_config)
+
+    def admin(name: str, help: str):
+        p = sub.add_parser(name, help=help + " (admin API; key from $SERVE_APP_ADMIN_KEY)")
+        p.add_argument("--url", default=os.environ.get("SERVE_APP_URL", "http://127.0.0.1:8000"), help="the app's URL")
+        return p
+
+    dep = admin("deploy", "deploy a release (a Serve config file) with automatic rollback")
+    dep.add_argument("file")
+    dep.add_argument("--note", default=None)
+    dep.add_argument("--no-wait", action="store_true", help="return once the release is accepted")
+    dep.set_defaults(func=cmd_deploy)
+    admin("status", "Serve status per deployment, current and last good release").set_defaults(func=cmd_status)
+    admin("history", "the release history").set_defaults(func=cmd_history)
+    rb = admin("rollback", "redeploy the previous good release, or release N")
+    rb.add_argument("release", nargs="?", type=int)
+    rb.set_defaults(func=cmd_rollback)
+    sc = admin("scale", "change a deployment's replicas or scale its autoscaling bounds (recorded as a release)")
+    sc.add_argument("name")
+    group = sc.add_mutually_exclusive_group(required=True)
+    group.add_argument("--replicas", type=int)
+    group.add_argument("--factor", type=float)
+    sc.set_defaults(func=cmd_scale)
 
     ns = parser.parse_args(argv)
     return ns.func(ns)

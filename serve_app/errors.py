@@ -31,6 +31,18 @@ class NotFound(AppError):
     """The resource does not exist (404)."""
 
 
+class Unauthorized(AppError):
+    """Missing or wrong credentials (401)."""
+
+
+class Forbidden(AppError):
+    """The operation is not allowed here, whatever the credentials (403)."""
+
+
+class Conflict(AppError):
+    """The operation conflicts with one in progress (409)."""
+
+
 class PayloadTooLarge(AppError):
     """The request body is over the configured limit (413)."""
 

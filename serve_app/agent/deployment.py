@@ -70,8 +70,6 @@ class AgentServer:
 
     async def run(self, task: str, max_steps: int) -> AsyncGenerator[dict[str, Any], None]:
         async for event in self.loop.run(task, max_steps):
-            if event["type"] == "answer":
-                event["release"] = self.settings.release
             yield event
 
     def health(self) -> dict[str, Any]:

@@ -89,12 +89,19 @@ def load_serve_config(path: str | Path):
         raise ConfigError(f"config file {path} does not exist") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    return validate_serve_config(raw, str(path))
+
+
+def validate_serve_config(raw: Any, where: str = "config"):
+    """``load_serve_config`` for an already parsed config (a release submitted to the admin API)."""
+    from ray.serve.schema import ServeDeploySchema
+
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path} must hold a mapping (Serve config format)")
+        raise ConfigError(f"{where} must hold a mapping (Serve config format)")
     try:
         schema = ServeDeploySchema.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"invalid config {path}: {_describe(exc, '')}") from None
+        raise ConfigError(f"invalid config {where}: {_describe(exc, '')}") from None
     settings = {}
     for i, app in enumerate(schema.applications):
         if app.import_path == APP_IMPORT_PATH:
@@ -102,5 +109,5 @@ def load_serve_config(path: str | Path):
             _check_deployment_names(s, app.deployments, i)
             _check_single_writer(s, app.deployments, i)
     if not settings:
-        raise ConfigError(f"config {path} has no application with import_path {APP_IMPORT_PATH}")
+        raise ConfigError(f"{where} has no application with import_path {APP_IMPORT_PATH}")
     return schema, settings

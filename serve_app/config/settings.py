@@ -266,6 +266,20 @@ class AgentSettings(_Strict):
         return self
 
 
+class ReleaseSettings(_Strict):
+    """How the release controller judges a deploy of these settings (POST /admin/releases)."""
+
+    ready_timeout_s: float = Field(
+        240.0, gt=0, le=3600, description="A release not RUNNING and healthy within this is rolled back."
+    )
+    watch_s: float = Field(10.0, ge=0, le=3600, description="After RUNNING, every component's health is "
+                           "probed this long; a failure rolls the release back.")
+    health_failures: int = Field(2, ge=1, le=100, description="Consecutive failed probes of one component that "
+                                 "count as a failed release (one may be a transient hiccup).")
+    startup_failures: int = Field(1, ge=1, le=100, description="Replicas of the new release that may fail to "
+                                  "start before it is rolled back (Serve itself retries much longer).")
+
+
 class AppSettings(_Strict):
     """Everything the application builder takes (the `args:` block of a Serve config)."""
 
@@ -278,6 +292,7 @@ class AppSettings(_Strict):
     vector: VectorSettings = Field(default_factory=VectorSettings, description="Retrieval tier.")
     rag: RagSettings = Field(default_factory=RagSettings, description="Retrieval-augmented answers.")
     agent: AgentSettings = Field(default_factory=AgentSettings, description="The tool-using agent.")
+    releases: ReleaseSettings = Field(default_factory=ReleaseSettings, description="Deploy watch and rollback.")
     prompts: PromptSettings = Field(
         default_factory=PromptSettings, description="Prompt templates of RAG and the agent (versioned)."
     )

@@ -30,6 +30,7 @@ class AnswerRoutes:
     rag: RagPipeline | None
     agent: Any
     settings: AppSettings
+    release: str
 
     async def _deadline(self, coro, seconds: float, what: str):
         try:
@@ -50,7 +51,7 @@ class AnswerRoutes:
                 return await self.rag.answer(prep, max_tokens)
 
             out = await self._deadline(whole(), s.timeout_s, "the RAG answer")
-            return {"object": "rag.answer", **out, "plan": body.plan, "release": self.settings.release}
+            return {"object": "rag.answer", **out, "plan": body.plan, "release": self.release}
 
         async def first() -> AsyncIterator[dict[str, Any]]:
             # Everything up to the first answer token happens before the response starts, so a failure
@@ -65,7 +66,7 @@ class AnswerRoutes:
         try:
             async for e in events:
                 if e["type"] == "done":
-                    e = {**e, "plan": plan, "release": self.settings.release}
+                    e = {**e, "plan": plan, "release": self.release}
                 yield e
         finally:
             await events.aclose()
@@ -80,7 +81,7 @@ class AnswerRoutes:
         budget = s.deadline_s + self.settings.ingress.health_timeout_s
         head, gen = await open_call(self.agent.run, (body.task, max_steps), self.settings.ingress)
         if body.stream:
-            return StreamingResponse(sse_events(_chain(head, gen)), media_type="text/event-stream")
+            return StreamingResponse(sse_events(_chain(head, gen, self.release)), media_type="text/event-stream")
 
         async def collect() -> dict[str, Any]:
             try:
@@ -92,13 +93,13 @@ class AnswerRoutes:
             raise UpstreamTimeout("the agent ended without an answer")
 
         final = await self._deadline(collect(), budget, "the agent")
-        return {"object": "agent.answer", **{k: v for k, v in final.items() if k != "type"}}
+        return {"object": "agent.answer", **{k: v for k, v in final.items() if k != "type"}, "release": self.release}
 
 
-async def _chain(head: dict[str, Any], gen) -> AsyncIterator[dict[str, Any]]:
+async def _chain(head: dict[str, Any], gen, release: str) -> AsyncIterator[dict[str, Any]]:
     try:
         yield head
         async for event in gen:
-            yield event
+            yield {**event, "release": release} if event["type"] == "answer" else event
     finally:
         gen.cancel()

@@ -11,6 +11,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config.settings import AppSettings
+from serve_app.ingress.admin_routes import AdminRoutes, admin_key_digest
 from serve_app.ingress.answer_routes import AnswerRoutes
 from serve_app.ingress.errors import unwrap
 from serve_app.ingress.fastapi_app import app
@@ -23,7 +24,7 @@ from serve_app.rag.pipeline import RagPipeline
 
 @serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
 @serve.ingress(app)
-class Ingress(OpenAIRoutes, RetrievalRoutes, AnswerRoutes):
+class Ingress(OpenAIRoutes, RetrievalRoutes, AnswerRoutes, AdminRoutes):
     def __init__(
         self,
         llm: DeploymentHandle | None,
@@ -39,6 +40,13 @@ class Ingress(OpenAIRoutes, RetrievalRoutes, AnswerRoutes):
             search = self._search if vector is not None else None
             self.rag = RagPipeline(LLMClient(llm, s.model.name, s.ingress), search, s.rag, s.prompts)
         app.state.max_body_bytes = s.ingress.max_body_bytes
+        self.release = s.release
+        self._admin_digest = admin_key_digest()
+        self._controller = None
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        # The release label is the one setting applied without a restart (see release/versions.py).
+        self.release = str(user_config.get("release") or self.settings.release)
 
     async def _search(self, query: str, top_k: int, filter_: dict[str, Any] | None) -> list[dict[str, Any]]:
         return await awaited(self.vector.search.remote(query, top_k, filter_, None))
@@ -66,7 +74,7 @@ class Ingress(OpenAIRoutes, RetrievalRoutes, AnswerRoutes):
         results = await asyncio.gather(*(self._probe(c) for c in probes.values()))
         components = dict(zip(probes, results))
         healthy = all(c["status"] == "ok" for c in components.values())
-        body = {"status": "ok" if healthy else "unhealthy", "release": self.settings.release, "components": components}
+        body = {"status": "ok" if healthy else "unhealthy", "release": self.release, "components": components}
         return JSONResponse(body, status_code=200 if healthy else 503)
 
     @app.get("/livez")

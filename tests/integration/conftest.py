@@ -6,6 +6,7 @@ and leaves no Ray or vLLM process behind.
 """
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -20,6 +21,8 @@ from tests.integration.procs import stop_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 600
+# The admin API needs a key; the session app gets this one (tests/integration/test_releases.py uses it).
+ADMIN_KEY = secrets.token_hex(16)
 STOP_TIMEOUT_S = 120
 
 
@@ -36,7 +39,7 @@ def app_url(tmp_path_factory):
     log = open(log_path, "w")
     cmd = [sys.executable, "-m", "serve_app.cli", "run", "--config", "configs/dev-cpu.yaml", "--port", str(port)]
     # The vector store writes under a temporary data directory, never the user's.
-    env = {**os.environ, "SERVE_APP_DATA_DIR": str(tmp_path_factory.mktemp("data"))}
+    env = {**os.environ, "SERVE_APP_DATA_DIR": str(tmp_path_factory.mktemp("data")), "SERVE_APP_ADMIN_KEY": ADMIN_KEY}
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -76,3 +79,9 @@ def http(app_url):
 @pytest.fixture(scope="session")
 def model_name(client):
     return client.models.list().data[0].id
+
+
+@pytest.fixture(scope="session")
+def admin(app_url):
+    with httpx.Client(base_url=app_url, timeout=120, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as c:
+        yield c

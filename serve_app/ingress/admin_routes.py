@@ -1,0 +1,127 @@
+"""Admin routes: releases, rollback, scale, status, audit. Thin: authorize, then call the release controller
+(a detached actor, see serve_app.release.controller).
+
+Authorization: ``Authorization: Bearer <key>`` where the key is ``$SERVE_APP_ADMIN_KEY`` or the content of
+the file ``$SERVE_APP_ADMIN_KEY_FILE`` in the ingress's environment. Only its SHA-256 is kept in memory.
+No key configured → every admin route answers 403 (the admin API is off). Every admin call, allowed or not,
+is written to the audit log (never the key itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+from typing import Any
+
+import yaml
+from fastapi import Request
+
+from serve_app.errors import Forbidden, InvalidRequest, Unauthorized
+from serve_app.ingress.fastapi_app import app
+from serve_app.protocol.admin import DeployRequest, RollbackRequest, ScaleRequest
+
+
+def admin_key_digest() -> bytes | None:
+    key = os.environ.get("SERVE_APP_ADMIN_KEY")
+    path = os.environ.get("SERVE_APP_ADMIN_KEY_FILE")
+    if not key and path:
+        try:
+            with open(path) as fh:
+                key = fh.read().strip()
+        except OSError:
+            key = None
+    return hashlib.sha256(key.encode()).digest() if key else None
+
+
+def check_admin(authorization: str | None, digest: bytes | None) -> None:
+    if digest is None:
+        raise Forbidden("the admin API is disabled: no admin key is configured (SERVE_APP_ADMIN_KEY)")
+    scheme, _, token = (authorization or "").partition(" ")
+    given = hashlib.sha256(token.strip().encode()).digest()
+    if scheme.lower() != "bearer" or not token.strip() or not hmac.compare_digest(given, digest):
+        raise Unauthorized("missing or wrong admin key (Authorization: Bearer <key>)")
+
+
+class AdminRoutes:
+    """Mixed into the Ingress deployment."""
+
+    _admin_digest: bytes | None
+    _controller: Any
+
+    def _release_controller(self):
+        if self._controller is None:
+            from ray import serve
+
+            from serve_app.release.controller import get_controller
+
+            self._controller = get_controller(serve.get_replica_context().app_name)
+        return self._controller
+
+    async def _admin(self, request: Request, action: str) -> Any:
+        actor = f"{request.client.host if request.client else '?'}"
+        try:
+            check_admin(request.headers.get("authorization"), self._admin_digest)
+        except (Forbidden, Unauthorized) as exc:
+            if isinstance(exc, Unauthorized):
+                await self._audit(actor, action, False, "bad or missing key")
+            raise
+        await self._audit(actor, action, True, None)
+        return self._release_controller()
+
+    async def _audit(self, actor: str, action: str, allowed: bool, detail: str | None) -> None:
+        try:
+            await asyncio.wait_for(self._release_controller().audit.remote(actor, action, allowed, detail), 10)
+        except Exception:  # noqa: BLE001 - the audit must not turn a refusal into a 500
+            pass
+
+    @app.get("/admin/status")
+    async def admin_status(self, request: Request):
+        c = await self._admin(request, "status")
+        return await c.status.remote()
+
+    @app.get("/admin/releases")
+    async def admin_releases(self, request: Request):
+        c = await self._admin(request, "list releases")
+        return {"object": "list", "data": await c.releases.remote()}
+
+    @app.get("/admin/releases/{n}")
+    async def admin_release(self, n: int, request: Request):
+        c = await self._admin(request, f"get release {n}")
+        return await c.release.remote(n)
+
+    @app.post("/admin/releases", status_code=202)
+    async def admin_deploy(self, request: Request):
+        c = await self._admin(request, "deploy")
+        raw = await request.body()
+        ctype = request.headers.get("content-type", "")
+        try:
+            data = yaml.safe_load(raw) if "yaml" in ctype else json.loads(raw or b"null")
+        except (ValueError, yaml.YAMLError) as exc:
+            raise InvalidRequest(f"the body is not valid {'YAML' if 'yaml' in ctype else 'JSON'}: {exc}"[:300]) from None
+        if isinstance(data, dict) and "applications" in data:
+            data = {"config": data}
+        try:
+            body = DeployRequest.model_validate(data)
+        except Exception as exc:  # pydantic ValidationError
+            raise InvalidRequest(f"invalid release request: {exc}"[:1000], "config") from None
+        actor = request.client.host if request.client else "?"
+        return await c.deploy.remote(body.config, f"admin@{actor}", body.note)
+
+    @app.post("/admin/rollback", status_code=202)
+    async def admin_rollback(self, body: RollbackRequest, request: Request):
+        c = await self._admin(request, "rollback")
+        return await c.rollback.remote(f"admin@{request.client.host if request.client else '?'}", body.release)
+
+    @app.post("/admin/scale", status_code=202)
+    async def admin_scale(self, body: ScaleRequest, request: Request):
+        c = await self._admin(request, f"scale {body.deployment}")
+        actor = f"admin@{request.client.host if request.client else '?'}"
+        return await c.scale.remote(body.deployment, body.replicas, body.factor, actor)
+
+    @app.get("/admin/audit")
+    async def admin_audit(self, request: Request):
+        c = await self._admin(request, "audit")
+        return {"object": "list", "data": await c.audit_log.remote()}

@@ -1,0 +1,32 @@
+"""Admin API request models: releases, rollback, scale."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DeployRequest(_Request):
+    config: dict[str, Any] = Field(..., description="A Serve config (the format of configs/*.yaml) holding the app.")
+    note: str | None = Field(None, max_length=500, description="Why; stored in the history.")
+
+
+class RollbackRequest(_Request):
+    release: int | None = Field(None, ge=1, description="Release to go back to (default: the previous good one).")
+
+
+class ScaleRequest(_Request):
+    deployment: str = Field(..., min_length=1, max_length=64)
+    replicas: int | None = Field(None, ge=0, le=1000, description="Fixed replica count (autoscaling off).")
+    factor: float | None = Field(None, gt=0, le=100, description="Multiply replicas or autoscaling bounds.")
+
+    @model_validator(mode="after")
+    def _one(self) -> "ScaleRequest":
+        if (self.replicas is None) == (self.factor is None):
+            raise ValueError("give exactly one of replicas or factor")
+        return self

@@ -1,0 +1,1 @@
+"""Releases: versioned in-place updates, history, automatic rollback."""

@@ -1,0 +1,178 @@
+"""Releases: the admin API's key check and audit, refusal of an invalid release, scaling that restarts
+nothing, a good release under load with streams open, and a release whose LLM cannot start rolled back
+automatically.
+
+Invariants: an invalid release touches nothing; a good release fails no request and cuts no stream; a bad
+release is rolled back by the controller itself to the previous configuration, which serves again; every
+outcome is in the history. Assertions are on counts and states, never on durations. This module restarts
+every deployment (Serve rebuilds an application whose args change), so it runs last.
+"""
+
+import copy
+import json
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _config():
+    return yaml.safe_load((ROOT / "configs/dev-cpu.yaml").read_text())
+
+
+def _follow(admin, n, timeout_s=600):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        r = admin.get(f"/admin/releases/{n}")
+        assert r.status_code == 200, r.text
+        if r.json()["status"] != "deploying":
+            return r.json()
+        time.sleep(1)
+    raise AssertionError(f"release {n} still deploying after {timeout_s}s")
+
+
+class Load:
+    """Bounded chat traffic on loopback: non-streaming requests and streams, each recorded."""
+
+    def __init__(self, url, model, max_requests=2000):
+        self.url, self.model, self.max = url, model, max_requests
+        self.stop = threading.Event()
+        self.records = []
+        self.threads = [threading.Thread(target=self._run, args=(i % 3 == 2,), daemon=True) for i in range(3)]
+
+    def _run(self, stream):
+        with httpx.Client(base_url=self.url, timeout=300) as c:
+            while not self.stop.is_set() and len(self.records) < self.max:
+                body = {"model": self.model, "messages": [{"role": "user", "content": "Count to ten."}],
+                        "max_tokens": 24 if stream else 4, "stream": stream}
+                t = time.time()
+                try:
+                    if stream:
+                        with c.stream("POST", "/v1/chat/completions", json=body) as r:
+                            lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+                        done = bool(lines) and lines[-1] == "data: [DONE]"
+                        errors = [ln for ln in lines if '"error"' in ln]
+                        ok = r.status_code == 200 and done and not errors
+                        self.records.append({"t": t, "end": time.time(), "status": r.status_code, "ok": ok, "stream": True})
+                    else:
+                        r = c.post("/v1/chat/completions", json=body)
+                        self.records.append({"t": t, "end": time.time(), "status": r.status_code,
+                                             "ok": r.status_code == 200, "stream": False})
+                except httpx.HTTPError as exc:
+                    self.records.append({"t": t, "end": time.time(), "status": type(exc).__name__, "ok": False,
+                                         "stream": stream})
+                time.sleep(0.05)
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(120)
+
+
+def test_admin_api_needs_the_key_and_audits_refusals(app_url, admin):
+    assert httpx.get(f"{app_url}/admin/status").status_code == 401
+    wrong = httpx.get(f"{app_url}/admin/releases", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "authentication_error"
+    status = admin.get("/admin/status")
+    assert status.status_code == 200, status.text
+    body = status.json()
+    assert body["current_release"] == 1 and body["status"] == "RUNNING"
+    assert all(d["status"] == "HEALTHY" for d in body["deployments"].values())
+    audit = admin.get("/admin/audit").json()["data"]
+    refused = [a for a in audit if not a["allowed"]]
+    assert {a["action"] for a in refused} >= {"status", "list releases"}
+    assert "nope" not in json.dumps(audit)
+
+
+def test_invalid_release_is_refused_and_touches_nothing(admin):
+    before = admin.get("/admin/releases").json()["data"]
+    config = _config()
+    config["applications"][0]["args"]["engine"]["max_model_len"] = 0
+    r = admin.post("/admin/releases", json={"config": config})
+    assert r.status_code == 400, r.text
+    assert "engine.max_model_len" in r.json()["error"]["message"]
+    r = admin.post("/admin/releases", content=b"applications: [", headers={"content-type": "application/yaml"})
+    assert r.status_code == 400
+    r = admin.post("/admin/scale", json={"deployment": "VectorStore", "replicas": 3})
+    assert r.status_code == 400 and "single-writer" in r.json()["error"]["message"]
+    r = admin.post("/admin/scale", json={"deployment": "Nope", "replicas": 1})
+    assert r.status_code == 404
+    assert admin.get("/admin/releases").json()["data"] == before
+    status = admin.get("/admin/status").json()
+    assert status["deploying"] is None and status["status"] == "RUNNING"
+
+
+def test_scaling_is_a_release_that_restarts_nothing(http, admin):
+    llm_started = http.get("/healthz").json()["components"]["llm"]["started_at"]
+    r = admin.post("/admin/scale", json={"deployment": "Agent", "replicas": 2})
+    assert r.status_code == 202, r.text
+    rel = _follow(admin, r.json()["release"])
+    assert rel["status"] == "good" and rel["kind"] == "scale" and rel["changed"] == ["deployments.Agent"]
+    assert admin.get("/admin/status").json()["deployments"]["Agent"]["running_replicas"] == 2
+    r = admin.post("/admin/scale", json={"deployment": "Agent", "factor": 0.5})
+    assert _follow(admin, r.json()["release"])["status"] == "good"
+    assert admin.get("/admin/status").json()["deployments"]["Agent"]["running_replicas"] == 1
+    health = http.get("/healthz").json()
+    assert health["components"]["llm"]["started_at"] == llm_started
+    assert health["release"] == str(r.json()["release"])
+
+
+def test_good_release_under_load_fails_nothing(app_url, http, admin, model_name):
+    current = admin.get("/admin/status").json()["current_release"]
+    config = copy.deepcopy(admin.get(f"/admin/releases/{current}").json()["config"])
+    config["applications"][0]["args"]["rag"]["default_top_k"] = 3
+    with Load(app_url, model_name) as load:
+        time.sleep(3)
+        r = admin.post("/admin/releases", json={"config": config, "note": "fewer sources"})
+        assert r.status_code == 202, r.text
+        n = r.json()["release"]
+        assert r.json()["changed"] == ["args.rag"]
+        rel = _follow(admin, n)
+        time.sleep(3)
+    assert rel["status"] == "good", rel
+    failed = [x for x in load.records if not x["ok"]]
+    assert load.records and not failed, failed[:5]
+    assert any(x["stream"] for x in load.records)
+    status = admin.get("/admin/status").json()
+    assert status["current_release"] == n and all(d["status"] == "HEALTHY" for d in status["deployments"].values())
+    assert http.get("/healthz").json()["release"] == str(n)
+    assert admin.get(f"/admin/releases/{n}").json()["config"]["applications"][0]["args"]["rag"]["default_top_k"] == 3
+
+
+def test_release_whose_llm_cannot_start_is_rolled_back(app_url, http, admin, model_name):
+    good = admin.get("/admin/status").json()["current_release"]
+    config = copy.deepcopy(admin.get(f"/admin/releases/{good}").json()["config"])
+    app = config["applications"][0]
+    app["args"]["model"] = {**app["args"]["model"], "source": "/nonexistent/model", "served_name": model_name}
+    with Load(app_url, model_name) as load:
+        r = admin.post("/admin/releases", json={"config": config, "note": "a model that does not exist"})
+        assert r.status_code == 202, r.text
+        n = r.json()["release"]
+        rel = _follow(admin, n)
+        assert rel["status"] == "failed" and "LLMServer" in rel["outcome"] and rel["rolled_back_to"], rel
+        back = _follow(admin, rel["rolled_back_to"])
+        rollback_done = time.time()
+        time.sleep(5)
+    assert back["status"] == "good" and back["kind"] == "rollback", back["outcome"]
+    # After the rollback, everything succeeds again; failures (if any) lie inside the deploy→rollback window.
+    after = [x for x in load.records if x["t"] > rollback_done]
+    assert after and all(x["ok"] for x in after)
+    failed = [x for x in load.records if not x["ok"]]
+    assert all(x["t"] < rollback_done for x in failed)
+    status = admin.get("/admin/status").json()
+    assert status["current_release"] == rel["rolled_back_to"]
+    assert admin.get(f"/admin/releases/{rel['rolled_back_to']}").json()["config"]["applications"][0]["args"]["model"] \
+        == admin.get(f"/admin/releases/{good}").json()["config"]["applications"][0]["args"]["model"]
+    chat = http.post("/v1/chat/completions", json={"model": model_name, "max_tokens": 4,
+                                                     "messages": [{"role": "user", "content": "hi"}]})
+    assert chat.status_code == 200
