@@ -53,7 +53,16 @@ def _wait_running(app_names: list[str], timeout_s: float, stop: threading.Event)
 #    instead of through Serve's Python proxy actor: one Python hop less per streamed token.
 # Set either to 0 in the environment to opt out. On an existing cluster (--address) they are the cluster's
 # business: set them where its nodes are started.
-SERVE_PERFORMANCE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+#  - RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S: how long a replaced ingress replica keeps accepting
+#    while HAProxy takes it out of rotation (Serve's default, 30 s, suits many proxies on many nodes). An
+#    application counts as RUNNING only once the old replica has drained, so this is on the critical path
+#    of every release and rollback; HAProxy on the same machine needs a few seconds (releases under load:
+#    zero failed requests, benchmarks/results/releases.json).
+SERVE_PERFORMANCE_ENV = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
+}
 
 
 def cmd_run(ns: argparse.Namespace) -> int:

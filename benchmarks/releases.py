@@ -1,0 +1,166 @@
+"""Rollouts under load: a good release and a release whose LLM cannot start, while chat traffic flows.
+
+Starts the app the way `make serve` does (with an admin key), sends bounded chat traffic on loopback
+(non-streaming requests and streams) during each rollout, and records every request (start, end, status,
+whether a stream completed). Figures: failed requests per rollout and when they happened, the time from the
+failed release's deploy to the previous release serving again, the good release's time to healthy.
+
+    python -m benchmarks.releases
+
+Writes benchmarks/results/releases.json and releases.png (requests/s and errors over time, with the
+deploys and the rollback marked).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import secrets
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from benchmarks._servers import ROOT, serve_app
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+class Load:
+    def __init__(self, url: str, model: str, clients: int = 4, max_requests: int = 5000):
+        self.url, self.model, self.max = url, model, max_requests
+        self.stop = threading.Event()
+        self.records: list[dict] = []
+        self.threads = [threading.Thread(target=self._run, args=(i % 2 == 1,), daemon=True) for i in range(clients)]
+
+    def _run(self, stream: bool) -> None:
+        with httpx.Client(base_url=self.url, timeout=300) as c:
+            while not self.stop.is_set() and len(self.records) < self.max:
+                body = {"model": self.model, "messages": [{"role": "user", "content": "Count to ten."}],
+                        "max_tokens": 24 if stream else 4, "stream": stream}
+                t = time.time()
+                try:
+                    if stream:
+                        with c.stream("POST", "/v1/chat/completions", json=body) as r:
+                            lines = [x for x in r.iter_lines() if x.startswith("data: ")]
+                        ok = r.status_code == 200 and bool(lines) and lines[-1] == "data: [DONE]" and \
+                            not any('"error"' in x for x in lines)
+                        status = r.status_code
+                    else:
+                        r = c.post("/v1/chat/completions", json=body)
+                        ok, status = r.status_code == 200, r.status_code
+                except httpx.HTTPError as exc:
+                    ok, status = False, type(exc).__name__
+                self.records.append({"t": t, "end": time.time(), "status": status, "ok": ok, "stream": stream})
+                time.sleep(0.05)
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(300)
+
+
+def follow(admin: httpx.Client, n: int) -> dict:
+    while True:
+        rel = admin.get(f"/admin/releases/{n}").json()
+        if rel["status"] != "deploying":
+            return rel
+        time.sleep(0.5)
+
+
+def rollout(url: str, admin: httpx.Client, model: str, config: dict, label: str) -> dict:
+    with Load(url, model) as load:
+        time.sleep(5)
+        t_deploy = time.time()
+        n = admin.post("/admin/releases", json={"config": config, "note": label}).json()["release"]
+        rel = follow(admin, n)
+        back = follow(admin, rel["rolled_back_to"]) if rel.get("rolled_back_to") else None
+        t_end = time.time()
+        time.sleep(10)
+    failed = [r for r in load.records if not r["ok"]]
+    out = {
+        "label": label,
+        "release": n,
+        "status": rel["status"],
+        "outcome": rel["outcome"],
+        "deploy_at": t_deploy,
+        "settled_at": t_end,
+        "requests": len(load.records),
+        "streams": sum(r["stream"] for r in load.records),
+        "failed": len(failed),
+        "failed_statuses": sorted({str(r["status"]) for r in failed}),
+        "failure_window_s": (max(r["end"] for r in failed) - min(r["t"] for r in failed)) if failed else 0.0,
+        "records": load.records,
+    }
+    if back is not None:
+        out["rolled_back_to"] = back["n"]
+        out["rollback_status"] = back["status"]
+        # From the deploy of the failed release until the previous configuration is healthy again.
+        out["deploy_to_previous_serving_s"] = back["finished_at"] - rel["created_at"]
+        out["failure_detected_s"] = rel["finished_at"] - rel["created_at"]
+    else:
+        out["deploy_to_good_s"] = rel["finished_at"] - rel["created_at"]
+    return out
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(result["rollouts"]), 1, figsize=(11, 3.6 * len(result["rollouts"])))
+    for ax, ro in zip(axes, result["rollouts"]):
+        t0 = ro["deploy_at"] - 5
+        recs = ro["records"]
+        end = max(r["end"] for r in recs) - t0
+        bins = range(0, int(end) + 2)
+        ok = [0] * len(bins)
+        bad = [0] * len(bins)
+        for r in recs:
+            i = min(int(r["end"] - t0), len(bins) - 1)
+            (ok if r["ok"] else bad)[i] += 1
+        ax.bar(list(bins), ok, width=1.0, color="tab:green", label="completed / s")
+        ax.bar(list(bins), bad, width=1.0, bottom=ok, color="tab:red", label="failed / s")
+        ax.axvline(ro["deploy_at"] - t0, color="k", ls="--", label="deploy")
+        ax.axvline(ro["settled_at"] - t0, color="tab:blue", ls=":", label="good" if ro["status"] == "good" else "rolled back, healthy")
+        ax.set_title(f"{ro['label']}: release {ro['release']} {ro['status']}; {ro['failed']} of {ro['requests']} requests failed")
+        ax.set_xlabel("seconds")
+        ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    key = secrets.token_hex(16)
+    with tempfile.TemporaryDirectory() as data:
+        env = {"SERVE_APP_DATA_DIR": data, "SERVE_APP_ADMIN_KEY": key}
+        with serve_app("configs/dev-cpu.yaml", Path(data) / "app.log", env=env) as (url, ready_s):
+            admin = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120)
+            model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
+            current = admin.get("/admin/status").json()["current_release"]
+            base = admin.get(f"/admin/releases/{current}").json()["config"]
+            good = copy.deepcopy(base)
+            good["applications"][0]["args"]["rag"]["default_top_k"] = 3
+            bad = copy.deepcopy(base)
+            bad["applications"][0]["args"]["model"].update(source="/nonexistent/model", served_name=model)
+            rollouts = [rollout(url, admin, model, good, "good release (args change: every deployment restarts)"),
+                        rollout(url, admin, model, bad, "bad release (LLM model path does not exist)")]
+            for ro in rollouts:
+                print(json.dumps({k: v for k, v in ro.items() if k != "records"}, indent=1))
+    result = {"command": "python -m benchmarks.releases", "ready_s": ready_s, "rollouts": rollouts}
+    out = RESULTS / "releases.json"
+    out.write_text(json.dumps(result, indent=1))
+    plot(result, out.with_suffix(".png"))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
