@@ -149,6 +149,53 @@ def test_good_release_under_load_fails_nothing(app_url, http, admin, model_name)
     assert admin.get(f"/admin/releases/{n}").json()["config"]["applications"][0]["args"]["rag"]["default_top_k"] == 3
 
 
+def _agent_replicas(admin):
+    return admin.get("/admin/status").json()["deployments"]["Agent"]["running_replicas"]
+
+
+def test_autoscaling_adds_a_replica_under_a_spike_and_removes_it_after(app_url, admin):
+    # Low targets through a release that only changes deployment options (nothing restarts).
+    current = admin.get("/admin/status").json()["current_release"]
+    config = copy.deepcopy(admin.get(f"/admin/releases/{current}").json()["config"])
+    agent = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Agent")
+    agent["autoscaling_config"] = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
+                                   "upscale_delay_s": 1, "downscale_delay_s": 5, "look_back_period_s": 5}
+    r = admin.post("/admin/releases", json={"config": config, "note": "agent autoscaling with low targets"})
+    assert r.status_code == 202, r.text
+    assert _follow(admin, r.json()["release"])["status"] == "good"
+    assert _agent_replicas(admin) == 1
+
+    stop = threading.Event()
+
+    def spike():
+        with httpx.Client(base_url=app_url, timeout=300) as c:
+            for _ in range(20):
+                if stop.is_set():
+                    return
+                c.post("/v1/agent", json={"task": "What is 2 + 2? Use the calculator.", "max_steps": 4})
+
+    threads = [threading.Thread(target=spike, daemon=True) for _ in range(6)]
+    for t in threads:
+        t.start()
+    try:
+        saw_two = False
+        for _ in range(120):
+            if _agent_replicas(admin) >= 2:
+                saw_two = True
+                break
+            time.sleep(1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(300)
+    assert saw_two, "no replica was added under the spike"
+    for _ in range(180):
+        if _agent_replicas(admin) == 1:
+            break
+        time.sleep(1)
+    assert _agent_replicas(admin) == 1, "the added replica was not removed after the load stopped"
+
+
 def test_release_whose_llm_cannot_start_is_rolled_back(app_url, http, admin, model_name):
     good = admin.get("/admin/status").json()["current_release"]
     config = copy.deepcopy(admin.get(f"/admin/releases/{good}").json()["config"])
