@@ -61,6 +61,16 @@ async def awaited(response):
         raise
 
 
+def _error_event(exc: BaseException, generic: str) -> str:
+    """An exception raised mid-stream as one SSE error event; unexpected 5xx causes keep their details in
+    the log, not in the stream."""
+    cause = unwrap(exc)
+    status = status_for(cause) or 503
+    logger.warning("stream failed mid-way: %s", cause)
+    msg = str(cause) if status < 500 or isinstance(cause, AppError) else generic
+    return _sse(error_body(status, msg, getattr(cause, "param", None)))
+
+
 def _sse(obj: dict[str, Any]) -> str:
     return f"data: {json.dumps(obj)}\n\n"
 
@@ -77,11 +87,7 @@ async def relay_stream(gen) -> AsyncGenerator[str, None]:
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - turned into an in-band error event
-        cause = unwrap(exc)
-        status = status_for(cause) or 503
-        logger.warning("stream failed mid-way: %s", cause)
-        msg = "the model replica failed during the stream" if status >= 500 else str(cause)
-        yield _sse(error_body(status, msg))
+        yield _error_event(exc, "the model replica failed during the stream")
         if not done:
             yield "data: [DONE]\n\n"
     finally:
@@ -98,11 +104,7 @@ async def sse_events(events: AsyncIterator[dict[str, Any]]) -> AsyncGenerator[st
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - turned into an in-band error event
-        cause = unwrap(exc)
-        status = status_for(cause) or 503
-        logger.warning("event stream failed mid-way: %s", cause)
-        msg = str(cause) if status < 500 or isinstance(cause, AppError) else "a component failed during the stream"
-        yield _sse(error_body(status, msg, getattr(cause, "param", None)))
+        yield _error_event(exc, "a component failed during the stream")
     finally:
         await events.aclose()
     yield "data: [DONE]\n\n"

@@ -104,8 +104,8 @@ class ReleaseController:
 
     # -- the public operations (called by the ingress's admin routes) --------------------------------
 
-    def status(self) -> dict[str, Any]:
-        details = self._details()
+    async def status(self) -> dict[str, Any]:
+        details = await asyncio.to_thread(self._details)
         app = details["applications"].get(self.app) or {}
         current = self.history.last_good()
         deployments = {

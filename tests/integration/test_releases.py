@@ -18,6 +18,9 @@ import httpx
 import pytest
 import yaml
 
+# The same bounded load the release benchmark uses: non-streaming chat and streams, every request recorded.
+from benchmarks.releases import Load
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -34,49 +37,6 @@ def _follow(admin, n, timeout_s=600):
             return r.json()
         time.sleep(1)
     raise AssertionError(f"release {n} still deploying after {timeout_s}s")
-
-
-class Load:
-    """Bounded chat traffic on loopback: non-streaming requests and streams, each recorded."""
-
-    def __init__(self, url, model, max_requests=2000):
-        self.url, self.model, self.max = url, model, max_requests
-        self.stop = threading.Event()
-        self.records = []
-        self.threads = [threading.Thread(target=self._run, args=(i % 3 == 2,), daemon=True) for i in range(3)]
-
-    def _run(self, stream):
-        with httpx.Client(base_url=self.url, timeout=300) as c:
-            while not self.stop.is_set() and len(self.records) < self.max:
-                body = {"model": self.model, "messages": [{"role": "user", "content": "Count to ten."}],
-                        "max_tokens": 24 if stream else 4, "stream": stream}
-                t = time.time()
-                try:
-                    if stream:
-                        with c.stream("POST", "/v1/chat/completions", json=body) as r:
-                            lines = [line for line in r.iter_lines() if line.startswith("data: ")]
-                        done = bool(lines) and lines[-1] == "data: [DONE]"
-                        errors = [ln for ln in lines if '"error"' in ln]
-                        ok = r.status_code == 200 and done and not errors
-                        self.records.append({"t": t, "end": time.time(), "status": r.status_code, "ok": ok, "stream": True})
-                    else:
-                        r = c.post("/v1/chat/completions", json=body)
-                        self.records.append({"t": t, "end": time.time(), "status": r.status_code,
-                                             "ok": r.status_code == 200, "stream": False})
-                except httpx.HTTPError as exc:
-                    self.records.append({"t": t, "end": time.time(), "status": type(exc).__name__, "ok": False,
-                                         "stream": stream})
-                time.sleep(0.05)
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(120)
 
 
 def test_admin_api_needs_the_key_and_audits_refusals(app_url, admin):
@@ -131,7 +91,7 @@ def test_good_release_under_load_fails_nothing(app_url, http, admin, model_name)
     current = admin.get("/admin/status").json()["current_release"]
     config = copy.deepcopy(admin.get(f"/admin/releases/{current}").json()["config"])
     config["applications"][0]["args"]["rag"]["default_top_k"] = 3
-    with Load(app_url, model_name) as load:
+    with Load(app_url, model_name, clients=3) as load:
         time.sleep(3)
         r = admin.post("/admin/releases", json={"config": config, "note": "fewer sources"})
         assert r.status_code == 202, r.text
@@ -201,7 +161,7 @@ def test_release_whose_llm_cannot_start_is_rolled_back(app_url, http, admin, mod
     config = copy.deepcopy(admin.get(f"/admin/releases/{good}").json()["config"])
     app = config["applications"][0]
     app["args"]["model"] = {**app["args"]["model"], "source": "/nonexistent/model", "served_name": model_name}
-    with Load(app_url, model_name) as load:
+    with Load(app_url, model_name, clients=3) as load:
         r = admin.post("/admin/releases", json={"config": config, "note": "a model that does not exist"})
         assert r.status_code == 202, r.text
         n = r.json()["release"]
