@@ -45,7 +45,7 @@ class Ingress(OpenAIRoutes, RetrievalRoutes, AnswerRoutes, AdminRoutes):
         self._controller = None
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        # The release label is the one setting applied without a restart (see release/versions.py).
+        # The release number, set by the release controller through user_config: no restart (release/controller.py).
         self.release = str(user_config.get("release") or self.settings.release)
 
     async def _search(self, query: str, top_k: int, filter_: dict[str, Any] | None) -> list[dict[str, Any]]:
