@@ -74,6 +74,12 @@ class EngineSettings(_Strict):
         "model otherwise fills its token budget with whitespace inside a schema-constrained answer; compact "
         "output keeps every agent tool call and json_schema answer parseable within its length bound.",
     )
+    factory: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="Import path 'module:callable' of another engine: called with the AppSettings, returns an "
+        "implementation of serve_app.llm.engine.LLMEngine. Default: vLLM. The tests use it to inject faults.",
+    )
     extra_args: list[str] = Field(
         default_factory=list,
         description="More `vllm serve` arguments, verbatim (e.g. ['--max-num-batched-tokens', '4096']).",

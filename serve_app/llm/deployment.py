@@ -29,13 +29,22 @@ def vllm_engine_factory(settings: AppSettings) -> LLMEngine:
     return VLLMEngine(settings.engine.cli_args(model, settings.model.name), env=settings.engine.env())
 
 
+def _factory(path: str | None) -> EngineFactory:
+    if not path:
+        return vllm_engine_factory
+    import importlib
+
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 @serve.deployment(name="LLMServer", max_ongoing_requests=64, health_check_period_s=10)
 class LLMServer:
     async def __init__(self, settings: dict[str, Any], engine_factory: EngineFactory | None = None):
         # Serve awaits an async constructor: the replica is routable only once the engine has started.
         self._settings = AppSettings.model_validate(settings)
         self._engine: LLMEngine | None = None
-        engine = (engine_factory or vllm_engine_factory)(self._settings)
+        engine = (engine_factory or _factory(self._settings.engine.factory))(self._settings)
         await engine.start()
         self._engine, self._started_at = engine, time.time()
 

@@ -156,6 +156,27 @@ def test_autoscaling_adds_a_replica_under_a_spike_and_removes_it_after(app_url, 
     assert _agent_replicas(admin) == 1, "the added replica was not removed after the load stopped"
 
 
+def test_release_that_starts_but_fails_its_health_check_is_rolled_back(http, admin, model_name):
+    good = admin.get("/admin/status").json()["current_release"]
+    config = copy.deepcopy(admin.get(f"/admin/releases/{good}").json()["config"])
+    app = config["applications"][0]
+    # A fault-injection engine (tests/fakes/engine.py) that passes its first health checks, then fails them.
+    app["args"]["engine"]["factory"] = "tests.fakes.engine:turns_unhealthy"
+    env = app.setdefault("runtime_env", {}).setdefault("env_vars", {})
+    env["PYTHONPATH"] = str(ROOT)
+    r = admin.post("/admin/releases", json={"config": config, "note": "an engine that turns unhealthy"})
+    assert r.status_code == 202, r.text
+    rel = _follow(admin, r.json()["release"])
+    assert rel["status"] == "failed" and "LLMServer" in rel["outcome"] and rel["rolled_back_to"], rel
+    back = _follow(admin, rel["rolled_back_to"])
+    assert back["status"] == "good", back["outcome"]
+    assert "factory" not in admin.get(f"/admin/releases/{back['n']}").json()["config"]["applications"][0]["args"]["engine"]
+    assert http.get("/healthz").status_code == 200
+    chat = http.post("/v1/chat/completions", json={"model": model_name, "max_tokens": 4,
+                                                     "messages": [{"role": "user", "content": "hi"}]})
+    assert chat.status_code == 200
+
+
 def test_release_whose_llm_cannot_start_is_rolled_back(app_url, http, admin, model_name):
     good = admin.get("/admin/status").json()["current_release"]
     config = copy.deepcopy(admin.get(f"/admin/releases/{good}").json()["config"])

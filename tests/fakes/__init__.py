@@ -1,0 +1,1 @@
+"""Fakes for faults the real components cannot produce on demand; each implements the real interface."""
