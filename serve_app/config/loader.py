@@ -80,7 +80,6 @@ def load_serve_config(path: str | Path):
 
     Returns ``(schema, {app_name: AppSettings})``. Raises ConfigError naming the field on any problem.
     """
-    from ray.serve.schema import ServeDeploySchema
 
     path = Path(path)
     try:

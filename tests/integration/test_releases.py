@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 import yaml
 
 # The same bounded load the release benchmark uses: non-streaming chat and streams, every request recorded.
