@@ -1,4 +1,6 @@
-"""The Serve application builder named by every config file (``import_path: serve_app.app:build_app``)."""
+"""The Serve application builders: ``build_app`` (named by every config file, ``import_path:
+serve_app.app:build_app``) and ``build_llm``, the LLM deployment alone, which the release controller deploys
+as a separate application for a canary (serve_app/release/canary.py)."""
 
 from __future__ import annotations
 
@@ -28,3 +30,15 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
 
         agent = AgentServer.bind(plain, llm, vector)
     return Ingress.bind(llm, plain, vector, embedder, agent)
+
+
+def build_llm(args: dict[str, Any] | None = None) -> Application:
+    """The LLM deployment of these settings alone (a canary application: no HTTP route, reached by handle)."""
+    from serve_app.llm.deployment import LLMServer
+
+    settings = validate_app_args(args)
+    if not settings.model.enabled:
+        from serve_app.config.loader import ConfigError
+
+        raise ConfigError("invalid config: args.model.enabled: an LLM application needs the model enabled")
+    return LLMServer.bind(settings.model_dump(mode="json"))

@@ -220,10 +220,16 @@ def cmd_deploy(ns: argparse.Namespace) -> int:
     except (OSError, yaml.YAMLError) as exc:
         _say(f"cannot read {ns.file}: {exc}")
         return 2
-    rc, out = _admin_call(ns, "POST", "/admin/releases", json={"config": config, "note": ns.note})
+    body = {"config": config, "note": ns.note}
+    if ns.canary:
+        body["canary"] = {k: v for k, v in (("share", ns.share), ("window_s", ns.window)) if v is not None}
+    rc, out = _admin_call(ns, "POST", "/admin/releases", json=body)
     if rc:
         return rc
     _say(f"release {out['release']} deploying; changed: {', '.join(out['changed']) or 'nothing'}")
+    if out.get("canary"):
+        c = out["canary"]
+        _say(f"canary first: {c['share']:.0%} of LLM requests for {c['window_s']:g}s, then promoted or rolled back")
     return _follow(ns, out["release"]) if not ns.no_wait else 0
 
 
@@ -290,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     dep.add_argument("file")
     dep.add_argument("--note", default=None)
     dep.add_argument("--no-wait", action="store_true", help="return once the release is accepted")
+    dep.add_argument("--canary", action="store_true", help="send a share of LLM traffic to the new release's LLM "
+                     "first; promote or roll back from its error rate and p99 TTFT (args.releases.canary)")
+    dep.add_argument("--share", type=float, help="with --canary: share of LLM requests (overrides the release's)")
+    dep.add_argument("--window", type=float, help="with --canary: seconds of comparison (overrides the release's)")
     dep.set_defaults(func=cmd_deploy)
     admin("status", "Serve status per deployment, current and last good release").set_defaults(func=cmd_status)
     admin("history", "the release history").set_defaults(func=cmd_history)

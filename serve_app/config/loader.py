@@ -11,6 +11,8 @@ from pydantic import ValidationError
 from serve_app.config.settings import AppSettings
 
 APP_IMPORT_PATH = "serve_app.app:build_app"
+# The LLM deployment alone: a canary's application (deployed by the release controller).
+LLM_IMPORT_PATH = "serve_app.app:build_llm"
 
 
 class ConfigError(ValueError):
@@ -107,6 +109,15 @@ def validate_serve_config(raw: Any, where: str = "config"):
             settings[app.name] = s = validate_app_args(app.args, f"applications[{i}].args")
             _check_deployment_names(s, app.deployments, i)
             _check_single_writer(s, app.deployments, i)
+        elif app.import_path == LLM_IMPORT_PATH:
+            s = validate_app_args(app.args, f"applications[{i}].args")
+            if not s.model.enabled:
+                raise ConfigError(f"invalid config: applications[{i}].args.model.enabled: {LLM_IMPORT_PATH} serves "
+                                  "the model, it cannot be disabled")
+            for j, d in enumerate(app.deployments or ()):
+                if d.name != "LLMServer":
+                    raise ConfigError(f"invalid config: applications[{i}].deployments[{j}]: {LLM_IMPORT_PATH} has "
+                                      f"only the deployment 'LLMServer', not {d.name!r}")
     if not settings:
         raise ConfigError(f"{where} has no application with import_path {APP_IMPORT_PATH}")
     return schema, settings

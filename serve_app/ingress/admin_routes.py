@@ -108,7 +108,7 @@ class AdminRoutes:
         except Exception as exc:  # pydantic ValidationError
             raise InvalidRequest(f"invalid release request: {exc}"[:1000], "config") from None
         actor = request.client.host if request.client else "?"
-        return await c.deploy.remote(body.config, f"admin@{actor}", body.note)
+        return await c.deploy.remote(body.config, f"admin@{actor}", body.note, canary=body.canary)
 
     @app.post("/admin/rollback", status_code=202)
     async def admin_rollback(self, body: RollbackRequest, request: Request):

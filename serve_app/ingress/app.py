@@ -4,6 +4,7 @@ deployment, relay); this class holds the deployment handles they use and the hea
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -20,6 +21,9 @@ from serve_app.ingress.relay import awaited
 from serve_app.ingress.retrieval_routes import RetrievalRoutes
 from serve_app.llm.client import LLMClient
 from serve_app.rag.pipeline import RagPipeline
+from serve_app.release.canary import CanaryRouter
+
+logger = logging.getLogger("ray.serve")
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
@@ -43,10 +47,38 @@ class Ingress(OpenAIRoutes, RetrievalRoutes, AnswerRoutes, AdminRoutes):
         self.release = s.release
         self._admin_digest = admin_key_digest()
         self._controller = None
+        self.router: CanaryRouter | None = None
+        self._reporter: asyncio.Task | None = None
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        # The release number, set by the release controller through user_config: no restart (release/controller.py).
+        # Set by the release controller through user_config, so no restart (release/controller.py): the release
+        # number, and while a canary is out, its application and share of LLM traffic (release/canary.py).
         self.release = str(user_config.get("release") or self.settings.release)
+        canary = user_config.get("canary")
+        if not canary or self.llm is None:
+            self.router = None
+        elif self.router is None or self.router.release != int(canary["release"]) \
+                or self.router.share != float(canary["share"]):
+            handle = serve.get_deployment_handle("LLMServer", canary["app"])
+            self.router = CanaryRouter(self.llm, handle, float(canary["share"]), int(canary["release"]))
+
+    def _canary_reporter(self) -> None:
+        """Send the canary counts to the release controller every 2 s while a canary is out."""
+        if self._reporter is None or self._reporter.done():
+            self._reporter = asyncio.get_running_loop().create_task(self._report_canary())
+
+    async def _report_canary(self) -> None:
+        router = self.router
+        while router is not None:
+            await asyncio.sleep(2.0)
+            data = router.flush()
+            if data is not None:
+                try:
+                    await asyncio.wait_for(self._release_controller().canary_report.remote(router.release, data), 10)
+                except Exception:  # noqa: BLE001 - the counts of one interval are lost; serving goes on
+                    logger.warning("could not report canary counts to the release controller", exc_info=True)
+            if self.router is not router:
+                router = self.router
 
     async def _search(self, query: str, top_k: int, filter_: dict[str, Any] | None) -> list[dict[str, Any]]:
         return await awaited(self.vector.search.remote(query, top_k, filter_, None))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -32,11 +34,31 @@ def check_sampling(req: Any, settings: AppSettings) -> None:
         raise ModelNotFound(f"The model `{req.model}` does not exist.", "model")
 
 
+async def _observed(lines: AsyncIterator[str], router, arm: str, t0: float) -> AsyncIterator[str]:
+    """Relay a stream and record its side's outcome: time to the first event (TTFT) and whether it ended
+    with [DONE] and no error event. A client that leaves early records nothing."""
+    ttft = None
+    ok = done = False
+    try:
+        async for line in lines:
+            if ttft is None and line.startswith("data: "):
+                ttft = (time.perf_counter() - t0) * 1000
+            if line.startswith('data: {"error"'):
+                ok, done = False, True
+            elif line.startswith("data: [DONE]") and not done:
+                ok, done = True, True
+            yield line
+    finally:
+        if done:
+            router.record(arm, ok, ttft)
+
+
 class OpenAIRoutes:
     """Mixed into the Ingress deployment, which provides ``self.llm`` and ``self.settings``."""
 
     llm: Any
     settings: AppSettings
+    router: Any  # CanaryRouter while a canary is out, else None
 
     def _llm(self):
         if self.llm is None:
@@ -45,10 +67,25 @@ class OpenAIRoutes:
 
     async def _generate(self, kind: str, req: Any):
         self._llm()
-        head, gen = await open_call(self.llm.generate, (kind, req), self.settings.ingress)
+        router = self.router
+        if router is None:
+            head, gen = await open_call(self.llm.generate, (kind, req), self.settings.ingress)
+            if not head.get("stream"):
+                return JSONResponse(head["body"])
+            return StreamingResponse(relay_stream(gen), media_type="text/event-stream")
+        # A canary is out: pick a side and record what it did (serve_app/release/canary.py).
+        arm, handle = router.pick()
+        t0 = time.perf_counter()
+        try:
+            head, gen = await open_call(handle.generate, (kind, req), self.settings.ingress)
+        except Exception:
+            router.record(arm, ok=False)
+            raise
+        self._canary_reporter()
         if not head.get("stream"):
+            router.record(arm, ok=True)
             return JSONResponse(head["body"])
-        return StreamingResponse(relay_stream(gen), media_type="text/event-stream")
+        return StreamingResponse(_observed(relay_stream(gen), router, arm, t0), media_type="text/event-stream")
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, body: ChatCompletionRequest):

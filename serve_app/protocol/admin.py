@@ -14,6 +14,10 @@ class _Request(BaseModel):
 class DeployRequest(_Request):
     config: dict[str, Any] = Field(..., description="A Serve config (the format of configs/*.yaml) holding the app.")
     note: str | None = Field(None, max_length=500, description="Why; stored in the history.")
+    canary: dict[str, Any] | None = Field(
+        None, description="Deploy as a canary first: {} for the release's own releases.canary settings, or "
+        "overrides of them (share, window_s, min_requests, max_error_rate_increase, max_ttft_p99_ratio, ttft_slack_ms)."
+    )
 
 
 class RollbackRequest(_Request):

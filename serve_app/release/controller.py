@@ -12,6 +12,13 @@ Deploy flow: validate (nothing is touched if the release is invalid) → record 
 apply → watch Serve's status until the application is RUNNING with every deployment HEALTHY, failing fast on
 a replica that cannot start → probe every component's health for ``releases.watch_s`` → ``good``; on any
 failure, redeploy the last good release and record both outcomes.
+
+Canary flow (``deploy(..., canary={...})``): the new release's LLM is started as a second application
+(``<app>-canary``, ``build_llm``) next to the running release, which is not touched → once it is healthy,
+the ingress is told (``user_config``) to send ``share`` of LLM requests to it → both sides' counts, reported
+by the ingress replicas, are compared over ``window_s`` (``canary.judge``) → pass: routing back to the current
+release, then the whole new release rolls out as above (with its own watch and rollback); fail: routing back,
+the canary application removed, the release recorded as failed — the current release served throughout.
 """
 
 from __future__ import annotations
@@ -24,8 +31,15 @@ from typing import Any
 
 import ray
 
-from serve_app.config.loader import APP_IMPORT_PATH, ConfigError, deployment_names, validate_serve_config
-from serve_app.config.settings import AppSettings
+from serve_app.config.loader import (
+    APP_IMPORT_PATH,
+    LLM_IMPORT_PATH,
+    ConfigError,
+    deployment_names,
+    validate_serve_config,
+)
+from serve_app.config.settings import AppSettings, CanarySettings
+from serve_app.release.canary import CANARY, PRIMARY, ArmStats, judge
 from serve_app.errors import Conflict, InvalidRequest, NotFound
 from serve_app.release.history import History, default_state_dir
 
@@ -71,15 +85,29 @@ class ReleaseFailed(Exception):
 class ReleaseController:
     def __init__(self, app_name: str, state_dir: str | None = None):
         self.app = app_name
+        self.canary_app = f"{app_name}-canary"
         self.history = History(state_dir or default_state_dir())
         self._task: asyncio.Task | None = None
         self._deploying: int | None = None
+        self._canary: dict[str, Any] | None = None
+        for r in self.history.list():
+            if r["status"] == "deploying":
+                # This actor restarted mid-deploy (Ray restarts it): the outcome was never observed.
+                self.history.finish(r["n"], "interrupted", "the release controller restarted during the deploy")
         if self.history.last_good() is None:
             # First start: what Serve runs now is release 1.
             config = self._deployed_config()
             self.history.add(actor="bootstrap", kind="initial", note="the release running when the controller started",
                              config=config, changed=["everything"], status="good")
             logger.info("release controller: recorded the running application as release 1")
+        self._serving: int = self.history.last_good()["n"]
+        # A canary left behind by a controller that died mid-window is removed on the first call.
+        self._leftover_canary = self.canary_app in self._details()["applications"]
+
+    def _clean_up(self) -> None:
+        if self._leftover_canary and (self._task is None or self._task.done()):
+            self._leftover_canary = False
+            self._task = asyncio.get_running_loop().create_task(self._remove_canary(self.history.last_good()))
 
     # -- reading Serve's state ------------------------------------------------------------------------
 
@@ -88,7 +116,8 @@ class ReleaseController:
 
     def _deployed_config(self) -> dict[str, Any]:
         d = self._details()
-        apps = [a["deployed_app_config"] for a in d["applications"].values() if a.get("deployed_app_config")]
+        apps = [a["deployed_app_config"] for name, a in d["applications"].items()
+                if a.get("deployed_app_config") and name != self.canary_app]
         config = {"applications": apps}
         if d.get("proxy_location"):
             config["proxy_location"] = d["proxy_location"]
@@ -105,6 +134,7 @@ class ReleaseController:
     # -- the public operations (called by the ingress's admin routes) --------------------------------
 
     async def status(self) -> dict[str, Any]:
+        self._clean_up()
         details = await asyncio.to_thread(self._details)
         app = details["applications"].get(self.app) or {}
         current = self.history.last_good()
@@ -118,14 +148,32 @@ class ReleaseController:
             }
             for name, d in (app.get("deployments") or {}).items()
         }
+        canary = None
+        if self._canary is not None:
+            c = self._canary
+            canary = {"release": c["n"], "application": self.canary_app, "share": c["settings"].share,
+                      "window_s": c["settings"].window_s, "phase": c["phase"],
+                      "window_started_at": c["window_started_at"],
+                      PRIMARY: c[PRIMARY].summary(), CANARY: c[CANARY].summary()}
         return {
             "application": self.app,
             "status": app.get("status"),
-            "current_release": current["n"] if current else None,
+            # The release whose configuration Serve runs; last good is the one a rollback would go back to
+            # (they differ while a release is deploying or after a failed rollback).
+            "current_release": self._serving,
             "last_good_release": current["n"] if current else None,
             "deploying": self._deploying,
+            "canary": canary,
             "deployments": deployments,
         }
+
+    def canary_report(self, release: int, data: dict[str, Any]) -> None:
+        """Counts from one ingress replica since its last report (see canary.CanaryRouter.flush)."""
+        c = self._canary
+        if c is None or c["n"] != release or c["phase"] != "window":
+            return
+        for arm in (PRIMARY, CANARY):
+            c[arm].add(data.get(arm) or {})
 
     def releases(self) -> list[dict[str, Any]]:
         return [{k: v for k, v in r.items() if k != "config"} for r in self.history.list()]
@@ -142,10 +190,17 @@ class ReleaseController:
     def audit_log(self) -> list[dict[str, Any]]:
         return self.history.audit_log()
 
-    async def deploy(self, config: dict, actor: str, note: str | None = None, kind: str = "deploy") -> dict[str, Any]:
-        """Validate and start deploying a release. Returns its number at once; the outcome is in history."""
+    async def deploy(self, config: dict, actor: str, note: str | None = None, kind: str = "deploy",
+                     canary: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Validate and start deploying a release. Returns its number at once; the outcome is in history.
+
+        ``canary`` (a possibly empty mapping of CanarySettings fields overriding the release's own
+        ``releases.canary``) deploys it as a canary first."""
+        self._clean_up()
         if self._task is not None and not self._task.done():
-            raise Conflict(f"release {self._deploying} is still being deployed", "release")
+            what = f"release {self._deploying} is still being deployed" if self._deploying else \
+                "a canary left by an earlier controller is being removed"
+            raise Conflict(what, "release")
         current = self.history.last_good()
         base = current["config"] if current else self._deployed_config()
         # Serve's global options stay as they run (they cannot change in place); the application is the release.
@@ -156,7 +211,8 @@ class ReleaseController:
         if new_app is None:
             raise InvalidRequest(f"the release must contain the application {self.app!r}", "applications")
         full = {**{k: v for k, v in base.items() if k != "applications"},
-                "applications": [a for a in base["applications"] if a["name"] != self.app] + [{**new_app, "name": self.app}]}
+                "applications": [a for a in base["applications"] if a["name"] not in (self.app, self.canary_app)]
+                + [{**new_app, "name": self.app}]}
         try:
             schema, settings = validate_serve_config(full, "release")
         except ConfigError as exc:
@@ -166,10 +222,37 @@ class ReleaseController:
         if app.get("import_path") != APP_IMPORT_PATH:
             raise InvalidRequest(f"the application must use import_path {APP_IMPORT_PATH}", "import_path")
         changed = _changed(self._app_entry(base) if current else None, app)
+        new_settings = settings[self.app]
+        if canary is not None:
+            canary_settings = self._check_canary(canary, new_settings, current)
+            kind = "canary"
         n = self.history.add(actor=actor, kind=kind, note=note, config=full, changed=changed, status="deploying")
         self._deploying = n
-        self._task = asyncio.get_running_loop().create_task(self._roll_out(n, full, settings[self.app], current))
-        return {"release": n, "status": "deploying", "changed": changed}
+        if canary is not None:
+            work = self._canary_out(n, full, new_settings, current, canary_settings)
+        else:
+            work = self._roll_out(n, full, new_settings, current)
+        self._task = asyncio.get_running_loop().create_task(work)
+        out = {"release": n, "status": "deploying", "changed": changed}
+        if canary is not None:
+            out["canary"] = canary_settings.model_dump()
+        return out
+
+    def _check_canary(self, overrides: dict[str, Any], new: AppSettings, current: dict | None) -> CanarySettings:
+        if current is None:
+            raise InvalidRequest("a canary needs a current good release to compare with", "canary")
+        try:
+            cs = CanarySettings.model_validate({**new.releases.canary.model_dump(), **overrides})
+        except Exception as exc:  # pydantic ValidationError: name the field
+            raise InvalidRequest(f"invalid canary settings: {exc}"[:600], "canary") from None
+        old = AppSettings.model_validate(self._app_entry(current["config"]).get("args") or {})
+        if not (new.model.enabled and old.model.enabled):
+            raise InvalidRequest("a canary compares two LLMs: both releases need model.enabled", "canary")
+        if new.model.name != old.model.name:
+            # Clients name the model in every request; both sides must answer to the same name.
+            raise InvalidRequest(f"a canary must serve the same model name as the current release "
+                                 f"({old.model.name!r}, not {new.model.name!r})", "model.served_name")
+        return cs
 
     async def rollback(self, actor: str, to: int | None = None) -> dict[str, Any]:
         if to is None:
@@ -218,17 +301,29 @@ class ReleaseController:
 
     # -- rollout ----------------------------------------------------------------------------------------
 
-    def _label(self, config: dict, n: int) -> dict:
-        # The ingress shows the release number; applied through user_config (no restart).
+    def _label(self, config: dict, n: int, canary: dict | None = None, canary_app: dict | None = None) -> dict:
+        # The ingress shows the release number, and routes a share to a canary: both through user_config
+        # (reconfigure, no restart). ``canary_app`` is added as a second application.
         app = self._app_entry(config)
         deps = [dict(d) for d in app.get("deployments") or []]
         ingress = next((d for d in deps if d["name"] == "Ingress"), None)
         if ingress is None:
             ingress = {"name": "Ingress"}
             deps.append(ingress)
-        ingress["user_config"] = {**(ingress.get("user_config") or {}), "release": str(n)}
+        user_config = {k: v for k, v in (ingress.get("user_config") or {}).items() if k != "canary"}
+        ingress["user_config"] = {**user_config, "release": str(n)} | ({"canary": canary} if canary else {})
         app = {**app, "deployments": deps}
-        return {**config, "applications": [a if a["name"] != self.app else app for a in config["applications"]]}
+        apps = [a if a["name"] != self.app else app for a in config["applications"] if a["name"] != self.canary_app]
+        return {**config, "applications": apps + ([canary_app] if canary_app else [])}
+
+    def _canary_application(self, config: dict) -> dict:
+        """The new release's LLM deployment as an application of its own (no HTTP route)."""
+        app = self._app_entry(config)
+        out = {"name": self.canary_app, "import_path": LLM_IMPORT_PATH, "route_prefix": None, "args": app.get("args") or {},
+               "deployments": [d for d in app.get("deployments") or [] if d["name"] == "LLMServer"]}
+        if app.get("runtime_env"):
+            out["runtime_env"] = app["runtime_env"]
+        return out
 
     async def _apply(self, config: dict) -> float:
         from ray.serve.schema import ServeDeploySchema
@@ -238,14 +333,14 @@ class ReleaseController:
         await asyncio.to_thread(_client().deploy_apps, schema, _blocking=False)
         return started
 
-    async def _wait_ready(self, started: float, settings: AppSettings) -> None:
+    async def _wait_ready(self, started: float, settings: AppSettings, app_name: str | None = None) -> None:
         deadline = time.monotonic() + settings.releases.ready_timeout_s
         bad: dict[str, int] = {}
         armed: dict[str, bool] = {}
         fails: dict[str, int] = {}
         while True:
             details = await asyncio.to_thread(self._details)
-            app = details["applications"].get(self.app)
+            app = details["applications"].get(app_name or self.app)
             if app is not None and app.get("last_deployed_time_s", 0) >= started - 1:
                 # Statuses can still show the previous rollout for a moment after the apply: a failure state
                 # counts once it has been seen on three polls in a row; a replica that died after the apply
@@ -294,23 +389,26 @@ class ReleaseController:
                 return
             await asyncio.sleep(1.0)
 
-    async def _roll_out(self, n: int, config: dict, settings: AppSettings, previous: dict | None) -> None:
+    async def _roll_out(self, n: int, config: dict, settings: AppSettings, previous: dict | None,
+                        prefix: str = "") -> None:
         t0 = time.monotonic()
+        self._serving = n
         try:
             started = await self._apply(self._label(config, n))
             await self._wait_ready(started, settings)
             await self._watch(settings)
-            self.history.finish(n, "good", f"healthy after {time.monotonic() - t0:.1f}s")
+            self.history.finish(n, "good", f"{prefix}healthy after {time.monotonic() - t0:.1f}s")
             logger.info("release %d is good", n)
         except Exception as exc:  # noqa: BLE001 - every failure leads to the rollback
             reason = str(exc) if isinstance(exc, ReleaseFailed) else f"{type(exc).__name__}: {exc}"
             logger.warning("release %d failed: %s", n, reason)
             if previous is None:
-                self.history.finish(n, "failed", reason)
+                self.history.finish(n, "failed", prefix + reason)
                 return
             back = self.history.add(actor="controller", kind="rollback", note=f"automatic rollback of release {n}",
                                     config=previous["config"], changed=["everything"], status="deploying")
-            self.history.finish(n, "failed", reason, rolled_back_to=back)
+            self.history.finish(n, "failed", prefix + reason, rolled_back_to=back)
+            self._serving = back
             t1 = time.monotonic()
             prev_settings = AppSettings.model_validate(self._app_entry(previous["config"]).get("args") or {})
             try:
@@ -322,6 +420,83 @@ class ReleaseController:
                 self.history.finish(back, "failed", f"rollback failed: {exc2}")
         finally:
             self._deploying = None
+
+    async def _canary_out(self, n: int, config: dict, settings: AppSettings, current: dict, cs: CanarySettings) -> None:
+        t0 = time.monotonic()
+        base, m = current["config"], current["n"]
+        cur_settings = AppSettings.model_validate(self._app_entry(base).get("args") or {})
+        route = {"app": self.canary_app, "share": cs.share, "release": n}
+        self._canary = c = {"n": n, "settings": cs, "phase": "starting", "window_started_at": None,
+                            PRIMARY: ArmStats(), CANARY: ArmStats()}
+        try:
+            # 1. The canary's LLM next to the current release (which is not touched); no traffic yet.
+            started = await self._apply(self._label(base, m, canary_app=self._canary_application(config)))
+            await self._wait_ready(started, settings, self.canary_app)
+            # 2. Route the share to it, then compare both sides over the window.
+            started = await self._apply(self._label(base, m, canary=route, canary_app=self._canary_application(config)))
+            await self._wait_ready(started, cur_settings)
+            c["phase"], c["window_started_at"] = "window", time.time()
+            verdict = await self._judge_window(c, settings, cs)
+        except Exception as exc:  # noqa: BLE001 - every failure removes the canary
+            reason = str(exc) if isinstance(exc, ReleaseFailed) else f"{type(exc).__name__}: {exc}"
+            logger.warning("canary release %d failed: %s", n, reason)
+            c["phase"] = "rolling back"
+            try:
+                await self._remove_canary(current)
+                self.history.finish(n, "failed", f"canary rolled back: {reason}; release {m} served throughout, the "
+                                    f"canary was removed {time.monotonic() - t0:.1f}s after the deploy")
+            except Exception as exc2:  # noqa: BLE001
+                self.history.finish(n, "failed", f"canary rolled back: {reason}; removing it failed: {exc2}")
+            self._canary = None
+            self._deploying = None
+            return
+        # 3. Promote: all traffic back to the current release, then the whole release rolls out in place.
+        logger.info("canary release %d passed: %s", n, verdict)
+        c["phase"] = "promoting"
+        try:
+            started = await self._apply(self._label(base, m, canary_app=self._canary_application(config)))
+            await self._wait_ready(started, cur_settings)
+        except Exception as exc:  # noqa: BLE001 - the rollout below replaces everything anyway
+            logger.warning("routing back from canary %d: %s", n, exc)
+        self._canary = None
+        await self._roll_out(n, config, settings, current, prefix=f"canary passed ({verdict}); promoted and ")
+
+    async def _judge_window(self, c: dict, settings: AppSettings, cs: CanarySettings) -> str:
+        from ray import serve
+
+        end = time.monotonic() + cs.window_s
+        failures = 0
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                handle = serve.get_deployment_handle("LLMServer", self.canary_app)
+                await asyncio.wait_for(handle.health.remote(), settings.ingress.health_timeout_s)
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - any failure of a probe counts
+                failures += 1
+                if failures >= settings.releases.health_failures:
+                    raise ReleaseFailed(f"the canary's LLMServer failed its health check: {type(exc).__name__}: "
+                                        f"{str(exc)[:300]}") from None
+            final = time.monotonic() >= end
+            if final:
+                await asyncio.sleep(2.5)  # the ingress replicas report every 2 s: take the window's last counts
+            verdict, reason = judge(c[PRIMARY], c[CANARY], cs, final)
+            if verdict == "fail":
+                raise ReleaseFailed(reason)
+            if verdict == "pass":
+                return reason
+
+    async def _remove_canary(self, current: dict) -> None:
+        """Route everything to the current release, then remove the canary application."""
+        cur_settings = AppSettings.model_validate(self._app_entry(current["config"]).get("args") or {})
+        details = await asyncio.to_thread(self._details)
+        canary = details["applications"].get(self.canary_app)
+        if canary and canary.get("deployed_app_config"):
+            started = await self._apply(self._label(current["config"], current["n"],
+                                                    canary_app=canary["deployed_app_config"]))
+            await self._wait_ready(started, cur_settings)
+        started = await self._apply(self._label(current["config"], current["n"]))
+        await self._wait_ready(started, cur_settings)
 
 
 def get_controller(app_name: str):

@@ -1,6 +1,6 @@
 """Releases: the admin API's key check and audit, refusal of an invalid release, scaling that restarts
 nothing, a good release under load with streams open, and a release whose LLM cannot start rolled back
-automatically.
+automatically; canaries that are rolled back or promoted.
 
 Invariants: an invalid release touches nothing; a good release fails no request and cuts no stream; a bad
 release is rolled back by the controller itself to the previous configuration, which serves again; every
@@ -153,6 +153,80 @@ def test_autoscaling_adds_a_replica_under_a_spike_and_removes_it_after(app_url, 
             break
         time.sleep(1)
     assert _agent_replicas(admin) == 1, "the added replica was not removed after the load stopped"
+
+
+def _canary_release(admin, engine_change, canary, note):
+    current = admin.get("/admin/status").json()["current_release"]
+    config = copy.deepcopy(admin.get(f"/admin/releases/{current}").json()["config"])
+    config["applications"][0]["args"]["engine"].update(engine_change)
+    r = admin.post("/admin/releases", json={"config": config, "note": note, "canary": canary})
+    assert r.status_code == 202, r.text
+    assert r.json()["changed"] == ["args.engine"] and r.json()["canary"]["share"] == canary["share"]
+    return current, r.json()["release"]
+
+
+def _wait_for_window(admin, n, timeout_s=300):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        canary = admin.get("/admin/status").json()["canary"]
+        if canary is None or canary["phase"] != "starting":
+            return canary
+        time.sleep(1)
+    raise AssertionError(f"canary {n} never left its start")
+
+
+def test_canary_that_fails_requests_is_rolled_back_and_the_current_release_is_untouched(app_url, http, admin,
+                                                                                        model_name):
+    llm_started = http.get("/healthz").json()["components"]["llm"]["started_at"]
+    # A real fault: the canary's engine has a context too short for the prompts the load sends, so vLLM
+    # refuses them (400) while the current release answers them.
+    canary = {"share": 0.5, "window_s": 60, "min_requests": 6}
+    with Load(app_url, model_name, clients=4) as load:
+        current, n = _canary_release(admin, {"max_model_len": 32}, canary, "context too short")
+        seen = _wait_for_window(admin, n)
+        assert seen is None or seen["release"] == n
+        rel = _follow(admin, n)
+        done = time.time()
+        time.sleep(3)
+    assert rel["status"] == "failed" and rel["kind"] == "canary" and not rel["rolled_back_to"], rel
+    assert "canary rolled back" in rel["outcome"] and "error rate" in rel["outcome"], rel["outcome"]
+    status = admin.get("/admin/status").json()
+    assert status["canary"] is None and status["current_release"] == current and status["status"] == "RUNNING"
+    # The current release's LLM was never restarted, and answers everything after the canary left.
+    health = http.get("/healthz").json()
+    assert health["components"]["llm"]["started_at"] == llm_started and health["release"] == str(current)
+    failed = [x for x in load.records if not x["ok"]]
+    assert failed, "the canary answered nothing: the share did not reach it"
+    assert {x["status"] for x in failed} == {400}, failed[:5]
+    assert all(x["t"] < done for x in failed)
+    assert len(failed) < len(load.records) * 0.8  # the current release kept answering its share
+    after = [x for x in load.records if x["t"] > done]
+    assert after and all(x["ok"] for x in after)
+
+
+def test_good_canary_is_promoted_under_load_without_failures(app_url, http, admin, model_name):
+    llm_started = http.get("/healthz").json()["components"]["llm"]["started_at"]
+    # Thresholds for a shared 2-core machine where two engines compete; the decision logic is unit-tested.
+    canary = {"share": 0.5, "window_s": 20, "min_requests": 5, "max_ttft_p99_ratio": 4.0, "ttft_slack_ms": 2000}
+    with Load(app_url, model_name, clients=4) as load:
+        _, n = _canary_release(admin, {"max_num_seqs": 32}, canary, "smaller batch")
+        seen = _wait_for_window(admin, n)
+        assert seen is not None and seen["phase"] in ("window", "promoting"), seen
+        if seen["phase"] == "window":
+            time.sleep(5)
+            window = admin.get("/admin/status").json()["canary"]
+            assert window is None or window["release"] == n
+        rel = _follow(admin, n)
+        time.sleep(3)
+    assert rel["status"] == "good" and rel["kind"] == "canary", rel
+    assert rel["outcome"].startswith("canary passed"), rel["outcome"]
+    failed = [x for x in load.records if not x["ok"]]
+    assert load.records and not failed, failed[:5]
+    status = admin.get("/admin/status").json()
+    assert status["current_release"] == n and status["last_good_release"] == n and status["canary"] is None
+    health = http.get("/healthz").json()
+    assert health["release"] == str(n) and health["components"]["llm"]["started_at"] != llm_started
+    assert admin.get(f"/admin/releases/{n}").json()["config"]["applications"][0]["args"]["engine"]["max_num_seqs"] == 32
 
 
 def test_release_that_starts_but_fails_its_health_check_is_rolled_back(http, admin, model_name):
