@@ -1,7 +1,7 @@
 """Rollouts under load: a good release and a release whose LLM cannot start, while chat traffic flows.
 
 Starts the app the way `make serve` does (with an admin key), sends bounded chat traffic on loopback
-(non-streaming requests and streams) during each rollout, and records every request (start, end, status,
+(non-streaming requests and streams) during each rollout (a good and a bad release, a bad and a good canary), and records every request (start, end, status,
 whether a stream completed). Figures: failed requests per rollout and when they happened, the time from the
 failed release's deploy to the previous release serving again, the good release's time to healthy.
 
@@ -75,11 +75,12 @@ def follow(admin: httpx.Client, n: int) -> dict:
         time.sleep(0.5)
 
 
-def rollout(url: str, admin: httpx.Client, model: str, config: dict, label: str) -> dict:
+def rollout(url: str, admin: httpx.Client, model: str, config: dict, label: str, canary: dict | None = None) -> dict:
     with Load(url, model) as load:
         time.sleep(5)
         t_deploy = time.time()
-        n = admin.post("/admin/releases", json={"config": config, "note": label}).json()["release"]
+        body = {"config": config, "note": label} | ({"canary": canary} if canary is not None else {})
+        n = admin.post("/admin/releases", json=body).json()["release"]
         rel = follow(admin, n)
         back = follow(admin, rel["rolled_back_to"]) if rel.get("rolled_back_to") else None
         t_end = time.time()
@@ -105,8 +106,13 @@ def rollout(url: str, admin: httpx.Client, model: str, config: dict, label: str)
         # From the deploy of the failed release until the previous configuration is healthy again.
         out["deploy_to_previous_serving_s"] = back["finished_at"] - rel["created_at"]
         out["failure_detected_s"] = rel["finished_at"] - rel["created_at"]
-    else:
+    elif rel["status"] == "good":
         out["deploy_to_good_s"] = rel["finished_at"] - rel["created_at"]
+    else:
+        # A canary rolled back: the current release never stopped; the canary was removed after this long.
+        out["deploy_to_canary_removed_s"] = rel["finished_at"] - rel["created_at"]
+    if canary is not None:
+        out["canary"] = canary
     return out
 
 
@@ -151,8 +157,16 @@ def main() -> None:
             good["applications"][0]["args"]["rag"]["default_top_k"] = 3
             bad = copy.deepcopy(base)
             bad["applications"][0]["args"]["model"].update(source="/nonexistent/model", served_name=model)
+            short = copy.deepcopy(base)  # a real fault under a canary: prompts longer than its context → 400
+            short["applications"][0]["args"]["engine"]["max_model_len"] = 32
+            batch = copy.deepcopy(base)
+            batch["applications"][0]["args"]["engine"]["max_num_seqs"] = 32
+            canary = {"share": 0.2, "window_s": 30, "min_requests": 10}
             rollouts = [rollout(url, admin, model, good, "good release (args change: every deployment restarts)"),
-                        rollout(url, admin, model, bad, "bad release (LLM model path does not exist)")]
+                        rollout(url, admin, model, bad, "bad release (LLM model path does not exist)"),
+                        rollout(url, admin, model, short, "bad canary, 20 % (context too short)", canary),
+                        rollout(url, admin, model, batch, "good canary, 20 %, promoted (max_num_seqs 32)",
+                                {**canary, "max_ttft_p99_ratio": 4.0, "ttft_slack_ms": 2000})]
             for ro in rollouts:
                 print(json.dumps({k: v for k, v in ro.items() if k != "records"}, indent=1))
     result = {"command": "python -m benchmarks.releases", "ready_s": ready_s, "rollouts": rollouts}

@@ -155,6 +155,44 @@ def test_autoscaling_adds_a_replica_under_a_spike_and_removes_it_after(app_url, 
     assert _agent_replicas(admin) == 1, "the added replica was not removed after the load stopped"
 
 
+def _streams(app_url, model_name, count, max_tokens, results):
+    def one():
+        body = {"model": model_name, "max_tokens": max_tokens, "min_tokens": max_tokens, "stream": True,
+                "messages": [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]}
+        with httpx.Client(base_url=app_url, timeout=300) as c:
+            with c.stream("POST", "/v1/chat/completions", json=body) as r:
+                lines = [x for x in r.iter_lines() if x.startswith("data: ")]
+        results.append({"status": r.status_code, "events": len(lines), "done": bool(lines) and lines[-1] == "data: [DONE]",
+                        "error": any(x.startswith('data: {"error"') for x in lines)})
+
+    return [threading.Thread(target=one, daemon=True) for _ in range(count)]
+
+
+def test_scale_down_while_streams_are_open_cuts_no_stream(app_url, admin, model_name):
+    for name in ("LLMServer", "Ingress"):
+        r = admin.post("/admin/scale", json={"deployment": name, "replicas": 2})
+        assert r.status_code == 202, r.text
+        assert _follow(admin, r.json()["release"])["status"] == "good"
+    deployments = admin.get("/admin/status").json()["deployments"]
+    assert deployments["LLMServer"]["running_replicas"] == 2 and deployments["Ingress"]["running_replicas"] == 2
+    results: list[dict] = []
+    threads = _streams(app_url, model_name, 6, 160, results)
+    for t in threads:
+        t.start()
+    time.sleep(2)  # every stream is open and generating when the replicas it may be on are told to stop
+    for name in ("LLMServer", "Ingress"):
+        r = admin.post("/admin/scale", json={"deployment": name, "replicas": 1})
+        assert r.status_code == 202, r.text
+        assert _follow(admin, r.json()["release"])["status"] == "good"
+    for t in threads:
+        t.join(300)
+    assert len(results) == 6
+    assert all(x["status"] == 200 and x["done"] and not x["error"] for x in results), results
+    assert all(x["events"] > 100 for x in results), results  # whole answers (min_tokens), not cut short
+    deployments = admin.get("/admin/status").json()["deployments"]
+    assert deployments["LLMServer"]["running_replicas"] == 1 and deployments["Ingress"]["running_replicas"] == 1
+
+
 def _canary_release(admin, engine_change, canary, note):
     current = admin.get("/admin/status").json()["current_release"]
     config = copy.deepcopy(admin.get(f"/admin/releases/{current}").json()["config"])
