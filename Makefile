@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export VLLM_NO_USAGE_STATS ?= 1
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install serve test test-unit test-integration bench clean
+.PHONY: install serve test test-unit test-integration bench clean test-tools
 
 install: $(STAMP)
 
@@ -31,13 +31,20 @@ $(STAMP): pyproject.toml
 serve: install
 	$(BIN)/serve-app run --config $(CONFIG)
 
-test: install
+# The observability test scrapes the app with a real Prometheus: Debian's package (only its binary is used;
+# no service is started). Elsewhere, put any prometheus 2.x binary on PATH.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+test-tools:
+	@command -v prometheus >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus; }
+
+test: install test-tools
 	$(BIN)/python -m pytest tests
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit
 
-test-integration: install
+test-integration: install test-tools
 	$(BIN)/python -m pytest tests/integration
 
 bench: install

@@ -105,7 +105,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
             ray.init(address=address, namespace="serve")
         else:
             # address="local": always a new local instance, never a `ray start` cluster that happens to run.
-            ray.init(address="local", num_cpus=ns.num_cpus, include_dashboard=ns.dashboard, namespace="serve")
+            ray.init(address="local", num_cpus=ns.num_cpus, include_dashboard=ns.dashboard, namespace="serve",
+                     _metrics_export_port=ns.metrics_port)
         # Ray's core worker installs its own SIGTERM handler (it logs and aborts the driver, skipping
         # Serve's shutdown): put ours back so SIGTERM shuts down as cleanly as Ctrl-C.
         signal.signal(signal.SIGINT, _on_signal)
@@ -276,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--port", type=int, help="override http_options.port")
     run.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance")
     run.add_argument("--dashboard", action="store_true", help="start Ray's dashboard with the local Ray")
+    run.add_argument("--metrics-port", type=int, default=None, help="port of the local Ray's metrics endpoint "
+                     "(Prometheus format: the app's, Serve's and vLLM's metrics; default: a free port; "
+                     "GET /metrics on the app relays it either way)")
     run.add_argument("--start-timeout", type=float, default=600.0, help="seconds to wait for RUNNING")
     run.set_defaults(func=cmd_run)
 

@@ -6,6 +6,7 @@ flight, which aborts its engine request.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -15,10 +16,12 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.agent.calculator import calculate
 from serve_app.agent.loop import AgentLoop, ToolResult
+from serve_app.agent.tools import REGISTRY
 from serve_app.config.settings import AppSettings
 from serve_app.errors import NotFound
 from serve_app.ingress.relay import awaited
 from serve_app.llm.client import LLMClient
+from serve_app.observability.metrics import metric
 
 logger = logging.getLogger("ray.serve")
 
@@ -69,8 +72,33 @@ class AgentServer:
         self.loop = AgentLoop(client, tools, s.agent, s.prompts)
 
     async def run(self, task: str, max_steps: int) -> AsyncGenerator[dict[str, Any], None]:
-        async for event in self.loop.run(task, max_steps):
-            yield event
+        outcome = "error"
+        try:
+            async for event in self.loop.run(task, max_steps):
+                _observe(event)
+                if event["type"] == "answer":
+                    outcome = event["finish_reason"]
+                yield event
+        except (GeneratorExit, asyncio.CancelledError):
+            outcome = "cancelled"  # the client went away
+            raise
+        finally:
+            metric("serve_app_agent_runs").inc(tags={"outcome": outcome if outcome in _OUTCOMES else "error"})
 
     def health(self) -> dict[str, Any]:
         return {"tools": list(self.settings.agent.tools), "prompts_version": self.settings.prompts.version}
+
+
+_OUTCOMES = {"final_answer", "max_steps", "deadline", "cancelled", "error"}
+
+
+def _observe(event: dict[str, Any]) -> None:
+    # Label values stay bounded: a tool the model made up is "unknown", never its name.
+    if event["type"] == "step":
+        tool = event["tool"] if event["tool"] in REGISTRY else "unknown"
+        if "tool_ms" in event:
+            metric("serve_app_agent_tool_duration_seconds").observe(event["tool_ms"] / 1000, tags={"tool": tool})
+        if event["status"] != "ok":
+            metric("serve_app_agent_tool_errors").inc(tags={"tool": tool, "status": event["status"]})
+    elif event["type"] == "answer":
+        metric("serve_app_agent_steps").observe(len(event["steps"]))

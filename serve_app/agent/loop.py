@@ -119,15 +119,23 @@ class AgentLoop:
         if name == FINAL:
             return {"tool": name, "input": parsed.model_dump(), "output": "done", "status": "ok"}
         timeout = min(self.s.tool_timeout_s, max(0.0, deadline - time.monotonic()))
+        started = time.perf_counter()
+
+        def ms() -> float:
+            return round((time.perf_counter() - started) * 1000, 2)
+
         try:
             result = await asyncio.wait_for(self.tools[name](parsed), timeout)
         except asyncio.TimeoutError:
-            return {"tool": name, "input": parsed.model_dump(), "output": f"error: {name} did not answer within {timeout:.3g}s", "status": "error"}
+            return {"tool": name, "input": parsed.model_dump(), "output": f"error: {name} did not answer within {timeout:.3g}s",
+                    "status": "error", "tool_ms": ms()}
         except Exception as exc:  # noqa: BLE001 - a failing tool is an observation; the loop goes on
             while getattr(exc, "cause", None) is not None:  # a Ray task error: the replica's own exception
                 exc = exc.cause
             detail = str(exc) if isinstance(exc, AppError) else type(exc).__name__
-            return {"tool": name, "input": parsed.model_dump(), "output": f"error: {detail}"[:300], "status": "error"}
+            return {"tool": name, "input": parsed.model_dump(), "output": f"error: {detail}"[:300], "status": "error",
+                    "tool_ms": ms()}
         for src in result.sources:
             sources.setdefault(src.get("chunk_id") or src["document_id"], src)
-        return {"tool": name, "input": parsed.model_dump(), "output": result.output[: self.s.observation_chars], "status": "ok"}
+        return {"tool": name, "input": parsed.model_dump(), "output": result.output[: self.s.observation_chars], "status": "ok",
+                "tool_ms": ms()}

@@ -7,23 +7,35 @@ import asyncio
 import logging
 from typing import Any
 
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config.settings import AppSettings
 from serve_app.ingress.admin_routes import AdminRoutes, admin_key_digest
 from serve_app.ingress.answer_routes import AnswerRoutes
+from serve_app.errors import ServiceUnavailable
 from serve_app.ingress.errors import unwrap
 from serve_app.ingress.fastapi_app import app
 from serve_app.ingress.openai_routes import OpenAIRoutes
 from serve_app.ingress.relay import awaited
 from serve_app.ingress.retrieval_routes import RetrievalRoutes
 from serve_app.llm.client import LLMClient
+from serve_app.observability.metrics import metric
 from serve_app.rag.pipeline import RagPipeline
 from serve_app.release.canary import CanaryRouter
 
 logger = logging.getLogger("ray.serve")
+
+
+def _node_metrics_url() -> str:
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node["NodeID"] == node_id and node.get("MetricsExportPort"):
+            return f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+    raise ServiceUnavailable("this Ray node exports no metrics (no metrics export port)")
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
@@ -49,11 +61,22 @@ class Ingress(OpenAIRoutes, RetrievalRoutes, AnswerRoutes, AdminRoutes):
         self._controller = None
         self.router: CanaryRouter | None = None
         self._reporter: asyncio.Task | None = None
+        self._metrics_url: str | None = None
+        self._set_release(s.release)
+
+    def _set_release(self, release: str) -> None:
+        # Also refreshed on every /healthz and /metrics call: a value set only in the constructor was not
+        # exported by Ray 2.60's agent (values set while handling requests are).
+        info = metric("serve_app_release_info")
+        if getattr(self, "_shown_release", None) not in (None, release):
+            info.set(0, tags={"release": self._shown_release})
+        info.set(1, tags={"release": release})
+        self._shown_release = self.release = release
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         # Set by the release controller through user_config, so no restart (release/controller.py): the release
         # number, and while a canary is out, its application and share of LLM traffic (release/canary.py).
-        self.release = str(user_config.get("release") or self.settings.release)
+        self._set_release(str(user_config.get("release") or self.settings.release))
         canary = user_config.get("canary")
         if not canary or self.llm is None:
             self.router = None
@@ -103,6 +126,7 @@ class Ingress(OpenAIRoutes, RetrievalRoutes, AnswerRoutes, AdminRoutes):
             probes["embedder"] = self.embedder.info.remote()
         if self.agent is not None:
             probes["agent"] = self.agent.health.remote()
+        self._set_release(self.release)
         results = await asyncio.gather(*(self._probe(c) for c in probes.values()))
         components = dict(zip(probes, results))
         healthy = all(c["status"] == "ok" for c in components.values())
@@ -112,3 +136,22 @@ class Ingress(OpenAIRoutes, RetrievalRoutes, AnswerRoutes, AdminRoutes):
     @app.get("/livez")
     async def livez(self):
         return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def metrics(self):
+        """Prometheus exposition of this node: the app's metrics (serve_app/observability/metrics.py), Ray
+        Serve's and vLLM's, as Ray's metrics agent exports them. A multi-node cluster is scraped per node."""
+        import httpx
+
+        self._set_release(self.release)
+        if self._metrics_url is None:
+            self._metrics_url = await asyncio.to_thread(_node_metrics_url)
+        try:
+            async with httpx.AsyncClient(timeout=self.settings.ingress.health_timeout_s) as client:
+                r = await client.get(self._metrics_url)
+        except httpx.HTTPError as exc:
+            self._metrics_url = None
+            raise ServiceUnavailable(f"Ray's metrics agent on this node did not answer: {type(exc).__name__}") from None
+        return Response(r.content, status_code=r.status_code,
+                        media_type=r.headers.get("content-type", "text/plain; version=0.0.4"))
+

@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from serve_app.ingress.errors import install_error_handlers
-from serve_app.ingress.middleware import BodyLimitMiddleware
+from serve_app.ingress.middleware import BodyLimitMiddleware, MetricsMiddleware
 
 app = FastAPI(title="serve_app", version="0.1.0", description="OpenAI-compatible LLM serving and retrieval on Ray Serve.")
 app.add_middleware(BodyLimitMiddleware)
+app.add_middleware(MetricsMiddleware)  # added last = outermost: it also counts what BodyLimitMiddleware refuses
 install_error_handlers(app)

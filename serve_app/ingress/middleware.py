@@ -3,13 +3,15 @@
 Order (outermost first), and why:
 1. Serve's proxy (outside this app) assigns the request id: it takes ``X-Request-Id`` from the request or
    generates one, echoes it on the response and puts it into every Serve log line of the request.
-2. ``BodyLimitMiddleware`` refuses an oversized body before anything reads or parses it.
-3. FastAPI's exception middleware turns every exception into the error body (``ingress.errors``).
+2. ``MetricsMiddleware`` counts and times every answer, refusals included (route template, status).
+3. ``BodyLimitMiddleware`` refuses an oversized body before anything reads or parses it.
+4. FastAPI's exception middleware turns every exception into the error body (``ingress.errors``).
 """
 
 from __future__ import annotations
 
 import json
+import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -69,3 +71,49 @@ class BodyLimitMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+class MetricsMiddleware:
+    """Requests by route template, method and status, and their duration to the last byte sent (so a
+    stream is timed to its end). The label is the matched route's template (``/v1/documents/{document_id:path}``),
+    never the raw path; requests that match no route count as ``unmatched``."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from serve_app.observability.metrics import metric
+
+        started = time.perf_counter()
+        status = 500
+        recorded = False
+
+        def record() -> None:
+            nonlocal recorded
+            if recorded:
+                return
+            recorded = True
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "?")
+            metric("serve_app_http_requests").inc(tags={"route": template, "method": method, "status": str(status)})
+            metric("serve_app_http_request_duration_seconds").observe(
+                time.perf_counter() - started, tags={"route": template, "method": method})
+
+        async def timed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                record()
+
+        try:
+            await self.app(scope, receive, timed_send)
+        finally:
+            # An exception nothing turned into a response (Starlette answers 500), or a client gone mid-stream
+            # (counted with the status already sent).
+            record()

@@ -14,6 +14,7 @@ from serve_app.config.settings import AppSettings
 from serve_app.errors import InvalidRequest, ModelNotFound, NotFound
 from serve_app.ingress.fastapi_app import app
 from serve_app.ingress.relay import open_call, relay_stream
+from serve_app.observability.metrics import metric
 
 # OpenAI's documented range; vLLM alone would accept any non-negative temperature.
 _MAX_TEMPERATURE = 2.0
@@ -34,23 +35,24 @@ def check_sampling(req: Any, settings: AppSettings) -> None:
         raise ModelNotFound(f"The model `{req.model}` does not exist.", "model")
 
 
-async def _observed(lines: AsyncIterator[str], router, arm: str, t0: float) -> AsyncIterator[str]:
-    """Relay a stream and record its side's outcome: time to the first event (TTFT) and whether it ended
-    with [DONE] and no error event. A client that leaves early records nothing."""
+async def _observed(lines: AsyncIterator[str], route: str, router, arm: str | None, t0: float) -> AsyncIterator[str]:
+    """Relay a stream, recording the time to its first event (TTFT) and, while a canary is out, its side's
+    outcome: whether it ended with [DONE] and no error event (a client that leaves early records none)."""
     ttft = None
     ok = done = False
     try:
         async for line in lines:
             if ttft is None and line.startswith("data: "):
-                ttft = (time.perf_counter() - t0) * 1000
+                ttft = time.perf_counter() - t0
+                metric("serve_app_llm_time_to_first_token_seconds").observe(ttft, tags={"route": route})
             if line.startswith('data: {"error"'):
                 ok, done = False, True
             elif line.startswith("data: [DONE]") and not done:
                 ok, done = True, True
             yield line
     finally:
-        if done:
-            router.record(arm, ok, ttft)
+        if done and router is not None:
+            router.record(arm, ok, None if ttft is None else ttft * 1000)
 
 
 class OpenAIRoutes:
@@ -67,25 +69,30 @@ class OpenAIRoutes:
 
     async def _generate(self, kind: str, req: Any):
         self._llm()
+        route = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
+        # While a canary is out, a share of requests goes to its LLM and each side's outcome is recorded
+        # (serve_app/release/canary.py).
         router = self.router
-        if router is None:
-            head, gen = await open_call(self.llm.generate, (kind, req), self.settings.ingress)
-            if not head.get("stream"):
-                return JSONResponse(head["body"])
-            return StreamingResponse(relay_stream(gen), media_type="text/event-stream")
-        # A canary is out: pick a side and record what it did (serve_app/release/canary.py).
-        arm, handle = router.pick()
+        arm, handle = router.pick() if router is not None else (None, self.llm)
         t0 = time.perf_counter()
         try:
             head, gen = await open_call(handle.generate, (kind, req), self.settings.ingress)
         except Exception:
-            router.record(arm, ok=False)
+            if router is not None:
+                router.record(arm, ok=False)
             raise
-        self._canary_reporter()
+        if router is not None:
+            self._canary_reporter()
         if not head.get("stream"):
-            router.record(arm, ok=True)
+            if router is not None:
+                router.record(arm, ok=True)
+            usage = head["body"].get("usage") or {}
+            for field, name in (("prompt_tokens", "serve_app_llm_prompt_tokens"),
+                                ("completion_tokens", "serve_app_llm_output_tokens")):
+                if usage.get(field):  # Ray's counters refuse an increment of 0
+                    metric(name).inc(usage[field], tags={"route": route})
             return JSONResponse(head["body"])
-        return StreamingResponse(_observed(relay_stream(gen), router, arm, t0), media_type="text/event-stream")
+        return StreamingResponse(_observed(relay_stream(gen), route, router, arm, t0), media_type="text/event-stream")
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, body: ChatCompletionRequest):

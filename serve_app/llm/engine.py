@@ -85,9 +85,19 @@ class VLLMEngine(LLMEngine):
         args = vllm_serve_args(self._cli_args)
         engine_args = AsyncEngineArgs.from_cli_args(args)
         vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+        import ray
+
+        stat_loggers = None
+        if ray.is_initialized():
+            # vLLM's own metrics (TTFT, TPOT, tokens, queue, KV cache) through Ray's metrics agent, next to
+            # Serve's and the app's (the default logger would keep them in this process's registry).
+            from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+
+            stat_loggers = [RayPrometheusStatLogger]
         self._engine = AsyncLLM.from_vllm_config(
             vllm_config=vllm_config,
             usage_context=UsageContext.OPENAI_API_SERVER,
+            stat_loggers=stat_loggers,
             enable_log_requests=engine_args.enable_log_requests,
             disable_log_stats=engine_args.disable_log_stats,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.config.settings import AppSettings, VectorSettings
 from serve_app.errors import NotFound
+from serve_app.observability.metrics import metric
 from serve_app.vector.chunker import chunk_text
 from serve_app.vector.embedder import Embedder, resolve_embedder
 from serve_app.vector.store import StoredChunk, VectorStore
@@ -61,6 +63,7 @@ class EmbedderServer:
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
     async def _batched(self, requests: list[list[str]]) -> list[tuple[np.ndarray, list[int]]]:
         flat = [t for texts in requests for t in texts]
+        metric("serve_app_embedder_batch_size").observe(len(flat))
         # One encode call for the whole Serve batch: sentence-transformers sorts it by length, so texts
         # of several requests share padding-efficient forward passes. Off the event loop, so requests
         # keep arriving (and batching) while a batch computes.
@@ -174,8 +177,11 @@ class VectorStoreServer:
     async def search(
         self, query: str, top_k: int, filter: dict[str, Any] | None = None, score_threshold: float | None = None
     ) -> list[dict[str, Any]]:
+        started = time.perf_counter()
         vec = (await self.embedder.embed.remote([query]))[0]
         hits = await asyncio.to_thread(self.store.search, vec, top_k, filter, score_threshold)
+        metric("serve_app_vector_search_duration_seconds").observe(time.perf_counter() - started)
+        metric("serve_app_vector_search_hits").observe(len(hits))
         return [
             {"document_id": h.document_id, "chunk_id": h.id, "text": h.text, "score": h.score, "metadata": h.metadata}
             for h in hits
