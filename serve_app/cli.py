@@ -76,6 +76,10 @@ def cmd_run(ns: argparse.Namespace) -> int:
         return 2
     if ns.port is not None:
         schema.http_options.port = ns.port
+    if ns.logs_dir is not None:
+        from ray.serve.schema import LoggingConfig
+
+        schema.logging_config = (schema.logging_config or LoggingConfig()).model_copy(update={"logs_dir": ns.logs_dir})
     # Convert the default model here, in the foreground, so its progress is visible; replicas reuse it.
     from serve_app.llm.model import ModelPreparationError, resolve_model
 
@@ -117,6 +121,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
             http_options=schema.http_options.model_dump(),
             proxy_location=schema.proxy_location,
             controller_options=schema.controller_options,
+            global_tracing_config=schema.tracing_config,
         )
         client.deploy_apps(schema, _blocking=False)
         names = [a.name for a in schema.applications]
@@ -277,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--port", type=int, help="override http_options.port")
     run.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance")
     run.add_argument("--dashboard", action="store_true", help="start Ray's dashboard with the local Ray")
+    run.add_argument("--logs-dir", default=None, help="folder of the Serve components' log files (JSON lines with "
+                     "the config's logging_config; default: Ray's session folder, logs/serve)")
     run.add_argument("--metrics-port", type=int, default=None, help="port of the local Ray's metrics endpoint "
                      "(Prometheus format: the app's, Serve's and vLLM's metrics; default: a free port; "
                      "GET /metrics on the app relays it either way)")

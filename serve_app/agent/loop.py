@@ -15,15 +15,18 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from opentelemetry import trace
 from pydantic import BaseModel, ValidationError
 
 from serve_app.agent.tools import FINAL, REGISTRY, call_schema
 from serve_app.config.prompts import PromptSettings
 from serve_app.config.settings import AgentSettings
 from serve_app.errors import AppError
+from serve_app.observability.tracing import span, tracer
 
 logger = logging.getLogger("ray.serve")
 
@@ -63,6 +66,32 @@ class AgentLoop:
         sources: dict[str, dict[str, Any]] = {}
         answer, reason = None, "max_steps"
         yield {"type": "start", "tools": list(self.allowed), "max_steps": max_steps}
+        # Spans are started and ended explicitly: this generator yields between steps, so no span may stay
+        # attached across a yield; each step's span is current only while the step runs (its LLM call and
+        # tool call become its children).
+        run_span = tracer().start_span("agent.run", attributes={"max_steps": max_steps})
+        try:
+            async with aclosing(self._steps(messages, steps, sources, deadline, max_steps, run_span)) as events:
+                async for event in events:
+                    if event["type"] == "end":
+                        answer, reason = event["answer"], event["reason"]
+                    else:
+                        yield event
+        finally:
+            run_span.set_attribute("finish_reason", reason)
+            run_span.set_attribute("steps", len(steps))
+            run_span.end()
+        yield {
+            "type": "answer",
+            "answer": answer,
+            "finish_reason": reason,
+            "steps": steps,
+            "sources": list(sources.values()),
+            "prompts_version": self.p.version,
+        }
+
+    async def _steps(self, messages, steps, sources, deadline, max_steps, run_span) -> AsyncIterator[dict[str, Any]]:
+        answer, reason = None, "max_steps"
         for i in range(max_steps):
             last = i == max_steps - 1
             if last:
@@ -72,16 +101,22 @@ class AgentLoop:
                 reason = "deadline"
                 break
             started = time.perf_counter()
-            try:
-                raw = await asyncio.wait_for(
-                    self.llm.complete(messages, self.s.step_max_tokens, self.s.temperature,
-                                      self._final_schema if last else self._schema),
-                    remaining,
-                )
-            except asyncio.TimeoutError:
-                reason = "deadline"
-                break
-            step = await self._step(raw, deadline, sources)
+            step_span = tracer().start_span("agent.step", context=trace.set_span_in_context(run_span),
+                                            attributes={"index": i, "final_only": last})
+            with trace.use_span(step_span, end_on_exit=True):
+                try:
+                    raw = await asyncio.wait_for(
+                        self.llm.complete(messages, self.s.step_max_tokens, self.s.temperature,
+                                          self._final_schema if last else self._schema),
+                        remaining,
+                    )
+                except asyncio.TimeoutError:
+                    step_span.set_attribute("status", "deadline")
+                    reason = "deadline"
+                    break
+                step = await self._step(raw, deadline, sources)
+                step_span.set_attribute("tool", str(step["tool"])[:64])
+                step_span.set_attribute("status", step["status"])
             step["ms"] = round((time.perf_counter() - started) * 1000, 2)
             steps.append(step)
             yield {"type": "step", "index": i, **step}
@@ -90,14 +125,7 @@ class AgentLoop:
                 break
             messages.append({"role": "assistant", "content": raw})
             messages.append({"role": "user", "content": self.p.agent_observation.format(tool=step["tool"], output=step["output"])})
-        yield {
-            "type": "answer",
-            "answer": answer,
-            "finish_reason": reason,
-            "steps": steps,
-            "sources": list(sources.values()),
-            "prompts_version": self.p.version,
-        }
+        yield {"type": "end", "answer": answer, "reason": reason}
 
     async def _step(self, raw: str, deadline: float, sources: dict[str, dict[str, Any]]) -> dict[str, Any]:
         try:
@@ -125,7 +153,13 @@ class AgentLoop:
             return round((time.perf_counter() - started) * 1000, 2)
 
         try:
-            result = await asyncio.wait_for(self.tools[name](parsed), timeout)
+            with span("agent.tool", tool=name) as tool_span:
+                try:
+                    result = await asyncio.wait_for(self.tools[name](parsed), timeout)
+                    tool_span.set_attribute("status", "ok")
+                except Exception:
+                    tool_span.set_attribute("status", "error")
+                    raise
         except asyncio.TimeoutError:
             return {"tool": name, "input": parsed.model_dump(), "output": f"error: {name} did not answer within {timeout:.3g}s",
                     "status": "error", "tool_ms": ms()}

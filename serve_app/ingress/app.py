@@ -71,7 +71,7 @@ class Ingress(OpenAIRoutes, RetrievalRoutes, AnswerRoutes, AdminRoutes):
         if getattr(self, "_shown_release", None) not in (None, release):
             info.set(0, tags={"release": self._shown_release})
         info.set(1, tags={"release": release})
-        self._shown_release = self.release = release
+        self._shown_release = self.release = app.state.release = release
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         # Set by the release controller through user_config, so no restart (release/controller.py): the release

@@ -3,20 +3,27 @@
 Order (outermost first), and why:
 1. Serve's proxy (outside this app) assigns the request id: it takes ``X-Request-Id`` from the request or
    generates one, echoes it on the response and puts it into every Serve log line of the request.
-2. ``MetricsMiddleware`` counts and times every answer, refusals included (route template, status).
-3. ``BodyLimitMiddleware`` refuses an oversized body before anything reads or parses it.
-4. FastAPI's exception middleware turns every exception into the error body (``ingress.errors``).
+2. ``TracingMiddleware`` opens the request's span (a no-op unless tracing is on) and returns its trace id in
+   ``X-Trace-Id``.
+3. ``MetricsMiddleware`` counts and times every answer, refusals included (route template, status), and writes
+   one access-log line per request (JSON with Serve's ``logging_config``: request id, release, route template,
+   status, latency; never the prompt or the answer).
+4. ``BodyLimitMiddleware`` refuses an oversized body before anything reads or parses it.
+5. FastAPI's exception middleware turns every exception into the error body (``ingress.errors``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from starlette.exceptions import HTTPException
 from serve_app.ingress.errors import error_body
+
+logger = logging.getLogger("ray.serve")
 
 
 class BodyLimitMiddleware:
@@ -86,6 +93,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         from serve_app.observability.metrics import metric
+        from serve_app.observability.tracing import trace_id
 
         started = time.perf_counter()
         status = 500
@@ -99,9 +107,15 @@ class MetricsMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "?")
+            elapsed = time.perf_counter() - started
             metric("serve_app_http_requests").inc(tags={"route": template, "method": method, "status": str(status)})
-            metric("serve_app_http_request_duration_seconds").observe(
-                time.perf_counter() - started, tags={"route": template, "method": method})
+            metric("serve_app_http_request_duration_seconds").observe(elapsed, tags={"route": template, "method": method})
+            state = getattr(scope.get("app"), "state", None)
+            # Serve's log filter adds request_id, application, deployment and replica to every line.
+            logger.info("%s %s %s %.1fms", method, template, status, elapsed * 1000, extra={
+                "http_method": method, "http_route": template, "status_code": status,
+                "latency_ms": round(elapsed * 1000, 2), "release": getattr(state, "release", None),
+                "trace_id": trace_id()})
 
         async def timed_send(message: Message) -> None:
             nonlocal status
@@ -117,3 +131,44 @@ class MetricsMiddleware:
             # An exception nothing turned into a response (Starlette answers 500), or a client gone mid-stream
             # (counted with the status already sent).
             record()
+
+
+class TracingMiddleware:
+    """The request's server span, current for everything the request does (so handle calls carry it to the
+    other deployments), named after the route template once routing is done; its trace id goes back in
+    ``X-Trace-Id``. With tracing off the span is a no-op and no header is added."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from opentelemetry.trace import SpanKind, Status, StatusCode
+
+        from serve_app.observability.tracing import TRACE_HEADER, trace_id, tracer
+
+        method = scope.get("method", "?")
+        with tracer().start_as_current_span(f"{method}", kind=SpanKind.SERVER) as span:
+            tid = trace_id(span)
+            status = 500
+
+            async def traced_send(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    if tid is not None:
+                        message = {**message, "headers": [*message.get("headers", []), (TRACE_HEADER.encode(), tid.encode())]}
+                await send(message)
+
+            try:
+                await self.app(scope, receive, traced_send)
+            finally:
+                route = getattr(scope.get("route"), "path", None) or "unmatched"
+                span.update_name(f"{method} {route}")
+                span.set_attribute("http.request.method", method)
+                span.set_attribute("http.route", route)
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.set_status(Status(StatusCode.ERROR))

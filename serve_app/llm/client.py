@@ -15,6 +15,7 @@ from typing import Any
 from serve_app.config.settings import IngressSettings
 from serve_app.errors import EngineError
 from serve_app.ingress.relay import open_call
+from serve_app.observability.tracing import span
 
 
 def chat_request(body: dict[str, Any]):
@@ -38,15 +39,20 @@ class LLMClient:
         if json_schema is not None:
             extra["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": json_schema}}
         req = chat_request(self._body(messages, max_tokens, temperature, **extra))
-        head, gen = await open_call(self.handle.generate, ("chat", req), self.settings)
-        gen.cancel()  # a non-streaming answer is complete in the head
+        with span("llm.chat", max_tokens=max_tokens, structured=json_schema is not None, stream=False) as s:
+            head, gen = await open_call(self.handle.generate, ("chat", req), self.settings)
+            gen.cancel()  # a non-streaming answer is complete in the head
+            usage = head["body"].get("usage") or {}
+            s.set_attribute("completion_tokens", usage.get("completion_tokens") or 0)
         return head["body"]["choices"][0]["message"]["content"] or ""
 
     async def stream(self, messages: list[dict[str, str]], max_tokens: int, temperature: float = 0.0) -> AsyncIterator[str]:
         """Open a streaming answer; returns an iterator of text deltas once the engine accepted the request
         (errors before that raise here, with their status)."""
         req = chat_request(self._body(messages, max_tokens, temperature, stream=True))
-        head, gen = await open_call(self.handle.generate, ("chat", req), self.settings)
+        # The span covers the call up to the engine's acceptance; the tokens follow on the stream.
+        with span("llm.chat", max_tokens=max_tokens, structured=False, stream=True):
+            head, gen = await open_call(self.handle.generate, ("chat", req), self.settings)
         return _deltas(head, gen)
 
 

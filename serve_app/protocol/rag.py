@@ -79,7 +79,8 @@ class AgentStep(BaseModel):
     tool: str | None = Field(..., description="The tool called (None when the model's output was not a call).")
     input: dict[str, Any] | None
     output: str
-    ms: float
+    ms: float = Field(..., description="The whole step: the LLM call that chose the tool, and the tool.")
+    tool_ms: float | None = Field(None, description="Time in the tool itself (None when no tool ran).")
     status: Literal["ok", "error", "refused"] = Field(
         ..., description="'error': the tool failed or timed out; 'refused': the tool is not allowed."
     )

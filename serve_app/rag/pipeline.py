@@ -22,6 +22,7 @@ from serve_app.config.prompts import PromptSettings
 from serve_app.config.settings import RagSettings
 from serve_app.errors import AppError, InvalidRequest
 from serve_app.llm.client import LLMClient
+from serve_app.observability.tracing import span
 
 logger = logging.getLogger("ray.serve")
 
@@ -59,6 +60,14 @@ class RagPipeline:
     # -- the parallel stage ---------------------------------------------------------------------------
 
     async def _retrieve(self, question: str, top_k: int, filter_: dict | None) -> tuple[list, str | None, float | None]:
+        with span("rag.retrieval", top_k=top_k) as s:
+            hits, reason, ms = await self._search_hits(question, top_k, filter_)
+            s.set_attribute("hits", len(hits))
+            if reason is not None:
+                s.set_attribute("degraded_reason", reason)
+            return hits, reason, ms
+
+    async def _search_hits(self, question: str, top_k: int, filter_: dict | None) -> tuple[list, str | None, float | None]:
         if self.search is None:
             return [], "the retrieval tier is disabled", None
         start = time.perf_counter()
@@ -77,6 +86,10 @@ class RagPipeline:
     async def _draft(self, question: str) -> tuple[str | None, float | None]:
         if not self.s.draft:
             return None, None
+        with span("rag.draft", max_tokens=self.s.draft_max_tokens):
+            return await self._draft_text(question)
+
+    async def _draft_text(self, question: str) -> tuple[str | None, float | None]:
         start = time.perf_counter()
         messages = [
             {"role": "system", "content": self.p.rag_draft_system},
@@ -86,6 +99,11 @@ class RagPipeline:
         return text.strip(), _ms(start)
 
     async def prepare(self, question: str, top_k: int, filter_: dict | None, plan: str = "parallel") -> Prepared:
+        # Both branches run as tasks created inside this span, so theirs are its children.
+        with span("rag.prepare", plan=plan):
+            return await self._prepare(question, top_k, filter_, plan)
+
+    async def _prepare(self, question: str, top_k: int, filter_: dict | None, plan: str) -> Prepared:
         started = time.perf_counter()
         if plan == "parallel":
             retrieval = asyncio.ensure_future(self._retrieve(question, top_k, filter_))
@@ -171,14 +189,16 @@ class RagPipeline:
 
     async def answer(self, prep: Prepared, max_tokens: int) -> dict[str, Any]:
         start = time.perf_counter()
-        text = await self.llm.complete(prep.messages, max_tokens, self.s.temperature)
+        with span("rag.answer", max_tokens=max_tokens, stream=False, sources=len(prep.hits)):
+            text = await self.llm.complete(prep.messages, max_tokens, self.s.temperature)
         return self.finish(prep, text.strip(), _ms(start), None)
 
     async def open_stream(self, prep: Prepared, max_tokens: int) -> AsyncIterator[dict[str, Any]]:
         """Start the answer stream (errors before its first token raise here) and return its events:
         sources first, then tokens, then a final event with the timings."""
         start = time.perf_counter()
-        deltas = await self.llm.stream(prep.messages, max_tokens, self.s.temperature)
+        with span("rag.answer", max_tokens=max_tokens, stream=True, sources=len(prep.hits)):
+            deltas = await self.llm.stream(prep.messages, max_tokens, self.s.temperature)
         return self._events(prep, deltas, start)
 
     async def _events(self, prep: Prepared, deltas: AsyncIterator[str], start: float) -> AsyncIterator[dict[str, Any]]:

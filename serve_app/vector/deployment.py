@@ -21,6 +21,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.config.settings import AppSettings, VectorSettings
 from serve_app.errors import NotFound
 from serve_app.observability.metrics import metric
+from serve_app.observability.tracing import span
 from serve_app.vector.chunker import chunk_text
 from serve_app.vector.embedder import Embedder, resolve_embedder
 from serve_app.vector.store import StoredChunk, VectorStore
@@ -178,8 +179,10 @@ class VectorStoreServer:
         self, query: str, top_k: int, filter: dict[str, Any] | None = None, score_threshold: float | None = None
     ) -> list[dict[str, Any]]:
         started = time.perf_counter()
-        vec = (await self.embedder.embed.remote([query]))[0]
-        hits = await asyncio.to_thread(self.store.search, vec, top_k, filter, score_threshold)
+        with span("vector.search", top_k=top_k, filtered=filter is not None) as s:
+            vec = (await self.embedder.embed.remote([query]))[0]
+            hits = await asyncio.to_thread(self.store.search, vec, top_k, filter, score_threshold)
+            s.set_attribute("hits", len(hits))
         metric("serve_app_vector_search_duration_seconds").observe(time.perf_counter() - started)
         metric("serve_app_vector_search_hits").observe(len(hits))
         return [

