@@ -126,8 +126,9 @@ def cmd_run(ns: argparse.Namespace) -> int:
         client.deploy_apps(schema, _blocking=False)
         names = [a.name for a in schema.applications]
         if not _wait_running(names, ns.start_timeout, stop):
-            if not stop.is_set():
-                _say("the application did not become healthy")
+            if stop.is_set():
+                return 0  # asked to stop while starting: a clean shutdown
+            _say("the application did not become healthy")
             return 1
         host, port = schema.http_options.host, schema.http_options.port
         _say(f"ready: http://{host}:{port} (Ctrl-C to stop)")

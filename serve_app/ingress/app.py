@@ -126,10 +126,15 @@ class Ingress(OpenAIRoutes, RetrievalRoutes, AnswerRoutes, AdminRoutes):
             probes["embedder"] = self.embedder.info.remote()
         if self.agent is not None:
             probes["agent"] = self.agent.health.remote()
+        if self._admin_digest is not None:
+            # The release controller is required once the admin API is on (it watches and rolls back releases).
+            probes["release_controller"] = self._release_controller().health.remote()
         self._set_release(self.release)
         results = await asyncio.gather(*(self._probe(c) for c in probes.values()))
         components = dict(zip(probes, results))
         healthy = all(c["status"] == "ok" for c in components.values())
+        if self._admin_digest is None:
+            components["release_controller"] = {"status": "disabled", "detail": "no admin key: the admin API is off"}
         body = {"status": "ok" if healthy else "unhealthy", "release": self.release, "components": components}
         return JSONResponse(body, status_code=200 if healthy else 503)
 

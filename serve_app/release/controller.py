@@ -167,6 +167,12 @@ class ReleaseController:
             "deployments": deployments,
         }
 
+    def health(self) -> dict[str, Any]:
+        """For the ingress's /healthz: answers while the actor runs; the history database must be readable."""
+        last = self.history.last_good()
+        return {"last_good_release": last["n"] if last else None, "deploying": self._deploying,
+                "canary": self._canary["phase"] if self._canary else None}
+
     def canary_report(self, release: int, data: dict[str, Any]) -> None:
         """Counts from one ingress replica since its last report (see canary.CanaryRouter.flush)."""
         c = self._canary
