@@ -77,6 +77,14 @@ class AgentLoop:
                         answer, reason = event["answer"], event["reason"]
                     else:
                         yield event
+        except (GeneratorExit, asyncio.CancelledError):
+            reason = "cancelled"
+            raise
+        except Exception as exc:
+            reason = "error"
+            run_span.record_exception(exc)
+            run_span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+            raise
         finally:
             run_span.set_attribute("finish_reason", reason)
             run_span.set_attribute("steps", len(steps))

@@ -135,6 +135,8 @@ class Ingress(OpenAIRoutes, RetrievalRoutes, AnswerRoutes, AdminRoutes):
         healthy = all(c["status"] == "ok" for c in components.values())
         if self._admin_digest is None:
             components["release_controller"] = {"status": "disabled", "detail": "no admin key: the admin API is off"}
+        elif components["release_controller"]["status"] != "ok":
+            self._controller = None  # look it up (or start it) again on the next call
         body = {"status": "ok" if healthy else "unhealthy", "release": self.release, "components": components}
         return JSONResponse(body, status_code=200 if healthy else 503)
 

@@ -80,6 +80,15 @@ class BodyLimitMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def _method(scope: Scope) -> str:
+    # A label value: any other token a client sends is "OTHER", never the token itself.
+    method = scope.get("method", "")
+    return method if method in _METHODS else "OTHER"
+
+
 class MetricsMiddleware:
     """Requests by route template, method and status, and their duration to the last byte sent (so a
     stream is timed to its end). The label is the matched route's template (``/v1/documents/{document_id:path}``),
@@ -106,7 +115,7 @@ class MetricsMiddleware:
             recorded = True
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "?")
+            method = _method(scope)
             elapsed = time.perf_counter() - started
             metric("serve_app_http_requests").inc(tags={"route": template, "method": method, "status": str(status)})
             metric("serve_app_http_request_duration_seconds").observe(elapsed, tags={"route": template, "method": method})
@@ -149,9 +158,10 @@ class TracingMiddleware:
 
         from serve_app.observability.tracing import TRACE_HEADER, trace_id, tracer
 
-        method = scope.get("method", "?")
+        method = _method(scope)
         with tracer().start_as_current_span(f"{method}", kind=SpanKind.SERVER) as span:
-            tid = trace_id(span)
+            # Only a sampled trace is exported: only its id is worth handing out.
+            tid = trace_id(span) if span.get_span_context().trace_flags.sampled else None
             status = 500
 
             async def traced_send(message: Message) -> None:

@@ -74,6 +74,8 @@ class OpenAIRoutes:
         # (serve_app/release/canary.py).
         router = self.router
         arm, handle = router.pick() if router is not None else (None, self.llm)
+        if router is not None:
+            self._canary_reporter()
         t0 = time.perf_counter()
         try:
             head, gen = await open_call(handle.generate, (kind, req), self.settings.ingress)
@@ -81,8 +83,6 @@ class OpenAIRoutes:
             if router is not None:
                 router.record(arm, ok=False)
             raise
-        if router is not None:
-            self._canary_reporter()
         if not head.get("stream"):
             if router is not None:
                 router.record(arm, ok=True)

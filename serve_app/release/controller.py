@@ -105,9 +105,18 @@ class ReleaseController:
         self._leftover_canary = self.canary_app in self._details()["applications"]
 
     def _clean_up(self) -> None:
+        """Start removing a canary left behind (called from every async entry point, /healthz included)."""
         if self._leftover_canary and (self._task is None or self._task.done()):
             self._leftover_canary = False
-            self._task = asyncio.get_running_loop().create_task(self._remove_canary(self.history.last_good()))
+            self._task = asyncio.get_running_loop().create_task(self._remove_leftover())
+
+    async def _remove_leftover(self) -> None:
+        try:
+            await self._remove_canary(self.history.last_good())
+            logger.info("removed a canary left by an earlier release controller")
+        except Exception:  # noqa: BLE001 - retried on the next call
+            logger.exception("removing a leftover canary failed; retrying on the next call")
+            self._leftover_canary = True
 
     # -- reading Serve's state ------------------------------------------------------------------------
 
@@ -167,8 +176,9 @@ class ReleaseController:
             "deployments": deployments,
         }
 
-    def health(self) -> dict[str, Any]:
+    async def health(self) -> dict[str, Any]:
         """For the ingress's /healthz: answers while the actor runs; the history database must be readable."""
+        self._clean_up()
         last = self.history.last_good()
         return {"last_good_release": last["n"] if last else None, "deploying": self._deploying,
                 "canary": self._canary["phase"] if self._canary else None}
@@ -203,10 +213,10 @@ class ReleaseController:
         ``canary`` (a possibly empty mapping of CanarySettings fields overriding the release's own
         ``releases.canary``) deploys it as a canary first."""
         self._clean_up()
+        if self._task is not None and not self._task.done() and self._deploying is None:
+            await asyncio.shield(self._task)  # a leftover canary being removed: a deploy waits for it
         if self._task is not None and not self._task.done():
-            what = f"release {self._deploying} is still being deployed" if self._deploying else \
-                "a canary left by an earlier controller is being removed"
-            raise Conflict(what, "release")
+            raise Conflict(f"release {self._deploying} is still being deployed", "release")
         current = self.history.last_good()
         base = current["config"] if current else self._deployed_config()
         # Serve's global options stay as they run (they cannot change in place); the application is the release.
@@ -216,6 +226,9 @@ class ReleaseController:
                 new_app = a
         if new_app is None:
             raise InvalidRequest(f"the release must contain the application {self.app!r}", "applications")
+        if isinstance(config.get("logging_config"), dict) and not new_app.get("logging_config"):
+            # Serve's global options are not part of a release, but the logging a file asks for is kept.
+            new_app = {**new_app, "logging_config": config["logging_config"]}
         full = {**{k: v for k, v in base.items() if k != "applications"},
                 "applications": [a for a in base["applications"] if a["name"] not in (self.app, self.canary_app)]
                 + [{**new_app, "name": self.app}]}
@@ -261,6 +274,12 @@ class ReleaseController:
         return cs
 
     async def rollback(self, actor: str, to: int | None = None) -> dict[str, Any]:
+        if to is None and self._canary is not None and self._task is not None and not self._task.done():
+            # A canary is out: rolling back means stopping it (the current release never changed).
+            n = self._canary["n"]
+            self._task.cancel()
+            await asyncio.wait([self._task])
+            return {"release": n, "status": self.history.get(n)["status"], "changed": [], "aborted_canary": True}
         if to is None:
             current = self.history.last_good()
             target = self.history.last_good(before=current["n"]) if current else None
@@ -322,13 +341,21 @@ class ReleaseController:
         apps = [a if a["name"] != self.app else app for a in config["applications"] if a["name"] != self.canary_app]
         return {**config, "applications": apps + ([canary_app] if canary_app else [])}
 
-    def _canary_application(self, config: dict) -> dict:
+    def _canary_application(self, config: dict, share: float) -> dict:
         """The new release's LLM deployment as an application of its own (no HTTP route)."""
         app = self._app_entry(config)
-        out = {"name": self.canary_app, "import_path": LLM_IMPORT_PATH, "route_prefix": None, "args": app.get("args") or {},
-               "deployments": [d for d in app.get("deployments") or [] if d["name"] == "LLMServer"]}
-        if app.get("runtime_env"):
-            out["runtime_env"] = app["runtime_env"]
+        llm = [dict(d) for d in app.get("deployments") or [] if d["name"] == "LLMServer"]
+        for d in llm:
+            # Sized to its share of the traffic, not to the whole load: a fixed replica count (at least one).
+            auto = d.pop("autoscaling_config", None)
+            base = d.get("num_replicas") if isinstance(d.get("num_replicas"), int) else \
+                (auto or {}).get("min_replicas", 1) if isinstance(auto, dict) else 1
+            d["num_replicas"] = max(1, math.ceil(max(base, 1) * share))
+        out = {"name": self.canary_app, "import_path": LLM_IMPORT_PATH, "route_prefix": None,
+               "args": app.get("args") or {}, "deployments": llm}
+        for key in ("runtime_env", "logging_config"):
+            if app.get(key):
+                out[key] = app[key]
         return out
 
     async def _apply(self, config: dict) -> float:
@@ -436,23 +463,28 @@ class ReleaseController:
                             PRIMARY: ArmStats(), CANARY: ArmStats()}
         try:
             # 1. The canary's LLM next to the current release (which is not touched); no traffic yet.
-            started = await self._apply(self._label(base, m, canary_app=self._canary_application(config)))
+            canary_app = self._canary_application(config, cs.share)
+            started = await self._apply(self._label(base, m, canary_app=canary_app))
             await self._wait_ready(started, settings, self.canary_app)
             # 2. Route the share to it, then compare both sides over the window.
-            started = await self._apply(self._label(base, m, canary=route, canary_app=self._canary_application(config)))
+            started = await self._apply(self._label(base, m, canary=route, canary_app=canary_app))
             await self._wait_ready(started, cur_settings)
             c["phase"], c["window_started_at"] = "window", time.time()
             verdict = await self._judge_window(c, settings, cs)
-        except Exception as exc:  # noqa: BLE001 - every failure removes the canary
-            reason = str(exc) if isinstance(exc, ReleaseFailed) else f"{type(exc).__name__}: {exc}"
+        except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - every failure (or an abort) removes it
+            if isinstance(exc, asyncio.CancelledError):
+                reason = "aborted by a rollback request"
+            else:
+                reason = str(exc) if isinstance(exc, ReleaseFailed) else f"{type(exc).__name__}: {exc}"
             logger.warning("canary release %d failed: %s", n, reason)
             c["phase"] = "rolling back"
             try:
                 await self._remove_canary(current)
                 self.history.finish(n, "failed", f"canary rolled back: {reason}; release {m} served throughout, the "
                                     f"canary was removed {time.monotonic() - t0:.1f}s after the deploy")
-            except Exception as exc2:  # noqa: BLE001
+            except Exception as exc2:  # noqa: BLE001 - retried by the next call (_clean_up)
                 self.history.finish(n, "failed", f"canary rolled back: {reason}; removing it failed: {exc2}")
+                self._leftover_canary = True
             self._canary = None
             self._deploying = None
             return
@@ -460,9 +492,9 @@ class ReleaseController:
         logger.info("canary release %d passed: %s", n, verdict)
         c["phase"] = "promoting"
         try:
-            started = await self._apply(self._label(base, m, canary_app=self._canary_application(config)))
+            started = await self._apply(self._label(base, m, canary_app=self._canary_application(config, cs.share)))
             await self._wait_ready(started, cur_settings)
-        except Exception as exc:  # noqa: BLE001 - the rollout below replaces everything anyway
+        except Exception as exc:  # noqa: BLE001 - the rollout below removes the canary application anyway
             logger.warning("routing back from canary %d: %s", n, exc)
         self._canary = None
         await self._roll_out(n, config, settings, current, prefix=f"canary passed ({verdict}); promoted and ")
@@ -497,11 +529,14 @@ class ReleaseController:
         cur_settings = AppSettings.model_validate(self._app_entry(current["config"]).get("args") or {})
         details = await asyncio.to_thread(self._details)
         canary = details["applications"].get(self.canary_app)
-        if canary and canary.get("deployed_app_config"):
-            started = await self._apply(self._label(current["config"], current["n"],
-                                                    canary_app=canary["deployed_app_config"]))
-            await self._wait_ready(started, cur_settings)
-        started = await self._apply(self._label(current["config"], current["n"]))
+        try:
+            if canary and canary.get("deployed_app_config"):
+                started = await self._apply(self._label(current["config"], current["n"],
+                                                        canary_app=canary["deployed_app_config"]))
+                await self._wait_ready(started, cur_settings)
+        finally:
+            # Removed even when routing back could not be confirmed: nothing may keep serving from it.
+            started = await self._apply(self._label(current["config"], current["n"]))
         await self._wait_ready(started, cur_settings)
 
 

@@ -159,11 +159,16 @@ def _streams(app_url, model_name, count, max_tokens, results):
     def one():
         body = {"model": model_name, "max_tokens": max_tokens, "min_tokens": max_tokens, "stream": True,
                 "messages": [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]}
+        first = None
+        lines = []
         with httpx.Client(base_url=app_url, timeout=300) as c:
             with c.stream("POST", "/v1/chat/completions", json=body) as r:
-                lines = [x for x in r.iter_lines() if x.startswith("data: ")]
+                for x in r.iter_lines():
+                    if x.startswith("data: "):
+                        first = first or time.time()
+                        lines.append(x)
         results.append({"status": r.status_code, "events": len(lines), "done": bool(lines) and lines[-1] == "data: [DONE]",
-                        "error": any(x.startswith('data: {"error"') for x in lines)})
+                        "error": any(x.startswith('data: {"error"') for x in lines), "first": first, "end": time.time()})
 
     return [threading.Thread(target=one, daemon=True) for _ in range(count)]
 
@@ -180,6 +185,7 @@ def test_scale_down_while_streams_are_open_cuts_no_stream(app_url, admin, model_
     for t in threads:
         t.start()
     time.sleep(2)  # every stream is open and generating when the replicas it may be on are told to stop
+    scale_down_at = time.time()
     for name in ("LLMServer", "Ingress"):
         r = admin.post("/admin/scale", json={"deployment": name, "replicas": 1})
         assert r.status_code == 202, r.text
@@ -189,6 +195,8 @@ def test_scale_down_while_streams_are_open_cuts_no_stream(app_url, admin, model_
     assert len(results) == 6
     assert all(x["status"] == 200 and x["done"] and not x["error"] for x in results), results
     assert all(x["events"] > 100 for x in results), results  # whole answers (min_tokens), not cut short
+    # The streams were really open across the scale-down: started before it, still running after it began.
+    assert all(x["first"] is not None and x["first"] < scale_down_at < x["end"] for x in results), results
     deployments = admin.get("/admin/status").json()["deployments"]
     assert deployments["LLMServer"]["running_replicas"] == 1 and deployments["Ingress"]["running_replicas"] == 1
 
