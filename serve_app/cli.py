@@ -273,6 +273,27 @@ def cmd_scale(ns: argparse.Namespace) -> int:
     return _follow(ns, out["release"])
 
 
+def cmd_hash_key(ns: argparse.Namespace) -> int:
+    """A new API key: the key itself once (stderr), and the entry for the key file (stdout, YAML)."""
+    import secrets
+
+    import yaml
+
+    from serve_app.ingress.limits import KeyEntry, digest
+
+    key = ns.key or f"sk-{secrets.token_urlsafe(32)}"
+    try:
+        entry = KeyEntry(name=ns.name, sha256=digest(key), scopes=ns.scopes.split(","),
+                         requests_per_minute=ns.rpm, tokens_per_minute=ns.tpm)
+    except ValueError as exc:
+        _say(f"invalid key entry: {exc}")
+        return 2
+    if not ns.key:
+        _say(f"API key for {ns.name} (shown once, store it now): {key}")
+    print(yaml.safe_dump([entry.model_dump(exclude_none=True)], sort_keys=False), end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="serve-app", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -298,6 +319,14 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check-config", help="validate a Serve config file and the app settings in it")
     check.add_argument("config")
     check.set_defaults(func=cmd_check_config)
+
+    hk = sub.add_parser("hash-key", help="make an API key and its entry for the key file ($SERVE_APP_API_KEYS_FILE)")
+    hk.add_argument("--name", required=True, help="who the key belongs to")
+    hk.add_argument("--scopes", default="public", help="comma-separated: public, admin")
+    hk.add_argument("--rpm", type=float, default=None, help="requests per minute (default: unlimited)")
+    hk.add_argument("--tpm", type=float, default=None, help="tokens per minute (default: unlimited)")
+    hk.add_argument("--key", default=None, help="hash this key instead of making one")
+    hk.set_defaults(func=cmd_hash_key)
 
     def admin(name: str, help: str):
         p = sub.add_parser(name, help=help + " (admin API; key from $SERVE_APP_ADMIN_KEY)")

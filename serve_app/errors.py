@@ -43,6 +43,15 @@ class Conflict(AppError):
     """The operation conflicts with one in progress (409)."""
 
 
+class RateLimited(AppError):
+    """The API key is over one of its rate limits (429, with Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: float, param: str | None = None):
+        super().__init__(message, param)
+        self.retry_after_s = retry_after_s
+        self.args = (message, retry_after_s, param)
+
+
 class PayloadTooLarge(AppError):
     """The request body is over the configured limit (413)."""
 

@@ -131,6 +131,10 @@ class IngressSettings(_Strict):
     max_n: int = Field(8, ge=1, le=128, description="Largest 'n' (choices per request) accepted.")
     max_messages: int = Field(256, ge=1, description="Largest number of chat messages in one request.")
     retry: RetrySettings = Field(default_factory=RetrySettings, description="Retries before the first byte.")
+    default_token_charge: int = Field(
+        256, ge=1, le=1_000_000, description="Tokens charged to an API key's token limit for a chat or completion "
+        "request that sets no max_tokens (per choice)."
+    )
 
 
 class VectorSettings(_Strict):

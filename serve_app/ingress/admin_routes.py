@@ -2,8 +2,9 @@
 (a detached actor, see serve_app.release.controller).
 
 Authorization: ``Authorization: Bearer <key>`` where the key is ``$SERVE_APP_ADMIN_KEY`` or the content of
-the file ``$SERVE_APP_ADMIN_KEY_FILE`` in the ingress's environment. Only its SHA-256 is kept in memory.
-No key configured → every admin route answers 403 (the admin API is off). Every admin call, allowed or not,
+the file ``$SERVE_APP_ADMIN_KEY_FILE`` in the ingress's environment, or an API key with the ``admin`` scope
+(ingress/limits.py). Only SHA-256 digests are kept in memory. No admin key and no admin-scope API key → every
+admin route answers 403 (the admin API is off). Every admin call, allowed or not,
 is written to the audit log (never the key itself).
 """
 
@@ -36,13 +37,21 @@ def admin_key_digest() -> bytes | None:
     return hashlib.sha256(key.encode()).digest() if key else None
 
 
-def check_admin(authorization: str | None, digest: bytes | None) -> None:
-    if digest is None:
-        raise Forbidden("the admin API is disabled: no admin key is configured (SERVE_APP_ADMIN_KEY)")
+def check_admin(authorization: str | None, digest: bytes | None, api_keys: dict | None = None) -> str:
+    """Who is calling: "admin" for the admin key, the key's name for an API key with the admin scope."""
     scheme, _, token = (authorization or "").partition(" ")
+    if api_keys and scheme.lower() == "bearer" and token.strip():
+        from serve_app.ingress.limits import digest as key_digest
+
+        entry = api_keys.get(key_digest(token.strip()))
+        if entry is not None and "admin" in entry.scopes:
+            return entry.name
+    if digest is None and not any("admin" in e.scopes for e in (api_keys or {}).values()):
+        raise Forbidden("the admin API is disabled: no admin key is configured (SERVE_APP_ADMIN_KEY)")
     given = hashlib.sha256(token.strip().encode()).digest()
-    if scheme.lower() != "bearer" or not token.strip() or not hmac.compare_digest(given, digest):
+    if digest is None or scheme.lower() != "bearer" or not token.strip() or not hmac.compare_digest(given, digest):
         raise Unauthorized("missing or wrong admin key (Authorization: Bearer <key>)")
+    return "admin"
 
 
 class AdminRoutes:
@@ -63,12 +72,13 @@ class AdminRoutes:
     async def _admin(self, request: Request, action: str) -> Any:
         actor = f"{request.client.host if request.client else '?'}"
         try:
-            check_admin(request.headers.get("authorization"), self._admin_digest)
+            who = check_admin(request.headers.get("authorization"), self._admin_digest,
+                              getattr(request.app.state, "api_keys", None))
         except (Forbidden, Unauthorized) as exc:
             if isinstance(exc, Unauthorized):
                 await self._audit(actor, action, False, "bad or missing key")
             raise
-        await self._audit(actor, action, True, None)
+        await self._audit(f"{who}@{actor}", action, True, None)
         return self._release_controller()
 
     async def _audit(self, actor: str, action: str, allowed: bool, detail: str | None) -> None:

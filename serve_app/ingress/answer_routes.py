@@ -7,11 +7,13 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from serve_app.config.settings import AppSettings
 from serve_app.errors import InvalidRequest, NotFound, UpstreamTimeout
 from serve_app.ingress.fastapi_app import app
+from serve_app.ingress.limits import charge_tokens
 from serve_app.ingress.relay import open_call, sse_events
 from serve_app.protocol.rag import AgentRequest, AgentResponse, RagRequest, RagResponse
 from serve_app.rag.pipeline import RagPipeline
@@ -39,12 +41,13 @@ class AnswerRoutes:
             raise UpstreamTimeout(f"{what} did not finish within {seconds:g}s") from None
 
     @app.post("/v1/rag", response_model=RagResponse)
-    async def rag_answer(self, body: RagRequest):
+    async def rag_answer(self, body: RagRequest, request: Request):
         if self.rag is None:
             raise NotFound("RAG is disabled in this deployment (it needs the model and rag.enabled)")
         s = self.settings.rag
         top_k = _bounded(body.top_k, s.default_top_k, s.max_top_k, "top_k")
         max_tokens = _bounded(body.max_tokens, s.answer_max_tokens, s.answer_max_tokens, "max_tokens")
+        charge_tokens(request, max_tokens + (s.draft_max_tokens if s.draft else 0))
         if not body.stream:
             async def whole() -> dict[str, Any]:
                 prep = await self.rag.prepare(body.question, top_k, body.filter, body.plan)
@@ -72,11 +75,12 @@ class AnswerRoutes:
             await events.aclose()
 
     @app.post("/v1/agent", response_model=AgentResponse)
-    async def agent_run(self, body: AgentRequest):
+    async def agent_run(self, body: AgentRequest, request: Request):
         if self.agent is None:
             raise NotFound("the agent is disabled in this deployment (it needs the model and agent.enabled)")
         s = self.settings.agent
         max_steps = _bounded(body.max_steps, s.default_max_steps, s.max_steps, "max_steps")
+        charge_tokens(request, max_steps * s.step_max_tokens, "max_steps")
         # The agent enforces its own deadline; this one only guards against a lost replica.
         budget = s.deadline_s + self.settings.ingress.health_timeout_s
         head, gen = await open_call(self.agent.run, (body.task, max_steps), self.settings.ingress)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response
@@ -17,6 +18,7 @@ from serve_app.ingress.answer_routes import AnswerRoutes
 from serve_app.errors import ServiceUnavailable
 from serve_app.ingress.errors import unwrap
 from serve_app.ingress.fastapi_app import app
+from serve_app.ingress.limits import RateLimiter, load_keys
 from serve_app.ingress.openai_routes import OpenAIRoutes
 from serve_app.ingress.relay import awaited
 from serve_app.ingress.retrieval_routes import RetrievalRoutes
@@ -56,6 +58,11 @@ class Ingress(OpenAIRoutes, RetrievalRoutes, AnswerRoutes, AdminRoutes):
             search = self._search if vector is not None else None
             self.rag = RagPipeline(LLMClient(llm, s.model.name, s.ingress), search, s.rag, s.prompts)
         app.state.max_body_bytes = s.ingress.max_body_bytes
+        # API keys of the public API: off unless a key file is given (ingress/limits.py). An unreadable or
+        # invalid file fails the replica's start with the reason, so a release carrying it is rolled back.
+        keys_file = os.environ.get("SERVE_APP_API_KEYS_FILE")
+        app.state.api_keys = load_keys(keys_file) if keys_file else None
+        app.state.limiter = RateLimiter()
         self.release = s.release
         self._admin_digest = admin_key_digest()
         self._controller = None

@@ -7,6 +7,7 @@ where ``code`` is the HTTP status. Messages of unexpected exceptions are never s
 from __future__ import annotations
 
 import logging
+import math
 from http import HTTPStatus
 from typing import Any
 
@@ -29,6 +30,7 @@ ERROR_TABLE: dict[type[BaseException], int] = {
     E.Forbidden: 403,
     E.Conflict: 409,
     E.PayloadTooLarge: 413,
+    E.RateLimited: 429,
     E.ServiceUnavailable: 503,
     E.UpstreamTimeout: 504,
 }
@@ -108,6 +110,8 @@ def response_for(exc: BaseException) -> JSONResponse:
     if status is None:
         logger.error("unhandled error: %s", exc, exc_info=exc)
         return error_response(500, "internal error; the request id identifies it in the logs")
+    if isinstance(exc, E.RateLimited):
+        return error_response(429, exc.message, exc.param, headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
     if isinstance(exc, E.AppError):
         return error_response(status, exc.message, exc.param)
     if status == 503:

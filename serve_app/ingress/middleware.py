@@ -8,14 +8,17 @@ Order (outermost first), and why:
 3. ``MetricsMiddleware`` counts and times every answer, refusals included (route template, status), and writes
    one access-log line per request (JSON with Serve's ``logging_config``: request id, release, route template,
    status, latency; never the prompt or the answer).
-4. ``BodyLimitMiddleware`` refuses an oversized body before anything reads or parses it.
-5. FastAPI's exception middleware turns every exception into the error body (``ingress.errors``).
+4. ``AuthMiddleware``, when API keys are configured, refuses requests without a known key (401) and requests
+   over the key's request rate (429), before the body is read.
+5. ``BodyLimitMiddleware`` refuses an oversized body before anything reads or parses it.
+6. FastAPI's exception middleware turns every exception into the error body (``ingress.errors``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -182,3 +185,58 @@ class TracingMiddleware:
                 span.set_attribute("http.response.status_code", status)
                 if status >= 500:
                     span.set_status(Status(StatusCode.ERROR))
+
+
+OPEN_PATHS = frozenset({"/healthz", "/livez"})
+
+
+async def _refuse(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    body = json.dumps(error_body(status, message)).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def bearer(headers) -> str | None:
+    for key, value in headers:
+        if key == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return None
+
+
+class AuthMiddleware:
+    """API keys of the public API (off unless ``app.state.api_keys`` holds keys; see ingress/limits.py).
+
+    Every route but ``/healthz`` and ``/livez`` then needs ``Authorization: Bearer <key>`` of a known key;
+    ``/admin/*`` keeps its own check (the admin key, or an API key with the admin scope). The key's request
+    bucket is charged here; its token bucket by the routes that generate, which know ``max_tokens``. The key's
+    entry is left in ``request.state.api_key``."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = getattr(scope.get("app"), "state", None)
+        keys = getattr(state, "api_keys", None)
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not keys or path in OPEN_PATHS or path.startswith("/admin/"):
+            await self.app(scope, receive, send)
+            return
+        from serve_app.ingress.limits import digest
+        from serve_app.observability.metrics import metric
+
+        token = bearer(scope.get("headers", ()))
+        entry = keys.get(digest(token)) if token else None
+        if entry is None:
+            await _refuse(send, 401, "missing or unknown API key (Authorization: Bearer <key>)")
+            return
+        scope.setdefault("state", {})["api_key"] = entry
+        kind, wait = state.limiter.admit(entry, requests=1)
+        if kind is not None:
+            metric("serve_app_rate_limited_requests").inc(tags={"limit": kind})
+            await _refuse(send, 429, f"rate limit of this API key reached ({entry.requests_per_minute:g} requests per "
+                          "minute); retry later", [(b"retry-after", str(max(1, math.ceil(wait))).encode())])
+            return
+        await self.app(scope, receive, send)

@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
@@ -13,6 +14,7 @@ from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 from serve_app.config.settings import AppSettings
 from serve_app.errors import InvalidRequest, ModelNotFound, NotFound
 from serve_app.ingress.fastapi_app import app
+from serve_app.ingress.limits import charge_tokens
 from serve_app.ingress.relay import open_call, relay_stream
 from serve_app.observability.metrics import metric
 
@@ -95,19 +97,23 @@ class OpenAIRoutes:
         return StreamingResponse(_observed(relay_stream(gen), route, router, arm, t0), media_type="text/event-stream")
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(self, body: ChatCompletionRequest):
+    async def chat_completions(self, body: ChatCompletionRequest, request: Request):
         if not body.messages:
             raise InvalidRequest("messages must contain at least one message", "messages")
         if len(body.messages) > self.settings.ingress.max_messages:
             raise InvalidRequest(f"at most {self.settings.ingress.max_messages} messages", "messages")
         check_sampling(body, self.settings)
+        limit = body.max_completion_tokens or body.max_tokens or self.settings.ingress.default_token_charge
+        charge_tokens(request, limit * (body.n or 1), "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
         return await self._generate("chat", body)
 
     @app.post("/v1/completions")
-    async def completions(self, body: CompletionRequest):
+    async def completions(self, body: CompletionRequest, request: Request):
         if body.prompt is None or body.prompt == "" or body.prompt == []:
             raise InvalidRequest("prompt must not be empty", "prompt")
         check_sampling(body, self.settings)
+        prompts = len(body.prompt) if isinstance(body.prompt, list) and body.prompt and not isinstance(body.prompt[0], int) else 1
+        charge_tokens(request, (body.max_tokens or self.settings.ingress.default_token_charge) * (body.n or 1) * prompts)
         return await self._generate("completion", body)
 
     @app.get("/v1/models")

@@ -29,6 +29,8 @@ DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
     "serve_app_http_request_duration_seconds": ("histogram", "Time from the request to the last byte of the "
                                                 "response (whole stream for SSE), by route template.",
                                                 ("route", "method"), LATENCY_BUCKETS),
+    "serve_app_rate_limited_requests": ("counter", "Requests refused with 429 by an API key's rate limit, by the "
+                                        "limit that was reached (requests, tokens).", ("limit",), None),
     "serve_app_release_info": ("gauge", "1 for the release the ingress replica serves (label release).",
                                ("release",), None),
     # LLM, as clients see it (the engine's own TTFT, TPOT, tokens and queue are vLLM's metrics)

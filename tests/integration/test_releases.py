@@ -275,6 +275,50 @@ def test_good_canary_is_promoted_under_load_without_failures(app_url, http, admi
     assert admin.get(f"/admin/releases/{n}").json()["config"]["applications"][0]["args"]["engine"]["max_num_seqs"] == 32
 
 
+def test_api_keys_and_rate_limits_through_a_release(app_url, http, admin, model_name, tmp_path):
+    import openai
+
+    from serve_app.ingress.limits import digest
+
+    keys = tmp_path / "api-keys.yaml"
+    keys.write_text(yaml.safe_dump({"keys": [
+        {"name": "app", "sha256": digest("sk-app"), "requests_per_minute": 4},
+        {"name": "ops", "sha256": digest("sk-ops"), "scopes": ["public", "admin"]},
+    ]}))
+    before = admin.get("/admin/status").json()["current_release"]
+    config = copy.deepcopy(admin.get(f"/admin/releases/{before}").json()["config"])
+    config["applications"][0].setdefault("runtime_env", {}).setdefault("env_vars", {})["SERVE_APP_API_KEYS_FILE"] = \
+        str(keys)
+    r = admin.post("/admin/releases", json={"config": config, "note": "API keys on"})
+    assert r.status_code == 202, r.text
+    assert _follow(admin, r.json()["release"])["status"] == "good"
+    try:
+        assert http.get("/healthz").status_code == 200 and http.get("/livez").status_code == 200
+        r = http.get("/v1/models")
+        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+        assert http.get("/v1/models", headers={"Authorization": "Bearer sk-nope"}).status_code == 401
+        # The unmodified openai SDK with its api_key; a key over its request rate gets 429 with Retry-After.
+        client = openai.OpenAI(base_url=f"{app_url}/v1", api_key="sk-app", max_retries=0)
+        statuses = []
+        for _ in range(6):
+            try:
+                client.chat.completions.create(model=model_name, max_tokens=2,
+                                               messages=[{"role": "user", "content": "hi"}])
+                statuses.append(200)
+            except openai.RateLimitError as exc:
+                statuses.append(429)
+                assert int(exc.response.headers["retry-after"]) >= 1
+        assert statuses[:4] == [200] * 4 and statuses[4:] == [429, 429], statuses
+        # An admin-scope key opens the admin API; the admin key still does.
+        assert httpx.get(f"{app_url}/admin/status", headers={"Authorization": "Bearer sk-ops"}).status_code == 200
+        assert httpx.get(f"{app_url}/admin/status", headers={"Authorization": "Bearer sk-app"}).status_code == 401
+    finally:
+        r = admin.post("/admin/rollback", json={"release": before})
+        assert r.status_code == 202, r.text
+        assert _follow(admin, r.json()["release"])["status"] == "good"
+    assert http.get("/v1/models").status_code == 200  # keys off again
+
+
 def test_release_that_starts_but_fails_its_health_check_is_rolled_back(http, admin, model_name):
     good = admin.get("/admin/status").json()["current_release"]
     config = copy.deepcopy(admin.get(f"/admin/releases/{good}").json()["config"])

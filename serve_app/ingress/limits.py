@@ -1,0 +1,139 @@
+"""API keys and per-key rate limits of the public API.
+
+Keys are never stored: the key file holds each key's SHA-256 with its name, scopes and limits (``serve-app
+hash-key`` makes an entry). A presented key is hashed and looked up; the comparison is over digests of equal
+length. Rate limits are token buckets per key: one on requests, one on tokens (a request is charged its
+``max_tokens`` or the route's default before any engine work). A refused request gets 429 with
+``Retry-After``: the seconds until the bucket holds enough again.
+
+Buckets live in each ingress replica: with N ingress replicas a key may get up to N times its limit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class KeyEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$",
+                      description="Who the key belongs to (audit and logs; never the key).")
+    sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the key, hex.")
+    scopes: list[Literal["public", "admin"]] = Field(["public"], description="'admin' also opens /admin/*.")
+    requests_per_minute: float | None = Field(None, gt=0, description="Request rate limit (None: unlimited).")
+    tokens_per_minute: float | None = Field(None, gt=0, description="Token rate limit (None: unlimited).")
+
+
+class KeyFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    keys: list[KeyEntry] = Field(..., min_length=1)
+
+
+def load_keys(path: str | Path) -> dict[str, KeyEntry]:
+    """sha256 → entry. Raises ValueError naming the problem."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+        entries = KeyFile.model_validate(raw).keys
+    except OSError as exc:
+        raise ValueError(f"cannot read the API key file {path}: {exc.strerror}") from None
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise ValueError(f"invalid API key file {path}: {exc}"[:1000]) from None
+    out: dict[str, KeyEntry] = {}
+    for e in entries:
+        if e.sha256 in out:
+            raise ValueError(f"invalid API key file {path}: two entries have the same key ({out[e.sha256].name}, {e.name})")
+        out[e.sha256] = e
+    return out
+
+
+@dataclass
+class TokenBucket:
+    """``rate_per_minute`` refills continuously up to one minute's worth (the burst)."""
+
+    rate_per_minute: float
+    level: float = field(default=-1.0)
+    stamp: float | None = None  # time of the last refill; the first use starts the clock
+
+    def __post_init__(self) -> None:
+        if self.level < 0:
+            self.level = self.rate_per_minute
+
+    def _refill(self, now: float) -> None:
+        if self.stamp is not None:
+            elapsed = max(0.0, now - self.stamp)
+            self.level = min(self.rate_per_minute, self.level + elapsed * self.rate_per_minute / 60.0)
+        self.stamp = now
+
+    def wait_s(self, amount: float, now: float | None = None) -> float:
+        """0 when ``amount`` is available now, else the seconds until it will be (inf if it never fits)."""
+        now = time.monotonic() if now is None else now
+        self._refill(now)
+        if amount <= self.level:
+            return 0.0
+        if amount > self.rate_per_minute:
+            return math.inf
+        return (amount - self.level) * 60.0 / self.rate_per_minute
+
+    def take(self, amount: float) -> None:
+        self.level -= amount
+
+
+class RateLimiter:
+    def __init__(self):
+        self._buckets: dict[tuple[str, str], TokenBucket] = {}
+
+    def _bucket(self, key: KeyEntry, kind: str, rate: float) -> TokenBucket:
+        b = self._buckets.get((key.sha256, kind))
+        if b is None or b.rate_per_minute != rate:
+            b = self._buckets[(key.sha256, kind)] = TokenBucket(rate)
+        return b
+
+    def admit(self, key: KeyEntry, requests: int = 0, tokens: int = 0, now: float | None = None) -> tuple[str | None, float]:
+        """Charge ``requests`` to the key's request bucket and ``tokens`` to its token bucket when both fit
+        and return (None, 0); else return (the limit that does not fit, seconds to wait) and charge nothing."""
+        checks = []
+        if key.requests_per_minute and requests > 0:
+            checks.append(("requests", self._bucket(key, "requests", key.requests_per_minute), float(requests)))
+        if key.tokens_per_minute and tokens > 0:
+            checks.append(("tokens", self._bucket(key, "tokens", key.tokens_per_minute), float(tokens)))
+        for kind, bucket, amount in checks:
+            wait = bucket.wait_s(amount, now)
+            if wait > 0:
+                return kind, wait
+        for _, bucket, amount in checks:
+            bucket.take(amount)
+        return None, 0.0
+
+
+def charge_tokens(request, tokens: int, param: str = "max_tokens") -> None:
+    """Charge a generating request's tokens to its API key (no key, no limit). Raises RateLimited (429) when
+    the key's token bucket is short, InvalidRequest when the request alone exceeds the key's minute."""
+    from serve_app.errors import InvalidRequest, RateLimited
+    from serve_app.observability.metrics import metric
+
+    entry = getattr(request.state, "api_key", None)
+    if entry is None:
+        return
+    kind, wait = request.app.state.limiter.admit(entry, tokens=tokens)
+    if kind is None:
+        return
+    if math.isinf(wait):
+        raise InvalidRequest(f"this request may use {tokens} tokens, more than this API key's limit of "
+                             f"{entry.tokens_per_minute:g} tokens per minute", param)
+    metric("serve_app_rate_limited_requests").inc(tags={"limit": kind})
+    raise RateLimited(f"token rate limit of this API key reached ({entry.tokens_per_minute:g} tokens per minute); "
+                      "retry later", wait)

@@ -1,0 +1,143 @@
+"""API keys and per-key rate limits (serve_app/ingress/limits.py, AuthMiddleware), without Ray.
+
+Invariants: with keys configured every route but /healthz and /livez needs a known key (401 with the error
+body otherwise, the body never read); a key over its request rate gets 429 with Retry-After and its bucket
+refills with time; a request over the token rate is refused before any work; keys are stored only as
+digests; a key file with a problem is refused naming it; admin-scope keys open /admin/*.
+"""
+
+import hashlib
+
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.testclient import TestClient
+
+from serve_app.errors import Forbidden, InvalidRequest, RateLimited, Unauthorized
+from serve_app.ingress.admin_routes import check_admin
+from serve_app.ingress.errors import install_error_handlers
+from serve_app.ingress.limits import KeyEntry, RateLimiter, TokenBucket, charge_tokens, digest, load_keys
+from serve_app.ingress.middleware import AuthMiddleware, BodyLimitMiddleware
+
+
+def test_token_bucket_refills_and_says_how_long_to_wait():
+    b = TokenBucket(60.0, stamp=0.0)  # one per second, burst 60
+    assert b.wait_s(60, now=0.0) == 0.0
+    b.take(60)
+    assert b.wait_s(1, now=0.0) == pytest.approx(1.0)
+    assert b.wait_s(1, now=0.5) == pytest.approx(0.5)
+    assert b.wait_s(1, now=1.0) == 0.0
+    assert b.wait_s(61, now=100.0) == float("inf")  # more than a minute's worth never fits
+
+
+def test_limiter_charges_both_buckets_or_neither():
+    key = KeyEntry(name="a", sha256=digest("k"), requests_per_minute=2, tokens_per_minute=100)
+    lim = RateLimiter()
+    assert lim.admit(key, requests=1, tokens=60, now=0.0) == (None, 0.0)
+    kind, wait = lim.admit(key, requests=1, tokens=60, now=0.0)  # tokens short: nothing charged
+    assert kind == "tokens" and wait == pytest.approx(12.0)
+    assert lim.admit(key, requests=1, tokens=40, now=0.0) == (None, 0.0)
+    kind, wait = lim.admit(key, requests=1, now=0.0)
+    assert kind == "requests" and wait == pytest.approx(30.0)
+    unlimited = KeyEntry(name="b", sha256=digest("j"))
+    assert all(lim.admit(unlimited, requests=1, tokens=10**6) == (None, 0.0) for _ in range(100))
+
+
+def test_key_file_is_validated(tmp_path):
+    good = tmp_path / "keys.yaml"
+    good.write_text(f"keys:\n  - name: alice\n    sha256: {digest('sk-a')}\n    requests_per_minute: 5\n")
+    keys = load_keys(good)
+    assert keys[digest("sk-a")].name == "alice" and keys[digest("sk-a")].scopes == ["public"]
+    dup = tmp_path / "dup.yaml"
+    dup.write_text(f"keys:\n  - {{name: a, sha256: {digest('x')}}}\n  - {{name: b, sha256: {digest('x')}}}\n")
+    with pytest.raises(ValueError, match="same key"):
+        load_keys(dup)
+    raw = tmp_path / "raw.yaml"
+    raw.write_text("keys:\n  - {name: a, sha256: sk-plaintext-key}\n")
+    with pytest.raises(ValueError, match="sha256"):
+        load_keys(raw)
+    with pytest.raises(ValueError, match="cannot read"):
+        load_keys(tmp_path / "missing.yaml")
+
+
+def _app(keys):
+    app = FastAPI()
+    app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(AuthMiddleware)
+    install_error_handlers(app)
+    app.state.api_keys, app.state.limiter, app.state.max_body_bytes = keys, RateLimiter(), 1 << 20
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        charge_tokens(request, body.get("max_tokens", 16))
+        key = getattr(request.state, "api_key", None)
+        return {"who": key.name if key else None}
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/admin/status")
+    async def admin():
+        return {"admin": True}
+
+    return app
+
+
+def test_every_route_but_health_needs_a_known_key_and_limits_apply():
+    alice = KeyEntry(name="alice", sha256=digest("sk-alice"), requests_per_minute=3, tokens_per_minute=100)
+    c = TestClient(_app({alice.sha256: alice}))
+    assert c.get("/healthz").status_code == 200
+    assert c.get("/admin/status").status_code == 200  # the admin routes keep their own check
+    for headers in ({}, {"Authorization": "Bearer sk-wrong"}, {"Authorization": "Basic sk-alice"}):
+        r = c.post("/v1/chat/completions", json={}, headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+        assert "sk-alice" not in r.text and "sk-wrong" not in r.text
+    ok = {"Authorization": "Bearer sk-alice"}
+    assert c.post("/v1/chat/completions", json={"max_tokens": 10}, headers=ok).json() == {"who": "alice"}
+    # Over the token rate: 429 before any work, with Retry-After; a request alone over the minute: 400.
+    r = c.post("/v1/chat/completions", json={"max_tokens": 95}, headers=ok)
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+    assert r.json()["error"]["type"] == "rate_limit_error"
+    r = c.post("/v1/chat/completions", json={"max_tokens": 500}, headers=ok)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
+    # Three requests per minute were used (the refused ones count as requests): the next is refused.
+    r = c.post("/v1/chat/completions", json={"max_tokens": 1}, headers=ok)
+    assert r.status_code == 429 and "requests per minute" in r.json()["error"]["message"]
+    assert int(r.headers["retry-after"]) >= 1
+
+
+def test_without_keys_nothing_is_required():
+    c = TestClient(_app(None))
+    r = c.post("/v1/chat/completions", json={"max_tokens": 10**6})
+    assert r.status_code == 200 and r.json() == {"who": None}  # no key needed, no limit applied
+
+
+def test_charge_without_a_key_is_free():
+    class State:
+        pass
+
+    class Req:
+        state = State()
+
+    charge_tokens(Req(), 10**9)  # no api_key on the request: no limit, no error
+
+
+def test_admin_scope_keys_open_the_admin_api():
+    admin = KeyEntry(name="ops", sha256=digest("sk-ops"), scopes=["public", "admin"])
+    user = KeyEntry(name="app", sha256=digest("sk-app"))
+    keys = {admin.sha256: admin, user.sha256: user}
+    assert check_admin("Bearer sk-ops", None, keys) == "ops"
+    with pytest.raises(Unauthorized):
+        check_admin("Bearer sk-app", None, keys)  # a key without the scope
+    assert check_admin("Bearer s3cret", hashlib.sha256(b"s3cret").digest(), keys) == "admin"
+    with pytest.raises(Forbidden):
+        check_admin("Bearer sk-app", None, {user.sha256: user})  # no admin key, no admin-scope key: off
+
+
+def test_rate_limited_maps_to_429_with_retry_after():
+    from serve_app.ingress.errors import response_for
+
+    r = response_for(RateLimited("slow down", 2.2))
+    assert r.status_code == 429 and r.headers["retry-after"] == "3"
+    assert response_for(InvalidRequest("x", "max_tokens")).status_code == 400
