@@ -29,6 +29,14 @@ from serve_app.ingress.errors import error_body
 logger = logging.getLogger("ray.serve")
 
 
+async def _refuse(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    body = json.dumps(error_body(status, message)).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
 class BodyLimitMiddleware:
     """413 for bodies over the limit: early from Content-Length, else while the body streams in.
 
@@ -53,7 +61,7 @@ class BodyLimitMiddleware:
                 except ValueError:
                     declared = 0
                 if declared > max_bytes:
-                    await self._refuse(send, max_bytes)
+                    await _refuse(send, 413, f"request body is larger than {max_bytes} bytes")
                     return
         seen = 0
 
@@ -69,18 +77,6 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
-
-    @staticmethod
-    async def _refuse(send: Send, max_bytes: int) -> None:
-        body = json.dumps(error_body(413, f"request body is larger than {max_bytes} bytes")).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
 
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -188,14 +184,6 @@ class TracingMiddleware:
 
 
 OPEN_PATHS = frozenset({"/healthz", "/livez"})
-
-
-async def _refuse(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
-    body = json.dumps(error_body(status, message)).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *headers]})
-    await send({"type": "http.response.body", "body": body})
 
 
 def bearer(headers) -> str | None:
