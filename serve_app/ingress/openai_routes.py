@@ -57,6 +57,11 @@ async def _observed(lines: AsyncIterator[str], route: str, router, arm: str | No
             router.record(arm, ok, None if ttft is None else ttft * 1000)
 
 
+def _served_by(head: dict[str, Any]) -> dict[str, str] | None:
+    # The id of the LLM replica that answered: ties a client's request to the replica's logs and metrics.
+    return {"X-Served-By": head["replica"]} if head.get("replica") else None
+
+
 class OpenAIRoutes:
     """Mixed into the Ingress deployment, which provides ``self.llm`` and ``self.settings``."""
 
@@ -93,8 +98,9 @@ class OpenAIRoutes:
                                 ("completion_tokens", "serve_app_llm_output_tokens")):
                 if usage.get(field):  # Ray's counters refuse an increment of 0
                     metric(name).inc(usage[field], tags={"route": route})
-            return JSONResponse(head["body"])
-        return StreamingResponse(_observed(relay_stream(gen), route, router, arm, t0), media_type="text/event-stream")
+            return JSONResponse(head["body"], headers=_served_by(head))
+        return StreamingResponse(_observed(relay_stream(gen), route, router, arm, t0), media_type="text/event-stream",
+                                 headers=_served_by(head))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, body: ChatCompletionRequest, request: Request):

@@ -8,7 +8,9 @@ head arrived without ever replaying a partial answer.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
@@ -22,6 +24,7 @@ from serve_app.llm.model import resolve_model
 logger = logging.getLogger("ray.serve")
 
 EngineFactory = Callable[[AppSettings], LLMEngine]
+WATCHDOG_PERIOD_S = 1.0
 
 
 def vllm_engine_factory(settings: AppSettings) -> LLMEngine:
@@ -47,6 +50,24 @@ class LLMServer:
         engine = (engine_factory or _factory(self._settings.engine.factory))(self._settings)
         await engine.start()
         self._engine, self._started_at = engine, time.time()
+        # Which replica answered, for the X-Served-By response header (debugging, failure analysis).
+        try:
+            self._replica = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # noqa: BLE001 - outside a Serve replica (tests)
+            self._replica = None
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch_engine())
+
+    async def _watch_engine(self) -> None:
+        """A replica whose engine died can never serve again; Serve would replace it only after several failed
+        health checks (period × threshold, ~30 s by default), answering every request routed to it with a
+        503 meanwhile. Ending the process at once makes Serve replace it now and route nothing more to it."""
+        while True:
+            await asyncio.sleep(WATCHDOG_PERIOD_S)
+            if self._engine is not None and self._engine.dead():
+                logger.error("the engine died; ending this replica so that Serve replaces it")
+                # The requests it held have had their error answers (503, or an error event in their stream).
+                await asyncio.sleep(WATCHDOG_PERIOD_S)
+                os._exit(1)
 
     async def generate(self, kind: str, request: Any) -> AsyncGenerator[Any, None]:
         """Run a chat or completion request. Yields the head, then SSE lines when streaming."""
@@ -57,9 +78,9 @@ class LLMServer:
         else:
             raise ValueError(f"unknown request kind {kind!r}")
         if isinstance(result, dict):
-            yield {"stream": False, "body": result}
+            yield {"stream": False, "body": result, "replica": self._replica}
             return
-        yield {"stream": True}
+        yield {"stream": True, "replica": self._replica}
         async for line in result:
             yield line
 
@@ -72,6 +93,8 @@ class LLMServer:
         return {
             "model": self._settings.model.name,
             "started_at": self._started_at,
+            "replica": self._replica,
+            "pid": os.getpid(),
             "running_requests": self._engine.running_requests(),
         }
 

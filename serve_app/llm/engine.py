@@ -52,6 +52,10 @@ class LLMEngine(abc.ABC):
     @abc.abstractmethod
     def shutdown(self) -> None: ...
 
+    def dead(self) -> bool:
+        """True once the engine can never serve again (its process died); the replica then ends itself."""
+        return False
+
 
 def vllm_serve_args(cli_args: list[str]):
     """Parse `vllm serve` arguments with vLLM's own parser and validation."""
@@ -147,6 +151,9 @@ class VLLMEngine(LLMEngine):
 
     def running_requests(self) -> int:
         return self._engine.get_num_unfinished_requests() if self._engine is not None else 0
+
+    def dead(self) -> bool:
+        return self._engine is not None and self._engine.errored
 
     def shutdown(self) -> None:
         if self._engine is not None:

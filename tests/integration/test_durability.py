@@ -41,7 +41,7 @@ def _top(http, q):
     return [(h["chunk_id"], round(h["score"], 5)) for h in r.json()["results"]]
 
 
-def test_acknowledged_chunks_survive_kill_9(app_url, http):
+def test_acknowledged_chunks_survive_kill_9(app_url, http, reliability):
     acked: dict[str, int] = {}
     for start in range(0, 40, 8):
         r = http.post("/v1/documents", json={"documents": [_doc("A", i) for i in range(start, start + 8)]})
@@ -76,11 +76,13 @@ def test_acknowledged_chunks_survive_kill_9(app_url, http):
         while sum(k.startswith("dur-B") for k in acked) < 6 and time.monotonic() < deadline:
             time.sleep(0.05)
         os.kill(pid, signal.SIGKILL)
+        killed_at = time.time()
         time.sleep(3)
     finally:
         stop.set()
         t.join(120)
     _wait_healthy(http)
+    back_after = time.time() - killed_at
     assert _vector_health(http)["pid"] != pid, "the store process was not replaced"
     assert all(code in (-1, 500, 503) for code in errors), errors
 
@@ -98,4 +100,8 @@ def test_acknowledged_chunks_survive_kill_9(app_url, http):
         expected = http.post("/v1/documents", json={"documents": [_doc("B", int(doc_id.rsplit("-", 1)[1]))]}).json()
         assert len(chunks) == expected["documents"][0]["chunks"], doc_id
     # Same answers as before the crash.
-    assert {q: _top(http, q) for q in QUERIES} == before
+    after = {q: _top(http, q) for q in QUERIES}
+    reliability.record("T8", "vector store process killed (SIGKILL) during ingest", acknowledged_documents=len(acked),
+                       failed_writes=len(errors), store_back_within_s=round(back_after, 1), duplicates=len(ids) - len(set(ids)),
+                       same_top_k=after == before)
+    assert after == before

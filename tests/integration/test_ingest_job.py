@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.integration.procs import stop_tree
+from tests.procs import stop_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -3,14 +3,11 @@
 Invariants: a RAG answer lists the retrieved sources (restricted by its filter) with per-stage timings, and
 its stream sends sources, then tokens, then timings; the agent's steps stay within the allow-list and the
 step bound, each generated call is a valid call (guided decoding), and a document instructing it to use a
-tool outside the allow-list changes nothing; bad input gets a 400 naming the field; a frozen vector store
-(SIGSTOP of its replica) degrades RAG and turns the agent's search into an error observation while chat is
-unaffected; a client that goes away mid-stream aborts the engine work it started.
+tool outside the allow-list changes nothing; bad input gets a 400 naming the field; a client that goes away
+mid-stream aborts the engine work it started (T6). A slow or dead vector store is tests/chaos (T3).
 """
 
 import json
-import os
-import signal
 import time
 
 import httpx
@@ -181,32 +178,6 @@ def test_agent_bad_input(http, body, param):
 
 
 # -- degradation: a frozen vector store ------------------------------------------------------------
-
-
-def test_frozen_vector_store_degrades_rag_and_agent_not_chat(http, model_name):
-    pid = http.get("/healthz").json()["components"]["vector"]["pid"]
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        r = http.post("/v1/rag", json={"question": "What is the capital of France?", "max_tokens": 16})
-        assert r.status_code == 200, r.text
-        body = r.json()
-        assert body["degraded"] is True and body["sources"] == [] and "did not answer" in body["degraded_reason"]
-        assert body["timings"]["retrieval_ms"] is None
-
-        r = http.post("/v1/agent", json={"task": "Use search_documents to find the capital of France.", "max_steps": 2})
-        assert r.status_code == 200, r.text
-        steps = r.json()["steps"]
-        searches = [s for s in steps if s["tool"] in ("search_documents", "get_document")]
-        assert all(s["status"] == "error" and "did not answer" in s["output"] for s in searches)
-        assert steps[-1]["tool"] == "final_answer"
-
-        chat = http.post("/v1/chat/completions", json={"model": model_name, "max_tokens": 8,
-                                                         "messages": [{"role": "user", "content": "Hi"}]})
-        assert chat.status_code == 200
-    finally:
-        os.kill(pid, signal.SIGCONT)
-    r = http.post("/v1/rag", json={"question": "What is the capital of France?", "max_tokens": 8})
-    assert r.status_code == 200 and r.json()["degraded"] is False
 
 
 # -- cancellation ----------------------------------------------------------------------------------

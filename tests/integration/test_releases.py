@@ -18,7 +18,7 @@ import httpx
 import yaml
 
 # The same bounded load the release benchmark uses: non-streaming chat and streams, every request recorded.
-from benchmarks.releases import Load
+from benchmarks.load import Load
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -173,7 +173,7 @@ def _streams(app_url, model_name, count, max_tokens, results):
     return [threading.Thread(target=one, daemon=True) for _ in range(count)]
 
 
-def test_scale_down_while_streams_are_open_cuts_no_stream(app_url, admin, model_name):
+def test_scale_down_while_streams_are_open_cuts_no_stream(app_url, admin, model_name, reliability):
     for name in ("LLMServer", "Ingress"):
         r = admin.post("/admin/scale", json={"deployment": name, "replicas": 2})
         assert r.status_code == 202, r.text
@@ -192,6 +192,9 @@ def test_scale_down_while_streams_are_open_cuts_no_stream(app_url, admin, model_
         assert _follow(admin, r.json()["release"])["status"] == "good"
     for t in threads:
         t.join(300)
+    reliability.record("T10", "LLM and ingress 2 -> 1 replicas with 6 streams open", streams=len(results),
+                       cut=sum(not (x["status"] == 200 and x["done"] and not x["error"]) for x in results),
+                       min_events=min((x["events"] for x in results), default=0))
     assert len(results) == 6
     assert all(x["status"] == 200 and x["done"] and not x["error"] for x in results), results
     assert all(x["events"] > 100 for x in results), results  # whole answers (min_tokens), not cut short
@@ -340,7 +343,7 @@ def test_release_that_starts_but_fails_its_health_check_is_rolled_back(http, adm
     assert chat.status_code == 200
 
 
-def test_release_whose_llm_cannot_start_is_rolled_back(app_url, http, admin, model_name):
+def test_release_whose_llm_cannot_start_is_rolled_back(app_url, http, admin, model_name, reliability):
     good = admin.get("/admin/status").json()["current_release"]
     config = copy.deepcopy(admin.get(f"/admin/releases/{good}").json()["config"])
     app = config["applications"][0]
@@ -354,6 +357,10 @@ def test_release_whose_llm_cannot_start_is_rolled_back(app_url, http, admin, mod
         back = _follow(admin, rel["rolled_back_to"])
         rollback_done = time.time()
         time.sleep(5)
+    reliability.record("T7", "release whose model does not exist, under load (3 clients)",
+                       **load.summary(fault_at=rel["created_at"]),
+                       failure_detected_s=round(rel["finished_at"] - rel["created_at"], 1),
+                       deploy_to_previous_serving_s=round(back["finished_at"] - rel["created_at"], 1))
     assert back["status"] == "good" and back["kind"] == "rollback", back["outcome"]
     # After the rollback, everything succeeds again; failures (if any) lie inside the deploy→rollback window.
     after = [x for x in load.records if x["t"] > rollback_done]

@@ -39,6 +39,15 @@ def test_table_and_body(exc, status):
     assert err["code"] == status and err["message"] == exc.message and err["param"] == exc.param
 
 
+def test_every_503_says_when_to_retry():
+    from ray.serve.exceptions import BackPressureError
+
+    for exc in (E.ServiceUnavailable("down"), from_vllm(EngineDeadError()), BackPressureError(num_queued_requests=3, max_queued_requests=2)):
+        resp = response_for(exc)
+        assert resp.status_code == 503 and resp.headers["retry-after"] == "1"
+    assert "retry-after" not in response_for(E.InvalidRequest("bad")).headers
+
+
 def test_every_table_row_has_a_type():
     for status in ERROR_TABLE.values():
         assert error_body(status, "m")["error"]["type"] != "internal_server_error"

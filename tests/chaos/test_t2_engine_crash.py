@@ -1,0 +1,66 @@
+"""T2: the engine crashes under load (SIGKILL of the vLLM engine-core process of the only LLM replica).
+Pass: every open stream ends with an in-band error event and then [DONE] (never cut silently); every
+non-streaming request that fails gets a 503 with Retry-After and an OpenAI error body; no request gets a
+500; the replica reports itself unhealthy, Serve replaces it and the app serves again without manual action."""
+
+import signal
+import time
+
+import psutil
+
+from benchmarks.load import Load
+from tests.chaos.faults import llm_replica_pids, wait_healthy
+
+
+def _engine_core(replica_pid: int) -> psutil.Process:
+    children = psutil.Process(replica_pid).children(recursive=True)
+    cores = [c for c in children if "EngineCore" in " ".join(c.cmdline()) or "EngineCore" in c.name()]
+    assert cores, f"no engine-core process under the LLM replica {replica_pid}: {[c.name() for c in children]}"
+    return cores[0]
+
+
+def _replaced(http, old_pid, timeout_s=300):
+    """Wait for /healthz to be 200 with an LLM replica other than ``old_pid``; returns (health, when the
+    app first reported itself unhealthy)."""
+    unhealthy_at = None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        r = http.get("/healthz")
+        if r.status_code != 200 and unhealthy_at is None:
+            unhealthy_at = time.time()
+        if r.status_code == 200 and r.json()["components"]["llm"]["pid"] != old_pid:
+            return r.json(), unhealthy_at
+        time.sleep(0.5)
+    raise AssertionError("the LLM replica with the dead engine was not replaced")
+
+
+def test_t2_engine_crash_ends_streams_in_band_and_the_replica_is_replaced(app_url, http, model_name, reliability):
+    before = wait_healthy(http)["components"]["llm"]
+    (replica, pid), = llm_replica_pids(http, 1).items()
+    core = _engine_core(pid)
+    with Load(app_url, model_name, clients=4, stream_tokens=200, plain_tokens=32) as load:
+        time.sleep(6)
+        t_crash = time.time()
+        core.send_signal(signal.SIGKILL)
+        health, unhealthy_at = _replaced(http, pid)
+        t_back = time.time()
+        time.sleep(5)
+
+    after = health["components"]["llm"]
+    summary = load.summary(fault_at=t_crash)
+    reliability.record("T2", "engine-core process killed (SIGKILL), 1 replica, 4 clients", **summary,
+                       reported_unhealthy_after_s=None if unhealthy_at is None else round(unhealthy_at - t_crash, 1),
+                       replaced_and_healthy_after_s=round(t_back - t_crash, 1))
+    assert after["pid"] != pid and after["started_at"] > before["started_at"], "the replica was not replaced"
+    failed = load.failed()
+    assert failed, "the crash failed nothing: was the engine killed?"
+    assert not [r for r in load.records if r["status"] == 500], "a request got a 500"
+    for r in failed:
+        if r["stream"] and r["status"] == 200:
+            assert r["done"] and r["error_event"], r
+        else:
+            assert r["status"] == 503 and r["retry_after"], r
+    assert any(r["stream"] and r["status"] == 200 for r in failed), "no stream was open at the crash"
+    # Requests started once the app was healthy again succeed.
+    late = [r for r in load.records if r["t"] > t_back]
+    assert late and all(r["ok"] for r in late), [r for r in late if not r["ok"]][:5]

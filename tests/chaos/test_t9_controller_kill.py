@@ -1,0 +1,36 @@
+"""T9: Ray Serve's controller killed under load (SIGKILL of its process). Pass: no request fails (the
+proxies and replicas serve on without it); Ray restarts the controller and the admin API (which reads
+Serve's status through it) answers again without manual action."""
+
+import signal
+import time
+
+from benchmarks.load import Load
+from tests.chaos.faults import titled, wait_healthy
+
+
+def test_t9_serve_controller_killed_under_load_fails_nothing(app_proc, http, admin, model_name, reliability):
+    wait_healthy(http)
+    controllers = titled(app_proc.pid, "ray::ServeController")
+    assert len(controllers) == 1, controllers
+    old = controllers[0]
+    with Load(app_proc.url, model_name, clients=4) as load:
+        time.sleep(5)
+        t_kill = time.time()
+        old.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        restarted_at = None
+        while time.monotonic() < deadline:
+            new = [p for p in titled(app_proc.pid, "ray::ServeController") if p.pid != old.pid]
+            if new and admin.get("/admin/status").status_code == 200:
+                restarted_at = time.time()
+                break
+            time.sleep(0.5)
+        time.sleep(10)
+    summary = load.summary(fault_at=t_kill)
+    reliability.record("T9", "Serve controller killed (SIGKILL), 4 clients", **summary,
+                       controller_back_after_s=None if restarted_at is None else round(restarted_at - t_kill, 1))
+    assert restarted_at is not None, "the Serve controller did not come back"
+    assert [r for r in load.records if r["t"] > t_kill], "no request was sent after the kill"
+    assert not load.failed(), load.failed()[:5]
+    wait_healthy(http)
