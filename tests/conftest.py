@@ -95,7 +95,7 @@ def app_proc(tmp_path_factory, trace_dir, serve_logs_dir):
             except httpx.HTTPError:
                 pass
             time.sleep(2)
-        proc.url = url
+        proc.url, proc.log_path = url, log_path
         yield proc
     finally:
         rc, left = stop_tree(proc, signal.SIGTERM, STOP_TIMEOUT_S)
@@ -165,6 +165,11 @@ def http(app_url):
 @pytest.fixture(scope="session")
 def model_name(client):
     return client.models.list().data[0].id
+
+
+@pytest.fixture(scope="session")
+def admin_key():
+    return ADMIN_KEY
 
 
 @pytest.fixture(scope="session")

@@ -130,6 +130,9 @@ class IngressSettings(_Strict):
     )
     max_n: int = Field(8, ge=1, le=128, description="Largest 'n' (choices per request) accepted.")
     max_messages: int = Field(256, ge=1, description="Largest number of chat messages in one request.")
+    max_tokens: int | None = Field(
+        None, ge=1, description="Largest max_tokens / max_completion_tokens accepted by chat and completions, "
+        "checked before any engine work (default: up to what the model's context leaves, checked by the engine).")
     retry: RetrySettings = Field(default_factory=RetrySettings, description="Retries before the first byte.")
     default_token_charge: int = Field(
         256, ge=1, le=1_000_000, description="Tokens charged to an API key's token limit for a chat or completion "

@@ -161,5 +161,11 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(HTTPException, _on_http)
     app.add_exception_handler(E.AppError, _on_app_error)
+    # vLLM's protocol models raise vLLM's own validation errors while the body is parsed. A handler of its own
+    # answers them inside the middleware stack; the catch-all below answers too, but Starlette re-raises past
+    # the middlewares then, which would count and log a 400 as a failed request.
+    from vllm.exceptions import VLLMError
+
+    app.add_exception_handler(VLLMError, _on_app_error)
     # Catch-all: anything else becomes a sanitized 500 (logged with its stack trace).
     app.add_exception_handler(Exception, _on_app_error)

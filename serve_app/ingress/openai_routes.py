@@ -33,6 +33,9 @@ def check_sampling(req: Any, settings: AppSettings) -> None:
         value = getattr(req, field, None)
         if value is not None and value < 1:
             raise InvalidRequest(f"{field} must be at least 1", field)
+        cap = settings.ingress.max_tokens
+        if value is not None and cap is not None and value > cap:
+            raise InvalidRequest(f"{field} must be at most {cap}", field)
     if req.model is not None and req.model != settings.model.name:
         raise ModelNotFound(f"The model `{req.model}` does not exist.", "model")
 
@@ -55,6 +58,20 @@ async def _observed(lines: AsyncIterator[str], route: str, router, arm: str | No
     finally:
         if done and router is not None:
             router.record(arm, ok, None if ttft is None else ttft * 1000)
+
+
+def materialized(value: Any) -> Any:
+    """``value`` with every lazily validated iterable made a list. pydantic validates an ``Iterable[...]``
+    field (OpenAI's message types declare content parts and tool calls so) into a ValidatorIterator, which
+    cannot be pickled to the LLM replica: e.g. ``"content": []`` in a message. Iterating it here validates
+    it; its errors are the client's (400)."""
+    if type(value).__name__ == "ValidatorIterator":
+        value = list(value)
+    if isinstance(value, dict):
+        return {k: materialized(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [materialized(v) for v in value]
+    return value
 
 
 def _served_by(head: dict[str, Any]) -> dict[str, str] | None:
@@ -108,6 +125,10 @@ class OpenAIRoutes:
             raise InvalidRequest("messages must contain at least one message", "messages")
         if len(body.messages) > self.settings.ingress.max_messages:
             raise InvalidRequest(f"at most {self.settings.ingress.max_messages} messages", "messages")
+        try:
+            body.messages = materialized(body.messages)
+        except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+            raise InvalidRequest(f"messages: {exc}", "messages") from None
         check_sampling(body, self.settings)
         limit = body.max_completion_tokens or body.max_tokens or self.settings.ingress.default_token_charge
         charge_tokens(request, limit * (body.n or 1), "max_completion_tokens" if body.max_completion_tokens else "max_tokens")

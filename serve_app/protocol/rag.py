@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
 
-from serve_app.protocol.retrieval import MetaValue
+from serve_app.protocol.retrieval import MetaKey, MetaValue
 
 
 class _Request(BaseModel):
@@ -23,7 +23,7 @@ def _not_blank(v: str) -> str:
 class RagRequest(_Request):
     question: StrictStr = Field(..., min_length=1, max_length=4000, description="The question to answer.")
     top_k: int | None = Field(None, description="Sources to retrieve (1..rag.max_top_k; default rag.default_top_k).")
-    filter: dict[str, MetaValue] | None = Field(None, description="Metadata equality filter on the sources.")
+    filter: dict[MetaKey, MetaValue] | None = Field(None, description="Metadata equality filter on the sources.")
     stream: StrictBool = Field(False, description="Server-sent events: sources, then tokens, then timings.")
     max_tokens: int | None = Field(None, description="Answer length bound (1..rag.answer_max_tokens).")
     plan: Literal["parallel", "sequential"] = Field(

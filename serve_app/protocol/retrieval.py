@@ -3,12 +3,14 @@ checked by the routes (they know the settings); shapes and types are checked her
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, StringConstraints, field_validator
 
-# Metadata values are scalars so that a filter can match them exactly.
+# Metadata values are scalars so that a filter can match them exactly. Keys are plain names: the store
+# addresses them as payload paths, where a dot or bracket would mean nesting.
 MetaValue = str | int | bool | float
+MetaKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 
 class _Model(BaseModel):
@@ -18,7 +20,8 @@ class _Model(BaseModel):
 class Document(_Model):
     id: StrictStr = Field(..., min_length=1, max_length=256, description="Caller-chosen id; re-ingesting replaces.")
     text: StrictStr = Field(..., description="Plain text (markdown is fine).")
-    metadata: dict[str, MetaValue] = Field(default_factory=dict, description="Scalar fields a search can filter on.")
+    metadata: dict[MetaKey, MetaValue] = Field(
+        default_factory=dict, description="Scalar fields a search can filter on; keys: letters, digits, _ and -.")
 
     @field_validator("text")
     @classmethod
@@ -45,7 +48,7 @@ class IngestResponse(BaseModel):
 class SearchRequest(_Model):
     query: StrictStr = Field(..., min_length=1)
     top_k: int = Field(5, description="How many chunks to return (1..vector.max_top_k).")
-    filter: dict[str, MetaValue] | None = Field(None, description="Metadata equality; every key must match.")
+    filter: dict[MetaKey, MetaValue] | None = Field(None, description="Metadata equality; every key must match.")
     score_threshold: float | None = Field(None, ge=-1.0, le=1.0, description="Drop hits scoring lower (cosine).")
 
     @field_validator("query")

@@ -1,8 +1,14 @@
 """Bad input never reaches a 5xx: each malformed or out-of-bounds request gets a 4xx with the OpenAI error
-body (and `param` where one field is at fault), and the app keeps serving afterwards."""
+body (and `param` where one field is at fault), and the app keeps serving afterwards (T4, T5). Bodies
+that arrive slowly are answered without holding up other clients; a body abandoned half-way harms nothing.
+Generated inputs: tests/chaos/test_t4_fuzz.py."""
 
 import json
+import socket
+import threading
+import time
 
+import httpx
 import pytest
 
 CHAT = "/v1/chat/completions"
@@ -36,6 +42,16 @@ CASES = [
     ("completion-empty-prompt", "/v1/completions", b'{"prompt": ""}', 400, "prompt"),
     ("completion-max-tokens-over-context", "/v1/completions", b'{"prompt": "hi", "max_tokens": 5000}', 400, "max_tokens"),
     ("completion-unknown-model", "/v1/completions", b'{"prompt": "hi", "model": "x"}', 404, "model"),
+    # JSON that parses but is odd: duplicate keys (the last one wins), numbers beyond every range.
+    ("duplicate-keys", CHAT, b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "max_tokens": -1}',
+     400, "max_tokens"),
+    ("integer-of-5000-digits", CHAT, b'{"messages": [], "max_tokens": 1' + b"0" * 5000 + b"}", 400, None),
+    ("integer-of-31-digits", CHAT, _chat(max_tokens=10**30), 400, "max_tokens"),
+    ("float-overflow", CHAT, b'{"messages": [{"role": "user", "content": "hi"}], "temperature": 1e999}', 400, "temperature"),
+    ("nan", CHAT, b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', 400, "temperature"),
+    ("infinity", CHAT, b'{"messages": [{"role": "user", "content": "hi"}], "top_p": Infinity}', 400, "top_p"),
+    ("seed-beyond-int64", CHAT, _chat(seed=10**40), 400, "seed"),
+    ("logit-bias-out-of-vocab", CHAT, _chat(logit_bias={"99999999999": 5}), 400, "logit_bias"),
 ]
 
 
@@ -59,6 +75,41 @@ def test_ten_megabyte_body_is_413(http):
     body = json.dumps({"messages": [{"role": "user", "content": "a" * (10 * 1024 * 1024)}]}).encode()
     r = http.post(CHAT, content=body, headers={"content-type": "application/json"})
     assert r.status_code == 413 and r.json()["error"]["code"] == 413
+
+
+def _drip(app_url, body: bytes, pieces: int, delay_s: float, out: list):
+    step = len(body) // pieces + 1
+
+    def parts():
+        for i in range(0, len(body), step):
+            time.sleep(delay_s)
+            yield body[i:i + step]
+
+    r = httpx.post(app_url + CHAT, content=parts(), headers={"content-type": "application/json"}, timeout=120)
+    out.append(r.status_code)
+
+
+def test_slow_drip_bodies_are_answered_and_do_not_hold_up_others(app_url, http):
+    done: list = []
+    drips = [threading.Thread(target=_drip, args=(app_url, _chat(max_tokens=2), 10, 0.5, done)) for _ in range(4)]
+    for t in drips:
+        t.start()
+    time.sleep(1)
+    r = http.post(CHAT, content=_chat(max_tokens=2), headers={"content-type": "application/json"})
+    assert r.status_code == 200 and not done, "the normal request waited for the slow bodies"
+    for t in drips:
+        t.join(120)
+    assert done == [200] * 4
+
+
+def test_body_abandoned_half_way_harms_nothing(app_url, http):
+    host, port = app_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(f"POST {CHAT} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                  f"Content-Length: 100000\r\n\r\n".encode() + _chat(max_tokens=2)[:20])
+        time.sleep(1)
+    r = http.post(CHAT, content=_chat(max_tokens=2), headers={"content-type": "application/json"})
+    assert r.status_code == 200
 
 
 def test_app_still_serves_after_bad_input(http):

@@ -192,7 +192,7 @@ def test_agent_bad_input(http, body, param):
         ("/v1/agent", {"task": "Find out everything about Paris and Rome.", "max_steps": 8, "stream": True}),
     ],
 )
-def test_client_disconnect_aborts_engine_work(app_url, http, model_name, path, body):
+def test_client_disconnect_aborts_engine_work(app_url, http, model_name, path, body, reliability):
     _wait_running_zero(http)
     if path == "/v1/chat/completions":
         body = {**body, "model": model_name}
@@ -210,5 +210,7 @@ def test_client_disconnect_aborts_engine_work(app_url, http, model_name, path, b
                 break
             time.sleep(0.05)
     assert working, "the stream ended before the engine was seen working on it"
+    left_at = time.monotonic()
     # The client is gone; the engine must drop what it was generating for it.
     _wait_running_zero(http)
+    reliability.record("T6", f"client left mid-stream: {path}", engine_idle_within_s=round(time.monotonic() - left_at, 2))

@@ -82,3 +82,50 @@ def test_dead_engine_is_503_and_plain_errors_stay_500_at_the_ingress():
 
 def test_long_messages_are_truncated():
     assert len(error_body(400, "x" * 10_000)["error"]["message"]) < 2100
+
+
+def test_vllm_errors_are_answered_inside_the_middleware_stack():
+    # Answered by their own handler, a vLLM validation error never reaches Starlette's server-error layer,
+    # which would re-raise it through the middlewares (counted and logged as a failed request).
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from serve_app.ingress.errors import install_error_handlers
+
+    app = FastAPI()
+    install_error_handlers(app)
+    seen = []
+
+    @app.middleware("http")
+    async def record(request, call_next):
+        try:
+            response = await call_next(request)
+        except Exception as exc:  # noqa: BLE001
+            seen.append(type(exc).__name__)
+            raise
+        seen.append(response.status_code)
+        return response
+
+    @app.post("/x")
+    async def x():
+        raise VLLMValidationError("Either prompt or prompt_embeds must be provided", parameter="prompt")
+
+    with TestClient(app, raise_server_exceptions=True) as client:
+        r = client.post("/x")
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt" and seen == [400]
+
+
+def test_metadata_keys_are_plain_names():
+    from pydantic import ValidationError
+
+    from serve_app.protocol.rag import RagRequest
+    from serve_app.protocol.retrieval import Document, SearchRequest
+
+    SearchRequest(query="q", filter={"topic": "x", "lang-code_2": 1})
+    for bad in ("", "a.b", "a[0]", "V\U0007452d", "x" * 65):
+        with pytest.raises(ValidationError):
+            SearchRequest(query="q", filter={bad: "x"})
+        with pytest.raises(ValidationError):
+            Document(id="d", text="t", metadata={bad: "x"})
+        with pytest.raises(ValidationError):
+            RagRequest(question="q", filter={bad: "x"})

@@ -143,3 +143,37 @@ def test_stream_failure_ends_with_error_event_and_done():
     assert out[0].startswith("data: {\"a\"")
     assert '"error"' in out[1] and out[-1] == "data: [DONE]\n\n"
     assert call.cancelled
+
+
+def test_sampling_limits_come_from_the_settings():
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+    from serve_app.config.settings import AppSettings
+    from serve_app.errors import InvalidRequest
+    from serve_app.ingress.openai_routes import check_sampling
+
+    settings = AppSettings.model_validate({"ingress": {"max_tokens": 100, "max_n": 2}})
+    msgs = [{"role": "user", "content": "hi"}]
+    check_sampling(ChatCompletionRequest(messages=msgs, max_tokens=100, n=2), settings)
+    for fields, param in (({"max_tokens": 101}, "max_tokens"), ({"max_completion_tokens": 101}, "max_completion_tokens"),
+                          ({"n": 3}, "n"), ({"max_tokens": 0}, "max_tokens"), ({"temperature": 2.5}, "temperature")):
+        with pytest.raises(InvalidRequest) as err:
+            check_sampling(ChatCompletionRequest(messages=msgs, **fields), settings)
+        assert err.value.param == param
+    # No cap configured: the engine checks max_tokens against the context.
+    check_sampling(ChatCompletionRequest(messages=msgs, max_tokens=10**6), AppSettings.model_validate({}))
+
+
+def test_lazily_validated_message_content_is_made_picklable():
+    import pickle
+
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+    from serve_app.ingress.openai_routes import materialized
+
+    # pydantic leaves an empty content list of a developer message as a ValidatorIterator (not picklable).
+    req = ChatCompletionRequest.model_validate({"messages": [{"content": [], "role": "developer"}]})
+    with pytest.raises(TypeError):
+        pickle.dumps(req)
+    req.messages = materialized(req.messages)
+    assert pickle.loads(pickle.dumps(req)).messages == [{"content": [], "role": "developer"}]
