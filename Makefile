@@ -52,12 +52,13 @@ test-chaos: install
 	$(BIN)/python -m pytest tests/chaos
 
 # The long fuzzing run: over 10 000 generated requests against every public route, random each time.
-FUZZ_EXAMPLES ?= 400
+FUZZ_EXAMPLES ?= 500
 fuzz: install
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/chaos/test_t4_fuzz.py
 
+# The benchmark suite (benchmarks/suite.py): all scenarios, or e.g. `make bench SCENARIOS="chat rollout"`.
 bench: install
-	$(BIN)/python -m benchmarks.chat
+	$(BIN)/serve-app bench $(SCENARIOS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

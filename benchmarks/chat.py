@@ -21,20 +21,29 @@ from benchmarks._servers import ROOT, bare_vllm, serve_app
 
 METRICS = [
     "output_throughput",
+    "request_throughput",
+    "request_goodput",
+    "p99_tpot_ms",
+    "median_e2el_ms",
     "median_ttft_ms",
     "p99_ttft_ms",
     "median_itl_ms",
     "p99_itl_ms",
     "median_tpot_ms",
-    "median_e2el_ms",
     "completed",
 ]
 
 
-def run_load(url: str, model: str, tokenizer: str, concurrency: int, num_prompts: int, ns) -> dict:
+def run_load(url: str, model: str, tokenizer: str, concurrency: int, num_prompts: int, ns=None,
+             dataset_args: list[str] | None = None, goodput: list[str] | None = None, seed: int = 0) -> dict:
+    """One `vllm bench serve` run. The dataset is ``dataset_args`` (vllm bench serve's own flags), else the
+    random dataset with ``ns.input_len`` / ``ns.output_len``; ``goodput`` are its "metric:ms" SLOs."""
     from vllm.benchmarks.serve import add_cli_args, main
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
+    if dataset_args is None:
+        dataset_args = ["--dataset-name", "random", "--random-input-len", str(ns.input_len),
+                        "--random-output-len", str(ns.output_len)]
     parser = FlexibleArgumentParser()
     add_cli_args(parser)
     args = parser.parse_args(
@@ -44,17 +53,16 @@ def run_load(url: str, model: str, tokenizer: str, concurrency: int, num_prompts
             "--endpoint", "/v1/completions",
             "--model", model,
             "--tokenizer", tokenizer,
-            "--dataset-name", "random",
-            "--random-input-len", str(ns.input_len),
-            "--random-output-len", str(ns.output_len),
+            *dataset_args,
             "--ignore-eos",
             "--num-prompts", str(num_prompts),
             "--max-concurrency", str(concurrency),
             "--num-warmups", str(min(concurrency, 8)),
-            "--seed", str(ns.seed),
+            "--seed", str(ns.seed if ns is not None else seed),
             "--percentile-metrics", "ttft,tpot,itl,e2el",
             "--metric-percentiles", "50,90,99",
             "--disable-tqdm",
+            *(["--goodput", *goodput] if goodput else []),
         ]
     )
     result = main(args)

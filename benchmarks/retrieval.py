@@ -70,7 +70,8 @@ def retrieval_only_config(tmp: Path) -> Path:
     return path
 
 
-def bench_app(tmp: Path, out: Path, n_texts: int, clients: int, per_request: int, n_docs: int) -> dict:
+def bench_app(tmp: Path, out: Path, n_texts: int, clients: int, per_request: int, n_docs: int,
+              n_queries: int = 200) -> dict:
     import httpx
 
     from serve_app.vector.chunker import chunk_text
@@ -103,6 +104,14 @@ def bench_app(tmp: Path, out: Path, n_texts: int, clients: int, per_request: int
         store.replace_document(d["id"], [StoredChunk(c.id, c.document_id, c.position, c.text) for c in chunks], vecs)
         n_chunks += len(chunks)
     res["ingest_inprocess_chunks_per_s"] = n_chunks / (time.perf_counter() - t0)
+    queries = sentences(n_queries, seed=2)
+    lat_in: list[float] = []
+    for q in queries:  # a search in-process: embed the query, then the store's top-k
+        t = time.perf_counter()
+        store.search(emb.encode([q])[0], 5)
+        lat_in.append(time.perf_counter() - t)
+    res["search_inprocess_p50_ms"] = pct(lat_in, 50) * 1000
+    res["search_inprocess_p99_ms"] = pct(lat_in, 99) * 1000
     store.close()
     del emb
 
@@ -137,8 +146,16 @@ def bench_app(tmp: Path, out: Path, n_texts: int, clients: int, per_request: int
                 chunks = sum(pool.map(ingest, range(0, n_docs, 4)))
             res["ingest_app_chunks_per_s"] = chunks / (time.perf_counter() - t0)
             res["ingest_chunks"] = chunks
+            lat_app: list[float] = []
+            for q in queries:  # one client, like the in-process loop
+                t = time.perf_counter()
+                http.post("/v1/search", json={"query": q, "top_k": 5}).raise_for_status()
+                lat_app.append(time.perf_counter() - t)
+            res["search_app_p50_ms"] = pct(lat_app, 50) * 1000
+            res["search_app_p99_ms"] = pct(lat_app, 99) * 1000
     res["embed_ratio"] = res["embed_app_texts_per_s"] / res["embed_inprocess_texts_per_s"]
     res["ingest_ratio"] = res["ingest_app_chunks_per_s"] / res["ingest_inprocess_chunks_per_s"]
+    res["search_p50_added_ms"] = res["search_app_p50_ms"] - res["search_inprocess_p50_ms"]
     res.update(n_texts=n_texts, clients=clients, texts_per_request=per_request, documents=n_docs)
     return res
 

@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 from serve_app.config.loader import ConfigError, load_serve_config
 
@@ -354,8 +355,26 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--factor", type=float)
     sc.set_defaults(func=cmd_scale)
 
-    ns = parser.parse_args(argv)
+    sub.add_parser("bench", add_help=False, help="run the benchmark suite of a source checkout (benchmarks/; "
+                   "`serve-app bench --help` lists its scenarios)")
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["bench"]:
+        return cmd_bench(args[1:])
+    ns = parser.parse_args(args)
     return ns.func(ns)
+
+
+def cmd_bench(args: list[str]) -> int:
+    # The suite lives beside the package in a source checkout (it starts bare vLLM and the app itself).
+    root = Path.cwd()
+    if not (root / "benchmarks" / "suite.py").exists():
+        _say("serve-app bench runs from the root of a serve_app source checkout (benchmarks/suite.py not found here)")
+        return 2
+    sys.path.insert(0, str(root))
+    from benchmarks.suite import main as bench_main
+
+    return bench_main(args)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ OpenAI-style error body whose code is the HTTP status; the app is healthy afterw
 never restarted.
 
 `make test` runs a short, derandomized pass (FUZZ_EXAMPLES per route and mode, default 6); `make fuzz`
-runs the long one (FUZZ_EXAMPLES=400: over 10 000 requests), random each time.
+runs the long one (FUZZ_EXAMPLES=500: over 10 000 requests), random each time.
 
 Generation is bounded where the point is validation, not generation: a request that asks for generated
 tokens gets at most 4 (and at most 2 choices, 2 agent steps); values that are invalid stay as generated.
