@@ -329,6 +329,16 @@ def main(argv: list[str] | None = None) -> int:
     hk.add_argument("--key", default=None, help="hash this key instead of making one")
     hk.set_defaults(func=cmd_hash_key)
 
+    kr = sub.add_parser("kuberay", help="write a KubeRay RayService manifest whose serveConfigV2 is a Serve config file")
+    kr.add_argument("config", help="Serve config file (validated first)")
+    kr.add_argument("--image", required=True, help="container image with serve_app installed (the gpu extra)")
+    kr.add_argument("--name", default="serve-app")
+    kr.add_argument("--workers", type=int, nargs=3, default=[1, 1, 8], metavar=("N", "MIN", "MAX"),
+                    help="GPU worker group: replicas, minimum, maximum")
+    kr.add_argument("--gpus-per-worker", type=int, default=1)
+    kr.add_argument("--output", "-o", default="-", help="file to write (default: stdout)")
+    kr.set_defaults(func=cmd_kuberay)
+
     def admin(name: str, help: str):
         p = sub.add_parser(name, help=help + " (admin API; key from $SERVE_APP_ADMIN_KEY)")
         p.add_argument("--url", default=os.environ.get("SERVE_APP_URL", "http://127.0.0.1:8000"), help="the app's URL")
@@ -363,6 +373,26 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_bench(args[1:])
     ns = parser.parse_args(args)
     return ns.func(ns)
+
+
+def cmd_kuberay(ns) -> int:
+    import ray
+
+    from serve_app.config.kuberay import dump, rayservice
+
+    try:
+        manifest = rayservice(ns.config, name=ns.name, image=ns.image, ray_version=ray.__version__,
+                              workers=tuple(ns.workers), gpus_per_worker=ns.gpus_per_worker)
+    except ConfigError as exc:
+        _say(str(exc))
+        return 2
+    text = dump(manifest)
+    if ns.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(ns.output).write_text(text)
+        _say(f"wrote {ns.output}")
+    return 0
 
 
 def cmd_bench(args: list[str]) -> int:
