@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export VLLM_NO_USAGE_STATS ?= 1
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install serve test test-unit test-integration test-chaos fuzz bench clean test-tools
+.PHONY: install serve test test-unit test-cluster test-integration test-chaos fuzz bench clean test-tools
 
 install: $(STAMP)
 
@@ -46,6 +46,9 @@ test-unit: install
 
 test-integration: install test-tools
 	$(BIN)/python -m pytest tests/integration
+
+test-cluster: install
+	$(BIN)/python -m pytest tests/cluster
 
 # The fault-injection suite alone (T1-T11 figures go to benchmarks/results/reliability.json).
 test-chaos: install

@@ -7,8 +7,9 @@ cleanly and leave no Ray or vLLM process behind. Two additions to what `make ser
 observability tests: the Serve logs go to a temporary folder (`--logs-dir`), unbuffered, and tracing is on,
 exported to files.
 
-Order: unit tests, then integration, then the fault-injection suite (tests/chaos), which kills parts of the
-app and so runs after the tests that want it undisturbed. The chaos tests write their figures to
+Order: unit tests, the multi-node test (tests/cluster: its own Ray cluster, before the session app starts),
+then integration, then the fault-injection suite (tests/chaos), which kills parts of the app and so runs
+after the tests that want it undisturbed. The chaos tests write their figures to
 benchmarks/results/reliability.json (the ``reliability`` fixture).
 """
 
@@ -57,7 +58,8 @@ def serve_logs_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("serve-logs")
 
 
-_ORDER = {"unit": 0, "integration": 1, "chaos": 2}
+# tests/cluster starts its own two-node Ray cluster: before the session app exists (one engine at a time).
+_ORDER = {"unit": 0, "cluster": 0.5, "integration": 1, "chaos": 2}
 
 
 def pytest_collection_modifyitems(items):

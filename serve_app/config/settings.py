@@ -125,6 +125,9 @@ class IngressSettings(_Strict):
         300.0, gt=0, description="Deadline for a non-streaming answer, or for a stream's first event."
     )
     health_timeout_s: float = Field(5.0, gt=0, description="Deadline for each component's health probe.")
+    llm_fail_fast_s: float | None = Field(
+        15.0, gt=0, description="Once no LLM replica has answered the ingress's background health probe (every "
+        "2 s) for this long, LLM requests get 503 at once instead of waiting for a replica (None: wait).")
     max_body_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger ones get 413."
     )

@@ -44,6 +44,7 @@ class AnswerRoutes:
     async def rag_answer(self, body: RagRequest, request: Request):
         if self.rag is None:
             raise NotFound("RAG is disabled in this deployment (it needs the model and rag.enabled)")
+        self._llm_gate()
         s = self.settings.rag
         top_k = _bounded(body.top_k, s.default_top_k, s.max_top_k, "top_k")
         max_tokens = _bounded(body.max_tokens, s.answer_max_tokens, s.answer_max_tokens, "max_tokens")
@@ -78,6 +79,7 @@ class AnswerRoutes:
     async def agent_run(self, body: AgentRequest, request: Request):
         if self.agent is None:
             raise NotFound("the agent is disabled in this deployment (it needs the model and agent.enabled)")
+        self._llm_gate()
         s = self.settings.agent
         max_steps = _bounded(body.max_steps, s.default_max_steps, s.max_steps, "max_steps")
         charge_tokens(request, max_steps * s.step_max_tokens, "max_steps")

@@ -15,6 +15,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.config.settings import AppSettings
 from serve_app.ingress.admin_routes import AdminRoutes, admin_key_digest
 from serve_app.ingress.answer_routes import AnswerRoutes
+from serve_app.ingress.availability import Availability
 from serve_app.errors import ServiceUnavailable
 from serve_app.ingress.errors import unwrap
 from serve_app.ingress.fastapi_app import app
@@ -69,6 +70,8 @@ class Ingress(OpenAIRoutes, RetrievalRoutes, AnswerRoutes, AdminRoutes):
         self.router: CanaryRouter | None = None
         self._reporter: asyncio.Task | None = None
         self._metrics_url: str | None = None
+        self._llm_availability = Availability(lambda: awaited(self.llm.health.remote()), 2.0, s.ingress.health_timeout_s,
+                                              s.ingress.llm_fail_fast_s) if llm is not None else None
         self._set_release(s.release)
 
     def _set_release(self, release: str) -> None:
@@ -110,12 +113,18 @@ class Ingress(OpenAIRoutes, RetrievalRoutes, AnswerRoutes, AdminRoutes):
             if self.router is not router:
                 router = self.router
 
+    def _llm_gate(self) -> None:
+        """Refuse an LLM request at once (503) while the LLM has had no healthy replica for a while."""
+        if self._llm_availability is not None:
+            self._llm_availability.check()
+
     async def _search(self, query: str, top_k: int, filter_: dict[str, Any] | None) -> list[dict[str, Any]]:
         return await awaited(self.vector.search.remote(query, top_k, filter_, None))
 
     async def _probe(self, call) -> dict[str, Any]:
         try:
-            detail = await asyncio.wait_for(call, self.settings.ingress.health_timeout_s)
+            # awaited(): a probe that times out is cancelled, not left queued for a replica that may never come.
+            detail = await asyncio.wait_for(awaited(call), self.settings.ingress.health_timeout_s)
             return {"status": "ok", **detail}
         except asyncio.TimeoutError:
             return {"status": "unhealthy", "error": "health probe timed out"}
@@ -139,6 +148,8 @@ class Ingress(OpenAIRoutes, RetrievalRoutes, AnswerRoutes, AdminRoutes):
         self._set_release(self.release)
         results = await asyncio.gather(*(self._probe(c) for c in probes.values()))
         components = dict(zip(probes, results))
+        if self._llm_availability is not None and components.get("llm", {}).get("status") == "ok":
+            self._llm_availability.mark_up()
         healthy = all(c["status"] == "ok" for c in components.values())
         if self._admin_digest is None:
             components["release_controller"] = {"status": "disabled", "detail": "no admin key: the admin API is off"}

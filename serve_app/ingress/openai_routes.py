@@ -85,6 +85,7 @@ class OpenAIRoutes:
     llm: Any
     settings: AppSettings
     router: Any  # CanaryRouter while a canary is out, else None
+    _llm_gate: Any  # Ingress._llm_gate: 503 at once while the LLM has no healthy replica
 
     def _llm(self):
         if self.llm is None:
@@ -93,6 +94,7 @@ class OpenAIRoutes:
 
     async def _generate(self, kind: str, req: Any):
         self._llm()
+        self._llm_gate()
         route = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
         # While a canary is out, a share of requests goes to its LLM and each side's outcome is recorded
         # (serve_app/release/canary.py).

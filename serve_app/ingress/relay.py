@@ -57,7 +57,9 @@ async def awaited(response):
     try:
         return await response
     except asyncio.CancelledError:
-        response.cancel()
+        cancel = getattr(response, "cancel", None)  # a plain actor call (ObjectRef) has none: it runs to its end
+        if cancel is not None:
+            cancel()
         raise
 
 

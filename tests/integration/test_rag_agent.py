@@ -199,15 +199,18 @@ def test_client_disconnect_aborts_engine_work(app_url, http, model_name, path, b
     working = False
     with httpx.Client(base_url=app_url, timeout=120) as c, c.stream("POST", path, json=body) as r:
         assert r.status_code == 200
-        for line in r.iter_lines():
+        lines = r.iter_lines()
+        for line in lines:
             if line.startswith("data: "):
                 break
         # Leave only once the engine is generating for this request (the only client right now); for the
-        # agent that is its first step, which starts right after the start event.
+        # agent that is its first step, which starts right after the start event. The stream is read on
+        # meanwhile (one line per look), as a client does until it goes away.
         for _ in range(100):
             if _running(http) >= 1:
                 working = True
                 break
+            next(lines, None)
             time.sleep(0.05)
     assert working, "the stream ended before the engine was seen working on it"
     left_at = time.monotonic()

@@ -177,3 +177,54 @@ def test_lazily_validated_message_content_is_made_picklable():
         pickle.dumps(req)
     req.messages = materialized(req.messages)
     assert pickle.loads(pickle.dumps(req)).messages == [{"content": [], "role": "developer"}]
+
+
+def test_llm_requests_fail_fast_once_no_replica_answered_for_a_while():
+    from serve_app.ingress.availability import Availability
+
+    state = {"up": False}
+
+    async def probe():
+        if not state["up"]:
+            raise RuntimeError("no replica")
+
+    async def scenario():
+        gate = Availability(probe, period_s=0.01, timeout_s=1, fail_fast_after_s=0.2)
+        gate.check()  # starts probing; not refused yet
+        await asyncio.sleep(0.05)
+        gate.check()  # down, but not for long enough
+        await asyncio.sleep(0.3)
+        with pytest.raises(ServiceUnavailable):
+            gate.check()
+        state["up"] = True
+        await asyncio.sleep(0.05)
+        gate.check()  # one good probe lifts it
+        gate.close()
+
+        off = Availability(probe, period_s=0.01, timeout_s=1, fail_fast_after_s=None)
+        state["up"] = False
+        off.check()
+        await asyncio.sleep(0.05)
+        off.check()  # disabled: never refuses, never probes
+        assert off.down_since is None
+
+    asyncio.run(scenario())
+
+
+def test_a_healthy_probe_elsewhere_lifts_the_refusal_at_once():
+    from serve_app.ingress.availability import Availability
+
+    async def down():
+        raise RuntimeError("no replica")
+
+    async def scenario():
+        gate = Availability(down, period_s=10, timeout_s=1, fail_fast_after_s=0.01)
+        gate.check()
+        await asyncio.sleep(0.05)
+        with pytest.raises(ServiceUnavailable):
+            gate.check()
+        gate.mark_up()  # /healthz reached a healthy replica
+        gate.check()
+        gate.close()
+
+    asyncio.run(scenario())
