@@ -52,12 +52,20 @@ SLO = {"ttft": 500, "tpot": 100}
 class Context:
     """What a scenario gets: where to write, how big to run, the shared app (started on first use)."""
 
-    def __init__(self, out: Path, quick: bool, config: str, progress):
+    def __init__(self, out: Path, quick: bool, config: str, progress, url: str | None = None,
+                 admin_key: str | None = None):
         self.out, self.quick, self.config, self.progress = out, quick, config, progress
+        self.url, self.admin_key = url, admin_key
         self._stack = ExitStack()
         self._app: dict[str, Any] | None = None
 
     def app(self) -> dict[str, Any]:
+        if self._app is None and self.url:
+            # A running app (e.g. on a cluster, the suite submitted as a Ray job): used as it is.
+            admin = self._stack.enter_context(httpx.Client(
+                base_url=self.url, headers={"Authorization": f"Bearer {self.admin_key or ''}"}, timeout=120))
+            model = httpx.get(f"{self.url}/v1/models").json()["data"][0]["id"]
+            self._app = {"url": self.url, "ready_s": 0.0, "admin": admin, "model": model}
         if self._app is None:
             data = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="serve-app-bench-"))
             key = secrets.token_hex(16)
@@ -74,7 +82,7 @@ class Context:
         self._app = None
 
     def note(self, msg: str) -> None:
-        self.progress.write(f"[bench] {msg}")
+        self.progress.write(f"[bench] {msg}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------------------------- chat
@@ -408,6 +416,9 @@ def overhead(ctx: Context) -> dict:
 # ------------------------------------------------------------------------------------------------ report
 
 
+# Scenarios that start servers on this machine (a baseline, or a process to profile).
+LOCAL_ONLY = {"chat", "retrieval", "overhead"}
+
 SCENARIOS: dict[str, Callable[[Context], dict]] = {
     "chat": chat, "retrieval": retrieval, "rag_agent": rag_agent, "overhead": overhead, "autoscaling": autoscaling,
     "rollout": rollout,
@@ -516,7 +527,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smaller sweeps (a smoke run, minutes)")
     ap.add_argument("--config", default="configs/dev-cpu.yaml")
     ap.add_argument("--out", default=None, help="result folder (default: benchmarks/results/<date>)")
+    ap.add_argument("--url", default=None, help="measure this running app instead of starting one (rag_agent, "
+                    "autoscaling, rollout; the admin key from $SERVE_APP_ADMIN_KEY); chat, retrieval and overhead "
+                    "start their own servers and are refused with --url")
     ns = ap.parse_args(argv)
+    if ns.url and set(ns.scenarios or SCENARIOS) & LOCAL_ONLY:
+        ap.error(f"with --url choose among: {', '.join(n for n in SCENARIOS if n not in LOCAL_ONLY)}")
     unknown = sorted(set(ns.scenarios) - set(SCENARIOS))
     if unknown:
         ap.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
@@ -529,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict] = {}
     t_all = time.time()
     with tqdm(total=len(names), desc="serve-app bench", unit="scenario", file=sys.stderr) as bar:
-        ctx = Context(out, ns.quick, ns.config, bar)
+        ctx = Context(out, ns.quick, ns.config, bar, ns.url, os.environ.get("SERVE_APP_ADMIN_KEY"))
         try:
             for name in names:
                 bar.set_postfix_str(name)
@@ -537,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     res = SCENARIOS[name](ctx)
                 except Exception as exc:  # noqa: BLE001 - one failed scenario must not lose the others
-                    bar.write(f"[bench] {name} failed: {exc!r}")
+                    bar.write(f"[bench] {name} failed: {exc!r}", file=sys.stderr)
                     res = {"title": name, "error": repr(exc)[:500]}
                 res["seconds"] = time.time() - t
                 results[name] = res
