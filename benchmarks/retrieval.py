@@ -64,7 +64,7 @@ def retrieval_only_config(tmp: Path) -> Path:
     app = config["applications"][0]
     app["args"]["model"]["enabled"] = False
     app["args"]["vector"]["path"] = str(tmp / "app-store")
-    app["deployments"] = [d for d in app["deployments"] if d["name"] != "LLMServer"]
+    app["deployments"] = [d for d in app["deployments"] if d["name"] not in ("LLMServer", "Agent")]
     path = tmp / "retrieval.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
