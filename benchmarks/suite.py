@@ -32,6 +32,7 @@ import csv
 import json
 import os
 import platform
+import re
 import secrets
 import sys
 import tempfile
@@ -500,7 +501,13 @@ def _table(rows: list[dict]) -> str:
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys and not isinstance(r[k], (dict, list))]
-    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
+    def fmt(v) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}"
+        # One line per cell: no newlines, terminal colour codes or pipes from error messages.
+        text = re.sub(r"\x1b\[[0-9;]*m", "", "" if v is None else str(v)).replace("\n", " ").replace("|", "/")
+        return text if len(text) <= 160 else text[:157] + "..."
+
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(fmt(r.get(k)) for k in keys) + " |" for r in rows]
     return "\n".join(lines) + "\n"
@@ -529,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smaller sweeps (a smoke run, minutes)")
     ap.add_argument("--config", default="configs/dev-cpu.yaml")
     ap.add_argument("--out", default=None, help="result folder (default: benchmarks/results/<date>)")
+    ap.add_argument("--report-only", action="store_true", help="run nothing: rebuild the report from the JSON "
+                    "files already in the result folder")
     ap.add_argument("--url", default=None, help="measure this running app instead of starting one (rag_agent, "
                     "autoscaling, rollout; the admin key from $SERVE_APP_ADMIN_KEY); chat, retrieval and overhead "
                     "start their own servers and are refused with --url")
@@ -538,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(ns.scenarios) - set(SCENARIOS))
     if unknown:
         ap.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
-    names = [n for n in SCENARIOS if n in (ns.scenarios or SCENARIOS)]
+    names = [] if ns.report_only else [n for n in SCENARIOS if n in (ns.scenarios or SCENARIOS)]
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     out = Path(ns.out) if ns.out else RESULTS / time.strftime("%Y-%m-%d")
     out.mkdir(parents=True, exist_ok=True)

@@ -33,3 +33,9 @@ def test_unknown_scenario_is_refused():
     with pytest.raises(SystemExit) as err:
         suite.main(["nope"])
     assert err.value.code == 2
+
+
+def test_table_cells_are_one_line():
+    text = suite._table([{"outcome": "failed:\n\x1b[36mray::X\x1b[39m | more " + "x" * 300}])
+    row = text.splitlines()[2]
+    assert "\x1b" not in row and row.count("|") == 2 and len(row) < 200
