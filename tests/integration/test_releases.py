@@ -19,6 +19,7 @@ import yaml
 
 # The same bounded load the release benchmark uses: non-streaming chat and streams, every request recorded.
 from benchmarks.load import Load
+from tests.chaos.faults import follow as _follow
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,15 +28,6 @@ def _config():
     return yaml.safe_load((ROOT / "configs/dev-cpu.yaml").read_text())
 
 
-def _follow(admin, n, timeout_s=600):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        r = admin.get(f"/admin/releases/{n}")
-        assert r.status_code == 200, r.text
-        if r.json()["status"] != "deploying":
-            return r.json()
-        time.sleep(1)
-    raise AssertionError(f"release {n} still deploying after {timeout_s}s")
 
 
 def test_admin_api_needs_the_key_and_audits_refusals(app_url, admin):
