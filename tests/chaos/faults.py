@@ -39,20 +39,20 @@ def current_config(admin: httpx.Client) -> dict:
     return copy.deepcopy(admin.get(f"/admin/releases/{n}").json()["config"])
 
 
-def deploy(admin: httpx.Client, config: dict, note: str) -> dict:
-    r = admin.post("/admin/releases", json={"config": config, "note": note})
+def _good(admin: httpx.Client, r: httpx.Response) -> dict:
+    """Follow the release an accepted admin call started; it must end good."""
     assert r.status_code == 202, r.text
     rel = follow(admin, r.json()["release"])
     assert rel["status"] == "good", rel
     return rel
+
+
+def deploy(admin: httpx.Client, config: dict, note: str) -> dict:
+    return _good(admin, admin.post("/admin/releases", json={"config": config, "note": note}))
 
 
 def scale(admin: httpx.Client, deployment: str, replicas: int) -> dict:
-    r = admin.post("/admin/scale", json={"deployment": deployment, "replicas": replicas})
-    assert r.status_code == 202, r.text
-    rel = follow(admin, r.json()["release"])
-    assert rel["status"] == "good", rel
-    return rel
+    return _good(admin, admin.post("/admin/scale", json={"deployment": deployment, "replicas": replicas}))
 
 
 def running_replicas(admin: httpx.Client, deployment: str) -> int:
