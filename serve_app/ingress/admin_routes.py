@@ -69,6 +69,21 @@ class AdminRoutes:
             self._controller = get_controller(serve.get_replica_context().app_name)
         return self._controller
 
+    async def admin_gate(self, scope) -> tuple[int, str] | None:
+        """Run by the auth middleware for every ``/admin`` request before routing: (status, message) of the
+        refusal, or None when the caller may go on (the route checks again and records the call)."""
+        authorization = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"authorization"), None)
+        try:
+            check_admin(authorization, self._admin_digest, getattr(app.state, "api_keys", None))
+        except Forbidden as exc:
+            return 403, exc.message
+        except Unauthorized as exc:
+            client = scope.get("client")
+            await self._audit(client[0] if client else "?", f"{scope.get('method', '?')} {scope.get('path', '')}"[:200],
+                              False, "bad or missing key")
+            return 401, exc.message
+        return None
+
     async def _admin(self, request: Request, action: str) -> Any:
         actor = f"{request.client.host if request.client else '?'}"
         try:

@@ -66,6 +66,7 @@ class Ingress(OpenAIRoutes, RetrievalRoutes, AnswerRoutes, AdminRoutes):
         app.state.limiter = RateLimiter()
         self.release = s.release
         self._admin_digest = admin_key_digest()
+        app.state.admin_gate = self.admin_gate
         self._controller = None
         self.router: CanaryRouter | None = None
         self._reporter: asyncio.Task | None = None

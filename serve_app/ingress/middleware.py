@@ -198,9 +198,10 @@ class AuthMiddleware:
     """API keys of the public API (off unless ``app.state.api_keys`` holds keys; see ingress/limits.py).
 
     Every route but ``/healthz`` and ``/livez`` then needs ``Authorization: Bearer <key>`` of a known key;
-    ``/admin/*`` keeps its own check (the admin key, or an API key with the admin scope). The key's request
-    bucket is charged here; its token bucket by the routes that generate, which know ``max_tokens``. The key's
-    entry is left in ``request.state.api_key``."""
+    ``/admin/*`` has its own check (the admin key, or an API key with the admin scope): ``app.state.admin_gate``,
+    set by the Ingress, runs here too, so an unauthorized admin call is refused before its body is read or
+    validated. The key's request bucket is charged here; its token bucket by the routes that generate, which
+    know ``max_tokens``. The key's entry is left in ``request.state.api_key``."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -209,7 +210,15 @@ class AuthMiddleware:
         state = getattr(scope.get("app"), "state", None)
         keys = getattr(state, "api_keys", None)
         path = scope.get("path", "")
-        if scope["type"] != "http" or not keys or path in OPEN_PATHS or path.startswith("/admin/"):
+        if scope["type"] == "http" and (path == "/admin" or path.startswith("/admin/")):
+            gate = getattr(state, "admin_gate", None)
+            refusal = await gate(scope) if gate is not None else None
+            if refusal is not None:
+                await _refuse(send, *refusal)
+                return
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http" or not keys or path in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         from serve_app.ingress.limits import digest

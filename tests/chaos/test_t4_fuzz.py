@@ -68,10 +68,12 @@ def schema(app_url):
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
-def test_t4_fuzzed_requests_get_no_5xx_and_openai_error_bodies(schema, app_url, http, mode, reliability):
+def test_t4_fuzzed_requests_get_no_5xx_and_openai_error_bodies(schema, app_url, http, mode, reliability,
+                                                               serve_logs_dir):
     llm_before = wait_healthy(http)["components"]["llm"]
     statuses: Counter = Counter()
     bad: list[str] = []
+    failures = serve_logs_dir / f"fuzz-failures-{mode.value}.jsonl"
     operations = [op.ok() for op in schema.get_all_operations()]
     operations = [op for op in operations if op.path not in SKIP]
     assert len(operations) >= 10, [op.label for op in operations]
@@ -86,9 +88,15 @@ def test_t4_fuzzed_requests_get_no_5xx_and_openai_error_bodies(schema, app_url, 
             response = case.call(base_url=app_url, timeout=120)
             statuses[response.status_code] += 1
             if response.status_code >= 500 or (response.status_code >= 400 and not is_error_body(response)):
-                sent = json.dumps(case.body, default=repr)[:4000] if case.body is not None else ""
-                bad.append(f"{op.label} -> {response.status_code} {response.text[:300]!r} for {sent} "
-                           f"query={case.query} path={case.path_parameters}")
+                rid = response.headers.get("x-request-id")
+                sent = json.dumps(case.body, default=repr) if case.body is not None else ""
+                # Whole, for replaying; the request id finds the cause in the replicas' logs.
+                with open(failures, "a") as fh:
+                    fh.write(json.dumps({"route": op.label, "status": response.status_code, "request_id": rid,
+                                         "answer": response.text[:2000], "body": sent, "query": case.query,
+                                         "path": case.path_parameters}, default=repr) + "\n")
+                bad.append(f"{op.label} -> {response.status_code} (request id {rid}) {response.text[:300]!r} for "
+                           f"{sent[:1000]} query={case.query} path={case.path_parameters}")
 
         try:
             run()
@@ -101,5 +109,5 @@ def test_t4_fuzzed_requests_get_no_5xx_and_openai_error_bodies(schema, app_url, 
                        routes=len(operations), statuses={str(k): v for k, v in sorted(statuses.items())},
                        server_errors=sum(v for k, v in statuses.items() if k >= 500), bad_answers=len(bad),
                        llm_restarted=llm_after["started_at"] != llm_before["started_at"])
-    assert not bad, "\n".join(bad[:10])
+    assert not bad, f"{len(bad)} bad answers, all of them in {failures}:\n" + "\n".join(bad[:10])
     assert llm_after["started_at"] == llm_before["started_at"], "the LLM replica was restarted"

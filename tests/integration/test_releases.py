@@ -41,8 +41,18 @@ def test_admin_api_needs_the_key_and_audits_refusals(app_url, admin):
     assert all(d["status"] == "HEALTHY" for d in body["deployments"].values())
     audit = admin.get("/admin/audit").json()["data"]
     refused = [a for a in audit if not a["allowed"]]
-    assert {a["action"] for a in refused} >= {"status", "list releases"}
+    assert {a["action"] for a in refused} >= {"GET /admin/status", "GET /admin/releases"}
     assert "nope" not in json.dumps(audit)
+    # The key is checked before anything of the request is read: a malformed body or path without the key
+    # is a 401 too (not a 400 telling an unknown caller what is wrong with it), and it reaches no route.
+    for method, path, kwargs in [("POST", "/admin/scale", {"json": {"deployment": 5}}),
+                                 ("POST", "/admin/releases", {"content": b"{not json"}),
+                                 ("POST", "/admin/rollback", {"json": {"release": "x"}}),
+                                 ("GET", "/admin/releases/abc", {}), ("GET", "/admin/nowhere", {})]:
+        r = httpx.request(method, f"{app_url}{path}", **kwargs)
+        assert r.status_code == 401 and r.json()["error"]["code"] == 401, (path, r.status_code, r.text)
+    refused = [a for a in admin.get("/admin/audit").json()["data"] if not a["allowed"]]
+    assert {a["action"] for a in refused} >= {"POST /admin/scale", "POST /admin/releases", "GET /admin/releases/abc"}
 
 
 def test_invalid_release_is_refused_and_touches_nothing(admin):

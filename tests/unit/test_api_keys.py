@@ -141,3 +141,40 @@ def test_rate_limited_maps_to_429_with_retry_after():
     r = response_for(RateLimited("slow down", 2.2))
     assert r.status_code == 429 and r.headers["retry-after"] == "3"
     assert response_for(InvalidRequest("x", "max_tokens")).status_code == 400
+
+
+def test_the_admin_gate_refuses_before_the_body_is_read():
+    """``/admin/*`` requests pass the Ingress's admin gate in the middleware, before routing: a caller without
+    the key learns nothing about its body or path (401, never a 400 or 404), and no route runs."""
+    app = FastAPI()
+    app.add_middleware(AuthMiddleware)
+    install_error_handlers(app)
+    app.state.api_keys = None
+    reached, audited = [], []
+
+    async def gate(scope):
+        headers = dict(scope["headers"])
+        try:
+            check_admin(headers.get(b"authorization", b"").decode() or None, hashlib.sha256(b"s3cret").digest())
+        except Unauthorized as exc:
+            audited.append(f"{scope['method']} {scope['path']}")
+            return 401, exc.message
+        return None
+
+    app.state.admin_gate = gate
+
+    @app.post("/admin/scale")
+    async def scale(body: dict):
+        reached.append(body)
+        return body
+
+    c = TestClient(app)
+    for kwargs in ({"content": b"{not json"}, {"json": {"x": 1}}):
+        r = c.post("/admin/scale", **kwargs)
+        assert r.status_code == 401 and r.json()["error"]["code"] == 401
+    assert c.get("/admin/nowhere").status_code == 401
+    assert reached == [] and audited == ["POST /admin/scale", "POST /admin/scale", "GET /admin/nowhere"]
+    ok = {"Authorization": "Bearer s3cret"}
+    assert c.post("/admin/scale", content=b"{not json", headers=ok).status_code == 400
+    assert c.post("/admin/scale", json={"x": 1}, headers=ok).json() == {"x": 1}
+    assert c.get("/admin/nowhere", headers=ok).status_code == 404

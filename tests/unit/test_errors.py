@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 from vllm.exceptions import VLLMValidationError
-from vllm.v1.engine.exceptions import EngineDeadError
+from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
 from serve_app import errors as E
 from serve_app.ingress.errors import ERROR_TABLE, error_body, response_for, status_for
@@ -72,6 +72,29 @@ def test_vllm_validation_error_keeps_status_and_param():
     # The ingress sees vLLM's errors raised while FastAPI parses the body.
     resp = response_for(VLLMValidationError("prompt empty", parameter="prompt"))
     assert resp.status_code == 400 and _body(resp)["error"]["param"] == "prompt"
+
+
+def _wrapped(cause):
+    """What the engine raises for an exception a request raised while it was taken in."""
+    try:
+        try:
+            raise cause
+        except Exception as e:
+            raise EngineGenerateError() from e
+    except EngineGenerateError as exc:
+        return exc
+
+
+def test_a_request_error_the_engine_wrapped_keeps_its_4xx_status():
+    mapped = from_vllm(_wrapped(ValueError("sampling distribution replay requires temperature > 0")))
+    assert isinstance(mapped, E.EngineError) and mapped.status == 400 and "temperature" in mapped.message
+    mapped = from_vllm(_wrapped(VLLMValidationError("bad", parameter="stop")))
+    assert mapped.status == 400 and mapped.param == "stop"
+    # A real failure inside the engine stays a server error, its detail kept out of the answer.
+    for cause in (RuntimeError("CUDA error: device-side assert"), KeyError("x")):
+        mapped = from_vllm(_wrapped(cause))
+        assert mapped.status == 500 and "CUDA" not in mapped.message
+    assert from_vllm(EngineGenerateError()).status == 500
 
 
 def test_dead_engine_is_503_and_plain_errors_stay_500_at_the_ingress():
