@@ -57,7 +57,7 @@ test-chaos: install
 # The long fuzzing run: over 10 000 generated requests against every public route, random each time.
 FUZZ_EXAMPLES ?= 500
 fuzz: install
-	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/chaos/test_t4_fuzz.py
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest --timeout=7200 tests/chaos/test_t4_fuzz.py
 
 # The benchmark suite (benchmarks/suite.py): all scenarios, or e.g. `make bench SCENARIOS="chat rollout"`.
 bench: install

@@ -12,20 +12,33 @@ from serve_app.config.loader import validate_app_args
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
+    """From plain settings every deployment is bound with them; from split ones (config/parts.py: what
+    ``serve-app run`` and the release controller deploy) ``args`` only say which components exist and each
+    deployment reads its part of the settings from its environment."""
+    from serve_app.config.parts import SPLIT_KEY
     from serve_app.ingress.app import Ingress
     from serve_app.llm.deployment import LLMServer
 
-    settings = validate_app_args(args)
-    plain = settings.model_dump(mode="json")
-    llm = LLMServer.bind(plain) if settings.model.enabled else None
+    split = (args or {}).get(SPLIT_KEY)
+    if split is not None:
+        if set(args) != {SPLIT_KEY} or set(split) != {"model", "vector", "agent"}:
+            from serve_app.config.loader import ConfigError
+
+            raise ConfigError(f"invalid config: args.{SPLIT_KEY} must hold exactly model, vector and agent")
+        plain, model_on, vector_on, agent_on = None, bool(split["model"]), bool(split["vector"]), bool(split["agent"])
+    else:
+        settings = validate_app_args(args)
+        plain = settings.model_dump(mode="json")
+        model_on, vector_on, agent_on = settings.model.enabled, settings.vector.enabled, settings.agent.enabled
+    llm = LLMServer.bind(plain) if model_on else None
     vector = embedder = None
-    if settings.vector.enabled:
+    if vector_on:
         from serve_app.vector.deployment import EmbedderServer, VectorStoreServer
 
         embedder = EmbedderServer.bind(plain)
         vector = VectorStoreServer.bind(plain, embedder)
     agent = None
-    if llm is not None and settings.agent.enabled:
+    if llm is not None and agent_on:
         from serve_app.agent.deployment import AgentServer
 
         agent = AgentServer.bind(plain, llm, vector)

@@ -124,7 +124,10 @@ def cmd_run(ns: argparse.Namespace) -> int:
             controller_options=schema.controller_options,
             global_tracing_config=schema.tracing_config,
         )
-        client.deploy_apps(schema, _blocking=False)
+        # Split per deployment (config/parts.py): a later release restarts only what it changes.
+        from serve_app.config.parts import split_schema
+
+        client.deploy_apps(split_schema(schema), _blocking=False)
         names = [a.name for a in schema.applications]
         if not _wait_running(names, ns.start_timeout, stop):
             if stop.is_set():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -17,7 +18,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.agent.calculator import calculate
 from serve_app.agent.loop import AgentLoop, ToolResult
 from serve_app.agent.tools import REGISTRY
-from serve_app.config.settings import AppSettings
+from serve_app.config.parts import CODE_ACTOR_OPTIONS, deployment_settings
 from serve_app.errors import NotFound
 from serve_app.ingress.relay import awaited
 from serve_app.llm.client import LLMClient
@@ -62,10 +63,10 @@ class Tools:
         return {n: getattr(self, n) for n in names if n != "final_answer"}
 
 
-@serve.deployment(name="Agent", max_ongoing_requests=32, ray_actor_options={"num_cpus": 0})
+@serve.deployment(name="Agent", max_ongoing_requests=32, ray_actor_options=dict(CODE_ACTOR_OPTIONS["Agent"]))
 class AgentServer:
-    def __init__(self, settings: dict[str, Any], llm: DeploymentHandle, vector: DeploymentHandle | None = None):
-        s = AppSettings.model_validate(settings)
+    def __init__(self, settings: dict[str, Any] | None, llm: DeploymentHandle, vector: DeploymentHandle | None = None):
+        s = deployment_settings(settings)
         self.settings = s
         client = LLMClient(llm, s.model.name, s.ingress)
         tools = Tools(vector, s.agent.observation_chars).bound(s.agent.tools)
@@ -86,7 +87,8 @@ class AgentServer:
             metric("serve_app_agent_runs").inc(tags={"outcome": outcome if outcome in _OUTCOMES else "error"})
 
     def health(self) -> dict[str, Any]:
-        return {"tools": list(self.settings.agent.tools), "prompts_version": self.settings.prompts.version}
+        return {"tools": list(self.settings.agent.tools), "prompts_version": self.settings.prompts.version,
+                "pid": os.getpid()}
 
 
 _OUTCOMES = {"final_answer", "max_steps", "deadline", "cancelled", "error"}

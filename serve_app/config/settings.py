@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 from serve_app.agent.tools import DEFAULT_TOOLS, FINAL, REGISTRY
 from serve_app.config.prompts import PromptSettings
@@ -333,7 +333,11 @@ class AppSettings(_Strict):
     )
 
     @model_validator(mode="after")
-    def _check(self) -> "AppSettings":
+    def _check(self, info: ValidationInfo) -> "AppSettings":
+        if (info.context or {}).get("part"):
+            # One deployment's part of validated settings (config/parts.py): the sections these checks
+            # relate may not all be there.
+            return self
         if self.engine.max_num_seqs < self.ingress.max_n:
             raise ValueError("engine.max_num_seqs must be at least ingress.max_n")
         if not self.model.enabled and not self.vector.enabled:

@@ -73,8 +73,9 @@ class AdminRoutes:
         """Run by the auth middleware for every ``/admin`` request before routing: (status, message) of the
         refusal, or None when the caller may go on (the route checks again and records the call)."""
         authorization = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"authorization"), None)
+        state = getattr(scope.get("app"), "state", None)  # the app serving the request, as in the routes
         try:
-            check_admin(authorization, self._admin_digest, getattr(app.state, "api_keys", None))
+            check_admin(authorization, self._admin_digest, getattr(state, "api_keys", None))
         except Forbidden as exc:
             return 403, exc.message
         except Unauthorized as exc:

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.config.settings import AppSettings
+from serve_app.config.parts import CODE_ACTOR_OPTIONS, deployment_settings
 from serve_app.ingress.admin_routes import AdminRoutes, admin_key_digest
 from serve_app.ingress.answer_routes import AnswerRoutes
 from serve_app.ingress.availability import Availability
@@ -41,18 +41,18 @@ def _node_metrics_url() -> str:
     raise ServiceUnavailable("this Ray node exports no metrics (no metrics export port)")
 
 
-@serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
+@serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options=dict(CODE_ACTOR_OPTIONS["Ingress"]))
 @serve.ingress(app)
 class Ingress(OpenAIRoutes, RetrievalRoutes, AnswerRoutes, AdminRoutes):
     def __init__(
         self,
         llm: DeploymentHandle | None,
-        settings: dict[str, Any],
+        settings: dict[str, Any] | None,
         vector: DeploymentHandle | None = None,
         embedder: DeploymentHandle | None = None,
         agent: DeploymentHandle | None = None,
     ):
-        s = self.settings = AppSettings.model_validate(settings)
+        s = self.settings = deployment_settings(settings)
         self.llm, self.vector, self.embedder, self.agent = llm, vector, embedder, agent
         self.rag = None
         if llm is not None and s.rag.enabled:

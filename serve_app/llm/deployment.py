@@ -17,6 +17,7 @@ from typing import Any
 
 from ray import serve
 
+from serve_app.config.parts import deployment_settings
 from serve_app.config.settings import AppSettings
 from serve_app.llm.engine import LLMEngine, VLLMEngine
 from serve_app.llm.model import resolve_model
@@ -43,9 +44,9 @@ def _factory(path: str | None) -> EngineFactory:
 
 @serve.deployment(name="LLMServer", max_ongoing_requests=64, health_check_period_s=10)
 class LLMServer:
-    async def __init__(self, settings: dict[str, Any], engine_factory: EngineFactory | None = None):
+    async def __init__(self, settings: dict[str, Any] | None, engine_factory: EngineFactory | None = None):
         # Serve awaits an async constructor: the replica is routable only once the engine has started.
-        self._settings = AppSettings.model_validate(settings)
+        self._settings = deployment_settings(settings)
         self._engine: LLMEngine | None = None
         engine = (engine_factory or _factory(self._settings.engine.factory))(self._settings)
         await engine.start()

@@ -132,7 +132,9 @@ class ReleaseController:
             config["proxy_location"] = d["proxy_location"]
         if d.get("http_options"):
             config["http_options"] = d["http_options"]
-        return validate_serve_config(config, "deployed config")[0].model_dump(mode="json", exclude_unset=True)
+        from serve_app.config.parts import join
+
+        return validate_serve_config(join(config), "deployed config")[0].model_dump(mode="json", exclude_unset=True)
 
     def _app_entry(self, config: dict) -> dict:
         for a in config["applications"]:
@@ -361,8 +363,10 @@ class ReleaseController:
     async def _apply(self, config: dict) -> float:
         from ray.serve.schema import ServeDeploySchema
 
+        from serve_app.config.parts import split
+
         started = time.time()
-        schema = ServeDeploySchema.model_validate(config)
+        schema = ServeDeploySchema.model_validate(split(config))
         await asyncio.to_thread(_client().deploy_apps, schema, _blocking=False)
         return started
 

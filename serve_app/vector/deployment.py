@@ -18,7 +18,8 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.config.settings import AppSettings, VectorSettings
+from serve_app.config.parts import CODE_ACTOR_OPTIONS, deployment_settings
+from serve_app.config.settings import VectorSettings
 from serve_app.errors import NotFound
 from serve_app.observability.metrics import metric
 from serve_app.observability.tracing import span
@@ -46,10 +47,10 @@ def make_store(s: VectorSettings, dim: int) -> VectorStore:
     return QdrantClientStore(s.collection, dim, url=s.url, api_key=os.environ.get(s.api_key_env) or None)
 
 
-@serve.deployment(name="Embedder", max_ongoing_requests=128, ray_actor_options={"num_cpus": 0})
+@serve.deployment(name="Embedder", max_ongoing_requests=128, ray_actor_options=dict(CODE_ACTOR_OPTIONS["Embedder"]))
 class EmbedderServer:
-    def __init__(self, settings: dict[str, Any]):
-        s = AppSettings.model_validate(settings).vector
+    def __init__(self, settings: dict[str, Any] | None):
+        s = deployment_settings(settings).vector
         if s.embed_threads:
             import torch
 
@@ -114,12 +115,13 @@ def _rejoin(texts: list[str]) -> str:
     return out
 
 
-@serve.deployment(name="VectorStore", max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
+@serve.deployment(name="VectorStore", max_ongoing_requests=64,
+                  ray_actor_options=dict(CODE_ACTOR_OPTIONS["VectorStore"]))
 class VectorStoreServer:
-    async def __init__(self, settings: dict[str, Any], embedder: DeploymentHandle):
+    async def __init__(self, settings: dict[str, Any] | None, embedder: DeploymentHandle):
         from transformers import AutoTokenizer
 
-        self.s = AppSettings.model_validate(settings).vector
+        self.s = deployment_settings(settings).vector
         self.embedder = embedder
         info = await embedder.info.remote()
         self.dim = info["dim"]

@@ -4,8 +4,8 @@ automatically; canaries that are rolled back or promoted.
 
 Invariants: an invalid release touches nothing; a good release fails no request and cuts no stream; a bad
 release is rolled back by the controller itself to the previous configuration, which serves again; every
-outcome is in the history. Assertions are on counts and states, never on durations. This module restarts
-every deployment (Serve rebuilds an application whose args change), so it runs last.
+outcome is in the history; a release replaces only the deployments whose part of the settings it changes.
+Assertions are on counts and states, never on durations. This module restarts deployments, so it runs last.
 """
 
 import copy
@@ -92,6 +92,7 @@ def test_good_release_under_load_fails_nothing(app_url, http, admin, model_name)
     current = admin.get("/admin/status").json()["current_release"]
     config = copy.deepcopy(admin.get(f"/admin/releases/{current}").json()["config"])
     config["applications"][0]["args"]["rag"]["default_top_k"] = 3
+    before = http.get("/healthz").json()["components"]
     with Load(app_url, model_name, clients=3) as load:
         time.sleep(3)
         r = admin.post("/admin/releases", json={"config": config, "note": "fewer sources"})
@@ -108,6 +109,28 @@ def test_good_release_under_load_fails_nothing(app_url, http, admin, model_name)
     assert status["current_release"] == n and all(d["status"] == "HEALTHY" for d in status["deployments"].values())
     assert http.get("/healthz").json()["release"] == str(n)
     assert admin.get(f"/admin/releases/{n}").json()["config"]["applications"][0]["args"]["rag"]["default_top_k"] == 3
+    # Per-deployment versions: the RAG settings are the Ingress's alone; the model was not reloaded, no other
+    # deployment was replaced.
+    after = http.get("/healthz").json()["components"]
+    assert after["llm"]["started_at"] == before["llm"]["started_at"] and after["llm"]["pid"] == before["llm"]["pid"]
+    assert after["vector"]["pid"] == before["vector"]["pid"] and after["agent"]["pid"] == before["agent"]["pid"]
+
+
+def test_a_prompt_release_replaces_the_agent_and_leaves_the_model_loaded(http, admin):
+    current = admin.get("/admin/status").json()["current_release"]
+    config = copy.deepcopy(admin.get(f"/admin/releases/{current}").json()["config"])
+    args = config["applications"][0]["args"]
+    args["prompts"] = {**(args.get("prompts") or {}), "version": "release-test-prompts"}
+    before = http.get("/healthz").json()["components"]
+    r = admin.post("/admin/releases", json={"config": config, "note": "new prompt set"})
+    assert r.status_code == 202, r.text
+    assert r.json()["changed"] == ["args.prompts"]
+    assert _follow(admin, r.json()["release"])["status"] == "good"
+    after = http.get("/healthz").json()["components"]
+    assert after["agent"]["prompts_version"] == "release-test-prompts" and after["agent"]["pid"] != before["agent"]["pid"]
+    assert after["llm"]["started_at"] == before["llm"]["started_at"] and after["vector"]["pid"] == before["vector"]["pid"]
+    rag = http.post("/v1/rag", json={"question": "What is in the documents?", "max_tokens": 4})
+    assert rag.status_code == 200 and rag.json()["prompts_version"] == "release-test-prompts", rag.text
 
 
 def _agent_replicas(admin):

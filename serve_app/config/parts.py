@@ -1,0 +1,155 @@
+"""Per-deployment versions: each deployment restarts only when its own part of the settings changes.
+
+Serve versions an application as a whole: its code version is a hash of the config's ``import_path``,
+``runtime_env`` and ``args``, and every deployment of the application gets that version, so any change of
+``args`` (a prompt, a RAG option) replaces every replica, the model's included. What Serve does version per
+deployment is the deployment's own options: a change of ``ray_actor_options`` restarts that deployment's
+replicas (a rolling update, ``max_surge_percent`` honoured), a change of ``user_config`` only calls its
+``reconfigure``, and the other deployments are left alone.
+
+So a config is deployed *split* (``split``): ``args`` keep only which components exist (a change there does
+rebuild the application), and each deployment gets the part of the settings it reads as the environment
+variable ``SERVE_APP_DEPLOYMENT_SETTINGS`` of its ``ray_actor_options.runtime_env``:
+
+    LLMServer           model, engine
+    Embedder            vector
+    VectorStore         vector
+    Agent               model, ingress, agent, prompts
+    Ingress             everything (it reads every section, and it is cheap to replace)
+
+A release that changes the prompts therefore replaces the Ingress and the Agent and leaves the model
+loaded; one that changes ``engine`` replaces the LLM (and the Ingress) and leaves the vector store up.
+``join`` turns a split config (what Serve reports as deployed) back into the config that was split.
+
+Config files, releases and their history always hold the plain form; only what is handed to Serve is split.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from serve_app.config.loader import APP_IMPORT_PATH, deployment_names, validate_app_args
+from serve_app.config.settings import AppSettings
+
+ENV = "SERVE_APP_DEPLOYMENT_SETTINGS"
+# Marks ray_actor_options that ``split`` wrote for an entry that had none (``join`` removes them again).
+ADDED = "SERVE_APP_SPLIT_OPTIONS"
+SPLIT_KEY = "split_settings"
+# Settings sections each deployment reads; None: all of them.
+PARTS: dict[str, tuple[str, ...] | None] = {
+    "LLMServer": ("model", "engine"),
+    "Embedder": ("vector",),
+    "VectorStore": ("vector",),
+    "Agent": ("model", "ingress", "agent", "prompts"),
+    "Ingress": None,
+}
+
+
+# The ``ray_actor_options`` each deployment declares in code. A config entry that sets ray_actor_options
+# replaces these (Serve does not merge them), so ``split`` starts from them when the entry has none.
+CODE_ACTOR_OPTIONS: dict[str, dict[str, Any]] = {
+    "LLMServer": {},
+    "Embedder": {"num_cpus": 0},
+    "VectorStore": {"num_cpus": 0},
+    "Agent": {"num_cpus": 0},
+    "Ingress": {"num_cpus": 0},
+}
+
+
+def part_of(plain: dict[str, Any], deployment: str) -> dict[str, Any]:
+    keys = PARTS[deployment]
+    return dict(plain) if keys is None else {k: plain[k] for k in keys if k in plain}
+
+
+def _encode(part: dict[str, Any]) -> str:
+    return json.dumps(part, sort_keys=True, separators=(",", ":"))
+
+
+def split(config: dict[str, Any]) -> dict[str, Any]:
+    """The config to hand to Serve: every ``build_app`` application split per deployment (others unchanged)."""
+    out = copy.deepcopy(config)
+    for app in out.get("applications") or []:
+        if app.get("import_path") != APP_IMPORT_PATH or SPLIT_KEY in (app.get("args") or {}):
+            continue
+        app_args = app.get("args") or {}
+        settings = validate_app_args(app_args)
+        plain = settings.model_dump(mode="json")
+        app["args"] = {SPLIT_KEY: {"model": settings.model.enabled, "vector": settings.vector.enabled,
+                                   "agent": settings.agent.enabled}}
+        deps = app.setdefault("deployments", [])
+        for name in sorted(deployment_names(settings)):
+            entry = next((d for d in deps if d.get("name") == name), None)
+            if entry is None:
+                entry = {"name": name}
+                deps.append(entry)
+            added = not isinstance(entry.get("ray_actor_options"), dict)
+            if added:
+                entry["ray_actor_options"] = copy.deepcopy(CODE_ACTOR_OPTIONS[name])
+            options = entry["ray_actor_options"]
+            if not isinstance(options.get("runtime_env"), dict):
+                options["runtime_env"] = {}
+            if not isinstance(options["runtime_env"].get("env_vars"), dict):
+                options["runtime_env"]["env_vars"] = {}
+            # The Ingress gets the args as written (so ``join`` gives them back unchanged); the others their
+            # sections with every default filled in (a default written out is no change).
+            part = app_args if PARTS[name] is None else part_of(plain, name)
+            options["runtime_env"]["env_vars"][ENV] = _encode(part)
+            if added:
+                options["runtime_env"]["env_vars"][ADDED] = "1"
+    return out
+
+
+def join(config: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of ``split``: the plain config a split one came from."""
+    out = copy.deepcopy(config)
+    for app in out.get("applications") or []:
+        if app.get("import_path") != APP_IMPORT_PATH or SPLIT_KEY not in (app.get("args") or {}):
+            continue
+        deps = []
+        for entry in app.get("deployments") or []:
+            options = entry.get("ray_actor_options") or {}
+            env = (options.get("runtime_env") or {}).get("env_vars") or {}
+            if entry.get("name") == "Ingress" and ENV in env:
+                app["args"] = json.loads(env[ENV])
+            if ENV in env:
+                del env[ENV]
+                if env.pop(ADDED, None):
+                    entry.pop("ray_actor_options", None)
+                else:
+                    if not env:
+                        del options["runtime_env"]["env_vars"]
+                    if not options.get("runtime_env"):
+                        options.pop("runtime_env", None)
+            if set(entry) != {"name"}:
+                deps.append(entry)
+        if deps:
+            app["deployments"] = deps
+        else:
+            app.pop("deployments", None)
+        if SPLIT_KEY in (app.get("args") or {}):
+            raise ValueError(f"application {app.get('name')!r}: split config without the Ingress's settings")
+    return out
+
+
+def deployment_settings(given: dict[str, Any] | None) -> AppSettings:
+    """A deployment's settings: those it was bound with, else (split deploy) its part from the environment,
+    the sections outside the part left at their defaults (it does not read them)."""
+    import os
+
+    if given is not None:
+        return AppSettings.model_validate(given)
+    raw = os.environ.get(ENV)
+    if raw is None:
+        raise RuntimeError(f"no settings: the deployment was bound without settings and ${ENV} is not set")
+    return AppSettings.model_validate(json.loads(raw), context={"part": True})
+
+
+def split_schema(schema):
+    """``split`` for a parsed ``ServeDeploySchema`` (what ``serve-app run`` deploys); returns a new one."""
+    from ray.serve.schema import ServeApplicationSchema
+
+    apps = split({"applications": [a.model_dump(mode="json", exclude_unset=True) for a in schema.applications]})
+    return schema.model_copy(update={"applications": [ServeApplicationSchema.model_validate(a)
+                                                      for a in apps["applications"]]})
