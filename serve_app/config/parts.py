@@ -64,7 +64,7 @@ def part_of(plain: dict[str, Any], deployment: str) -> dict[str, Any]:
 
 
 def _encode(part: dict[str, Any]) -> str:
-    return json.dumps(part, sort_keys=True, separators=(",", ":"))
+    return json.dumps(part, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def split(config: dict[str, Any]) -> dict[str, Any]:
