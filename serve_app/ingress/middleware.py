@@ -16,6 +16,7 @@ Order (outermost first), and why:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -105,7 +106,7 @@ class MetricsMiddleware:
 
         started = time.perf_counter()
         status = 500
-        recorded = False
+        responded = recorded = False
 
         def record() -> None:
             nonlocal recorded
@@ -126,18 +127,22 @@ class MetricsMiddleware:
                 "trace_id": trace_id()})
 
         async def timed_send(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, responded = message["status"], True
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 record()
 
         try:
             await self.app(scope, receive, timed_send)
+        except asyncio.CancelledError:
+            if not responded:
+                status = 499  # the client left before an answer started (nginx's "client closed request")
+            raise
         finally:
-            # An exception nothing turned into a response (Starlette answers 500), or a client gone mid-stream
-            # (counted with the status already sent).
+            # An exception nothing turned into a response (Starlette answers 500), a client gone before the
+            # answer (499), or a client gone mid-stream (counted with the status already sent).
             record()
 
 

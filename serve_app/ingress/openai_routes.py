@@ -8,8 +8,6 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
-from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 
 from serve_app.config.settings import AppSettings
 from serve_app.errors import InvalidRequest, ModelNotFound, NotFound
@@ -17,6 +15,7 @@ from serve_app.ingress.fastapi_app import app
 from serve_app.ingress.limits import charge_tokens
 from serve_app.ingress.relay import open_call, relay_stream
 from serve_app.observability.metrics import metric
+from serve_app.protocol.openai import ChatCompletionRequest, CompletionRequest
 
 # OpenAI's documented range; vLLM alone would accept any non-negative temperature.
 _MAX_TEMPERATURE = 2.0

@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, StringConstraints,
 
 # Metadata values are scalars so that a filter can match them exactly. Keys are plain names: the store
 # addresses them as payload paths, where a dot or bracket would mean nesting.
-MetaValue = str | int | bool | float
+# Integers are 64-bit in the store.
+MetaValue = str | Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | bool | float
 MetaKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 

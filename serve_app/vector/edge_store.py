@@ -43,7 +43,12 @@ class QdrantEdgeStore(VectorStore):
         if from_position:
             must.append(qe.FieldCondition(key="position", range=qe.RangeFloat(gte=float(from_position))))
         for key, value in (metadata or {}).items():
-            must.append(qe.FieldCondition(key=f"metadata.{key}", match=qe.MatchValue(value)))
+            if isinstance(value, float):
+                # Exact match is for keywords, integers and booleans; a number with a fraction is matched
+                # as the one-point range.
+                must.append(qe.FieldCondition(key=f"metadata.{key}", range=qe.RangeFloat(gte=value, lte=value)))
+            else:
+                must.append(qe.FieldCondition(key=f"metadata.{key}", match=qe.MatchValue(value)))
         return qe.Filter(must=must) if must else None
 
     def upsert(self, chunks: list[StoredChunk], vectors: np.ndarray) -> None:

@@ -20,7 +20,11 @@ def _payload_filter(models, document_id: str | None = None, metadata: dict[str, 
     if from_position:
         must.append(models.FieldCondition(key="position", range=models.Range(gte=from_position)))
     for key, value in (metadata or {}).items():
-        must.append(models.FieldCondition(key=f"metadata.{key}", match=models.MatchValue(value=value)))
+        if isinstance(value, float):
+            # Exact match is for keywords, integers and booleans: a float is matched as the one-point range.
+            must.append(models.FieldCondition(key=f"metadata.{key}", range=models.Range(gte=value, lte=value)))
+        else:
+            must.append(models.FieldCondition(key=f"metadata.{key}", match=models.MatchValue(value=value)))
     return models.Filter(must=must) if must else None
 
 

@@ -152,3 +152,34 @@ def test_metadata_keys_are_plain_names():
             Document(id="d", text="t", metadata={bad: "x"})
         with pytest.raises(ValidationError):
             RagRequest(question="q", filter={bad: "x"})
+
+
+@pytest.mark.parametrize("field, value", [("structured_outputs", False), ("structured_outputs", 6e-69),
+                                          ("structured_outputs", "json"), ("stream_options", 3),
+                                          ("response_format", ["json_object"])])
+def test_values_vllm_validators_do_not_expect_are_a_400_not_a_crash(field, value):
+    """vLLM's own before-validators call ``.get`` on some fields; the guarded models (what the routes take)
+    turn a value of another type into a validation error naming the field."""
+    from pydantic import ValidationError
+
+    from serve_app.protocol.openai import ChatCompletionRequest, CompletionRequest
+
+    for model, base in ((ChatCompletionRequest, {"messages": [{"role": "user", "content": "hi"}]}),
+                        (CompletionRequest, {"prompt": "hi"})):
+        with pytest.raises(ValidationError, match=field):
+            model.model_validate({**base, field: value})
+    ok = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "hi"}],
+                                               "structured_outputs": {"regex": "a+"}})
+    assert ok.structured_outputs.regex == "a+"
+
+
+def test_an_unexpected_exception_inside_validation_becomes_a_value_error():
+    """Inside a pydantic validator a ValueError is a validation error (400); an AttributeError is not."""
+    from serve_app.protocol.openai import _guard
+
+    def crashing(data):
+        raise AttributeError("'bool' object has no attribute 'get'")
+
+    with pytest.raises(ValueError, match="wrong type or shape.*AttributeError"):
+        _guard({"messages": []}, crashing)
+    assert _guard({"messages": []}, lambda data: "validated") == "validated"

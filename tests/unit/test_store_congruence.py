@@ -26,7 +26,8 @@ def _data(seed=0):
     chunks, vecs = [], []
     for d in range(N_DOCS):
         for p in range(PER_DOC):
-            chunks.append(StoredChunk(chunk_id(f"doc{d}", p), f"doc{d}", p, f"text {d}/{p}", {"group": d % 4, "lang": "en" if d % 2 else "de"}))
+            metadata = {"group": d % 4, "lang": "en" if d % 2 else "de", "weight": (d % 3) + 0.25}
+            chunks.append(StoredChunk(chunk_id(f"doc{d}", p), f"doc{d}", p, f"text {d}/{p}", metadata))
             v = rng.normal(size=DIM)
             vecs.append(v / np.linalg.norm(v))
     return chunks, np.asarray(vecs, dtype=np.float32)
@@ -66,6 +67,10 @@ def test_filter_and_threshold(store):
     hits = store.search(q, 8, filter={"group": 2, "lang": "de"}, exact=True)
     ids, _ = _exact(vecs, chunks, q, 8, keep=lambda c: c.metadata["group"] == 2 and c.metadata["lang"] == "de")
     assert [h.id for h in hits] == ids
+    # A number with a fraction (exact match in the stores is for keywords, integers and booleans).
+    hits = store.search(q, 8, filter={"weight": 1.25, "lang": "de"}, exact=True)
+    ids, _ = _exact(vecs, chunks, q, 8, keep=lambda c: c.metadata["weight"] == 1.25 and c.metadata["lang"] == "de")
+    assert [h.id for h in hits] == ids and ids
     top = store.search(q, 5, score_threshold=0.999, exact=True)
     assert [h.id for h in top] == [chunks[7].id]
 
