@@ -10,6 +10,9 @@ Scenarios, in the order they run (default: all of them):
   retrieval    embeddings, ingest and search through the app vs the same work in-process
   rag_agent    whole RAG answers (parallel plan vs the same steps one after the other) and agent answers,
                over a concurrency sweep
+  cpu          where the machine's CPU goes on the chat path at 8 clients, bare vLLM vs the app: every process
+               accounted by role (engine, model front end, ingress, HTTP forwarding, controllers, Ray daemons,
+               load client), how busy each core was and how often the engine was preempted
   overhead     where the ingress spends its CPU on the chat path at 8 clients (py-spy samples grouped into
                HTTP parsing, validation, middleware, the handle call, the streaming relay)
   autoscaling  a step in agent load against a low ongoing-requests target: time until the added replica
@@ -324,6 +327,37 @@ def rollout(ctx: Context) -> dict:
     return {"title": "Rollouts under load (4 chat clients, half streaming)", "rows": rows, "ratios": ratios}
 
 
+# -------------------------------------------------------------------------------------------------- cpu
+
+
+def cpu(ctx: Context) -> dict:
+    from benchmarks import cpu as cpu_share
+    from serve_app.config import load_serve_config
+    from serve_app.llm.model import resolve_model
+
+    _, apps = load_serve_config(ctx.config)
+    settings = next(iter(apps.values()))
+    model_dir = resolve_model(settings.model.source, settings.model.cache_dir)
+    cli = settings.engine.cli_args(model_dir, settings.model.name)
+    # One engine at a time: the shared app (if an earlier scenario started it) is stopped first.
+    ctx.close()
+    targets = [("vllm", lambda: bare_vllm(cli, settings.engine.env(), ctx.out / "cpu-vllm.log")),
+               ("serve_app", lambda: serve_app(ctx.config, ctx.out / "cpu-serve_app.log"))]
+    results = cpu_share.compare(targets, settings.model.name, str(model_dir), 48 if ctx.quick else 96, ctx.note)
+    cpu_share.plot(results, ctx.out / "cpu.png")
+    a, b = results["serve_app"], results["vllm"]
+    summary = {
+        "throughput_ratio": _ratio(a["output_tok_per_s"], b["output_tok_per_s"]),
+        "machine_cpu_pct_vllm": b["total_cpu_percent_of_a_core"], "machine_cpu_pct_serve_app": a["total_cpu_percent_of_a_core"],
+        "engine_preemptions_per_s_vllm": b["engine_preemptions_per_s"],
+        "engine_preemptions_per_s_serve_app": a["engine_preemptions_per_s"],
+        "core_busy_pct_vllm": b["core_busy_percent"], "core_busy_pct_serve_app": a["core_busy_percent"],
+    }
+    return {"title": "Where the machine's CPU goes (chat path, 8 clients, bare vLLM vs serve_app)",
+            "rows": cpu_share.rows_of(results), "summary": summary, "results": results,
+            "ratios": cpu_share.rows_of(results)}
+
+
 # --------------------------------------------------------------------------------------------- overhead
 
 # Where an ingress CPU sample is spent, by the innermost frame that names one of these (first match wins).
@@ -420,10 +454,10 @@ def overhead(ctx: Context) -> dict:
 
 
 # Scenarios that start servers on this machine (a baseline, or a process to profile).
-LOCAL_ONLY = {"chat", "retrieval", "overhead"}
+LOCAL_ONLY = {"chat", "cpu", "retrieval", "overhead"}
 
 SCENARIOS: dict[str, Callable[[Context], dict]] = {
-    "chat": chat, "retrieval": retrieval, "rag_agent": rag_agent, "overhead": overhead, "autoscaling": autoscaling,
+    "chat": chat, "cpu": cpu, "retrieval": retrieval, "rag_agent": rag_agent, "overhead": overhead, "autoscaling": autoscaling,
     "rollout": rollout,
 }
 

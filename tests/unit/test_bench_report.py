@@ -39,3 +39,27 @@ def test_table_cells_are_one_line():
     text = suite._table([{"outcome": "failed:\n\x1b[36mray::X\x1b[39m | more " + "x" * 300}])
     row = text.splitlines()[2]
     assert "\x1b" not in row and row.count("|") == 2 and len(row) < 200
+
+
+def test_cpu_accounting_counts_the_load_and_every_core():
+    """The machine-wide CPU account of the `cpu` scenario: the load's own CPU lands under the load client,
+    the roles of Ray's and vLLM's processes are told apart by their command lines, cores are all reported."""
+    import os
+    import time
+
+    from benchmarks import cpu
+
+    def load():
+        t = time.process_time()
+        while time.process_time() - t < 0.3:  # 0.3 s of CPU in this process: the load client's role
+            pass
+        return {"output_throughput": 1.0, "median_ttft_ms": 1.0, "median_itl_ms": 1.0, "failed": 0}
+
+    r = cpu.measure(load)
+    assert r["cpu_percent_of_a_core"][cpu.LOAD] > 10
+    assert len(r["core_busy_percent"]) == os.cpu_count()
+    rows = cpu.rows_of({"a": r})
+    assert rows[-1]["role"] == "total" and rows[-1]["a_cpu_pct"] >= r["cpu_percent_of_a_core"][cpu.LOAD]
+    assert cpu._role("ray::ServeReplica:serve_app:LLMServer") == cpu._role("python -m vllm.entrypoints.openai.api_server")
+    assert cpu._role("VLLM::Worker") == cpu.ENGINE
+    assert cpu._role("ray::ServeReplica:serve_app:Ingress") != cpu._role("ray::ServeReplica:serve_app:Embedder")
