@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -37,6 +38,11 @@ ROLES = [
 LOAD = "load client (vllm bench serve)"
 OTHER = "other processes on the machine"
 ENGINE = ROLES[0][0]
+
+
+def _short(cmdline: str) -> str:
+    """A command line without directories (no paths of the machine in the results)."""
+    return re.sub(r"(?<![\w.])/\S*/", "", cmdline)[:100].strip()
 
 
 def _role(cmdline: str) -> str:
@@ -60,7 +66,7 @@ def snapshot() -> dict[int, dict[str, Any]]:
                 "cpu": t.user + t.system,
                 "involuntary": p.num_ctx_switches().involuntary,
                 "created": p.info["create_time"],
-                "cmd": cmd[:120],
+                "cmd": _short(cmd),
             }
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
@@ -75,6 +81,7 @@ def measure(run: Callable[[], dict]) -> dict[str, Any]:
     load = run()
     after, cores1, wall = snapshot(), psutil.cpu_times(percpu=True), time.time() - t0
     roles: dict[str, float] = {}
+    procs: list[tuple[float, str]] = []
     involuntary = 0
     for pid, a in after.items():
         b = before.get(pid)
@@ -82,6 +89,7 @@ def measure(run: Callable[[], dict]) -> dict[str, Any]:
             b = None  # a pid reused by a new process
         used = a["cpu"] - (b["cpu"] if b else 0.0)
         roles[a["role"]] = roles.get(a["role"], 0.0) + used
+        procs.append((used, a["cmd"]))
         if a["role"] == ENGINE:
             involuntary += a["involuntary"] - (b["involuntary"] if b else 0)
     busy = []
@@ -95,6 +103,7 @@ def measure(run: Callable[[], dict]) -> dict[str, Any]:
         "total_cpu_percent_of_a_core": round(100 * sum(roles.values()) / wall, 1),
         "core_busy_percent": busy,
         "engine_preemptions_per_s": round(involuntary / wall, 1),
+        "busiest_processes": [{"cpu_pct": round(100 * u / wall, 1), "cmd": c} for u, c in sorted(procs, reverse=True)[:15]],
         "output_tok_per_s": load["output_throughput"],
         "ttft_p50_ms": load["median_ttft_ms"],
         "itl_p50_ms": load["median_itl_ms"],
