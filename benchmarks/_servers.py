@@ -85,3 +85,16 @@ def serve_app(config: str, log: Path, env: dict[str, str] | None = None):
     with running(cmd, "/healthz", log, env) as proc:
         ready_s = _wait_ready(proc, url, "/healthz", log, 600)
         yield url, ready_s
+
+
+def app_variants(specs: list[str], config: str, out: Path, prefix: str):
+    """``--variant NAME:K=V,K=V`` options: the app started with those environment variables (e.g. Ray Serve
+    feature flags). Returns ({name: env}, [(name, start)]) with ``start()`` a context manager like
+    ``serve_app``; logs go to ``out/<prefix>-<name>.log``."""
+    variants: dict[str, dict[str, str]] = {}
+    targets = []
+    for spec in specs:
+        name, _, pairs = spec.partition(":")
+        variants[name] = env = dict(kv.split("=", 1) for kv in pairs.split(",") if kv)
+        targets.append((name, lambda e=env, n=name: serve_app(config, out / f"{prefix}-{n}.log", e)))
+    return variants, targets

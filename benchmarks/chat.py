@@ -17,7 +17,7 @@ import platform
 import time
 from pathlib import Path
 
-from benchmarks._servers import ROOT, bare_vllm, serve_app
+from benchmarks._servers import ROOT, app_variants, bare_vllm, serve_app
 
 METRICS = [
     "output_throughput",
@@ -132,12 +132,8 @@ def main() -> None:
         ("vllm", lambda: bare_vllm(cli, settings.engine.env(), out / "chat-vllm.log")),
         ("serve_app", lambda: serve_app(ns.config, out / "chat-serve_app.log")),
     ]
-    variants = {}
-    for spec in ns.variant:
-        vname, _, pairs = spec.partition(":")
-        env = dict(kv.split("=", 1) for kv in pairs.split(",") if kv)
-        variants[vname] = env
-        targets.append((vname, lambda e=env, n=vname: serve_app(ns.config, out / f"chat-{n}.log", e)))
+    variants, more = app_variants(ns.variant, ns.config, out, "chat")
+    targets += more
     results: dict = {name: {} for name, _ in targets}
     results["ready_s"] = {}
     for name, start in targets:

@@ -166,7 +166,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def main() -> None:
-    from benchmarks._servers import ROOT, bare_vllm, serve_app
+    from benchmarks._servers import ROOT, app_variants, bare_vllm, serve_app
     from serve_app.config import load_serve_config
     from serve_app.llm.model import resolve_model
 
@@ -186,11 +186,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     targets = [] if ns.no_bare else [("vllm", lambda: bare_vllm(cli, settings.engine.env(), out / "cpu-vllm.log"))]
     targets.append(("serve_app", lambda: serve_app(ns.config, out / "cpu-serve_app.log")))
-    variants = {}
-    for spec in ns.variant:
-        vname, _, pairs = spec.partition(":")
-        variants[vname] = dict(kv.split("=", 1) for kv in pairs.split(",") if kv)
-        targets.append((vname, lambda e=variants[vname], n=vname: serve_app(ns.config, out / f"cpu-{n}.log", e)))
+    variants, more = app_variants(ns.variant, ns.config, out, "cpu")
+    targets += more
     results = compare(targets, settings.model.name, str(model_dir), ns.prompts)
     report = {"what": __doc__.strip().splitlines()[0], "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "variants": variants, "results": results, "rows": rows_of(results)}
