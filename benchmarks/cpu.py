@@ -120,7 +120,7 @@ def compare(targets: list[tuple[str, Callable[[], AbstractContextManager]]], mod
     results: dict[str, Any] = {}
     for name, start in targets:
         with start() as (url, ready_s):
-            run_load(url, model, tokenizer, 8, 16, dataset_args=dataset, seed=1)  # warm-up, not measured
+            run_load(url, model, tokenizer, 8, 8, dataset_args=dataset, seed=1)  # warm-up, not measured
             results[name] = measure(lambda: run_load(url, model, tokenizer, 8, prompts, dataset_args=dataset))
             r = results[name]
             note(f"cpu {name}: {r['output_tok_per_s']:.1f} tok/s, machine {r['total_cpu_percent_of_a_core']} % of a "

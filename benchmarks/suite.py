@@ -116,7 +116,8 @@ def chat(ctx: Context) -> dict:
             ctx.note(f"chat: {name} ready in {ready_s:.0f}s")
             for ds, ds_args in datasets.items():
                 for c in levels:
-                    n = max(8, (2 if ctx.quick else 4) * c)
+                    # 4 requests per client (2 at 64 clients, where one round already takes ~25 s here).
+                    n = max(8, (2 if ctx.quick or c > 16 else 4) * c)
                     r = run_load(url, settings.model.name, str(model_dir), c, n, dataset_args=ds_args, goodput=goodput)
                     results[(name, ds, c)] = r
                     rows.append({"target": name, "dataset": ds, "concurrency": c, **r})
@@ -341,7 +342,7 @@ def cpu(ctx: Context) -> dict:
     ctx.close()
     targets = [("vllm", lambda: bare_vllm(cli, settings.engine.env(), ctx.out / "cpu-vllm.log")),
                ("serve_app", lambda: serve_app(ctx.config, ctx.out / "cpu-serve_app.log"))]
-    results = cpu_share.compare(targets, settings.model.name, str(model_dir), 48 if ctx.quick else 96, ctx.note)
+    results = cpu_share.compare(targets, settings.model.name, str(model_dir), 48 if ctx.quick else 64, ctx.note)
     cpu_share.plot(results, ctx.out / "cpu.png")
     a, b = results["serve_app"], results["vllm"]
     summary = {
@@ -417,7 +418,7 @@ def overhead(ctx: Context) -> dict:
     cpu = {name: [p.cpu_times() for p in ps] for name, ps in procs.items()}
     # The load runs here (vllm bench serve wants the main thread); the samplers are subprocesses.
     t0 = time.time()
-    load = run_load(url, settings.model.name, str(model_dir), 8, 64 if ctx.quick else 160,
+    load = run_load(url, settings.model.name, str(model_dir), 8, 64 if ctx.quick else 96,
                     dataset_args=["--dataset-name", "random", "--random-input-len", "256", "--random-output-len", "64"])
     wall = time.time() - t0
     cpu_pct = {name: round(100 * sum((p.cpu_times().user + p.cpu_times().system) - (c.user + c.system)
