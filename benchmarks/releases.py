@@ -123,7 +123,7 @@ def main() -> None:
             batch = copy.deepcopy(base)
             batch["applications"][0]["args"]["engine"]["max_num_seqs"] = 32
             canary = {"share": 0.2, "window_s": 30, "min_requests": 10}
-            rollouts = [rollout(url, admin, model, good, "good release (args change: every deployment restarts)"),
+            rollouts = [rollout(url, admin, model, good, "good release (a RAG setting: only the ingress is replaced)"),
                         rollout(url, admin, model, bad, "bad release (LLM model path does not exist)"),
                         rollout(url, admin, model, short, "bad canary, 20 % (context too short)", canary),
                         rollout(url, admin, model, batch, "good canary, 20 %, promoted (max_num_seqs 32)",

@@ -317,7 +317,7 @@ def rollout(ctx: Context) -> dict:
     good["applications"][0]["args"]["rag"]["default_top_k"] = 3
     bad = copy.deepcopy(base)
     bad["applications"][0]["args"]["model"].update(source="/nonexistent/model", served_name=model)
-    runs = [one_rollout(url, admin, model, good, "good release (args change: every deployment restarts)"),
+    runs = [one_rollout(url, admin, model, good, "good release (a RAG setting: only the ingress is replaced)"),
             one_rollout(url, admin, model, bad, "bad release (LLM model path does not exist)")]
     plot({"rollouts": runs}, ctx.out / "rollout.png")
     rows = [{"rollout": r["label"], "since_deploy_s": round(x["t"] - r["deploy_at"], 3), **x}
