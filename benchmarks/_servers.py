@@ -98,3 +98,15 @@ def app_variants(specs: list[str], config: str, out: Path, prefix: str):
         variants[name] = env = dict(kv.split("=", 1) for kv in pairs.split(",") if kv)
         targets.append((name, lambda e=env, n=name: serve_app(config, out / f"{prefix}-{n}.log", e)))
     return variants, targets
+
+
+def engine_setup(config: str):
+    """The app's settings from ``config``, its model's local directory, and the arguments bare `vllm serve`
+    gets so that it runs the same model with the same engine settings."""
+    from serve_app.config import load_serve_config
+    from serve_app.llm.model import resolve_model
+
+    _, apps = load_serve_config(config)
+    settings = next(iter(apps.values()))
+    model_dir = resolve_model(settings.model.source, settings.model.cache_dir)
+    return settings, model_dir, settings.engine.cli_args(model_dir, settings.model.name)

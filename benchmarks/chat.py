@@ -17,7 +17,7 @@ import platform
 import time
 from pathlib import Path
 
-from benchmarks._servers import ROOT, app_variants, bare_vllm, serve_app
+from benchmarks._servers import ROOT, app_variants, bare_vllm, engine_setup, serve_app
 
 METRICS = [
     "output_throughput",
@@ -118,13 +118,7 @@ def main() -> None:
     )
     ns = p.parse_args()
 
-    from serve_app.config import load_serve_config
-    from serve_app.llm.model import resolve_model
-
-    _, apps = load_serve_config(ns.config)
-    settings = next(iter(apps.values()))
-    model_dir = resolve_model(settings.model.source, settings.model.cache_dir)
-    cli = settings.engine.cli_args(model_dir, settings.model.name)
+    settings, model_dir, cli = engine_setup(ns.config)
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -166,9 +166,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def main() -> None:
-    from benchmarks._servers import ROOT, app_variants, bare_vllm, serve_app
-    from serve_app.config import load_serve_config
-    from serve_app.llm.model import resolve_model
+    from benchmarks._servers import ROOT, app_variants, bare_vllm, engine_setup, serve_app
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/dev-cpu.yaml")
@@ -178,10 +176,7 @@ def main() -> None:
     p.add_argument("--variant", action="append", default=[], metavar="NAME:K=V,K=V",
                    help="also run the app with these environment variables")
     ns = p.parse_args()
-    _, apps = load_serve_config(ns.config)
-    settings = next(iter(apps.values()))
-    model_dir = resolve_model(settings.model.source, settings.model.cache_dir)
-    cli = settings.engine.cli_args(model_dir, settings.model.name)
+    settings, model_dir, cli = engine_setup(ns.config)
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
     targets = [] if ns.no_bare else [("vllm", lambda: bare_vllm(cli, settings.engine.env(), out / "cpu-vllm.log"))]

@@ -43,7 +43,7 @@ from typing import Any, Callable
 
 import httpx
 
-from benchmarks._servers import ROOT, bare_vllm, serve_app
+from benchmarks._servers import ROOT, bare_vllm, engine_setup, serve_app
 from benchmarks.report import machine, report, versions, write_csv
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -92,13 +92,8 @@ class Context:
 
 def chat(ctx: Context) -> dict:
     from benchmarks.chat import run_load
-    from serve_app.config import load_serve_config
-    from serve_app.llm.model import resolve_model
 
-    _, apps = load_serve_config(ctx.config)
-    settings = next(iter(apps.values()))
-    model_dir = resolve_model(settings.model.source, settings.model.cache_dir)
-    cli = settings.engine.cli_args(model_dir, settings.model.name)
+    settings, model_dir, cli = engine_setup(ctx.config)
     levels = [1, 8] if ctx.quick else [1, 4, 16, 64]
     datasets = {
         "random": ["--dataset-name", "random", "--random-input-len", "256", "--random-output-len", "64"],
@@ -331,13 +326,8 @@ def rollout(ctx: Context) -> dict:
 
 def cpu(ctx: Context) -> dict:
     from benchmarks import cpu as cpu_share
-    from serve_app.config import load_serve_config
-    from serve_app.llm.model import resolve_model
 
-    _, apps = load_serve_config(ctx.config)
-    settings = next(iter(apps.values()))
-    model_dir = resolve_model(settings.model.source, settings.model.cache_dir)
-    cli = settings.engine.cli_args(model_dir, settings.model.name)
+    settings, model_dir, cli = engine_setup(ctx.config)
     # One engine at a time: the shared app (if an earlier scenario started it) is stopped first.
     ctx.close()
     targets = [("vllm", lambda: bare_vllm(cli, settings.engine.env(), ctx.out / "cpu-vllm.log")),
@@ -393,15 +383,11 @@ def overhead(ctx: Context) -> dict:
     import psutil
 
     from benchmarks.chat import run_load
-    from serve_app.llm.model import resolve_model
-    from serve_app.config import load_serve_config
 
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     app = ctx.app()
     url = app["url"]
-    _, apps = load_serve_config(ctx.config)
-    settings = next(iter(apps.values()))
-    model_dir = resolve_model(settings.model.source, settings.model.cache_dir)
+    settings, model_dir, _ = engine_setup(ctx.config)
     procs = {"Ingress": [p for p in psutil.process_iter(["cmdline"])
                          if " ".join(p.info["cmdline"] or []).startswith("ray::ServeReplica:serve_app:Ingress")],
              "LLMServer": [psutil.Process(httpx.get(f"{url}/healthz").json()["components"]["llm"]["pid"])]}
