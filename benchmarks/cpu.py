@@ -33,7 +33,7 @@ ROLES = [
     ("controllers (Serve, releases) and the app's driver", ("ServeController", "ReleaseController", "serve_app.cli")),
     ("Ray daemons (GCS, raylet, dashboard, agents, monitors)", ("gcs_server", "raylet", "dashboard", "DashboardAgent",
                                                                "RuntimeEnvAgent", "log_monitor", "monitor.py",
-                                                               "ray::IDLE", "ray/_private", "ray::")),
+                                                               "ray/_private", "ray::")),
 ]
 LOAD = "load client (vllm bench serve)"
 OTHER = "other processes on the machine"

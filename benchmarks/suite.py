@@ -7,12 +7,12 @@ Scenarios, in the order they run (default: all of them):
   chat         the app vs bare `vllm serve` with the same model and engine arguments, driven by vLLM's own
                load client (`vllm bench serve`): concurrency sweep, random and shared-prefix datasets,
                TTFT / TPOT / ITL p50 and p99, throughput, goodput under SLOs
-  retrieval    embeddings, ingest and search through the app vs the same work in-process
-  rag_agent    whole RAG answers (parallel plan vs the same steps one after the other) and agent answers,
-               over a concurrency sweep
   cpu          where the machine's CPU goes on the chat path at 8 clients, bare vLLM vs the app: every process
                accounted by role (engine, model front end, ingress, HTTP forwarding, controllers, Ray daemons,
                load client), how busy each core was and how often the engine was preempted
+  retrieval    embeddings, ingest and search through the app vs the same work in-process
+  rag_agent    whole RAG answers (parallel plan vs the same steps one after the other) and agent answers,
+               over a concurrency sweep
   overhead     where the ingress spends its CPU on the chat path at 8 clients (py-spy samples grouped into
                HTTP parsing, validation, middleware, the handle call, the streaming relay)
   autoscaling  a step in agent load against a low ongoing-requests target: time until the added replica
@@ -20,8 +20,9 @@ Scenarios, in the order they run (default: all of them):
   rollout      a good release and a bad release (model missing) while chat traffic flows: failed requests,
                time until the previous release serves again
 
-Servers are started here, one engine at a time: bare vLLM then the app for `chat`; a retrieval-only app for
-`retrieval`; one app (with an admin key) shared by the last three. Each scenario writes
+Servers are started here, one engine at a time: bare vLLM then the app for `chat` and again for `cpu`; a
+retrieval-only app for `retrieval`; one app (with an admin key) shared by `rag_agent`, `overhead`,
+`autoscaling` and `rollout`. Each scenario writes
 benchmarks/results/<date>/<scenario>.json, .csv and .png; the Markdown report with machine, versions and
 every ratio goes to the same folder and to benchmarks/results/latest.md.
 """
