@@ -175,6 +175,7 @@ def main() -> None:
     p.add_argument("--no-bare", action="store_true", help="skip bare vLLM (compare app variants only)")
     p.add_argument("--variant", action="append", default=[], metavar="NAME:K=V,K=V",
                    help="also run the app with these environment variables")
+    p.add_argument("--repeat", type=int, default=1, help="rounds over all targets (run-to-run spread)")
     ns = p.parse_args()
     settings, model_dir, cli = engine_setup(ns.config)
     out = Path(ns.out)
@@ -183,6 +184,8 @@ def main() -> None:
     targets.append(("serve_app", lambda: serve_app(ns.config, out / "cpu-serve_app.log")))
     variants, more = app_variants(ns.variant, ns.config, out, "cpu")
     targets += more
+    if ns.repeat > 1:  # alternate the targets round by round: drift of the machine hits all of them alike
+        targets = [(f"{n}.{r + 1}", start) for r in range(ns.repeat) for n, start in targets]
     results = compare(targets, settings.model.name, str(model_dir), ns.prompts)
     report = {"what": __doc__.strip().splitlines()[0], "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "variants": variants, "results": results, "rows": rows_of(results)}

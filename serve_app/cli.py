@@ -66,6 +66,24 @@ SERVE_PERFORMANCE_ENV = {
 }
 
 
+def _isolate_engine_cpus(settings: dict) -> None:
+    """On a CPU build, start the local Ray instance off the engine worker's cores (serve_app/llm/cpus.py)."""
+    from serve_app.llm.cpus import BIND_ENV, engine_cpu_plan, pin_process
+
+    if os.environ.get(BIND_ENV, "auto") != "auto":
+        return  # the operator bound the engine's threads explicitly
+    if any(s.engine.tensor_parallel_size > 1 for s in settings.values()):
+        return  # one worker per NUMA node: vLLM's own binding, nothing to reserve here
+    plan = engine_cpu_plan()
+    if plan is None:
+        return
+    engine, others = plan
+    os.environ[BIND_ENV] = ",".join(map(str, engine))
+    pin_process(others)
+    _say(f"engine worker on CPU {','.join(map(str, engine))}; Ray and the app's other processes on CPU "
+         f"{','.join(map(str, others))} (--share-engine-cpus: no split)")
+
+
 def cmd_run(ns: argparse.Namespace) -> int:
     if not (ns.address or os.environ.get("RAY_ADDRESS")):
         for key, value in SERVE_PERFORMANCE_ENV.items():
@@ -104,6 +122,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
 
     address = ns.address or os.environ.get("RAY_ADDRESS")
+    if not address and not ns.share_engine_cpus:
+        _isolate_engine_cpus(settings)
     names: list[str] = []
     try:
         if address:
@@ -308,6 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--port", type=int, help="override http_options.port")
     run.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance")
     run.add_argument("--dashboard", action="store_true", help="start Ray's dashboard with the local Ray")
+    run.add_argument("--share-engine-cpus", action="store_true",
+                     default=os.environ.get("SERVE_APP_SHARE_ENGINE_CPUS", "0") not in ("", "0"),
+                     help="CPU build: let the local Ray instance run on the engine worker's cores too (default: "
+                     "it runs on the cores vLLM leaves free; also $SERVE_APP_SHARE_ENGINE_CPUS=1)")
     run.add_argument("--logs-dir", default=None, help="folder of the Serve components' log files (JSON lines with "
                      "the config's logging_config; default: Ray's session folder, logs/serve)")
     run.add_argument("--metrics-port", type=int, default=None, help="port of the local Ray's metrics endpoint "
