@@ -72,6 +72,8 @@ def _isolate_engine_cpus(settings: dict) -> None:
 
     if os.environ.get(BIND_ENV, "auto") != "auto":
         return  # the operator bound the engine's threads explicitly
+    if not any(s.model.enabled for s in settings.values()):
+        return  # no engine
     if any(s.engine.tensor_parallel_size > 1 for s in settings.values()):
         return  # one worker per NUMA node: vLLM's own binding, nothing to reserve here
     plan = engine_cpu_plan()

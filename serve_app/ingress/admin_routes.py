@@ -71,11 +71,12 @@ class AdminRoutes:
 
     async def admin_gate(self, scope) -> tuple[int, str] | None:
         """Run by the auth middleware for every ``/admin`` request before routing: (status, message) of the
-        refusal, or None when the caller may go on (the route checks again and records the call)."""
+        refusal, or None when the caller may go on. The caller's name is then left in the request's state
+        (``admin_caller``): the route records the call under it without checking the key again."""
         authorization = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"authorization"), None)
         state = getattr(scope.get("app"), "state", None)  # the app serving the request, as in the routes
         try:
-            check_admin(authorization, self._admin_digest, getattr(state, "api_keys", None))
+            who = check_admin(authorization, self._admin_digest, getattr(state, "api_keys", None))
         except Forbidden as exc:
             return 403, exc.message
         except Unauthorized as exc:
@@ -83,17 +84,20 @@ class AdminRoutes:
             await self._audit(client[0] if client else "?", f"{scope.get('method', '?')} {scope.get('path', '')}"[:200],
                               False, "bad or missing key")
             return 401, exc.message
+        scope.setdefault("state", {})["admin_caller"] = who
         return None
 
     async def _admin(self, request: Request, action: str) -> Any:
         actor = f"{request.client.host if request.client else '?'}"
-        try:
-            who = check_admin(request.headers.get("authorization"), self._admin_digest,
-                              getattr(request.app.state, "api_keys", None))
-        except (Forbidden, Unauthorized) as exc:
-            if isinstance(exc, Unauthorized):
-                await self._audit(actor, action, False, "bad or missing key")
-            raise
+        who = getattr(request.state, "admin_caller", None)
+        if who is None:  # reached without the auth middleware's gate: check here
+            try:
+                who = check_admin(request.headers.get("authorization"), self._admin_digest,
+                                  getattr(request.app.state, "api_keys", None))
+            except (Forbidden, Unauthorized) as exc:
+                if isinstance(exc, Unauthorized):
+                    await self._audit(actor, action, False, "bad or missing key")
+                raise
         await self._audit(f"{who}@{actor}", action, True, None)
         return self._release_controller()
 

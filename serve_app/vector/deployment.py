@@ -21,6 +21,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.config.parts import CODE_ACTOR_OPTIONS, deployment_settings
 from serve_app.config.settings import VectorSettings
 from serve_app.errors import NotFound
+from serve_app.llm.cpus import share_engine_cpus
 from serve_app.observability.metrics import metric
 from serve_app.observability.tracing import span
 from serve_app.vector.chunker import chunk_text
@@ -50,6 +51,7 @@ def make_store(s: VectorSettings, dim: int) -> VectorStore:
 @serve.deployment(name="Embedder", max_ongoing_requests=128, ray_actor_options=dict(CODE_ACTOR_OPTIONS["Embedder"]))
 class EmbedderServer:
     def __init__(self, settings: dict[str, Any] | None):
+        share_engine_cpus()
         s = deployment_settings(settings).vector
         if s.embed_threads:
             import torch
@@ -121,6 +123,7 @@ class VectorStoreServer:
     async def __init__(self, settings: dict[str, Any] | None, embedder: DeploymentHandle):
         from transformers import AutoTokenizer
 
+        share_engine_cpus()
         self.s = deployment_settings(settings).vector
         self.embedder = embedder
         info = await embedder.info.remote()

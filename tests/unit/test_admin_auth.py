@@ -34,3 +34,73 @@ def test_right_key_passes_from_env_or_file(monkeypatch, tmp_path):
     digest = admin_key_digest()
     assert digest == hashlib.sha256(b"from-file").digest()
     check_admin("Bearer from-file", digest)
+
+
+class _Audit:
+    def __init__(self):
+        self.records = []
+
+    def remote(self, *args):
+        self.records.append(args)
+
+        async def done():
+            return None
+
+        return done()
+
+
+def _routes(digest):
+    from serve_app.ingress.admin_routes import AdminRoutes
+
+    routes = AdminRoutes()
+    routes._admin_digest = digest
+    routes._controller = type("Controller", (), {"audit": _Audit()})()
+    return routes
+
+
+def _scope(authorization):
+    from types import SimpleNamespace
+
+    return {"type": "http", "method": "GET", "path": "/admin/status", "client": ("10.0.0.7", 5000), "headers":
+            [(b"authorization", authorization.encode())] if authorization else [], "state": {},
+            "app": SimpleNamespace(state=SimpleNamespace())}
+
+
+def test_the_gate_authorizes_once_and_the_route_audits_the_caller_it_named(monkeypatch):
+    import asyncio
+
+    from starlette.requests import Request
+
+    import serve_app.ingress.admin_routes as admin_routes
+
+    routes = _routes(hashlib.sha256(b"s3cret").digest())
+    scope = _scope("Bearer s3cret")
+    assert asyncio.run(routes.admin_gate(scope)) is None
+    assert scope["state"]["admin_caller"] == "admin"
+    # The route does not hash the key again: it takes the gate's answer.
+    monkeypatch.setattr(admin_routes, "check_admin", lambda *a, **k: pytest.fail("checked twice"))
+    asyncio.run(routes._admin(Request(scope), "status"))
+    assert routes._controller.audit.records == [("admin@10.0.0.7", "status", True, None)]
+
+
+def test_the_gate_refuses_and_audits_a_wrong_key_and_names_no_caller():
+    import asyncio
+
+    routes = _routes(hashlib.sha256(b"s3cret").digest())
+    scope = _scope("Bearer wrong")
+    status, _ = asyncio.run(routes.admin_gate(scope))
+    assert status == 401
+    assert "admin_caller" not in scope["state"]
+    assert routes._controller.audit.records == [("10.0.0.7", "GET /admin/status", False, "bad or missing key")]
+
+
+def test_a_route_reached_without_the_gate_still_checks_the_key():
+    import asyncio
+
+    from starlette.requests import Request
+
+    routes = _routes(hashlib.sha256(b"s3cret").digest())
+    with pytest.raises(Unauthorized):
+        asyncio.run(routes._admin(Request(_scope("Bearer wrong")), "status"))
+    asyncio.run(routes._admin(Request(_scope("Bearer s3cret")), "status"))
+    assert [r[0] for r in routes._controller.audit.records] == ["10.0.0.7", "admin@10.0.0.7"]
