@@ -70,6 +70,8 @@ def _isolate_engine_cpus(settings: dict) -> None:
     """On a CPU build, start the local Ray instance off the engine worker's cores (serve_app/llm/cpus.py)."""
     from serve_app.llm.cpus import BIND_ENV, engine_cpu_plan, pin_process
 
+    if not hasattr(os, "sched_setaffinity"):
+        return  # no CPU masks on this platform
     if os.environ.get(BIND_ENV, "auto") != "auto":
         return  # the operator bound the engine's threads explicitly
     if not any(s.model.enabled for s in settings.values()):

@@ -4,9 +4,9 @@ vLLM's CPU build binds its model worker's OpenMP threads to the cores of one NUM
 which it leaves to "other processes" (its own scheduler and front end). Bare `vllm serve` has little else
 running, but behind a Ray Serve app the other processes are many: Ray's daemons, Serve's controller and
 proxy, the ingress and the other deployments' replicas. Left free, the kernel runs them on the worker's
-cores too, and every time one of them runs there the worker's step waits (benchmarks/results/cpu.json:
-the worker got 91 % of its core behind the app, 100 % bare; the engine was preempted 1 750 times a second
-instead of 360, and throughput dropped by the same tenth).
+cores too, and every time one of them runs there the worker's step waits (benchmarks/results/
+cpu-variants.json: the worker got 90 % of its core behind the app, 99 % bare; the engine was preempted
+about 1 730 times a second instead of 360, and throughput dropped by about a tenth).
 
 `serve-app run` therefore starts its local Ray instance on the other cores only: every Ray process, and so
 every replica, inherits that CPU mask. The engine's cores are passed to vLLM explicitly
@@ -74,14 +74,20 @@ def pin_process(cpus: list[int]) -> None:
     _every_thread(lambda _: set(cpus))
 
 
+def _bound_cpus() -> set[int]:
+    """The engine's CPUs named by ``VLLM_CPU_OMP_THREADS_BIND``; none for "auto", "nobind" or a malformed
+    value (vLLM reports that one itself)."""
+    try:
+        return parse_cpu_list(os.environ.get(BIND_ENV, ""))
+    except ValueError:
+        return set()
+
+
 def share_engine_cpus() -> None:
     """Let this whole process run on the engine's CPUs too. For replicas whose work comes in bursts and is
     compute-bound, like the embedder's: kept to the cores left over they would lose half their throughput
     on a 2-core machine, while on the engine's cores they compete with it only while both are busy."""
-    try:
-        extra = parse_cpu_list(os.environ.get(BIND_ENV, ""))
-    except ValueError:
-        return
+    extra = _bound_cpus()
     if extra and hasattr(os, "sched_setaffinity"):
         _every_thread(lambda mask: mask | extra)
 
@@ -110,10 +116,7 @@ def engine_cpus_reachable() -> Iterator[None]:
         yield
         return
     before = os.sched_getaffinity(0)
-    try:
-        wanted = before | parse_cpu_list(os.environ.get(BIND_ENV, ""))
-    except ValueError:
-        wanted = before  # vLLM reports a malformed value itself
+    wanted = before | _bound_cpus()
     if wanted != before:
         os.sched_setaffinity(0, wanted)
     try:
