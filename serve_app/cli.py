@@ -85,7 +85,7 @@ def _isolate_engine_cpus(settings: dict) -> None:
     os.environ[BIND_ENV] = ",".join(map(str, engine))
     pin_process(others)
     _say(f"engine worker on CPU {','.join(map(str, engine))}; Ray and the app's other processes on CPU "
-         f"{','.join(map(str, others))} (--share-engine-cpus: no split)")
+         f"{','.join(map(str, others))}")
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
@@ -126,7 +126,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
 
     address = ns.address or os.environ.get("RAY_ADDRESS")
-    if not address and not ns.share_engine_cpus:
+    if not address and ns.isolate_engine_cpus:
         _isolate_engine_cpus(settings)
     names: list[str] = []
     try:
@@ -332,10 +332,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--port", type=int, help="override http_options.port")
     run.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance")
     run.add_argument("--dashboard", action="store_true", help="start Ray's dashboard with the local Ray")
-    run.add_argument("--share-engine-cpus", action="store_true",
-                     default=os.environ.get("SERVE_APP_SHARE_ENGINE_CPUS", "0") not in ("", "0"),
-                     help="CPU build: let the local Ray instance run on the engine worker's cores too (default: "
-                     "it runs on the cores vLLM leaves free; also $SERVE_APP_SHARE_ENGINE_CPUS=1)")
+    run.add_argument("--isolate-engine-cpus", action="store_true",
+                     default=os.environ.get("SERVE_APP_ISOLATE_ENGINE_CPUS", "0") not in ("", "0"),
+                     help="CPU build: start the local Ray instance on the cores vLLM leaves free, off the engine "
+                     "worker's (more throughput, slower replica starts on small machines; also "
+                     "$SERVE_APP_ISOLATE_ENGINE_CPUS=1)")
     run.add_argument("--logs-dir", default=None, help="folder of the Serve components' log files (JSON lines with "
                      "the config's logging_config; default: Ray's session folder, logs/serve)")
     run.add_argument("--metrics-port", type=int, default=None, help="port of the local Ray's metrics endpoint "
