@@ -30,6 +30,7 @@ import time
 from typing import Any
 
 import ray
+from ray.serve._private.constants import DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S
 
 from serve_app.config.loader import (
     APP_IMPORT_PATH,
@@ -48,6 +49,14 @@ logger = logging.getLogger("ray.serve")
 CONTROLLER_NAME = "serve_app_release_controller"
 NAMESPACE = "serve_app"
 PROBES = {"LLMServer": "health", "VectorStore": "health", "Embedder": "info", "Agent": "health"}
+
+
+def drain_bound_s(app: dict[str, Any]) -> float:
+    """The longest a replica of this application may take to stop (finish its requests) after Serve tells it
+    to, from the deployed deployments' options in Serve's application details."""
+    configs = [d.get("deployment_config") or {} for d in (app.get("deployments") or {}).values()]
+    bounds = [c.get("graceful_shutdown_timeout_s", DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S) for c in configs]
+    return float(max(bounds, default=0.0))
 
 
 def _client():
@@ -371,7 +380,8 @@ class ReleaseController:
         return started
 
     async def _wait_ready(self, started: float, settings: AppSettings, app_name: str | None = None) -> None:
-        deadline = time.monotonic() + settings.releases.ready_timeout_s
+        t0 = time.monotonic()
+        drain_s = 0.0
         bad: dict[str, int] = {}
         armed: dict[str, bool] = {}
         fails: dict[str, int] = {}
@@ -379,6 +389,7 @@ class ReleaseController:
             details = await asyncio.to_thread(self._details)
             app = details["applications"].get(app_name or self.app)
             if app is not None and app.get("last_deployed_time_s", 0) >= started - 1:
+                drain_s = max(drain_s, drain_bound_s(app))
                 # Statuses can still show the previous rollout for a moment after the apply: a failure state
                 # counts once it has been seen on three polls in a row; a replica that died after the apply
                 # counts at once.
@@ -402,8 +413,12 @@ class ReleaseController:
                         armed[name] = True
                 if app["status"] == "RUNNING" and all(d["status"] == "HEALTHY" for d in app["deployments"].values()):
                     return
-            if time.monotonic() > deadline:
-                raise ReleaseFailed(f"not RUNNING and healthy within {settings.releases.ready_timeout_s:g}s")
+            # Serve reports a deployment HEALTHY only once the replicas it replaced have stopped, and lets each
+            # finish its requests for up to its graceful_shutdown_timeout_s: that drain is not the new
+            # release's start-up, so it is added to the deadline (Serve bounds it itself).
+            if time.monotonic() - t0 > settings.releases.ready_timeout_s + drain_s:
+                raise ReleaseFailed(f"not RUNNING and healthy within {settings.releases.ready_timeout_s:g}s"
+                                    + (f" (+{drain_s:g}s for replicas to drain)" if drain_s else ""))
             await asyncio.sleep(0.5)
 
     async def _watch(self, settings: AppSettings) -> None:

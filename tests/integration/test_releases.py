@@ -192,8 +192,10 @@ def _streams(app_url, model_name, count, max_tokens, results):
                     if x.startswith("data: "):
                         first = first or time.time()
                         lines.append(x)
+        errors = [x for x in lines if x.startswith('data: {"error"')]
+        # The error events themselves go into the result: an assertion failure shows what cut the stream.
         results.append({"status": r.status_code, "events": len(lines), "done": bool(lines) and lines[-1] == "data: [DONE]",
-                        "error": any(x.startswith('data: {"error"') for x in lines), "first": first, "end": time.time()})
+                        "error": bool(errors), "errors": errors[:2], "first": first, "end": time.time()})
 
     return [threading.Thread(target=one, daemon=True) for _ in range(count)]
 
@@ -206,7 +208,9 @@ def test_scale_down_while_streams_are_open_cuts_no_stream(app_url, admin, model_
     deployments = admin.get("/admin/status").json()["deployments"]
     assert deployments["LLMServer"]["running_replicas"] == 2 and deployments["Ingress"]["running_replicas"] == 2
     results: list[dict] = []
-    threads = _streams(app_url, model_name, 6, 160, results)
+    # Long enough to outlast Serve's default drain (graceful_shutdown_timeout_s 20 s) on this CPU: a stream
+    # survives only if the stopped replica is given the time to finish it.
+    threads = _streams(app_url, model_name, 6, 400, results)
     for t in threads:
         t.start()
     time.sleep(2)  # every stream is open and generating when the replicas it may be on are told to stop
@@ -219,10 +223,11 @@ def test_scale_down_while_streams_are_open_cuts_no_stream(app_url, admin, model_
         t.join(300)
     reliability.record("T10", "LLM and ingress 2 -> 1 replicas with 6 streams open", streams=len(results),
                        cut=sum(not (x["status"] == 200 and x["done"] and not x["error"]) for x in results),
-                       min_events=min((x["events"] for x in results), default=0))
+                       min_events=min((x["events"] for x in results), default=0),
+                       longest_after_scale_down_s=round(max((x["end"] for x in results), default=0) - scale_down_at, 1))
     assert len(results) == 6
-    assert all(x["status"] == 200 and x["done"] and not x["error"] for x in results), results
-    assert all(x["events"] > 100 for x in results), results  # whole answers (min_tokens), not cut short
+    assert all(x["status"] == 200 and x["done"] and not x["error"] for x in results), [x for x in results if x["error"]] or results
+    assert all(x["events"] > 400 for x in results), results  # whole answers (min_tokens), not cut short
     # The streams were really open across the scale-down: started before it, still running after it began.
     assert all(x["first"] is not None and x["first"] < scale_down_at < x["end"] for x in results), results
     deployments = admin.get("/admin/status").json()["deployments"]

@@ -207,3 +207,35 @@ def test_invalid_canary_settings_are_refused_before_anything_is_applied(tmp_path
     with pytest.raises(InvalidRequest, match=field):
         asyncio.run(c.deploy(_release(max_num_seqs=8), "admin", canary=overrides))
     assert c.applied == [] and len(c.history.list()) == 1
+
+
+class Draining(Base):
+    """Serve's details while a release's old replica drains: UPDATING until ``healthy_after`` seconds."""
+
+    def __init__(self, healthy_after, graceful_s):
+        self.app, self.t0 = "serve_app", time.time()
+        self.healthy_after, self.graceful_s = healthy_after, graceful_s
+
+    def _details(self):
+        ready = time.time() - self.t0 >= self.healthy_after
+        deployment = {"status": "HEALTHY" if ready else "UPDATING", "status_trigger": "CONFIG_UPDATE_STARTED",
+                      "deployment_config": {"graceful_shutdown_timeout_s": self.graceful_s}}
+        return {"applications": {"serve_app": {"status": "RUNNING" if ready else "DEPLOYING",
+                                               "last_deployed_time_s": self.t0, "deployments": {"LLMServer": deployment}}}}
+
+
+def test_a_release_is_given_its_replicas_drain_time_on_top_of_its_start_deadline():
+    from serve_app.config.settings import AppSettings
+
+    settings = AppSettings.model_validate({"releases": {"ready_timeout_s": 0.5}})
+    # Still draining after the start deadline, within the replicas' graceful_shutdown_timeout_s: ready.
+    c = Draining(healthy_after=1.5, graceful_s=3)
+    asyncio.run(c._wait_ready(c.t0, settings))
+    # The same without drain time (graceful_shutdown_timeout_s 0): the deadline holds as before.
+    c = Draining(healthy_after=1.5, graceful_s=0)
+    with pytest.raises(ReleaseFailed, match="within 0.5s"):
+        asyncio.run(c._wait_ready(c.t0, settings))
+    # Past both: failed, and the message says how long was allowed.
+    c = Draining(healthy_after=30, graceful_s=1)
+    with pytest.raises(ReleaseFailed, match=r"within 0.5s \(\+1s for replicas to drain\)"):
+        asyncio.run(c._wait_ready(c.t0, settings))
