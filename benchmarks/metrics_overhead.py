@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks._servers import ROOT, serve_app
+from benchmarks._servers import ROOT, engine_setup, serve_app
 from benchmarks.chat import run_load
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -64,12 +64,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     ns = p.parse_args()
 
-    from serve_app.config import load_serve_config
-    from serve_app.llm.model import resolve_model
-
-    _, apps = load_serve_config(ns.config)
-    settings = next(iter(apps.values()))
-    model_dir = resolve_model(settings.model.source, settings.model.cache_dir)
+    settings, model_dir, _ = engine_setup(ns.config)
     RESULTS.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict]] = {"plain": [], "scraped": []}
     scrapes: list[dict] = []
