@@ -64,6 +64,7 @@ def _table(rows: list[dict]) -> str:
 def report(results: dict, meta: dict, out: Path) -> str:
     md = [f"# serve_app benchmark report — {meta['started']}\n",
           f"Command: `{meta['command']}` · total {meta['total_s']:.0f} s · results in `{os.path.relpath(out, ROOT)}`\n",
+          *([f"App under test: {meta['app']}\n"] if meta.get("app") else []),
           "## Machine\n", _table([meta["machine"]]), "## Versions\n", _table([meta["versions"]])]
     for name, res in results.items():
         md.append(f"## {res.get('title', name)}\n")

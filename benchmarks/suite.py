@@ -7,7 +7,8 @@ Scenarios, in the order they run (default: all of them):
   chat         the app vs bare `vllm serve` with the same model and engine arguments, driven by vLLM's own
                load client (`vllm bench serve`): concurrency sweep, random and shared-prefix datasets,
                TTFT / TPOT / ITL p50 and p99, throughput, goodput under SLOs
-  cpu          where the machine's CPU goes on the chat path at 8 clients, bare vLLM vs the app: every process
+  cpu          where the machine's CPU goes on the chat path at 8 clients, bare vLLM vs the app with and
+               without its engine CPU split: every process
                accounted by role (engine, model front end, ingress, HTTP forwarding, controllers, Ray daemons,
                load client), how busy each core was and how often the engine was preempted
   retrieval    embeddings, ingest and search through the app vs the same work in-process
@@ -20,7 +21,8 @@ Scenarios, in the order they run (default: all of them):
   rollout      a good release and a bad release (model missing) while chat traffic flows: failed requests,
                time until the previous release serves again
 
-Servers are started here, one engine at a time: bare vLLM then the app for `chat` and again for `cpu`; a
+Servers are started here, one engine at a time: bare vLLM then the app for `chat` and again for `cpu` (there
+also the app without its engine CPU split, the layout `serve-app run` has without `--isolate-engine-cpus`); a
 retrieval-only app for `retrieval`; one app (with an admin key) shared by `rag_agent`, `overhead`,
 `autoscaling` and `rollout`. Each scenario writes
 benchmarks/results/<date>/<scenario>.json, .csv and .png; the Markdown report with machine, versions and
@@ -324,6 +326,8 @@ def rollout(ctx: Context) -> dict:
 
 # -------------------------------------------------------------------------------------------------- cpu
 
+SHARED = "serve_app_without_split"
+
 
 def cpu(ctx: Context) -> dict:
     from benchmarks import cpu as cpu_share
@@ -331,19 +335,24 @@ def cpu(ctx: Context) -> dict:
     settings, model_dir, cli = engine_setup(ctx.config)
     # One engine at a time: the shared app (if an earlier scenario started it) is stopped first.
     ctx.close()
+    # The app twice: with the engine CPU split (`--isolate-engine-cpus`, as every other scenario runs it) and
+    # in the layout `serve-app run` uses without the option, so each run shows what the split buys.
     targets = [("vllm", lambda: bare_vllm(cli, settings.engine.env(), ctx.out / "cpu-vllm.log")),
-               ("serve_app", lambda: serve_app(ctx.config, ctx.out / "cpu-serve_app.log"))]
+               ("serve_app", lambda: serve_app(ctx.config, ctx.out / "cpu-serve_app.log")),
+               (SHARED, lambda: serve_app(ctx.config, ctx.out / f"cpu-{SHARED}.log", {"SERVE_APP_ISOLATE_ENGINE_CPUS": "0"}))]
     results = cpu_share.compare(targets, settings.model.name, str(model_dir), 48 if ctx.quick else 64, ctx.note)
     cpu_share.plot(results, ctx.out / "cpu.png")
-    a, b = results["serve_app"], results["vllm"]
-    summary = {
-        "throughput_ratio": _ratio(a["output_tok_per_s"], b["output_tok_per_s"]),
-        "machine_cpu_pct_vllm": b["total_cpu_percent_of_a_core"], "machine_cpu_pct_serve_app": a["total_cpu_percent_of_a_core"],
-        "engine_preemptions_per_s_vllm": b["engine_preemptions_per_s"],
-        "engine_preemptions_per_s_serve_app": a["engine_preemptions_per_s"],
-        "core_busy_pct_vllm": b["core_busy_percent"], "core_busy_pct_serve_app": a["core_busy_percent"],
-    }
-    return {"title": "Where the machine's CPU goes (chat path, 8 clients, bare vLLM vs serve_app)",
+    b = results["vllm"]
+    summary = {}
+    for name, suffix in (("serve_app", ""), (SHARED, "_without_split")):
+        a = results[name]
+        summary |= {f"throughput_ratio{suffix}": _ratio(a["output_tok_per_s"], b["output_tok_per_s"]),
+                    f"ttft_p50_added_ms{suffix}": round(a["ttft_p50_ms"] - b["ttft_p50_ms"], 1)}
+    summary |= {f"machine_cpu_pct_{n}": r["total_cpu_percent_of_a_core"] for n, r in results.items()}
+    summary |= {f"engine_preemptions_per_s_{n}": r["engine_preemptions_per_s"] for n, r in results.items()}
+    summary |= {f"core_busy_pct_{n}": r["core_busy_percent"] for n, r in results.items()}
+    return {"title": "Where the machine's CPU goes (chat path, 8 clients): bare vLLM, serve_app with its engine "
+                     f"CPU split (`--isolate-engine-cpus`) and without it ({SHARED})",
             "rows": cpu_share.rows_of(results), "summary": summary, "results": results,
             "ratios": cpu_share.rows_of(results)}
 
@@ -538,7 +547,10 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = res
     results = {name: results[name] for name in SCENARIOS if name in results}
     meta = {"started": started, "total_s": time.time() - t_all, "machine": machine(), "versions": versions(),
-            "command": "serve-app bench " + " ".join(sys.argv[1:] if argv is None else argv)}
+            "command": "serve-app bench " + " ".join(sys.argv[1:] if argv is None else argv),
+            "app": (f"the running app at {ns.url}" if ns.url else
+                    "started by the suite as `serve-app run --isolate-engine-cpus` (benchmarks/_servers.py); "
+                    f"the cpu scenario measures it without the option too ({SHARED})")}
     text = report(results, meta, out)
     (out / "report.md").write_text(text)
     # latest.md sits in benchmarks/results/: its links point into the run's folder.

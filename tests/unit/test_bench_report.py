@@ -15,9 +15,10 @@ def test_report_has_machine_versions_and_each_scenario(tmp_path):
         "rollout": {"title": "Rollouts", "error": "RuntimeError('boom')", "seconds": 1.0},
     }
     meta = {"started": "now", "total_s": 13.0, "machine": report.machine(), "versions": report.versions(),
-            "command": "serve-app bench chat rollout"}
+            "command": "serve-app bench chat rollout", "app": "started as `serve-app run --isolate-engine-cpus`"}
     text = report.report(results, meta, suite.RESULTS / "x")
     assert "## Machine" in text and "cpus" in text and "vllm" in text.lower()
+    assert "App under test: started as `serve-app run --isolate-engine-cpus`" in text
     assert "| concurrency | throughput_ratio |" in text and "| 8 | 0.93 |" in text
     assert "![chat](chat.png)" in text and "Failed: `RuntimeError('boom')`" in text
 
