@@ -59,10 +59,16 @@ def _wait_running(app_names: list[str], timeout_s: float, stop: threading.Event)
 #    application counts as RUNNING only once the old replica has drained, so this is on the critical path
 #    of every release and rollback; HAProxy on the same machine needs a few seconds (releases under load:
 #    zero failed requests, benchmarks/results/releases.json).
+#  - RAY_SERVE_CONTROL_LOOP_INTERVAL_S: how often Serve's controller reconciles (default 0.1 s). Serve's
+#    controller was the busiest process after the engine, replicas idle or not (5.4-7 % of a core); every
+#    0.5 s it uses 2.2-2.6 %, the rest is left to the engine. What it paces (health checks every 10 s,
+#    autoscaling delays of seconds, replica starts of tens of seconds) hardly notices the extra 0.4 s
+#    (benchmarks/results/cpu-variants.json: four rounds alternated with the default, chat at 8 clients).
 SERVE_PERFORMANCE_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
 }
 
 
