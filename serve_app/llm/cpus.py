@@ -8,8 +8,9 @@ cores too, and every time one of them runs there the worker's step waits (benchm
 cpu-variants.json: the worker got 90 % of its core behind the app, 99 % bare; the engine was preempted
 about 1 730 times a second instead of 360, and throughput dropped by about a tenth).
 
-`serve-app run --isolate-engine-cpus` therefore starts its local Ray instance on the other cores only: every Ray process, and so
-every replica, inherits that CPU mask. The engine's cores are passed to vLLM explicitly
+`serve-app run --isolate-engine-cpus` (opt-in: the control plane then has fewer cores, and replica starts
+slow down on small machines) therefore starts its local Ray instance on the other cores only: every Ray
+process, and so every replica, inherits that CPU mask. The engine's cores are passed to vLLM explicitly
 (``VLLM_CPU_OMP_THREADS_BIND``) and the LLM replica lets the engine processes it starts reach them again
 (``engine_cpus_reachable``), so the worker is bound exactly where vLLM's automatic binding would bind it.
 The embedder and vector-store replicas, whose work is compute-bound and comes in bursts, widen their own
