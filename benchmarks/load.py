@@ -72,6 +72,21 @@ class Load:
         for t in self.threads:
             t.join(300)
 
+    def wait_for(self, count: int, started_after: float | None = None, streams: bool = False,
+                 timeout_s: float = 120) -> list[dict[str, Any]]:
+        """Wait (polling, bounded) until ``count`` requests that started after ``started_after`` (default: now)
+        have finished, streams only if ``streams``; returns them. Instead of sleeping for traffic to happen."""
+        since = time.time() if started_after is None else started_after
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                done = [r for r in self.records if r["t"] > since and (r["stream"] or not streams)]
+            if len(done) >= count:
+                return done
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(done)} of {count} requests finished in {timeout_s:g}s")
+            time.sleep(0.2)
+
     def failed(self) -> list[dict[str, Any]]:
         return [r for r in self.records if not r["ok"]]
 

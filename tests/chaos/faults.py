@@ -19,7 +19,7 @@ def wait_healthy(http: httpx.Client, timeout_s: float = 300) -> dict:
                 return r.json()
         except httpx.HTTPError:
             pass
-        time.sleep(1)
+        time.sleep(0.5)
     raise AssertionError(f"the app was not healthy again within {timeout_s:g}s")
 
 
@@ -30,7 +30,7 @@ def follow(admin: httpx.Client, n: int, timeout_s: float = 600) -> dict:
         assert r.status_code == 200, r.text
         if r.json()["status"] != "deploying":
             return r.json()
-        time.sleep(1)
+        time.sleep(0.5)
     raise AssertionError(f"release {n} still deploying after {timeout_s}s")
 
 

@@ -9,6 +9,9 @@ import time
 import httpx
 
 from tests.chaos.faults import current_config, deploy, wait_healthy
+import pytest
+
+pytestmark = pytest.mark.chaos
 
 BURST = 16
 

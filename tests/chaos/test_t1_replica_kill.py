@@ -11,6 +11,9 @@ import psutil
 
 from benchmarks.load import Load
 from tests.chaos.faults import gone, llm_replica_pids, scale, wait_healthy, wait_replicas
+import pytest
+
+pytestmark = pytest.mark.chaos
 
 HEALTH_PERIOD_S = 10  # LLMServer's health_check_period_s in configs/dev-cpu.yaml
 
@@ -23,10 +26,11 @@ def test_t1_killing_an_llm_replica_fails_only_its_requests_in_flight(app_url, ht
         victim, pid = sorted(replicas.items())[0]
         engine_pids = [c.pid for c in psutil.Process(pid).children(recursive=True)]
         with Load(app_url, model_name, clients=4, stream_tokens=48) as load:
-            time.sleep(8)
+            load.wait_for(8, started_after=0)  # both replicas busy, streams open
             t_kill = time.time()
             os.kill(pid, signal.SIGKILL)
-            time.sleep(HEALTH_PERIOD_S + 15)
+            # Requests started after the kill plus one health period, on what serves then.
+            load.wait_for(8, started_after=t_kill + HEALTH_PERIOD_S, timeout_s=240)
         recovered_at = wait_replicas(admin, "LLMServer", 2)
         engine_gone = gone(engine_pids, 30)
 

@@ -10,6 +10,9 @@ import psutil
 
 from benchmarks.load import Load
 from tests.chaos.faults import llm_replica_pids, wait_healthy
+import pytest
+
+pytestmark = pytest.mark.chaos
 
 
 def _engine_core(replica_pid: int) -> psutil.Process:
@@ -39,12 +42,12 @@ def test_t2_engine_crash_ends_streams_in_band_and_the_replica_is_replaced(app_ur
     (replica, pid), = llm_replica_pids(http, 1).items()
     core = _engine_core(pid)
     with Load(app_url, model_name, clients=4, stream_tokens=200, plain_tokens=32) as load:
-        time.sleep(6)
+        load.wait_for(4, started_after=0)  # streams open when the engine goes
         t_crash = time.time()
         core.send_signal(signal.SIGKILL)
         health, unhealthy_at = _replaced(http, pid)
         t_back = time.time()
-        time.sleep(5)
+        load.wait_for(4)  # requests started once the app was healthy again
 
     after = health["components"]["llm"]
     summary = load.summary(fault_at=t_crash)

@@ -9,6 +9,9 @@ import signal
 import time
 
 from tests.chaos.faults import wait_healthy
+import pytest
+
+pytestmark = pytest.mark.chaos
 
 DOCS = [{"id": "t3-paris", "text": "Paris is the capital of France. The Eiffel Tower is 330 metres tall."}]
 QUESTION = {"question": "What is the capital of France?", "max_tokens": 8}

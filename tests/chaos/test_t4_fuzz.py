@@ -24,6 +24,8 @@ from schemathesis import GenerationMode
 
 from tests.chaos.faults import wait_healthy
 
+pytestmark = pytest.mark.chaos
+
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "6"))
 LONG = "FUZZ_EXAMPLES" in os.environ
 # Routes whose answer is not an API object: probes and the metrics exposition.

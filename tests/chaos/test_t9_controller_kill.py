@@ -7,6 +7,9 @@ import time
 
 from benchmarks.load import Load
 from tests.chaos.faults import titled, wait_healthy
+import pytest
+
+pytestmark = pytest.mark.chaos
 
 
 def test_t9_serve_controller_killed_under_load_fails_nothing(app_proc, http, admin, model_name, reliability):
@@ -15,7 +18,7 @@ def test_t9_serve_controller_killed_under_load_fails_nothing(app_proc, http, adm
     assert len(controllers) == 1, controllers
     old = controllers[0]
     with Load(app_proc.url, model_name, clients=4) as load:
-        time.sleep(5)
+        load.wait_for(4, started_after=0)
         t_kill = time.time()
         old.send_signal(signal.SIGKILL)
         deadline = time.monotonic() + 120
@@ -26,7 +29,7 @@ def test_t9_serve_controller_killed_under_load_fails_nothing(app_proc, http, adm
                 restarted_at = time.time()
                 break
             time.sleep(0.5)
-        time.sleep(10)
+        load.wait_for(8)  # requests served with the new controller in place
     summary = load.summary(fault_at=t_kill)
     reliability.record("T9", "Serve controller killed (SIGKILL), 4 clients", **summary,
                        controller_back_after_s=None if restarted_at is None else round(restarted_at - t_kill, 1))

@@ -6,7 +6,8 @@ reports the LLM unhealthy (503 from /healthz naming the component) and LLM reque
 Retry-After (never a hang); when a worker node joins again, Serve places the LLM replica on it and the app
 serves again without any manual action.
 
-Runs before tests/integration (tests/conftest.py orders it), so no other engine is running.
+Runs before the session app starts (the cluster tier comes second: tests/conftest.py), so no other engine is
+running. The model is the tiny one: this is about placement and recovery, not content.
 """
 
 import os
@@ -21,8 +22,11 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+import yaml
 
-from tests.procs import stop_tree
+from tests.procs import stop_tree, stop_trees
+
+pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -87,8 +91,13 @@ def cluster(tmp_path_factory):
     try:
         state["workers"].append(_worker(gcs, tmp, env, 1))
         app_log = tmp / "app.log"
+        # The shipped cluster config on the tiny model: what is tested is placement and recovery, not what the
+        # model says.
+        config = yaml.safe_load((ROOT / "configs/cluster.yaml").read_text())
+        config["applications"][0]["args"]["model"] = {"source": "tiny"}
+        (tmp / "cluster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         state["app"] = subprocess.Popen(
-            [sys.executable, "-m", "serve_app.cli", "run", "--config", "configs/cluster.yaml",
+            [sys.executable, "-m", "serve_app.cli", "run", "--config", str(tmp / "cluster.yaml"),
              "--address", f"127.0.0.1:{gcs}", "--port", str(http_port)],
             cwd=ROOT, stdout=open(app_log, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
         logs = [app_log, tmp / "head.log", tmp / "worker-1.log"]
@@ -97,10 +106,9 @@ def cluster(tmp_path_factory):
         state["logs"] = logs
         yield state
     finally:
-        left = []
-        for proc in [state["app"], *state["workers"], head]:
-            if proc is not None:
-                left += stop_tree(proc, signal.SIGTERM, 90)[1]
+        # The app first (it undeploys through the cluster), then every node at once.
+        left = stop_tree(state["app"], signal.SIGTERM, 90)[1] if state["app"] is not None else []
+        left += stop_trees([*state["workers"], head], signal.SIGTERM, 90)
         assert not left, f"processes left behind: {[(p.pid, p.name()) for p in left]}"
 
 

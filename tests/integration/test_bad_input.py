@@ -11,6 +11,8 @@ import time
 import httpx
 import pytest
 
+pytestmark = pytest.mark.app
+
 CHAT = "/v1/chat/completions"
 MSG = [{"role": "user", "content": "hi"}]
 

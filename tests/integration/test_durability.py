@@ -8,6 +8,9 @@ import threading
 import time
 
 import httpx
+import pytest
+
+pytestmark = pytest.mark.app
 
 
 def _vector_health(http):

@@ -2,6 +2,9 @@
 included, carries X-Request-Id (the client's, or a generated one)."""
 
 import uuid
+import pytest
+
+pytestmark = pytest.mark.app
 
 
 def test_healthz(http):

@@ -19,6 +19,8 @@ import yaml
 
 from serve_app.observability.metrics import DEFINITIONS, exported_name
 
+pytestmark = pytest.mark.app
+
 ROOT = Path(__file__).resolve().parents[2]
 CHAT = "/v1/chat/completions"
 
@@ -83,18 +85,19 @@ def _wait_for(prom: str, expr: str, predicate, timeout_s: float = 120.0) -> floa
     raise AssertionError(f"{expr} = {value} after {timeout_s:g}s")
 
 
-def _stable(prom: str, expr: str) -> float:
-    """The value once it has stopped moving (replicas export every few seconds)."""
+def _stable(prom: str, *exprs: str) -> list[float]:
+    """The values once none of them has moved for a while (replicas export every few seconds); watched
+    together, so the wait is one settling period, not one per expression."""
     last, same_since = None, time.monotonic()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        value = _query(prom, expr)
-        if value != last:
-            last, same_since = value, time.monotonic()
-        elif value is not None and time.monotonic() - same_since > 12:
-            return value
+        values = [_query(prom, e) for e in exprs]
+        if values != last:
+            last, same_since = values, time.monotonic()
+        elif None not in values and time.monotonic() - same_since > 12:
+            return values
         time.sleep(1)
-    raise AssertionError(f"{expr} never settled (last {last})")
+    raise AssertionError(f"{exprs} never settled (last {last})")
 
 
 def test_prometheus_sees_the_request_counter_and_ttft_histogram(prometheus, http, model_name):
@@ -106,7 +109,7 @@ def test_prometheus_sees_the_request_counter_and_ttft_histogram(prometheus, http
     with http.stream("POST", CHAT, json={**body, "stream": True}) as r:
         assert r.status_code == 200 and list(r.iter_lines())
     _wait_for(prometheus, ttft, lambda v: v >= 1)
-    before_requests, before_ttft = _stable(prometheus, requests), _stable(prometheus, ttft)
+    before_requests, before_ttft = _stable(prometheus, requests, ttft)
 
     for _ in range(5):
         assert http.post(CHAT, json=body).status_code == 200

@@ -2,6 +2,9 @@
 not, and response_format json_schema output that parses and matches the schema."""
 
 import json
+import pytest
+
+pytestmark = pytest.mark.app
 
 
 def test_models(client, model_name):

@@ -15,6 +15,8 @@ import pytest
 
 from serve_app.agent.tools import DEFAULT_TOOLS
 
+pytestmark = pytest.mark.app
+
 DOCS = [
     {"id": "ra-paris", "text": "Paris is the capital of France. The Eiffel Tower was completed in 1889 and is 330 metres tall.",
      "metadata": {"topic": "france"}},

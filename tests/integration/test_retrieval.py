@@ -7,6 +7,8 @@ import math
 
 import pytest
 
+pytestmark = pytest.mark.app
+
 DOCS = [
     {"id": "paris", "text": "Paris is the capital and largest city of France, on the river Seine.", "metadata": {"topic": "geo", "lang": "en"}},
     {"id": "python", "text": "Python is a programming language known for readable syntax and a large standard library.", "metadata": {"topic": "code", "lang": "en"}},

@@ -7,6 +7,9 @@ import secrets
 from pathlib import Path
 
 import httpx
+import pytest
+
+pytestmark = pytest.mark.app
 
 
 def test_keys_appear_in_no_answer_metric_or_log(app_proc, app_url, http, admin, admin_key, serve_logs_dir):

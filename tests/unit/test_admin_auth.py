@@ -9,6 +9,8 @@ import pytest
 from serve_app.errors import Forbidden, Unauthorized
 from serve_app.ingress.admin_routes import admin_key_digest, check_admin
 
+pytestmark = pytest.mark.unit
+
 
 def test_no_key_configured_disables_the_admin_api(monkeypatch):
     monkeypatch.delenv("SERVE_APP_ADMIN_KEY", raising=False)

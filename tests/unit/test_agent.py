@@ -20,6 +20,8 @@ from serve_app.agent.tools import DEFAULT_TOOLS, REGISTRY, call_schema
 from serve_app.config.prompts import PromptSettings
 from serve_app.config.settings import AgentSettings
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(
     "expr, value",

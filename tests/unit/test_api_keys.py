@@ -18,6 +18,8 @@ from serve_app.ingress.errors import install_error_handlers
 from serve_app.ingress.limits import KeyEntry, RateLimiter, TokenBucket, charge_tokens, digest, load_keys
 from serve_app.ingress.middleware import AuthMiddleware, BodyLimitMiddleware
 
+pytestmark = pytest.mark.unit
+
 
 def test_token_bucket_refills_and_says_how_long_to_wait():
     b = TokenBucket(60.0, stamp=0.0)  # one per second, burst 60

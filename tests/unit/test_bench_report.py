@@ -8,6 +8,8 @@ import pytest
 
 from benchmarks import report, suite
 
+pytestmark = pytest.mark.unit
+
 
 def test_report_has_machine_versions_and_each_scenario(tmp_path):
     results = {

@@ -8,6 +8,8 @@ from serve_app.config.loader import LLM_IMPORT_PATH, ConfigError, validate_serve
 from serve_app.config.settings import CanarySettings
 from serve_app.release.canary import CANARY, PRIMARY, ArmStats, CanaryRouter, judge, percentile
 
+pytestmark = pytest.mark.unit
+
 S = CanarySettings(min_requests=10, max_error_rate_increase=0.02, max_ttft_p99_ratio=2.0, ttft_slack_ms=100)
 
 

@@ -6,6 +6,8 @@ import pytest
 from serve_app.vector.chunker import chunk_id, chunk_text
 from serve_app.vector.embedder import resolve_embedder
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def tokenizer():

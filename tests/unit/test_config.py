@@ -10,6 +10,8 @@ from serve_app.config import AppSettings, ConfigError, load_serve_config
 from serve_app.config.loader import validate_app_args
 from serve_app.llm.engine import vllm_serve_args
 
+pytestmark = [pytest.mark.unit, pytest.mark.vllm]  # vllm: runs under `make check-gpu-build` too
+
 
 @pytest.mark.parametrize("path", ["configs/dev-cpu.yaml", "configs/gpu.yaml"])
 def test_shipped_configs_validate(path):

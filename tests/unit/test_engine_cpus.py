@@ -11,6 +11,8 @@ import pytest
 
 from serve_app.llm.cpus import BIND_ENV, engine_cpu_plan, engine_cpus_reachable, parse_cpu_list
 
+pytestmark = [pytest.mark.unit, pytest.mark.vllm]  # vllm: runs under `make check-gpu-build` too
+
 ALLOWED = sorted(os.sched_getaffinity(0))
 needs_two = pytest.mark.skipif(len(ALLOWED) < 2, reason="needs two CPUs")
 

@@ -13,6 +13,8 @@ from serve_app import errors as E
 from serve_app.ingress.errors import ERROR_TABLE, error_body, response_for, status_for
 from serve_app.llm.errors import from_vllm
 
+pytestmark = [pytest.mark.unit, pytest.mark.vllm]  # vllm: runs under `make check-gpu-build` too
+
 
 def _body(resp):
     return json.loads(resp.body)

@@ -16,6 +16,8 @@ from serve_app.ingress.errors import install_error_handlers
 from serve_app.ingress.middleware import BodyLimitMiddleware
 from serve_app.ingress.relay import open_call, relay_stream
 
+pytestmark = [pytest.mark.unit, pytest.mark.vllm]  # vllm: runs under `make check-gpu-build` too
+
 
 class Body(BaseModel):
     text: str

@@ -10,6 +10,9 @@ import yaml
 from serve_app.cli import main
 from serve_app.config.kuberay import serve_config_of
 from serve_app.config.loader import validate_serve_config
+import pytest
+
+pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 

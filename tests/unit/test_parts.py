@@ -15,6 +15,8 @@ from serve_app.app import build_app
 from serve_app.config.loader import validate_serve_config
 from serve_app.config.parts import ENV, SPLIT_KEY, deployment_settings, join, split
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 

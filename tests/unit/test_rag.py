@@ -21,6 +21,8 @@ from serve_app.config.settings import RagSettings
 from serve_app.errors import InvalidRequest, ServiceUnavailable
 from serve_app.rag.pipeline import RagPipeline
 
+pytestmark = pytest.mark.unit
+
 HITS = [
     {"document_id": "a", "chunk_id": "a1", "text": "Paris is the capital of France; the tower is tall.", "score": 0.9},
     {"document_id": "a", "chunk_id": "a1", "text": "duplicate", "score": 0.8},

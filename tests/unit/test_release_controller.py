@@ -1,7 +1,7 @@
 """The release controller's canary bookkeeping without Ray: what it applies, in which order, and what it records.
 
 Serve is replaced by a stub of the three calls the controller makes (read the deployed applications, apply
-a config, wait for it to be ready); the real flow against Serve is tested in tests/integration/test_releases.py.
+a config, wait for it to be ready); the real flow against Serve is tested in tests/release/test_releases.py.
 """
 
 import asyncio
@@ -13,6 +13,8 @@ import pytest
 from serve_app.release.canary import CANARY, PRIMARY
 from serve_app.release.controller import ReleaseController, ReleaseFailed
 from serve_app.release.history import History
+
+pytestmark = pytest.mark.unit
 
 Base = ReleaseController.__ray_metadata__.modified_class.__mro__[1]  # the class under @ray.remote
 

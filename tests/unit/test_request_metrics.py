@@ -9,6 +9,8 @@ import pytest
 
 from serve_app.ingress import middleware
 
+pytestmark = pytest.mark.unit
+
 
 class _Counted:
     def __init__(self, seen):

@@ -11,6 +11,8 @@ from serve_app.vector.edge_store import QdrantEdgeStore
 from serve_app.vector.qdrant_client_store import QdrantClientStore
 from serve_app.vector.store import StoredChunk
 
+pytestmark = pytest.mark.unit
+
 DIM = 32
 N_DOCS, PER_DOC = 40, 5
 

@@ -21,6 +21,8 @@ from serve_app.llm.client import LLMClient
 from serve_app.observability.tracing import span, trace_id
 from serve_app.rag.pipeline import RagPipeline
 
+pytestmark = pytest.mark.unit
+
 EXPORTER = InMemorySpanExporter()
 
 

@@ -20,12 +20,22 @@ import yaml
 # The same bounded load the release benchmark uses: non-streaming chat and streams, every request recorded.
 from benchmarks.load import Load
 from tests.chaos.faults import follow as _follow
+import pytest
+
+pytestmark = pytest.mark.release
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _config():
     return yaml.safe_load((ROOT / "configs/dev-cpu.yaml").read_text())
+
+
+def _deployment_env(config: dict, name: str) -> dict:
+    """The env_vars of one deployment's runtime_env in a release config (created if absent)."""
+    entry = next(d for d in config["applications"][0]["deployments"] if d["name"] == name)
+    options = entry.setdefault("ray_actor_options", {})
+    return options.setdefault("runtime_env", {}).setdefault("env_vars", {})
 
 
 
@@ -94,13 +104,13 @@ def test_good_release_under_load_fails_nothing(app_url, http, admin, model_name)
     config["applications"][0]["args"]["rag"]["default_top_k"] = 3
     before = http.get("/healthz").json()["components"]
     with Load(app_url, model_name, clients=3) as load:
-        time.sleep(3)
+        load.wait_for(3, started_after=0)  # traffic flows (streams among it) before the release
         r = admin.post("/admin/releases", json={"config": config, "note": "fewer sources"})
         assert r.status_code == 202, r.text
         n = r.json()["release"]
         assert r.json()["changed"] == ["args.rag"]
         rel = _follow(admin, n)
-        time.sleep(3)
+        load.wait_for(3)  # and after it
     assert rel["status"] == "good", rel
     failed = [x for x in load.records if not x["ok"]]
     assert load.records and not failed, failed[:5]
@@ -266,7 +276,7 @@ def test_canary_that_fails_requests_is_rolled_back_and_the_current_release_is_un
         assert seen is None or seen["release"] == n
         rel = _follow(admin, n)
         done = time.time()
-        time.sleep(3)
+        load.wait_for(4)  # requests sent after the canary left
     assert rel["status"] == "failed" and rel["kind"] == "canary" and not rel["rolled_back_to"], rel
     assert "canary rolled back" in rel["outcome"] and "error rate" in rel["outcome"], rel["outcome"]
     status = admin.get("/admin/status").json()
@@ -286,17 +296,17 @@ def test_canary_that_fails_requests_is_rolled_back_and_the_current_release_is_un
 def test_good_canary_is_promoted_under_load_without_failures(app_url, http, admin, model_name):
     llm_started = http.get("/healthz").json()["components"]["llm"]["started_at"]
     # Thresholds for a shared 2-core machine where two engines compete; the decision logic is unit-tested.
-    canary = {"share": 0.5, "window_s": 20, "min_requests": 5, "max_ttft_p99_ratio": 4.0, "ttft_slack_ms": 2000}
+    canary = {"share": 0.5, "window_s": 8, "min_requests": 5, "max_ttft_p99_ratio": 4.0, "ttft_slack_ms": 2000}
     with Load(app_url, model_name, clients=4) as load:
         _, n = _canary_release(admin, {"max_num_seqs": 32}, canary, "smaller batch")
         seen = _wait_for_window(admin, n)
         assert seen is not None and seen["phase"] in ("window", "promoting"), seen
         if seen["phase"] == "window":
-            time.sleep(5)
+            load.wait_for(4)  # traffic inside the window
             window = admin.get("/admin/status").json()["canary"]
             assert window is None or window["release"] == n
         rel = _follow(admin, n)
-        time.sleep(3)
+        load.wait_for(3)  # and after the promotion
     assert rel["status"] == "good" and rel["kind"] == "canary", rel
     assert rel["outcome"].startswith("canary passed"), rel["outcome"]
     failed = [x for x in load.records if not x["ok"]]
@@ -320,8 +330,9 @@ def test_api_keys_and_rate_limits_through_a_release(app_url, http, admin, model_
     ]}))
     before = admin.get("/admin/status").json()["current_release"]
     config = copy.deepcopy(admin.get(f"/admin/releases/{before}").json()["config"])
-    config["applications"][0].setdefault("runtime_env", {}).setdefault("env_vars", {})["SERVE_APP_API_KEYS_FILE"] = \
-        str(keys)
+    # The key file is the Ingress's business: set on its deployment, it replaces the Ingress alone (set on the
+    # application's runtime_env it would rebuild every deployment, the engine included).
+    _deployment_env(config, "Ingress")["SERVE_APP_API_KEYS_FILE"] = str(keys)
     r = admin.post("/admin/releases", json={"config": config, "note": "API keys on"})
     assert r.status_code == 202, r.text
     assert _follow(admin, r.json()["release"])["status"] == "good"
@@ -356,10 +367,10 @@ def test_release_that_starts_but_fails_its_health_check_is_rolled_back(http, adm
     good = admin.get("/admin/status").json()["current_release"]
     config = copy.deepcopy(admin.get(f"/admin/releases/{good}").json()["config"])
     app = config["applications"][0]
-    # A fault-injection engine (tests/fakes/engine.py) that passes its first health checks, then fails them.
+    # A fault-injection engine (tests/fakes/engine.py) that passes its first health checks, then fails them;
+    # importable by the LLM replicas alone (a deployment-level runtime_env replaces only that deployment).
     app["args"]["engine"]["factory"] = "tests.fakes.engine:turns_unhealthy"
-    env = app.setdefault("runtime_env", {}).setdefault("env_vars", {})
-    env["PYTHONPATH"] = str(ROOT)
+    _deployment_env(config, "LLMServer")["PYTHONPATH"] = str(ROOT)
     r = admin.post("/admin/releases", json={"config": config, "note": "an engine that turns unhealthy"})
     assert r.status_code == 202, r.text
     rel = _follow(admin, r.json()["release"])
@@ -386,7 +397,7 @@ def test_release_whose_llm_cannot_start_is_rolled_back(app_url, http, admin, mod
         assert rel["status"] == "failed" and "LLMServer" in rel["outcome"] and rel["rolled_back_to"], rel
         back = _follow(admin, rel["rolled_back_to"])
         rollback_done = time.time()
-        time.sleep(5)
+        load.wait_for(4)  # requests sent after the rollback
     reliability.record("T7", "release whose model does not exist, under load (3 clients)",
                        **load.summary(fault_at=rel["created_at"]),
                        failure_detected_s=round(rel["finished_at"] - rel["created_at"], 1),

@@ -17,6 +17,8 @@ import yaml
 
 from tests.procs import stop_tree
 
+pytestmark = pytest.mark.cluster
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
