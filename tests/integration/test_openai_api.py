@@ -13,6 +13,7 @@ def test_models(client, model_name):
     assert model_name == "SmolLM2-135M-Instruct"
 
 
+@pytest.mark.smoke  # `make test-fast`: the started app answers the unmodified openai client
 def test_chat(client, model_name):
     r = client.chat.completions.create(
         model=model_name, messages=[{"role": "user", "content": "Say hello."}], max_tokens=16, temperature=0

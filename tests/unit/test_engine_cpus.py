@@ -14,7 +14,14 @@ from serve_app.llm.cpus import BIND_ENV, engine_cpu_plan, engine_cpus_reachable,
 pytestmark = [pytest.mark.unit, pytest.mark.vllm]  # vllm: runs under `make check-gpu-build` too
 
 ALLOWED = sorted(os.sched_getaffinity(0))
-needs_two = pytest.mark.skipif(len(ALLOWED) < 2, reason="needs two CPUs")
+def _cpu_build() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+# The split is the CPU build's (a GPU build binds no worker threads): engine_cpu_plan is None there, by design.
+needs_two = pytest.mark.skipif(len(ALLOWED) < 2 or not _cpu_build(), reason="needs two CPUs and vLLM's CPU build")
 
 
 @pytest.mark.parametrize(
