@@ -99,7 +99,7 @@ def cluster(tmp_path_factory):
         yield {"dashboard": dash_url, "url": url, "tmp": tmp, "env": env}
     finally:
         left = stop_tree(app, timeout_s=60)[1] if app is not None else []
-        left += stop_tree(head, timeout_s=60)[1]
+        left += stop_tree(head, timeout_s=60, whole_tree=True)[1]
         assert not left, f"processes left behind: {[(p.pid, p.name()) for p in left]}"
 
 

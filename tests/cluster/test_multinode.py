@@ -108,7 +108,7 @@ def cluster(tmp_path_factory):
     finally:
         # The app first (it undeploys through the cluster), then every node at once.
         left = stop_tree(state["app"], signal.SIGTERM, 90)[1] if state["app"] is not None else []
-        left += stop_trees([*state["workers"], head], signal.SIGTERM, 90)
+        left += stop_trees([*state["workers"], head], signal.SIGTERM, 90, whole_tree=True)
         assert not left, f"processes left behind: {[(p.pid, p.name()) for p in left]}"
 
 

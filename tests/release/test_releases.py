@@ -5,7 +5,9 @@ automatically; canaries that are rolled back or promoted.
 Invariants: an invalid release touches nothing; a good release fails no request and cuts no stream; a bad
 release is rolled back by the controller itself to the previous configuration, which serves again; every
 outcome is in the history; a release replaces only the deployments whose part of the settings it changes.
-Assertions are on counts and states, never on durations. This module restarts deployments, so it runs last.
+Assertions are on counts and states, never on durations. This module restarts deployments, so it runs after
+the app tier (and before chaos). Scale-down with streams open (T10) shares the chaos tier's two LLM replicas:
+tests/chaos/test_t1_t10_llm_replicas.py.
 """
 
 import copy
@@ -188,60 +190,6 @@ def test_autoscaling_adds_a_replica_under_a_spike_and_removes_it_after(app_url, 
             break
         time.sleep(1)
     assert _agent_replicas(admin) == 1, "the added replica was not removed after the load stopped"
-
-
-def _streams(app_url, model_name, count, max_tokens, results):
-    def one():
-        body = {"model": model_name, "max_tokens": max_tokens, "min_tokens": max_tokens, "stream": True,
-                "messages": [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]}
-        first = None
-        lines = []
-        with httpx.Client(base_url=app_url, timeout=300) as c:
-            with c.stream("POST", "/v1/chat/completions", json=body) as r:
-                for x in r.iter_lines():
-                    if x.startswith("data: "):
-                        first = first or time.time()
-                        lines.append(x)
-        errors = [x for x in lines if x.startswith('data: {"error"')]
-        # The error events themselves go into the result: an assertion failure shows what cut the stream.
-        results.append({"status": r.status_code, "events": len(lines), "done": bool(lines) and lines[-1] == "data: [DONE]",
-                        "error": bool(errors), "errors": errors[:2], "first": first, "end": time.time()})
-
-    return [threading.Thread(target=one, daemon=True) for _ in range(count)]
-
-
-def test_scale_down_while_streams_are_open_cuts_no_stream(app_url, admin, model_name, reliability):
-    for name in ("LLMServer", "Ingress"):
-        r = admin.post("/admin/scale", json={"deployment": name, "replicas": 2})
-        assert r.status_code == 202, r.text
-        assert _follow(admin, r.json()["release"])["status"] == "good"
-    deployments = admin.get("/admin/status").json()["deployments"]
-    assert deployments["LLMServer"]["running_replicas"] == 2 and deployments["Ingress"]["running_replicas"] == 2
-    results: list[dict] = []
-    # Long enough to outlast Serve's default drain (graceful_shutdown_timeout_s 20 s) on this CPU: a stream
-    # survives only if the stopped replica is given the time to finish it.
-    threads = _streams(app_url, model_name, 6, 400, results)
-    for t in threads:
-        t.start()
-    time.sleep(2)  # every stream is open and generating when the replicas it may be on are told to stop
-    scale_down_at = time.time()
-    for name in ("LLMServer", "Ingress"):
-        r = admin.post("/admin/scale", json={"deployment": name, "replicas": 1})
-        assert r.status_code == 202, r.text
-        assert _follow(admin, r.json()["release"])["status"] == "good"
-    for t in threads:
-        t.join(300)
-    reliability.record("T10", "LLM and ingress 2 -> 1 replicas with 6 streams open", streams=len(results),
-                       cut=sum(not (x["status"] == 200 and x["done"] and not x["error"]) for x in results),
-                       min_events=min((x["events"] for x in results), default=0),
-                       longest_after_scale_down_s=round(max((x["end"] for x in results), default=0) - scale_down_at, 1))
-    assert len(results) == 6
-    assert all(x["status"] == 200 and x["done"] and not x["error"] for x in results), [x for x in results if x["error"]] or results
-    assert all(x["events"] > 400 for x in results), results  # whole answers (min_tokens), not cut short
-    # The streams were really open across the scale-down: started before it, still running after it began.
-    assert all(x["first"] is not None and x["first"] < scale_down_at < x["end"] for x in results), results
-    deployments = admin.get("/admin/status").json()["deployments"]
-    assert deployments["LLMServer"]["running_replicas"] == 1 and deployments["Ingress"]["running_replicas"] == 1
 
 
 def _canary_release(admin, engine_change, canary, note):

@@ -1,0 +1,125 @@
+"""T1 and T10: the LLM deployment at two replicas (two small engines fit on 2 cores), scaled up once for both.
+
+T1: an LLM replica killed under load (SIGKILL of its process, the way a node's OOM killer or a crash takes it).
+Pass: only requests in flight on that replica may fail; no request started later than the kill plus one
+health-check period fails; the engine-core process of the killed replica does not outlive it; Serve replaces
+the replica and the app is healthy again without manual action.
+
+T10: the LLM and the ingress scaled down from two replicas to one while long streams are open. Pass: no stream
+is cut: the stopped replicas finish them (``graceful_shutdown_timeout_s``), every stream ends with [DONE] and
+no error event, whole (``min_tokens``).
+"""
+
+import os
+import signal
+import threading
+import time
+
+import httpx
+import psutil
+import pytest
+
+from benchmarks.load import Load
+from tests.chaos.faults import gone, llm_replica_pids, running_replicas, scale, wait_healthy, wait_replicas
+
+pytestmark = pytest.mark.chaos
+
+HEALTH_PERIOD_S = 10  # LLMServer's health_check_period_s in configs/dev-cpu.yaml
+
+
+@pytest.fixture(scope="module")
+def two_llm_replicas(admin, http):
+    """Two LLM replicas for the tests of this module (one engine start, not one per test); one again after."""
+    scale(admin, "LLMServer", 2)
+    try:
+        yield
+    finally:
+        for name in ("LLMServer", "Ingress"):
+            if running_replicas(admin, name) != 1:
+                scale(admin, name, 1)
+        wait_healthy(http)
+
+
+def test_t1_killing_an_llm_replica_fails_only_its_requests_in_flight(two_llm_replicas, app_url, http, admin, model_name,
+                                                                   reliability):
+    replicas = llm_replica_pids(http, 2)
+    victim, pid = sorted(replicas.items())[0]
+    engine_pids = [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    with Load(app_url, model_name, clients=4, stream_tokens=48) as load:
+        load.wait_for(8, started_after=0)  # both replicas busy, streams open
+        t_kill = time.time()
+        os.kill(pid, signal.SIGKILL)
+        # Requests started after the kill plus one health period, on what serves then.
+        load.wait_for(8, started_after=t_kill + HEALTH_PERIOD_S, timeout_s=240)
+    recovered_at = wait_replicas(admin, "LLMServer", 2)
+    engine_gone = gone(engine_pids, 30)
+
+    summary = load.summary(fault_at=t_kill)
+    reliability.record("T1", "LLM replica killed (SIGKILL), 2 replicas, 4 clients", **summary,
+                       replaced_after_s=round(recovered_at - t_kill, 1),
+                       engine_core_exited_with_replica=engine_gone)
+    failed = load.failed()
+    before = [r for r in load.records if r["t"] < t_kill]
+    after = [r for r in load.records if r["t"] > t_kill + HEALTH_PERIOD_S]
+    assert before and after and all(r["ok"] for r in after), [r for r in after if not r["ok"]][:5]
+    # A failed request was in flight at the kill (or started within the health period) and, where the
+    # answer names its replica (streams: headers came before the kill), on the killed one.
+    assert all(r["t"] <= t_kill + HEALTH_PERIOD_S and r["end"] >= t_kill for r in failed), failed[:5]
+    assert all(r["replica"] in (None, victim) for r in failed), failed[:5]
+    # Every failed stream ended with an error event and [DONE], never cut silently.
+    assert all(r["done"] and r["error_event"] for r in failed if r["stream"] and r["status"] == 200), failed[:5]
+    assert {r["replica"] for r in after} - {None, victim}, "the surviving replica served nothing"
+    assert engine_gone, f"the killed replica's engine-core processes {engine_pids} outlived it"
+
+
+def _streams(app_url, model_name, count, max_tokens, results):
+    def one():
+        body = {"model": model_name, "max_tokens": max_tokens, "min_tokens": max_tokens, "stream": True,
+                "messages": [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]}
+        first = None
+        lines = []
+        with httpx.Client(base_url=app_url, timeout=300) as c:
+            with c.stream("POST", "/v1/chat/completions", json=body) as r:
+                for x in r.iter_lines():
+                    if x.startswith("data: "):
+                        first = first or time.time()
+                        lines.append(x)
+        errors = [x for x in lines if x.startswith('data: {"error"')]
+        # The error events themselves go into the result: an assertion failure shows what cut the stream.
+        results.append({"status": r.status_code, "events": len(lines), "done": bool(lines) and lines[-1] == "data: [DONE]",
+                        "error": bool(errors), "errors": errors[:2], "first": first, "end": time.time()})
+
+    return [threading.Thread(target=one, daemon=True) for _ in range(count)]
+
+
+def test_t10_scale_down_while_streams_are_open_cuts_no_stream(two_llm_replicas, app_url, admin, model_name,
+                                                              reliability):
+    wait_replicas(admin, "LLMServer", 2)
+    scale(admin, "Ingress", 2)
+    deployments = admin.get("/admin/status").json()["deployments"]
+    assert deployments["LLMServer"]["running_replicas"] == 2 and deployments["Ingress"]["running_replicas"] == 2
+    results: list[dict] = []
+    # Long enough to outlast Serve's default drain (graceful_shutdown_timeout_s 20 s) on this CPU: a stream
+    # survives only if the stopped replica is given the time to finish it.
+    threads = _streams(app_url, model_name, 6, 400, results)
+    for t in threads:
+        t.start()
+    time.sleep(2)  # every stream is open and generating when the replicas it may be on are told to stop
+    scale_down_at = time.time()
+    for name in ("LLMServer", "Ingress"):
+        scale(admin, name, 1)
+    for t in threads:
+        t.join(300)
+    reliability.record("T10", "LLM and ingress 2 -> 1 replicas with 6 streams open", streams=len(results),
+                       cut=sum(not (x["status"] == 200 and x["done"] and not x["error"]) for x in results),
+                       min_events=min((x["events"] for x in results), default=0),
+                       longest_after_scale_down_s=round(max((x["end"] for x in results), default=0) - scale_down_at, 1))
+    assert len(results) == 6
+    assert all(x["status"] == 200 and x["done"] and not x["error"] for x in results), [x for x in results if x["error"]] or results
+    assert all(x["events"] > 400 for x in results), results  # whole answers (min_tokens), not cut short
+    # The streams were really open across the scale-down: started before it, still running after it began.
+    assert all(x["first"] is not None and x["first"] < scale_down_at < x["end"] for x in results), results
+    deployments = admin.get("/admin/status").json()["deployments"]
+    assert deployments["LLMServer"]["running_replicas"] == 1 and deployments["Ingress"]["running_replicas"] == 1
+
+
