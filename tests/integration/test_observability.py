@@ -18,11 +18,14 @@ import pytest
 import yaml
 
 from serve_app.observability.metrics import DEFINITIONS, exported_name
+from tests.conftest import METRICS_REPORT_INTERVAL_S
 
 pytestmark = pytest.mark.app
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAT = "/v1/chat/completions"
+# Unchanged for this long: every replica has exported since (a few export periods of the session app).
+SETTLED_S = 3 * METRICS_REPORT_INTERVAL_S
 
 
 def _free_port() -> int:
@@ -94,7 +97,7 @@ def _stable(prom: str, *exprs: str) -> list[float]:
         values = [_query(prom, e) for e in exprs]
         if values != last:
             last, same_since = values, time.monotonic()
-        elif None not in values and time.monotonic() - same_since > 12:
+        elif None not in values and time.monotonic() - same_since > SETTLED_S:
             return values
         time.sleep(1)
     raise AssertionError(f"{exprs} never settled (last {last})")

@@ -190,12 +190,16 @@ def test_llm_requests_fail_fast_once_no_replica_answered_for_a_while():
         if not state["up"]:
             raise RuntimeError("no replica")
 
+    now = [1000.0]  # the gate's clock, moved by the test instead of waiting for it
+
     async def scenario():
-        gate = Availability(probe, period_s=0.01, timeout_s=1, fail_fast_after_s=0.2)
+        gate = Availability(probe, period_s=0.01, timeout_s=1, fail_fast_after_s=30, clock=lambda: now[0])
         gate.check()  # starts probing; not refused yet
         await asyncio.sleep(0.05)
         gate.check()  # down, but not for long enough
-        await asyncio.sleep(0.3)
+        now[0] += 29
+        gate.check()
+        now[0] += 1
         with pytest.raises(ServiceUnavailable):
             gate.check()
         state["up"] = True
