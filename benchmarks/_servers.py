@@ -105,9 +105,10 @@ def engine_setup(config: str):
     """The app's settings from ``config``, its model's local directory, and the arguments bare `vllm serve`
     gets so that it runs the same model with the same engine settings."""
     from serve_app.config import load_serve_config
+    from serve_app.llm import engine_args
     from serve_app.llm.model import resolve_model
 
     _, apps = load_serve_config(config)
     settings = next(iter(apps.values()))
     model_dir = resolve_model(settings.model.source, settings.model.cache_dir)
-    return settings, model_dir, settings.engine.cli_args(model_dir, settings.model.name)
+    return settings, model_dir, engine_args.cli_args(settings.engine, model_dir, settings.model.name)

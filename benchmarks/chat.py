@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from benchmarks._servers import ROOT, app_variants, bare_vllm, engine_setup, serve_app
+from serve_app.llm import engine_args
 
 METRICS = [
     "output_throughput",
@@ -123,7 +124,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     targets = [
-        ("vllm", lambda: bare_vllm(cli, settings.engine.env(), out / "chat-vllm.log")),
+        ("vllm", lambda: bare_vllm(cli, engine_args.env(settings.engine), out / "chat-vllm.log")),
         ("serve_app", lambda: serve_app(ns.config, out / "chat-serve_app.log")),
     ]
     variants, more = app_variants(ns.variant, ns.config, out, "chat")

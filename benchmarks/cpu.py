@@ -167,6 +167,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def main() -> None:
     from benchmarks._servers import ROOT, app_variants, bare_vllm, engine_setup, serve_app
+    from serve_app.llm import engine_args
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/dev-cpu.yaml")
@@ -180,7 +181,7 @@ def main() -> None:
     settings, model_dir, cli = engine_setup(ns.config)
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
-    targets = [] if ns.no_bare else [("vllm", lambda: bare_vllm(cli, settings.engine.env(), out / "cpu-vllm.log"))]
+    targets = [] if ns.no_bare else [("vllm", lambda: bare_vllm(cli, engine_args.env(settings.engine), out / "cpu-vllm.log"))]
     targets.append(("serve_app", lambda: serve_app(ns.config, out / "cpu-serve_app.log")))
     variants, more = app_variants(ns.variant, ns.config, out, "cpu")
     targets += more

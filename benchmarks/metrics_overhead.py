@@ -17,7 +17,6 @@ import json
 import statistics
 import threading
 import time
-from pathlib import Path
 
 import httpx
 

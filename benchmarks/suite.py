@@ -47,6 +47,7 @@ from typing import Any, Callable
 import httpx
 
 from benchmarks._servers import ROOT, bare_vllm, engine_setup, serve_app
+from serve_app.llm import engine_args
 from benchmarks.report import machine, report, versions, write_csv
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -107,7 +108,7 @@ def chat(ctx: Context) -> dict:
     }
     goodput = [f"{k}:{v}" for k, v in SLO.items()]
     rows, results = [], {}
-    targets = [("vllm", lambda: bare_vllm(cli, settings.engine.env(), ctx.out / "chat-vllm.log")),
+    targets = [("vllm", lambda: bare_vllm(cli, engine_args.env(settings.engine), ctx.out / "chat-vllm.log")),
                ("serve_app", lambda: serve_app(ctx.config, ctx.out / "chat-serve_app.log"))]
     for name, start in targets:
         with start() as (url, ready_s):
@@ -337,7 +338,7 @@ def cpu(ctx: Context) -> dict:
     ctx.close()
     # The app twice: with the engine CPU split (`--isolate-engine-cpus`, as every other scenario runs it) and
     # in the layout `serve-app run` uses without the option, so each run shows what the split buys.
-    targets = [("vllm", lambda: bare_vllm(cli, settings.engine.env(), ctx.out / "cpu-vllm.log")),
+    targets = [("vllm", lambda: bare_vllm(cli, engine_args.env(settings.engine), ctx.out / "cpu-vllm.log")),
                ("serve_app", lambda: serve_app(ctx.config, ctx.out / "cpu-serve_app.log")),
                (SHARED, lambda: serve_app(ctx.config, ctx.out / f"cpu-{SHARED}.log", {"SERVE_APP_ISOLATE_ENGINE_CPUS": "0"}))]
     results = cpu_share.compare(targets, settings.model.name, str(model_dir), 48 if ctx.quick else 64, ctx.note)

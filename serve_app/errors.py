@@ -1,10 +1,14 @@
-"""The app's exceptions. They carry no live objects, so they pickle across Ray actors unchanged.
+"""The app's exceptions and the one table from exceptions to HTTP statuses and OpenAI error bodies.
 
-Each maps to one HTTP status in ``serve_app.ingress.errors.ERROR_TABLE``; messages are written for the client
-(no paths, no stack traces).
+The exceptions carry no live objects, so they pickle across Ray actors unchanged. Each maps to one HTTP status
+in ``ERROR_TABLE``; messages are written for the client (no paths, no stack traces). The ingress answers with
+this table (serve_app/ingress/errors.py), and the call layer turns a failure in the middle of a stream into
+an in-band error event with it (serve_app/protocol/stream.py).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class AppError(Exception):
@@ -72,3 +76,79 @@ class EngineError(AppError):
         self.status = status
         # Exception pickling replays __init__ with self.args.
         self.args = (message, status, param)
+
+
+# exception class -> HTTP status. Looked up along the class's MRO, so subclasses inherit their base's row.
+ERROR_TABLE: dict[type[BaseException], int] = {
+    InvalidRequest: 400,
+    ModelNotFound: 404,
+    NotFound: 404,
+    Unauthorized: 401,
+    Forbidden: 403,
+    Conflict: 409,
+    PayloadTooLarge: 413,
+    RateLimited: 429,
+    ServiceUnavailable: 503,
+    UpstreamTimeout: 504,
+}
+
+# HTTP status -> OpenAI error type.
+ERROR_TYPES: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    408: "timeout_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "internal_server_error",
+    501: "not_implemented_error",
+    503: "service_unavailable_error",
+    504: "timeout_error",
+}
+
+_MAX_MESSAGE = 2000
+
+
+def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
+    if len(message) > _MAX_MESSAGE:
+        message = message[:_MAX_MESSAGE] + "...[truncated]"
+    err_type = ERROR_TYPES.get(status) or ("invalid_request_error" if status < 500 else "internal_server_error")
+    return {"error": {"message": message, "type": err_type, "param": param, "code": status}}
+
+
+def _ray_unavailable() -> tuple[type[BaseException], ...]:
+    from ray import exceptions as ray_exc
+    from ray.serve import exceptions as serve_exc
+
+    return (
+        ray_exc.RayActorError,
+        ray_exc.ActorUnavailableError,
+        serve_exc.BackPressureError,
+        serve_exc.DeploymentUnavailableError,
+    )
+
+
+def status_for(exc: BaseException) -> int | None:
+    if isinstance(exc, EngineError):
+        return exc.status
+    if isinstance(exc, _ray_unavailable()):
+        # A replica died or is overloaded: the client may retry.
+        return 503
+    for cls in type(exc).__mro__:
+        if cls in ERROR_TABLE:
+            return ERROR_TABLE[cls]
+    return None
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The original exception behind a Ray task error raised by a replica."""
+    from ray.exceptions import RayTaskError
+
+    while isinstance(exc, RayTaskError) and getattr(exc, "cause", None) is not None:
+        exc = exc.cause
+    return exc

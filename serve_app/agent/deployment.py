@@ -18,9 +18,9 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.agent.calculator import calculate
 from serve_app.agent.loop import AgentLoop, ToolResult
 from serve_app.agent.tools import REGISTRY
+from serve_app.calls.handles import awaited
 from serve_app.config.parts import CODE_ACTOR_OPTIONS, deployment_settings
 from serve_app.errors import NotFound
-from serve_app.ingress.relay import awaited
 from serve_app.llm.client import LLMClient
 from serve_app.observability.metrics import metric
 

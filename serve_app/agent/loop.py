@@ -22,7 +22,8 @@ from typing import Any, Protocol
 from opentelemetry import trace
 from pydantic import BaseModel, ValidationError
 
-from serve_app.agent.tools import FINAL, REGISTRY, call_schema
+from serve_app.agent.tools import REGISTRY, call_schema
+from serve_app.config.names import FINAL
 from serve_app.config.prompts import PromptSettings
 from serve_app.config.settings import AgentSettings
 from serve_app.errors import AppError

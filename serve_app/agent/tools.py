@@ -1,7 +1,8 @@
 """The agent's tool registry: names, descriptions and pydantic argument schemas.
 
-Specs only (no Ray, no handles): the configuration validates its allow-list against ``REGISTRY`` and the
-loop builds the JSON schema the engine enforces from it. The deployment binds the implementations.
+Specs only (no Ray, no handles): the configuration validates its allow-list against the names in
+``serve_app.config.names`` (one spec here per name there) and the loop builds the JSON schema the engine
+enforces from it. The deployment binds the implementations.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from serve_app.config.names import TOOLS
 
 
 class _Args(BaseModel):
@@ -57,8 +60,10 @@ REGISTRY: dict[str, ToolSpec] = {
     )
 }
 
-DEFAULT_TOOLS = ("search_documents", "get_document", "calculator", "final_answer")
-FINAL = "final_answer"
+
+# The configuration accepts exactly the names in TOOLS: a tool added on one side only fails here, at import.
+if set(REGISTRY) != set(TOOLS):
+    raise RuntimeError(f"agent tool specs {sorted(REGISTRY)} differ from config.names.TOOLS {sorted(TOOLS)}")
 
 
 def call_schema(names: list[str] | tuple[str, ...]) -> dict[str, Any]:

@@ -6,15 +6,15 @@ the field's name instead of being silently ignored.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
-from serve_app.agent.tools import DEFAULT_TOOLS, FINAL, REGISTRY
+from serve_app.config import paths
 from serve_app.config.prompts import PromptSettings
-from serve_app.llm.model import DEFAULT_MODEL, DEFAULT_MODEL_NAME, TINY_MODEL, TINY_MODEL_NAME
+from serve_app.config.names import (DEFAULT_MODEL, DEFAULT_MODEL_NAME, DEFAULT_TOOLS, FINAL, SERVED_NAMES,
+                                    TINY_MODEL_NAME, TOOLS)
 
 
 class _Strict(BaseModel):
@@ -47,12 +47,13 @@ class ModelSettings(_Strict):
     def name(self) -> str:
         if self.served_name:
             return self.served_name
-        return {DEFAULT_MODEL: DEFAULT_MODEL_NAME, TINY_MODEL: TINY_MODEL_NAME}.get(self.source, self.source)
+        return SERVED_NAMES.get(self.source, self.source)
 
 
 class EngineSettings(_Strict):
-    """vLLM engine arguments. They are turned into `vllm serve` command-line arguments and parsed by vLLM's
-    own parser, so the app's engine and a bare `vllm serve` baseline run with exactly the same arguments."""
+    """vLLM engine arguments. serve_app/llm/engine_args.py turns them into `vllm serve` command-line arguments,
+    which vLLM's own parser reads, so the app's engine and a bare `vllm serve` baseline run with exactly the
+    same arguments."""
 
     dtype: str = Field("bfloat16", description="Weight and activation dtype (vLLM --dtype).")
     max_model_len: int = Field(2048, ge=16, description="Context length in tokens (prompt + output).")
@@ -86,32 +87,6 @@ class EngineSettings(_Strict):
         default_factory=list,
         description="More `vllm serve` arguments, verbatim (e.g. ['--max-num-batched-tokens', '4096']).",
     )
-
-    def cli_args(self, model: str, served_name: str) -> list[str]:
-        """The `vllm serve` arguments this configuration stands for (without the KV-cache env var)."""
-        args = [
-            "--model", model,
-            "--served-model-name", served_name,
-            "--dtype", self.dtype,
-            "--max-model-len", str(self.max_model_len),
-            "--max-num-seqs", str(self.max_num_seqs),
-            "--tensor-parallel-size", str(self.tensor_parallel_size),
-            "--seed", str(self.seed),
-        ]
-        if self.enforce_eager:
-            args.append("--enforce-eager")
-        if self.compact_json:
-            args += ["--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}']
-        if self.gpu_memory_utilization is not None:
-            args += ["--gpu-memory-utilization", str(self.gpu_memory_utilization)]
-        return args + list(self.extra_args)
-
-    def env(self) -> dict[str, str]:
-        """Environment variables the engine needs (read by vLLM's CPU backend; harmless on GPU)."""
-        if self.kv_cache_space_gib is None:
-            return {}
-        # vLLM reads an integer number of GiB.
-        return {"VLLM_CPU_KVCACHE_SPACE": str(max(1, round(self.kv_cache_space_gib)))}
 
 
 class RetrySettings(_Strict):
@@ -214,8 +189,7 @@ class VectorSettings(_Strict):
     def storage_path(self) -> Path:
         if self.path is not None:
             return Path(self.path).expanduser()
-        base = os.environ.get("SERVE_APP_DATA_DIR") or Path.home() / ".local" / "share" / "serve_app"
-        return Path(base) / "vector" / self.backend
+        return paths.vector_dir(self.backend)
 
 
 class RagSettings(_Strict):
@@ -255,7 +229,7 @@ class AgentSettings(_Strict):
     tools: tuple[str, ...] = Field(
         DEFAULT_TOOLS,
         min_length=1,
-        description=f"Allow-list of tools the agent may call; must include {FINAL!r}. Known tools: {sorted(REGISTRY)}.",
+        description=f"Allow-list of tools the agent may call; must include {FINAL!r}. Known tools: {sorted(TOOLS)}.",
     )
     default_max_steps: int = Field(4, ge=1, le=64, description="Steps when the request names no max_steps.")
     max_steps: int = Field(8, ge=1, le=64, description="Largest max_steps a request may ask for.")
@@ -272,9 +246,9 @@ class AgentSettings(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "AgentSettings":
-        unknown = [t for t in self.tools if t not in REGISTRY]
+        unknown = [t for t in self.tools if t not in TOOLS]
         if unknown:
-            raise ValueError(f"unknown tool(s) {unknown} in tools; known tools: {sorted(REGISTRY)}")
+            raise ValueError(f"unknown tool(s) {unknown} in tools; known tools: {sorted(TOOLS)}")
         if FINAL not in self.tools:
             raise ValueError(f"tools must include {FINAL!r}, the tool that ends a run")
         if len(set(self.tools)) != len(self.tools):

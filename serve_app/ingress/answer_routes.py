@@ -10,11 +10,12 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
+from serve_app.calls.handles import open_call
+from serve_app.calls.streams import sse_events
 from serve_app.config.settings import AppSettings
 from serve_app.errors import InvalidRequest, NotFound, UpstreamTimeout
 from serve_app.ingress.fastapi_app import app
 from serve_app.ingress.limits import charge_tokens
-from serve_app.ingress.relay import open_call, sse_events
 from serve_app.protocol.rag import AgentRequest, AgentResponse, RagRequest, RagResponse
 from serve_app.rag.pipeline import RagPipeline
 

@@ -12,16 +12,15 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serve_app.calls.handles import awaited
 from serve_app.config.parts import CODE_ACTOR_OPTIONS, deployment_settings
+from serve_app.errors import ServiceUnavailable, unwrap
 from serve_app.ingress.admin_routes import AdminRoutes, admin_key_digest
 from serve_app.ingress.answer_routes import AnswerRoutes
 from serve_app.ingress.availability import Availability
-from serve_app.errors import ServiceUnavailable
-from serve_app.ingress.errors import unwrap
 from serve_app.ingress.fastapi_app import app
 from serve_app.ingress.limits import RateLimiter, load_keys
 from serve_app.ingress.openai_routes import OpenAIRoutes
-from serve_app.ingress.relay import awaited
 from serve_app.ingress.retrieval_routes import RetrievalRoutes
 from serve_app.llm.client import LLMClient
 from serve_app.observability.metrics import metric

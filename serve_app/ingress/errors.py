@@ -1,4 +1,4 @@
-"""One table from exceptions to HTTP responses, and the FastAPI handlers that apply it.
+"""The FastAPI handlers that answer every error with the one table of ``serve_app.errors``.
 
 Every error leaves the app as an OpenAI-style body ``{"error": {"message", "type", "param", "code"}}``
 where ``code`` is the HTTP status. Messages of unexpected exceptions are never shown to the client.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 from http import HTTPStatus
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,88 +16,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from serve_app import errors as E
+from serve_app.errors import error_body, status_for, unwrap
 from serve_app.llm.errors import from_vllm
 
 logger = logging.getLogger("ray.serve")
 
-# exception class -> HTTP status. Looked up along the class's MRO, so subclasses inherit their base's row.
-ERROR_TABLE: dict[type[BaseException], int] = {
-    E.InvalidRequest: 400,
-    E.ModelNotFound: 404,
-    E.NotFound: 404,
-    E.Unauthorized: 401,
-    E.Forbidden: 403,
-    E.Conflict: 409,
-    E.PayloadTooLarge: 413,
-    E.RateLimited: 429,
-    E.ServiceUnavailable: 503,
-    E.UpstreamTimeout: 504,
-}
-
-# HTTP status -> OpenAI error type.
-ERROR_TYPES: dict[int, str] = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    408: "timeout_error",
-    409: "conflict_error",
-    413: "invalid_request_error",
-    415: "invalid_request_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-    500: "internal_server_error",
-    501: "not_implemented_error",
-    503: "service_unavailable_error",
-    504: "timeout_error",
-}
-
-_MAX_MESSAGE = 2000
-
-
-def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
-    if len(message) > _MAX_MESSAGE:
-        message = message[:_MAX_MESSAGE] + "...[truncated]"
-    err_type = ERROR_TYPES.get(status) or ("invalid_request_error" if status < 500 else "internal_server_error")
-    return {"error": {"message": message, "type": err_type, "param": param, "code": status}}
-
-
 def error_response(status: int, message: str, param: str | None = None, headers=None) -> JSONResponse:
     return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
-
-
-def _ray_unavailable() -> tuple[type[BaseException], ...]:
-    from ray import exceptions as ray_exc
-    from ray.serve import exceptions as serve_exc
-
-    return (
-        ray_exc.RayActorError,
-        ray_exc.ActorUnavailableError,
-        serve_exc.BackPressureError,
-        serve_exc.DeploymentUnavailableError,
-    )
-
-
-def status_for(exc: BaseException) -> int | None:
-    if isinstance(exc, E.EngineError):
-        return exc.status
-    if isinstance(exc, _ray_unavailable()):
-        # A replica died or is overloaded: the client may retry.
-        return 503
-    for cls in type(exc).__mro__:
-        if cls in ERROR_TABLE:
-            return ERROR_TABLE[cls]
-    return None
-
-
-def unwrap(exc: BaseException) -> BaseException:
-    """The original exception behind a Ray task error raised by a replica."""
-    from ray.exceptions import RayTaskError
-
-    while isinstance(exc, RayTaskError) and getattr(exc, "cause", None) is not None:
-        exc = exc.cause
-    return exc
 
 
 def response_for(exc: BaseException) -> JSONResponse:

@@ -25,7 +25,7 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from starlette.exceptions import HTTPException
-from serve_app.ingress.errors import error_body
+from serve_app.errors import error_body
 
 logger = logging.getLogger("ray.serve")
 

@@ -9,13 +9,15 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from serve_app.calls.handles import open_call
+from serve_app.calls.streams import relay_stream
 from serve_app.config.settings import AppSettings
 from serve_app.errors import InvalidRequest, ModelNotFound, NotFound
 from serve_app.ingress.fastapi_app import app
 from serve_app.ingress.limits import charge_tokens
-from serve_app.ingress.relay import open_call, relay_stream
 from serve_app.observability.metrics import metric
 from serve_app.protocol.openai import ChatCompletionRequest, CompletionRequest
+from serve_app.protocol.stream import DONE_DATA, StreamHead, data_of
 
 # OpenAI's documented range; vLLM alone would accept any non-negative temperature.
 _MAX_TEMPERATURE = 2.0
@@ -46,12 +48,13 @@ async def _observed(lines: AsyncIterator[str], route: str, router, arm: str | No
     ok = done = False
     try:
         async for line in lines:
-            if ttft is None and line.startswith("data: "):
+            data = data_of(line)
+            if ttft is None and data is not None:
                 ttft = time.perf_counter() - t0
                 metric("serve_app_llm_time_to_first_token_seconds").observe(ttft, tags={"route": route})
-            if line.startswith('data: {"error"'):
+            if data is not None and data.startswith('{"error"'):
                 ok, done = False, True
-            elif line.startswith("data: [DONE]") and not done:
+            elif data == DONE_DATA and not done:
                 ok, done = True, True
             yield line
     finally:
@@ -73,7 +76,7 @@ def materialized(value: Any) -> Any:
     return value
 
 
-def _served_by(head: dict[str, Any]) -> dict[str, str] | None:
+def _served_by(head: StreamHead) -> dict[str, str] | None:
     # The id of the LLM replica that answered: ties a client's request to the replica's logs and metrics.
     return {"X-Served-By": head["replica"]} if head.get("replica") else None
 

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 from fastapi import Path as PathParam
 
+from serve_app.calls.handles import awaited
 from serve_app.config.settings import AppSettings
 from serve_app.errors import InvalidRequest, ModelNotFound, NotFound, PayloadTooLarge, UpstreamTimeout
 from serve_app.ingress.fastapi_app import app
-from serve_app.ingress.relay import awaited
 from serve_app.protocol.retrieval import IngestRequest, IngestResponse, SearchRequest, SearchResponse, EmbeddingRequest
 
 

@@ -12,10 +12,11 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from serve_app.calls.handles import open_call
 from serve_app.config.settings import IngressSettings
 from serve_app.errors import EngineError
-from serve_app.ingress.relay import open_call
 from serve_app.observability.tracing import span
+from serve_app.protocol.stream import DONE_DATA, StreamHead, data_of
 
 
 def chat_request(body: dict[str, Any]):
@@ -56,16 +57,16 @@ class LLMClient:
         return _deltas(head, gen)
 
 
-async def _deltas(head: dict[str, Any], gen) -> AsyncIterator[str]:
+async def _deltas(head: StreamHead, gen) -> AsyncIterator[str]:
     try:
         if not head.get("stream"):
             yield head["body"]["choices"][0]["message"]["content"] or ""
             return
         async for line in gen:
-            if not line.startswith("data: "):
+            data = data_of(line)
+            if data is None:
                 continue
-            data = line[len("data: "):].strip()
-            if data == "[DONE]":
+            if data == DONE_DATA:
                 return
             event = json.loads(data)
             if "error" in event:

@@ -19,8 +19,10 @@ from ray import serve
 
 from serve_app.config.parts import deployment_settings
 from serve_app.config.settings import AppSettings
+from serve_app.llm import engine_args
 from serve_app.llm.engine import LLMEngine, VLLMEngine
 from serve_app.llm.model import resolve_model
+from serve_app.protocol.stream import head
 
 logger = logging.getLogger("ray.serve")
 
@@ -30,7 +32,7 @@ WATCHDOG_PERIOD_S = 1.0
 
 def vllm_engine_factory(settings: AppSettings) -> LLMEngine:
     model = resolve_model(settings.model.source, settings.model.cache_dir)
-    return VLLMEngine(settings.engine.cli_args(model, settings.model.name), env=settings.engine.env())
+    return VLLMEngine(engine_args.cli_args(settings.engine, model, settings.model.name), env=engine_args.env(settings.engine))
 
 
 def _factory(path: str | None) -> EngineFactory:
@@ -71,7 +73,8 @@ class LLMServer:
                 os._exit(1)
 
     async def generate(self, kind: str, request: Any) -> AsyncGenerator[Any, None]:
-        """Run a chat or completion request. Yields the head, then SSE lines when streaming."""
+        """Run a chat or completion request. Yields the stream head (serve_app/protocol/stream.py), then SSE
+        lines when streaming."""
         if kind == "chat":
             result = await self._engine.chat(request)
         elif kind == "completion":
@@ -79,9 +82,9 @@ class LLMServer:
         else:
             raise ValueError(f"unknown request kind {kind!r}")
         if isinstance(result, dict):
-            yield {"stream": False, "body": result, "replica": self._replica}
+            yield head(False, self._replica, result)
             return
-        yield {"stream": True, "replica": self._replica}
+        yield head(True, self._replica)
         async for line in result:
             yield line
 

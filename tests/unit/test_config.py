@@ -8,6 +8,7 @@ import pytest
 
 from serve_app.config import AppSettings, ConfigError, load_serve_config
 from serve_app.config.loader import validate_app_args
+from serve_app.llm import engine_args
 from serve_app.llm.engine import vllm_serve_args
 
 pytestmark = [pytest.mark.unit, pytest.mark.vllm]  # vllm: runs under `make check-gpu-build` too
@@ -92,13 +93,13 @@ def _no_vllm_device() -> bool:
 @pytest.mark.skipif(_no_vllm_device(), reason="vLLM finds no device it can serve on (GPU build without a GPU)")
 def test_engine_args_parse_with_vllms_parser():
     s = AppSettings.model_validate({"engine": {"max_model_len": 1024, "extra_args": ["--max-num-batched-tokens", "4096"]}})
-    args = vllm_serve_args(s.engine.cli_args("some/model", s.model.name))
+    args = vllm_serve_args(engine_args.cli_args(s.engine, "some/model", s.model.name))
     assert args.model == "some/model"
     assert args.served_model_name == ["SmolLM2-135M-Instruct"]
     assert args.max_model_len == 1024
     assert args.enforce_eager is True
     assert args.max_num_batched_tokens == 4096
-    assert s.engine.env() == {"VLLM_CPU_KVCACHE_SPACE": "1"}
+    assert engine_args.env(s.engine) == {"VLLM_CPU_KVCACHE_SPACE": "1"}
 
 
 def test_served_name_rules():

@@ -10,7 +10,8 @@ from vllm.exceptions import VLLMValidationError
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
 from serve_app import errors as E
-from serve_app.ingress.errors import ERROR_TABLE, error_body, response_for, status_for
+from serve_app.errors import ERROR_TABLE, error_body, status_for
+from serve_app.ingress.errors import response_for
 from serve_app.llm.errors import from_vllm
 
 pytestmark = [pytest.mark.unit, pytest.mark.vllm]  # vllm: runs under `make check-gpu-build` too

@@ -10,11 +10,12 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel
 from ray import exceptions as ray_exc
 
+from serve_app.calls.handles import open_call
+from serve_app.calls.streams import relay_stream
 from serve_app.config.settings import IngressSettings
 from serve_app.errors import ServiceUnavailable, UpstreamTimeout
 from serve_app.ingress.errors import install_error_handlers
 from serve_app.ingress.middleware import BodyLimitMiddleware
-from serve_app.ingress.relay import open_call, relay_stream
 
 pytestmark = [pytest.mark.unit, pytest.mark.vllm]  # vllm: runs under `make check-gpu-build` too
 

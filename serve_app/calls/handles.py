@@ -1,19 +1,17 @@
-"""Calling the LLM deployment from the ingress: retries before the first byte, deadlines, SSE relay."""
+"""Calls on deployment handles: the start of a streaming call with a deadline and retries before its first
+item, and awaiting a response so that cancelling the caller cancels the call on the replica too."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from ray import exceptions as ray_exc
 from ray.serve import exceptions as serve_exc
 
 from serve_app.config.settings import IngressSettings
-from serve_app.errors import AppError, ServiceUnavailable, UpstreamTimeout
-from serve_app.ingress.errors import error_body, status_for, unwrap
+from serve_app.errors import ServiceUnavailable, UpstreamTimeout
 
 logger = logging.getLogger("ray.serve")
 
@@ -61,52 +59,3 @@ async def awaited(response):
         if cancel is not None:
             cancel()
         raise
-
-
-def _error_event(exc: BaseException, generic: str) -> str:
-    """An exception raised mid-stream as one SSE error event; unexpected 5xx causes keep their details in
-    the log, not in the stream."""
-    cause = unwrap(exc)
-    status = status_for(cause) or 503
-    logger.warning("stream failed mid-way: %s", cause)
-    msg = str(cause) if status < 500 or isinstance(cause, AppError) else generic
-    return _sse(error_body(status, msg, getattr(cause, "param", None)))
-
-
-def _sse(obj: dict[str, Any]) -> str:
-    return f"data: {json.dumps(obj)}\n\n"
-
-
-async def relay_stream(gen) -> AsyncGenerator[str, None]:
-    """Relay SSE lines from the replica. A failure mid-stream ends it with an in-band error and [DONE],
-    the way vLLM reports generation errors, so clients never see a silently truncated stream."""
-    done = False
-    try:
-        async for line in gen:
-            if line.startswith("data: [DONE]"):
-                done = True
-            yield line
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - turned into an in-band error event
-        yield _error_event(exc, "the model replica failed during the stream")
-        if not done:
-            yield "data: [DONE]\n\n"
-    finally:
-        # Client gone or stream ended: make sure the replica stops generating (aborts the vLLM request).
-        gen.cancel()
-
-
-async def sse_events(events: AsyncIterator[dict[str, Any]]) -> AsyncGenerator[str, None]:
-    """Serve our own event stream (RAG, agent) as SSE: one JSON object per event, then ``[DONE]``. A
-    failure mid-stream becomes an in-band error event, as in ``relay_stream``."""
-    try:
-        async for event in events:
-            yield _sse(event)
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - turned into an in-band error event
-        yield _error_event(exc, "a component failed during the stream")
-    finally:
-        await events.aclose()
-    yield "data: [DONE]\n\n"

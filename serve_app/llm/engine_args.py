@@ -1,0 +1,37 @@
+"""The engine settings as what vLLM reads: `vllm serve` command-line arguments and environment variables.
+
+Built here, beside the engine, and parsed by vLLM's own parser (``serve_app.llm.engine.vllm_serve_args``), so
+the app's engine and a bare `vllm serve` baseline (benchmarks/) start from exactly the same arguments.
+"""
+
+from __future__ import annotations
+
+from serve_app.config.settings import EngineSettings
+
+
+def cli_args(engine: EngineSettings, model: str, served_name: str) -> list[str]:
+    """The `vllm serve` arguments the settings stand for (without the KV-cache env var)."""
+    args = [
+        "--model", model,
+        "--served-model-name", served_name,
+        "--dtype", engine.dtype,
+        "--max-model-len", str(engine.max_model_len),
+        "--max-num-seqs", str(engine.max_num_seqs),
+        "--tensor-parallel-size", str(engine.tensor_parallel_size),
+        "--seed", str(engine.seed),
+    ]
+    if engine.enforce_eager:
+        args.append("--enforce-eager")
+    if engine.compact_json:
+        args += ["--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}']
+    if engine.gpu_memory_utilization is not None:
+        args += ["--gpu-memory-utilization", str(engine.gpu_memory_utilization)]
+    return args + list(engine.extra_args)
+
+
+def env(engine: EngineSettings) -> dict[str, str]:
+    """Environment variables the engine needs (read by vLLM's CPU backend; harmless on GPU)."""
+    if engine.kv_cache_space_gib is None:
+        return {}
+    # vLLM reads an integer number of GiB.
+    return {"VLLM_CPU_KVCACHE_SPACE": str(max(1, round(engine.kv_cache_space_gib)))}
