@@ -16,7 +16,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     ``serve-app run`` and the release controller deploy) ``args`` only say which components exist and each
     deployment reads its part of the settings from its environment."""
     from serve_app.config.parts import SPLIT_KEY
-    from serve_app.ingress.app import Ingress
+    from serve_app.ingress.deployment import Ingress
     from serve_app.llm.deployment import LLMServer
 
     split = (args or {}).get(SPLIT_KEY)

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from serve_app.errors import Forbidden, Unauthorized
-from serve_app.ingress.admin_routes import admin_key_digest, check_admin
+from serve_app.ingress.admin_gate import admin_key_digest, check_admin
 
 pytestmark = pytest.mark.unit
 
@@ -51,13 +51,13 @@ class _Audit:
         return done()
 
 
-def _routes(digest):
-    from serve_app.ingress.admin_routes import AdminRoutes
+def _gate(digest):
+    from serve_app.ingress.admin_gate import AdminGate
 
-    routes = AdminRoutes()
-    routes._admin_digest = digest
-    routes._controller = type("Controller", (), {"audit": _Audit()})()
-    return routes
+    controller = type("Controller", (), {"audit": _Audit()})()
+    gate = AdminGate(digest, lambda: controller)
+    gate.controller = controller  # for the assertions on its audit calls
+    return gate
 
 
 def _scope(authorization):
@@ -73,27 +73,27 @@ def test_the_gate_authorizes_once_and_the_route_audits_the_caller_it_named(monke
 
     from starlette.requests import Request
 
-    import serve_app.ingress.admin_routes as admin_routes
+    import serve_app.ingress.admin_gate as admin_gate
 
-    routes = _routes(hashlib.sha256(b"s3cret").digest())
+    gate = _gate(hashlib.sha256(b"s3cret").digest())
     scope = _scope("Bearer s3cret")
-    assert asyncio.run(routes.admin_gate(scope)) is None
+    assert asyncio.run(gate.check_scope(scope)) is None
     assert scope["state"]["admin_caller"] == "admin"
     # The route does not hash the key again: it takes the gate's answer.
-    monkeypatch.setattr(admin_routes, "check_admin", lambda *a, **k: pytest.fail("checked twice"))
-    asyncio.run(routes._admin(Request(scope), "status"))
-    assert routes._controller.audit.records == [("admin@10.0.0.7", "status", True, None)]
+    monkeypatch.setattr(admin_gate, "check_admin", lambda *a, **k: pytest.fail("checked twice"))
+    asyncio.run(gate.authorize(Request(scope), "status"))
+    assert gate.controller.audit.records == [("admin@10.0.0.7", "status", True, None)]
 
 
 def test_the_gate_refuses_and_audits_a_wrong_key_and_names_no_caller():
     import asyncio
 
-    routes = _routes(hashlib.sha256(b"s3cret").digest())
+    gate = _gate(hashlib.sha256(b"s3cret").digest())
     scope = _scope("Bearer wrong")
-    status, _ = asyncio.run(routes.admin_gate(scope))
+    status, _ = asyncio.run(gate.check_scope(scope))
     assert status == 401
     assert "admin_caller" not in scope["state"]
-    assert routes._controller.audit.records == [("10.0.0.7", "GET /admin/status", False, "bad or missing key")]
+    assert gate.controller.audit.records == [("10.0.0.7", "GET /admin/status", False, "bad or missing key")]
 
 
 def test_a_route_reached_without_the_gate_still_checks_the_key():
@@ -101,8 +101,8 @@ def test_a_route_reached_without_the_gate_still_checks_the_key():
 
     from starlette.requests import Request
 
-    routes = _routes(hashlib.sha256(b"s3cret").digest())
+    gate = _gate(hashlib.sha256(b"s3cret").digest())
     with pytest.raises(Unauthorized):
-        asyncio.run(routes._admin(Request(_scope("Bearer wrong")), "status"))
-    asyncio.run(routes._admin(Request(_scope("Bearer s3cret")), "status"))
-    assert [r[0] for r in routes._controller.audit.records] == ["10.0.0.7", "admin@10.0.0.7"]
+        asyncio.run(gate.authorize(Request(_scope("Bearer wrong")), "status"))
+    asyncio.run(gate.authorize(Request(_scope("Bearer s3cret")), "status"))
+    assert [r[0] for r in gate.controller.audit.records] == ["10.0.0.7", "admin@10.0.0.7"]

@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
 from serve_app.errors import Forbidden, InvalidRequest, RateLimited, Unauthorized
-from serve_app.ingress.admin_routes import check_admin
+from serve_app.ingress.admin_gate import check_admin
 from serve_app.ingress.errors import install_error_handlers
 from serve_app.ingress.limits import KeyEntry, RateLimiter, TokenBucket, charge_tokens, digest, load_keys
 from serve_app.ingress.middleware import AuthMiddleware, BodyLimitMiddleware

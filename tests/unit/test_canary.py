@@ -6,7 +6,9 @@ import pytest
 
 from serve_app.config.loader import LLM_IMPORT_PATH, ConfigError, validate_serve_config
 from serve_app.config.settings import CanarySettings
-from serve_app.release.canary import CANARY, PRIMARY, ArmStats, CanaryRouter, judge, percentile
+from serve_app.ingress.canary import CanaryRouter
+from serve_app.protocol.canary import CANARY, PRIMARY, ArmStats, percentile
+from serve_app.release.canary import judge
 
 pytestmark = pytest.mark.unit
 

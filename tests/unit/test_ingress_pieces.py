@@ -153,7 +153,7 @@ def test_sampling_limits_come_from_the_settings():
 
     from serve_app.config.settings import AppSettings
     from serve_app.errors import InvalidRequest
-    from serve_app.ingress.openai_routes import check_sampling
+    from serve_app.ingress.llm_serving import check_sampling
 
     settings = AppSettings.model_validate({"ingress": {"max_tokens": 100, "max_n": 2}})
     msgs = [{"role": "user", "content": "hi"}]
@@ -172,7 +172,7 @@ def test_lazily_validated_message_content_is_made_picklable():
 
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
-    from serve_app.ingress.openai_routes import materialized
+    from serve_app.ingress.llm_serving import materialized
 
     # pydantic leaves an empty content list of a developer message as a ValidatorIterator (not picklable).
     req = ChatCompletionRequest.model_validate({"messages": [{"content": [], "role": "developer"}]})

@@ -1,0 +1,157 @@
+"""What the ingress's routes work with: the settings, the handles of the other deployments, the clients and
+plans built on them, the canary split, and the LLM's availability gate. One object per Ingress replica, made
+by its constructor (serve_app/ingress/deployment.py) and handed to each route by FastAPI's dependency
+injection (``context``), the way vLLM's OpenAI server hands its routes the serving objects in ``app.state``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Request
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.calls.handles import awaited
+from serve_app.config.settings import AppSettings
+from serve_app.errors import InvalidRequest, NotFound, UpstreamTimeout, unwrap
+from serve_app.ingress.availability import Availability
+from serve_app.ingress.canary import CanaryRouter
+from serve_app.llm.client import LLMClient
+from serve_app.observability.metrics import metric
+from serve_app.rag.pipeline import RagPipeline
+
+logger = logging.getLogger("ray.serve")
+
+
+class IngressContext:
+    def __init__(self, settings: AppSettings, llm: DeploymentHandle | None, vector: DeploymentHandle | None = None,
+                 embedder: DeploymentHandle | None = None, agent: DeploymentHandle | None = None,
+                 controller_lookup: Callable[[], Any] | None = None):
+        """``controller_lookup``: finds (or starts) the release controller's actor; called on first use."""
+        self.settings, self.llm, self.vector, self.embedder, self.agent = settings, llm, vector, embedder, agent
+        self.release = settings.release
+        self._lookup, self._controller = controller_lookup, None
+        self.metrics_url: str | None = None  # this node's metrics exporter (GET /metrics), looked up once
+        self.rag: RagPipeline | None = None
+        if llm is not None and settings.rag.enabled:
+            search = self.search if vector is not None else None
+            self.rag = RagPipeline(LLMClient(llm, settings.model.name, settings.ingress), search, settings.rag,
+                                   settings.prompts)
+        self.router: CanaryRouter | None = None
+        self._reporter: asyncio.Task | None = None
+        self.llm_availability = Availability(lambda: awaited(self.llm.health.remote()), 2.0,
+                                             settings.ingress.health_timeout_s,
+                                             settings.ingress.llm_fail_fast_s) if llm is not None else None
+        self._shown_release: str | None = None
+        self.set_release(settings.release)
+
+    # -- the release and the canary split ---------------------------------------------------------------
+
+    def set_release(self, release: str) -> None:
+        # Also refreshed on every /healthz and /metrics call: a value set only in the constructor was not
+        # exported by Ray 2.60's agent (values set while handling requests are).
+        info = metric("serve_app_release_info")
+        if self._shown_release not in (None, release):
+            info.set(0, tags={"release": self._shown_release})
+        info.set(1, tags={"release": release})
+        self._shown_release = self.release = release
+
+    def set_canary(self, canary: dict[str, Any] | None, canary_handle) -> None:
+        """The canary split of the ingress's ``user_config`` (None: no canary out). ``canary_handle(app)`` gives
+        the canary application's LLM handle."""
+        if not canary or self.llm is None:
+            self.router = None
+        elif self.router is None or self.router.release != int(canary["release"]) \
+                or self.router.share != float(canary["share"]):
+            self.router = CanaryRouter(self.llm, canary_handle(canary["app"]), float(canary["share"]),
+                                       int(canary["release"]))
+
+    def canary_reporter(self) -> None:
+        """Send the canary counts to the release controller every 2 s while a canary is out."""
+        if self._reporter is None or self._reporter.done():
+            self._reporter = asyncio.get_running_loop().create_task(self._report_canary())
+
+    async def _report_canary(self) -> None:
+        router = self.router
+        while router is not None:
+            await asyncio.sleep(2.0)
+            data = router.flush()
+            if data is not None:
+                try:
+                    await asyncio.wait_for(self.release_controller().canary_report.remote(router.release, data), 10)
+                except Exception:  # noqa: BLE001 - the counts of one interval are lost; serving goes on
+                    logger.warning("could not report canary counts to the release controller", exc_info=True)
+            if self.router is not router:
+                router = self.router
+
+    def release_controller(self):
+        if self._controller is None:
+            if self._lookup is None:
+                raise NotFound("no release controller in this deployment")
+            self._controller = self._lookup()
+        return self._controller
+
+    def forget_release_controller(self) -> None:
+        """Look the controller up again on the next call (it did not answer: restarted, or not started yet)."""
+        self._controller = None
+
+    # -- what routes need of the other deployments -------------------------------------------------------
+
+    def require_llm(self) -> DeploymentHandle:
+        if self.llm is None:
+            raise NotFound("the LLM is disabled in this deployment")
+        return self.llm
+
+    def llm_gate(self) -> None:
+        """Refuse an LLM request at once (503) while the LLM has had no healthy replica for a while."""
+        if self.llm_availability is not None:
+            self.llm_availability.check()
+
+    async def vector_call(self, call: Callable[[DeploymentHandle], Any], handle: DeploymentHandle | None = None):
+        """``call(handle)`` on the vector store (or ``handle``, e.g. the embedder) within the vector tier's
+        deadline; 404 when the retrieval tier is not deployed."""
+        handle = handle or self.vector
+        if handle is None:
+            raise NotFound("the retrieval tier is disabled in this deployment")
+        try:
+            return await asyncio.wait_for(awaited(call(handle)), self.settings.vector.timeout_s)
+        except asyncio.TimeoutError:
+            raise UpstreamTimeout(f"the vector tier did not answer within {self.settings.vector.timeout_s:g}s") from None
+
+    async def search(self, query: str, top_k: int, filter_: dict[str, Any] | None) -> list[dict[str, Any]]:
+        return await awaited(self.vector.search.remote(query, top_k, filter_, None))
+
+    async def probe(self, call) -> dict[str, Any]:
+        """One component's health: ``{"status": "ok", **detail}`` or ``{"status": "unhealthy", "error": ...}``."""
+        try:
+            # awaited(): a probe that times out is cancelled, not left queued for a replica that may never come.
+            detail = await asyncio.wait_for(awaited(call), self.settings.ingress.health_timeout_s)
+            return {"status": "ok", **detail}
+        except asyncio.TimeoutError:
+            return {"status": "unhealthy", "error": "health probe timed out"}
+        except Exception as exc:  # noqa: BLE001 - any failure means unhealthy
+            cause = unwrap(exc)
+            return {"status": "unhealthy", "error": f"{type(cause).__name__}: {cause}"[:300]}
+
+
+def context(request: Request) -> IngressContext:
+    """FastAPI dependency: the replica's IngressContext."""
+    return request.app.state.context
+
+
+async def deadline(coro, seconds: float, what: str):
+    try:
+        return await asyncio.wait_for(coro, seconds)
+    except asyncio.TimeoutError:
+        raise UpstreamTimeout(f"{what} did not finish within {seconds:g}s") from None
+
+
+def bounded(value: int | None, default: int, limit: int, param: str) -> int:
+    """A request's optional count (top_k, max_steps, ...) or its default, checked against its limit."""
+    value = default if value is None else value
+    if not 1 <= value <= limit:
+        raise InvalidRequest(f"{param} must be between 1 and {limit}", param)
+    return value

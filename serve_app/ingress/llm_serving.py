@@ -1,0 +1,112 @@
+"""Serving chat and completion requests: the OpenAI request checked against the settings, sent to the LLM
+deployment (or, while a canary is out, to the canary's share), answered whole or relayed as a stream with its
+time to first token measured and its outcome counted for the canary."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from serve_app.calls.handles import open_call
+from serve_app.calls.streams import relay_stream
+from serve_app.config.settings import AppSettings
+from serve_app.errors import InvalidRequest, ModelNotFound
+from serve_app.ingress.context import IngressContext
+from serve_app.observability.metrics import metric
+from serve_app.protocol.stream import DONE_DATA, StreamHead, data_of
+
+# OpenAI's documented range; vLLM alone would accept any non-negative temperature.
+_MAX_TEMPERATURE = 2.0
+
+
+def check_sampling(req: Any, settings: AppSettings) -> None:
+    n = getattr(req, "n", None)
+    if n is not None and not 1 <= n <= settings.ingress.max_n:
+        raise InvalidRequest(f"n must be between 1 and {settings.ingress.max_n}", "n")
+    t = getattr(req, "temperature", None)
+    if t is not None and not 0.0 <= t <= _MAX_TEMPERATURE:
+        raise InvalidRequest(f"temperature must be between 0 and {_MAX_TEMPERATURE:g}", "temperature")
+    for field in ("max_tokens", "max_completion_tokens"):
+        value = getattr(req, field, None)
+        if value is not None and value < 1:
+            raise InvalidRequest(f"{field} must be at least 1", field)
+        cap = settings.ingress.max_tokens
+        if value is not None and cap is not None and value > cap:
+            raise InvalidRequest(f"{field} must be at most {cap}", field)
+    if req.model is not None and req.model != settings.model.name:
+        raise ModelNotFound(f"The model `{req.model}` does not exist.", "model")
+
+
+async def _observed(lines: AsyncIterator[str], route: str, router, arm: str | None, t0: float) -> AsyncIterator[str]:
+    """Relay a stream, recording the time to its first event (TTFT) and, while a canary is out, its side's
+    outcome: whether it ended with [DONE] and no error event (a client that leaves early records none)."""
+    ttft = None
+    ok = done = False
+    try:
+        async for line in lines:
+            data = data_of(line)
+            if ttft is None and data is not None:
+                ttft = time.perf_counter() - t0
+                metric("serve_app_llm_time_to_first_token_seconds").observe(ttft, tags={"route": route})
+            if data is not None and data.startswith('{"error"'):
+                ok, done = False, True
+            elif data == DONE_DATA and not done:
+                ok, done = True, True
+            yield line
+    finally:
+        if done and router is not None:
+            router.record(arm, ok, None if ttft is None else ttft * 1000)
+
+
+def materialized(value: Any) -> Any:
+    """``value`` with every lazily validated iterable made a list. pydantic validates an ``Iterable[...]``
+    field (OpenAI's message types declare content parts and tool calls so) into a ValidatorIterator, which
+    cannot be pickled to the LLM replica: e.g. ``"content": []`` in a message. Iterating it here validates
+    it; its errors are the client's (400)."""
+    if type(value).__name__ == "ValidatorIterator":
+        value = list(value)
+    if isinstance(value, dict):
+        return {k: materialized(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [materialized(v) for v in value]
+    return value
+
+
+def _served_by(head: StreamHead) -> dict[str, str] | None:
+    # The id of the LLM replica that answered: ties a client's request to the replica's logs and metrics.
+    return {"X-Served-By": head["replica"]} if head.get("replica") else None
+
+
+async def generate(ctx: IngressContext, kind: str, req: Any):
+    """Run a chat or completion request on the LLM deployment (or the canary's share of them on the canary):
+    the whole answer as one JSON body, or the stream relayed as server-sent events."""
+    ctx.require_llm()
+    ctx.llm_gate()
+    route = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
+    # While a canary is out, a share of requests goes to its LLM and each side's outcome is recorded
+    # (serve_app/ingress/canary.py).
+    router = ctx.router
+    arm, handle = router.pick() if router is not None else (None, ctx.llm)
+    if router is not None:
+        ctx.canary_reporter()
+    t0 = time.perf_counter()
+    try:
+        head, gen = await open_call(handle.generate, (kind, req), ctx.settings.ingress)
+    except Exception:
+        if router is not None:
+            router.record(arm, ok=False)
+        raise
+    if not head.get("stream"):
+        if router is not None:
+            router.record(arm, ok=True)
+        usage = head["body"].get("usage") or {}
+        for field, name in (("prompt_tokens", "serve_app_llm_prompt_tokens"),
+                            ("completion_tokens", "serve_app_llm_output_tokens")):
+            if usage.get(field):  # Ray's counters refuse an increment of 0
+                metric(name).inc(usage[field], tags={"route": route})
+        return JSONResponse(head["body"], headers=_served_by(head))
+    return StreamingResponse(_observed(relay_stream(gen), route, router, arm, t0), media_type="text/event-stream",
+                             headers=_served_by(head))

@@ -1,0 +1,65 @@
+"""API keys of the public API and the admin API's gate, checked before the body is read."""
+
+from __future__ import annotations
+
+import math
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from serve_app.ingress.middleware.common import refuse
+
+
+OPEN_PATHS = frozenset({"/healthz", "/livez"})
+
+
+def bearer(headers) -> str | None:
+    for key, value in headers:
+        if key == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return None
+
+
+class AuthMiddleware:
+    """API keys of the public API (off unless ``app.state.api_keys`` holds keys; see ingress/limits.py).
+
+    Every route but ``/healthz`` and ``/livez`` then needs ``Authorization: Bearer <key>`` of a known key;
+    ``/admin/*`` has its own check (the admin key, or an API key with the admin scope): ``app.state.admin_gate``,
+    set by the Ingress, runs here too, so an unauthorized admin call is refused before its body is read or
+    validated. The key's request bucket is charged here; its token bucket by the routes that generate, which
+    know ``max_tokens``. The key's entry is left in ``request.state.api_key``."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = getattr(scope.get("app"), "state", None)
+        keys = getattr(state, "api_keys", None)
+        path = scope.get("path", "")
+        if scope["type"] == "http" and (path == "/admin" or path.startswith("/admin/")):
+            gate = getattr(state, "admin_gate", None)
+            refusal = await gate(scope) if gate is not None else None
+            if refusal is not None:
+                await refuse(send, *refusal)
+                return
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http" or not keys or path in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        from serve_app.ingress.limits import digest
+        from serve_app.observability.metrics import metric
+
+        token = bearer(scope.get("headers", ()))
+        entry = keys.get(digest(token)) if token else None
+        if entry is None:
+            await refuse(send, 401, "missing or unknown API key (Authorization: Bearer <key>)")
+            return
+        scope.setdefault("state", {})["api_key"] = entry
+        kind, wait = state.limiter.admit(entry, requests=1)
+        if kind is not None:
+            metric("serve_app_rate_limited_requests").inc(tags={"limit": kind})
+            await refuse(send, 429, f"rate limit of this API key reached ({entry.requests_per_minute:g} requests per "
+                          "minute); retry later", [(b"retry-after", str(max(1, math.ceil(wait))).encode())])
+            return
+        await self.app(scope, receive, send)

@@ -1,0 +1,50 @@
+"""413 for a body over the limit, before anything reads or parses it."""
+
+from __future__ import annotations
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serve_app.ingress.middleware.common import refuse
+
+
+class BodyLimitMiddleware:
+    """413 for bodies over the limit: early from Content-Length, else while the body streams in.
+
+    The limit is read from ``app.state.max_body_bytes`` (set by the Ingress replica from its settings), so
+    the module-level FastAPI app can carry the middleware before any settings exist.
+    """
+
+    def __init__(self, app: ASGIApp, default_max_bytes: int = 4 * 1024 * 1024):
+        self.app = app
+        self.default_max_bytes = default_max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = getattr(scope.get("app"), "state", None)
+        max_bytes = getattr(state, "max_body_bytes", None) or self.default_max_bytes
+        for key, value in scope.get("headers", ()):
+            if key == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0
+                if declared > max_bytes:
+                    await refuse(send, 413, f"request body is larger than {max_bytes} bytes")
+                    return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > max_bytes:
+                    # Raised into whoever reads the body. An HTTPException, because FastAPI's body parsing
+                    # re-raises those but turns anything else into a generic 400.
+                    raise HTTPException(413, f"request body is larger than {max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)

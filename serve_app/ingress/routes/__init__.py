@@ -1,0 +1,9 @@
+"""The public HTTP API, one thin router per resource: validate against the settings, call a deployment
+through the call layer (serve_app/calls), answer. What a route needs comes from the replica's
+IngressContext (serve_app/ingress/context.py) through FastAPI's dependency injection."""
+
+from serve_app.ingress.routes import (admin, agent, chat, completions, documents, embeddings, health, models, rag,
+                                      search)
+
+ROUTERS = [health.router, models.router, chat.router, completions.router, embeddings.router, documents.router,
+           search.router, rag.router, agent.router, admin.router]

@@ -1,0 +1,75 @@
+"""/admin: releases, rollback, scale, status, audit. Thin: the gate authorizes and audits
+(serve_app/ingress/admin_gate.py), then the release controller (serve_app/release/controller.py) acts."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+from fastapi import APIRouter, Request
+
+from serve_app.errors import InvalidRequest
+from serve_app.ingress.admin_gate import AdminGate
+from serve_app.protocol.admin import DeployRequest, RollbackRequest, ScaleRequest
+
+router = APIRouter()
+
+
+def gate(request: Request) -> AdminGate:
+    return request.app.state.admin
+
+
+@router.get("/admin/status")
+async def admin_status(request: Request):
+    c = await gate(request).authorize(request, "status")
+    return await c.status.remote()
+
+
+@router.get("/admin/releases")
+async def admin_releases(request: Request):
+    c = await gate(request).authorize(request, "list releases")
+    return {"object": "list", "data": await c.releases.remote()}
+
+
+@router.get("/admin/releases/{n}")
+async def admin_release(n: int, request: Request):
+    c = await gate(request).authorize(request, f"get release {n}")
+    return await c.release.remote(n)
+
+
+@router.post("/admin/releases", status_code=202)
+async def admin_deploy(request: Request):
+    c = await gate(request).authorize(request, "deploy")
+    raw = await request.body()
+    ctype = request.headers.get("content-type", "")
+    try:
+        data = yaml.safe_load(raw) if "yaml" in ctype else json.loads(raw or b"null")
+    except (ValueError, yaml.YAMLError) as exc:
+        raise InvalidRequest(f"the body is not valid {'YAML' if 'yaml' in ctype else 'JSON'}: {exc}"[:300]) from None
+    if isinstance(data, dict) and "applications" in data:
+        data = {"config": data}
+    try:
+        body = DeployRequest.model_validate(data)
+    except Exception as exc:  # pydantic ValidationError
+        raise InvalidRequest(f"invalid release request: {exc}"[:1000], "config") from None
+    actor = request.client.host if request.client else "?"
+    return await c.deploy.remote(body.config, f"admin@{actor}", body.note, canary=body.canary)
+
+
+@router.post("/admin/rollback", status_code=202)
+async def admin_rollback(body: RollbackRequest, request: Request):
+    c = await gate(request).authorize(request, "rollback")
+    return await c.rollback.remote(f"admin@{request.client.host if request.client else '?'}", body.release)
+
+
+@router.post("/admin/scale", status_code=202)
+async def admin_scale(body: ScaleRequest, request: Request):
+    c = await gate(request).authorize(request, f"scale {body.deployment}")
+    actor = f"admin@{request.client.host if request.client else '?'}"
+    return await c.scale.remote(body.deployment, body.replicas, body.factor, actor)
+
+
+@router.get("/admin/audit")
+async def admin_audit(request: Request):
+    c = await gate(request).authorize(request, "audit")
+    return {"object": "list", "data": await c.audit_log.remote()}

@@ -1,0 +1,45 @@
+"""POST /v1/embeddings: OpenAI's embeddings API, answered by the Embedder deployment."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Depends
+
+from serve_app.errors import InvalidRequest, ModelNotFound, NotFound
+from serve_app.ingress.context import IngressContext, context
+from serve_app.protocol.retrieval import EmbeddingRequest
+
+router = APIRouter()
+
+
+@router.post("/v1/embeddings")
+async def embeddings(body: EmbeddingRequest, ctx: IngressContext = Depends(context)):
+    s = ctx.settings.vector
+    if ctx.embedder is None:
+        raise NotFound("the retrieval tier is disabled in this deployment")
+    if body.model is not None and body.model != s.embedder_name:
+        raise ModelNotFound(f"The model `{body.model}` does not exist.", "model")
+    texts = [body.input] if isinstance(body.input, str) else list(body.input)
+    if not texts or any(not t for t in texts):
+        raise InvalidRequest("input must be a non-empty string or a list of non-empty strings", "input")
+    if len(texts) > s.max_embedding_inputs:
+        raise InvalidRequest(f"at most {s.max_embedding_inputs} inputs per request", "input")
+    vecs, tokens = await ctx.vector_call(lambda e: e.embed_with_usage.remote(texts), ctx.embedder)
+    if body.dimensions is not None and body.dimensions != vecs.shape[1]:
+        raise InvalidRequest(f"{s.embedder_name} only produces {vecs.shape[1]} dimensions", "dimensions")
+    data = []
+    for i, v in enumerate(vecs):
+        if body.encoding_format == "base64":
+            emb: Any = base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode()
+        else:
+            emb = v.tolist()
+        data.append({"object": "embedding", "index": i, "embedding": emb})
+    return {
+        "object": "list",
+        "data": data,
+        "model": s.embedder_name,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }

@@ -1,0 +1,56 @@
+"""POST /v1/rag: a cited answer from the documents (serve_app/rag/pipeline.py plans it), as one JSON body or
+as server-sent events (sources, then tokens, then timings)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+
+from serve_app.calls.streams import sse_events
+from serve_app.errors import NotFound
+from serve_app.ingress.context import IngressContext, bounded, context, deadline
+from serve_app.ingress.limits import charge_tokens
+from serve_app.protocol.rag import RagRequest, RagResponse
+
+router = APIRouter()
+
+
+@router.post("/v1/rag", response_model=RagResponse)
+async def rag_answer(body: RagRequest, request: Request, ctx: IngressContext = Depends(context)):
+    rag = ctx.rag
+    if rag is None:
+        raise NotFound("RAG is disabled in this deployment (it needs the model and rag.enabled)")
+    ctx.llm_gate()
+    s = ctx.settings.rag
+    top_k = bounded(body.top_k, s.default_top_k, s.max_top_k, "top_k")
+    max_tokens = bounded(body.max_tokens, s.answer_max_tokens, s.answer_max_tokens, "max_tokens")
+    charge_tokens(request, max_tokens + (s.draft_max_tokens if s.draft else 0))
+    if not body.stream:
+        async def whole() -> dict[str, Any]:
+            prep = await rag.prepare(body.question, top_k, body.filter, body.plan)
+            return await rag.answer(prep, max_tokens)
+
+        out = await deadline(whole(), s.timeout_s, "the RAG answer")
+        return {"object": "rag.answer", **out, "plan": body.plan, "release": ctx.release}
+
+    async def first() -> AsyncIterator[dict[str, Any]]:
+        # Everything up to the first answer token happens before the response starts, so a failure
+        # there still gets its own status code instead of an in-band error.
+        prep = await rag.prepare(body.question, top_k, body.filter, body.plan)
+        return await rag.open_stream(prep, max_tokens)
+
+    events = await deadline(first(), s.timeout_s, "the RAG answer")
+    return StreamingResponse(sse_events(_tag(events, body.plan, ctx.release)), media_type="text/event-stream")
+
+
+async def _tag(events: AsyncIterator[dict[str, Any]], plan: str, release: str) -> AsyncIterator[dict[str, Any]]:
+    try:
+        async for e in events:
+            if e["type"] == "done":
+                e = {**e, "plan": plan, "release": release}
+            yield e
+    finally:
+        await events.aclose()
