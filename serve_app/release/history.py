@@ -3,6 +3,11 @@
 A release row holds the whole Serve config that was deployed, so any release can be deployed again
 exactly. Rows are written before anything is applied and updated with the outcome, so a controller that
 dies mid-deploy leaves a row that says so.
+
+Each row also holds the schema version its config was written in (serve_app/config/versions.py): the
+history gives configs back as they were stored, and whoever deploys one migrates it first
+(release/plan.py ``stored_config``). Databases from before the column get it on opening, with version 1 for
+their rows, which is what those rows are.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from serve_app.config.versions import CURRENT_VERSION
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS releases (
@@ -26,7 +33,8 @@ CREATE TABLE IF NOT EXISTS releases (
     changed TEXT NOT NULL,         -- what differs from the release it replaced (JSON list)
     status TEXT NOT NULL,          -- deploying | good | failed | superseded-while-deploying
     outcome TEXT,
-    rolled_back_to INTEGER
+    rolled_back_to INTEGER,
+    schema_version INTEGER NOT NULL DEFAULT 1  -- of the config (config/versions.py); 1 for rows from before it
 );
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -37,6 +45,11 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT
 );
 """
+# Added after the first databases were written: ``_upgrade`` adds it to those (the default is their version).
+_ADDED_COLUMNS = {"schema_version": "INTEGER NOT NULL DEFAULT 1"}
+_COLUMNS = ["n", "created_at", "finished_at", "actor", "kind", "note", "config", "changed", "status", "outcome",
+            "rolled_back_to", "schema_version"]
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM releases"
 
 
 class History:
@@ -48,20 +61,31 @@ class History:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Add the columns a database written by an older serve_app lacks (CREATE TABLE IF NOT EXISTS keeps
+        an existing table as it is)."""
+        with self._lock:
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(releases)")}
+            for name, decl in _ADDED_COLUMNS.items():
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE releases ADD COLUMN {name} {decl}")
 
     def _row(self, row) -> dict[str, Any]:
-        keys = ["n", "created_at", "finished_at", "actor", "kind", "note", "config", "changed", "status", "outcome",
-                "rolled_back_to"]
-        d = dict(zip(keys, row))
+        d = dict(zip(_COLUMNS, row))
         d["config"] = json.loads(d["config"])
         d["changed"] = json.loads(d["changed"])
         return d
 
     def add(self, *, actor: str, kind: str, note: str | None, config: dict, changed: list[str], status: str) -> int:
+        """Record a release; ``config`` is in the shape this code deploys (schema ``CURRENT_VERSION``)."""
         with self._lock:
             cur = self._db.execute(
-                "INSERT INTO releases (created_at, actor, kind, note, config, changed, status) VALUES (?,?,?,?,?,?,?)",
-                (time.time(), actor, kind, note, json.dumps(config, sort_keys=True), json.dumps(changed), status),
+                "INSERT INTO releases (created_at, actor, kind, note, config, changed, status, schema_version) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                (time.time(), actor, kind, note, json.dumps(config, sort_keys=True), json.dumps(changed), status,
+                 CURRENT_VERSION),
             )
             return int(cur.lastrowid)
 
@@ -73,15 +97,15 @@ class History:
             )
 
     def get(self, n: int) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT * FROM releases WHERE n=?", (n,)).fetchone()
+        row = self._db.execute(f"{_SELECT} WHERE n=?", (n,)).fetchone()
         return self._row(row) if row else None
 
     def list(self, limit: int = 100) -> list[dict[str, Any]]:
-        rows = self._db.execute("SELECT * FROM releases ORDER BY n DESC LIMIT ?", (limit,)).fetchall()
+        rows = self._db.execute(f"{_SELECT} ORDER BY n DESC LIMIT ?", (limit,)).fetchall()
         return [self._row(r) for r in rows]
 
     def last_good(self, before: int | None = None) -> dict[str, Any] | None:
-        q, args = "SELECT * FROM releases WHERE status='good'", ()
+        q, args = f"{_SELECT} WHERE status='good'", ()
         if before is not None:
             q, args = q + " AND n<?", (before,)
         row = self._db.execute(q + " ORDER BY n DESC LIMIT 1", args).fetchone()

@@ -1,0 +1,79 @@
+"""The Serve gateway: the one place the release package talks to Serve.
+
+``ServeGateway`` is what the release controller's state machines need from Serve, and nothing more: read
+Serve's details of the running applications, apply a whole config in place, and probe one deployment's
+health. ``RayServeGateway`` implements it with Serve's controller client (the private API ``serve deploy``
+itself uses: Serve has no public call that applies a multi-application config in place); the unit tests
+implement it with a fake (tests/fakes/serve_gateway.py).
+
+Configs given to and read back from the gateway are plain (serve_app/config/parts.py): splitting the
+settings per deployment is how this app hands a config to Serve, so it happens here, on the way in.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import time
+from typing import Any, Awaitable
+
+from serve_app.config.parts import split
+from serve_app.release.plan import PROBES
+
+
+class ServeGateway(abc.ABC):
+    #: How long Serve lets a replica finish its requests when it stops, for a deployment that sets no
+    #: ``graceful_shutdown_timeout_s`` (Serve's default).
+    default_graceful_shutdown_s: float
+
+    @abc.abstractmethod
+    def details(self) -> dict[str, Any]:
+        """Serve's details of every application (``serve status``'s data): ``{"applications": {name:
+        {"status", "message", "last_deployed_time_s", "deployed_app_config", "deployments": {...}}}, ...}``.
+        Blocking: async callers run it in a thread."""
+
+    @abc.abstractmethod
+    async def apply(self, config: dict[str, Any]) -> float:
+        """Start deploying the whole plain ``config`` in place (what ``serve deploy`` does) and return the
+        wall-clock time just before it was handed over, to compare with ``last_deployed_time_s``."""
+
+    @abc.abstractmethod
+    def probe(self, app: str, deployment: str) -> Awaitable[Any]:
+        """One health probe of ``deployment`` of application ``app`` (its method in ``plan.PROBES``).
+
+        Finding the deployment happens at once (and raises if Serve has none by that name); the call itself
+        happens when the result is awaited, so the caller bounds it with its own deadline."""
+
+
+def _client():
+    from ray.serve.context import _get_global_client
+
+    return _get_global_client()
+
+
+class RayServeGateway(ServeGateway):
+    def __init__(self):
+        from ray.serve._private.constants import DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S
+
+        self.default_graceful_shutdown_s = DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S
+
+    def details(self) -> dict[str, Any]:
+        return _client().get_serve_details()
+
+    async def apply(self, config: dict[str, Any]) -> float:
+        from ray.serve.schema import ServeDeploySchema
+
+        started = time.time()
+        schema = ServeDeploySchema.model_validate(split(config))
+        await asyncio.to_thread(_client().deploy_apps, schema, _blocking=False)
+        return started
+
+    def probe(self, app: str, deployment: str) -> Awaitable[Any]:
+        from ray import serve
+
+        handle = serve.get_deployment_handle(deployment, app)
+
+        async def call() -> Any:
+            return await getattr(handle, PROBES[deployment]).remote()
+
+        return call()

@@ -1,0 +1,204 @@
+"""Release planning: what a release is made of and what is applied for it, as functions of plain configs
+(dicts in the Serve config format) and settings. Nothing here calls Serve (release/gateway.py does) or waits
+(release/rollout.py does); every function answers from its arguments alone.
+
+``app`` is always the name of the release's application in the Serve config; its canary runs next to it as
+the application ``canary_name(app)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from serve_app.config.loader import APP_IMPORT_PATH, LLM_IMPORT_PATH, ConfigError, deployment_names, \
+    validate_serve_config
+from serve_app.config.parts import join
+from serve_app.config.settings import AppSettings, CanarySettings
+from serve_app.config.versions import migrate
+from serve_app.errors import InvalidRequest, NotFound
+
+# The method of each deployment that answers a health probe (the watch after a rollout, a canary's window).
+PROBES = {"LLMServer": "health", "VectorStore": "health", "Embedder": "info", "Agent": "health"}
+
+
+def canary_name(app: str) -> str:
+    return f"{app}-canary"
+
+
+def app_entry(config: dict, app: str) -> dict:
+    for a in config["applications"]:
+        if a["name"] == app:
+            return a
+    raise InvalidRequest(f"the release has no application named {app!r}", "applications")
+
+
+def app_settings(config: dict, app: str) -> AppSettings:
+    return AppSettings.model_validate(app_entry(config, app).get("args") or {})
+
+
+def stored_config(release: dict[str, Any]) -> dict:
+    """A stored release's config in the shape this code deploys: migrated from the schema version it was
+    stored in. Every read of a stored config for a deploy or a rollback goes through here."""
+    try:
+        return migrate(release["config"], release["schema_version"])
+    except ConfigError as exc:
+        raise InvalidRequest(f"release {release['n']} cannot be deployed: {exc}", "release") from None
+
+
+def drain_bound_s(app: dict[str, Any], default_s: float) -> float:
+    """The longest a replica of this application may take to stop (finish its requests) after Serve tells it
+    to, from the deployed deployments' options in Serve's application details (``default_s``: Serve's own
+    bound for a deployment that sets none)."""
+    configs = [d.get("deployment_config") or {} for d in (app.get("deployments") or {}).values()]
+    bounds = [c.get("graceful_shutdown_timeout_s", default_s) for c in configs]
+    return float(max(bounds, default=0.0))
+
+
+def changed(old: dict | None, new: dict) -> list[str]:
+    """What differs between two entries of the release's application (``old`` None: a first release)."""
+    if old is None:
+        return ["everything"]
+    out = []
+    oa, na = old.get("args") or {}, new.get("args") or {}
+    for key in sorted(set(oa) | set(na)):
+        if oa.get(key) != na.get(key):
+            out.append(f"args.{key}")
+    od = {d["name"]: d for d in old.get("deployments") or []}
+    nd = {d["name"]: d for d in new.get("deployments") or []}
+    for name in sorted(set(od) | set(nd)):
+        a = {k: v for k, v in (od.get(name) or {}).items() if k != "user_config"}
+        b = {k: v for k, v in (nd.get(name) or {}).items() if k != "user_config"}
+        if a != b:
+            out.append(f"deployments.{name}")
+    for key in ("import_path", "runtime_env", "route_prefix"):
+        if old.get(key) != new.get(key):
+            out.append(key)
+    return out
+
+
+def deployed_config(details: dict[str, Any], app: str) -> dict[str, Any]:
+    """The plain config Serve runs, from Serve's details (its canary application left out)."""
+    apps = [a["deployed_app_config"] for name, a in details["applications"].items()
+            if a.get("deployed_app_config") and name != canary_name(app)]
+    config = {"applications": apps}
+    if details.get("proxy_location"):
+        config["proxy_location"] = details["proxy_location"]
+    if details.get("http_options"):
+        config["http_options"] = details["http_options"]
+    return validate_serve_config(join(config), "deployed config")[0].model_dump(mode="json", exclude_unset=True)
+
+
+def release_config(base: dict, config: dict, app: str) -> tuple[dict, AppSettings]:
+    """The whole config a submitted release deploys: ``base`` (what runs) with the release's application
+    replaced, validated exactly like a config file. Returns it with the application's settings."""
+    # Serve's global options stay as they run (they cannot change in place); the application is the release.
+    new_app = None
+    for a in (config.get("applications") or []):
+        if isinstance(a, dict) and a.get("name", app) == app:
+            new_app = a
+    if new_app is None:
+        raise InvalidRequest(f"the release must contain the application {app!r}", "applications")
+    if isinstance(config.get("logging_config"), dict) and not new_app.get("logging_config"):
+        # Serve's global options are not part of a release, but the logging a file asks for is kept.
+        new_app = {**new_app, "logging_config": config["logging_config"]}
+    full = {**{k: v for k, v in base.items() if k != "applications"},
+            "applications": [a for a in base["applications"] if a["name"] not in (app, canary_name(app))]
+            + [{**new_app, "name": app}]}
+    try:
+        schema, settings = validate_serve_config(full, "release")
+    except ConfigError as exc:
+        raise InvalidRequest(str(exc).replace("invalid config release: ", ""), "config") from None
+    full = schema.model_dump(mode="json", exclude_unset=True)
+    if app_entry(full, app).get("import_path") != APP_IMPORT_PATH:
+        raise InvalidRequest(f"the application must use import_path {APP_IMPORT_PATH}", "import_path")
+    return full, settings[app]
+
+
+def canary_settings(overrides: dict[str, Any], new: AppSettings, current_config: dict | None,
+                    app: str) -> CanarySettings:
+    """The settings a canary of a release with settings ``new`` runs with (``overrides`` over the release's
+    own ``releases.canary``), checked against the current release (``current_config``, None: there is none)."""
+    if current_config is None:
+        raise InvalidRequest("a canary needs a current good release to compare with", "canary")
+    try:
+        cs = CanarySettings.model_validate({**new.releases.canary.model_dump(), **overrides})
+    except Exception as exc:  # pydantic ValidationError: name the field
+        raise InvalidRequest(f"invalid canary settings: {exc}"[:600], "canary") from None
+    old = app_settings(current_config, app)
+    if not (new.model.enabled and old.model.enabled):
+        raise InvalidRequest("a canary compares two LLMs: both releases need model.enabled", "canary")
+    if new.model.name != old.model.name:
+        # Clients name the model in every request; both sides must answer to the same name.
+        raise InvalidRequest(f"a canary must serve the same model name as the current release "
+                             f"({old.model.name!r}, not {new.model.name!r})", "model.served_name")
+    return cs
+
+
+def scaled(config: dict, app: str, deployment: str, replicas: int | None,
+           factor: float | None) -> tuple[dict, str]:
+    """The release's application with one deployment scaled (to ``replicas``, or by ``factor``), and what
+    was done, in words."""
+    entry_app = app_entry(config, app)
+    settings = AppSettings.model_validate(entry_app.get("args") or {})
+    if deployment not in deployment_names(settings):
+        raise NotFound(f"the application has no deployment {deployment!r}", "deployment")
+    deps = [dict(d) for d in entry_app.get("deployments") or []]
+    entry = next((d for d in deps if d["name"] == deployment), None)
+    if entry is None:
+        entry = {"name": deployment}
+        deps.append(entry)
+    auto = entry.get("autoscaling_config")
+    if replicas is not None and isinstance(auto, dict):
+        # Pinned through the autoscaling bounds: removing autoscaling_config would change the application's
+        # code version in Serve's eyes (it hashes the deployments' autoscaling policies) and restart everything.
+        entry["autoscaling_config"] = {**auto, "min_replicas": replicas, "max_replicas": max(replicas, 1)}
+        what = f"{deployment} to {replicas} replicas (autoscaling bounds {replicas}..{max(replicas, 1)})"
+    elif replicas is not None:
+        entry["num_replicas"] = replicas
+        what = f"{deployment} to {replicas} replicas"
+    elif isinstance(auto, dict):
+        lo = max(0, math.floor(auto.get("min_replicas", 1) * factor))
+        hi = max(1, math.ceil(auto.get("max_replicas", 1) * factor))
+        entry["autoscaling_config"] = {**auto, "min_replicas": min(lo, hi), "max_replicas": hi}
+        what = f"{deployment} autoscaling bounds ×{factor:g}: {lo}..{hi}"
+    else:
+        n = entry.get("num_replicas", 1)
+        entry["num_replicas"] = max(1, round((n if isinstance(n, int) else 1) * factor))
+        what = f"{deployment} to {entry['num_replicas']} replicas (×{factor:g})"
+    return {**entry_app, "deployments": deps}, what
+
+
+def label(config: dict, app: str, n: int, canary: dict | None = None, canary_app: dict | None = None) -> dict:
+    """The config to apply for release ``n`` (``config`` labelled with it)."""
+    # The ingress shows the release number, and routes a share to a canary: both through user_config
+    # (reconfigure, no restart). ``canary_app`` is added as a second application.
+    entry = app_entry(config, app)
+    deps = [dict(d) for d in entry.get("deployments") or []]
+    ingress = next((d for d in deps if d["name"] == "Ingress"), None)
+    if ingress is None:
+        ingress = {"name": "Ingress"}
+        deps.append(ingress)
+    user_config = {k: v for k, v in (ingress.get("user_config") or {}).items() if k != "canary"}
+    ingress["user_config"] = {**user_config, "release": str(n)} | ({"canary": canary} if canary else {})
+    entry = {**entry, "deployments": deps}
+    apps = [a if a["name"] != app else entry for a in config["applications"] if a["name"] != canary_name(app)]
+    return {**config, "applications": apps + ([canary_app] if canary_app else [])}
+
+
+def canary_application(config: dict, app: str, share: float) -> dict:
+    """The new release's LLM deployment as an application of its own (no HTTP route)."""
+    entry = app_entry(config, app)
+    llm = [dict(d) for d in entry.get("deployments") or [] if d["name"] == "LLMServer"]
+    for d in llm:
+        # Sized to its share of the traffic, not to the whole load: a fixed replica count (at least one).
+        auto = d.pop("autoscaling_config", None)
+        base = d.get("num_replicas") if isinstance(d.get("num_replicas"), int) else \
+            (auto or {}).get("min_replicas", 1) if isinstance(auto, dict) else 1
+        d["num_replicas"] = max(1, math.ceil(max(base, 1) * share))
+    out = {"name": canary_name(app), "import_path": LLM_IMPORT_PATH, "route_prefix": None,
+           "args": entry.get("args") or {}, "deployments": llm}
+    for key in ("runtime_env", "logging_config"):
+        if entry.get(key):
+            out[key] = entry[key]
+    return out

@@ -1,0 +1,70 @@
+"""Serve without Ray: a ``ServeGateway`` (serve_app/release/gateway.py) that keeps the applied applications in
+memory, so the release controller's state machines run their real flows in unit tests.
+
+Faults are produced on demand, which a real Serve cannot do: an apply that raises (``fail_apply``), a
+deployment that stays UPDATING for a while after each apply (``ready_after_s``, on the injected clock), a
+failing or hanging health probe (``on_probe``). Every application is reported with the deployments its config
+lists; the configs it is given and reports back are plain (the real gateway splits them on the way to Serve).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Awaitable, Callable
+
+from serve_app.release.gateway import ServeGateway
+from tests.fakes.clock import FakeClock
+
+
+class FakeServeGateway(ServeGateway):
+    default_graceful_shutdown_s = 20  # Serve's DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S
+
+    def __init__(self, apps: dict[str, dict], clock: FakeClock | None = None, ready_after_s: float = 0.0,
+                 graceful_shutdown_s: float | None = None):
+        self.clock = clock or FakeClock()
+        self.apps = copy.deepcopy(apps)  # name → the plain application config Serve runs
+        self.deployed_at = self.clock()
+        self.applied: list[dict[str, Any]] = []  # every applied config, in order
+        self.probes: list[tuple[str, str]] = []  # every (application, deployment) probed, in order
+        self.fail_apply = 0  # the next this many applies raise, as when Serve is unreachable
+        self.ready_after_s = ready_after_s  # deployments are UPDATING this long after each apply
+        self.graceful_shutdown_s = graceful_shutdown_s  # reported in each deployment's options when set
+        # Called with each applied config, after it is applied.
+        self.on_apply: Callable[[dict[str, Any]], None] | None = None
+        # Awaited by each probe: raising fails the probe, never returning hangs it.
+        self.on_probe: Callable[[str, str], Awaitable[None]] | None = None
+
+    def details(self) -> dict[str, Any]:
+        ready = self.clock() - self.deployed_at >= self.ready_after_s
+        apps = {}
+        for name, config in self.apps.items():
+            deployments = {}
+            for d in config.get("deployments") or []:
+                deployment: dict[str, Any] = {"status": "HEALTHY" if ready else "UPDATING",
+                                              "status_trigger": "CONFIG_UPDATE_COMPLETED" if ready
+                                              else "CONFIG_UPDATE_STARTED"}
+                if self.graceful_shutdown_s is not None:
+                    deployment["deployment_config"] = {"graceful_shutdown_timeout_s": self.graceful_shutdown_s}
+                deployments[d["name"]] = deployment
+            apps[name] = {"status": "RUNNING" if ready else "DEPLOYING", "last_deployed_time_s": self.deployed_at,
+                          "deployed_app_config": copy.deepcopy(config), "deployments": deployments}
+        return {"applications": apps}
+
+    async def apply(self, config: dict[str, Any]) -> float:
+        if self.fail_apply:
+            self.fail_apply -= 1
+            raise RuntimeError("Serve is unreachable")
+        self.applied.append(copy.deepcopy(config))
+        self.apps = {a["name"]: copy.deepcopy(a) for a in config["applications"]}
+        self.deployed_at = self.clock()
+        if self.on_apply is not None:
+            self.on_apply(config)
+        return self.deployed_at
+
+    def probe(self, app: str, deployment: str) -> Awaitable[Any]:
+        async def call() -> None:
+            self.probes.append((app, deployment))
+            if self.on_probe is not None:
+                await self.on_probe(app, deployment)
+
+        return call()
