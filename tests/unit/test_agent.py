@@ -16,7 +16,8 @@ import pytest
 
 from serve_app.agent.calculator import CalculatorError, calculate
 from serve_app.agent.loop import AgentLoop, ToolResult
-from serve_app.agent.tools import DEFAULT_TOOLS, REGISTRY, call_schema
+from serve_app.agent.tools import REGISTRY, call_schema
+from serve_app.config.names import DEFAULT_TOOLS
 from serve_app.config.prompts import PromptSettings
 from serve_app.config.settings import AgentSettings
 
