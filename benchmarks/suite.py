@@ -47,6 +47,8 @@ from typing import Any, Callable
 import httpx
 
 from benchmarks._servers import ROOT, bare_vllm, engine_setup, serve_app
+from serve_app.admin_client import AdminClient
+from serve_app.cli import HelpFormatter
 from serve_app.llm import engine_args
 from benchmarks.report import machine, report, versions, write_csv
 
@@ -68,8 +70,7 @@ class Context:
     def app(self) -> dict[str, Any]:
         if self._app is None and self.url:
             # A running app (e.g. on a cluster, the suite submitted as a Ray job): used as it is.
-            admin = self._stack.enter_context(httpx.Client(
-                base_url=self.url, headers={"Authorization": f"Bearer {self.admin_key or ''}"}, timeout=120))
+            admin = self._stack.enter_context(AdminClient(self.url, self.admin_key))
             model = httpx.get(f"{self.url}/v1/models").json()["data"][0]["id"]
             self._app = {"url": self.url, "ready_s": 0.0, "admin": admin, "model": model}
         if self._app is None:
@@ -77,8 +78,7 @@ class Context:
             key = secrets.token_hex(16)
             env = {"SERVE_APP_DATA_DIR": data, "SERVE_APP_ADMIN_KEY": key}
             url, ready_s = self._stack.enter_context(serve_app(self.config, self.out / "app.log", env=env))
-            admin = self._stack.enter_context(
-                httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120))
+            admin = self._stack.enter_context(AdminClient(url, key))
             model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
             self._app = {"url": url, "ready_s": ready_s, "admin": admin, "model": model}
         return self._app
@@ -233,7 +233,7 @@ def autoscaling(ctx: Context) -> dict:
 
     app = ctx.app()
     admin, url = app["admin"], app["url"]
-    base = _current_config(admin)
+    base = admin.current_config()
     config = copy.deepcopy(base)
     for d in config["applications"][0]["deployments"]:
         if d["name"] == "Agent":
@@ -311,7 +311,7 @@ def rollout(ctx: Context) -> dict:
 
     app = ctx.app()
     admin, url, model = app["admin"], app["url"], app["model"]
-    base = _current_config(admin)
+    base = admin.current_config()
     good = copy.deepcopy(base)
     good["applications"][0]["args"]["rag"]["default_top_k"] = 3
     bad = copy.deepcopy(base)
@@ -471,35 +471,27 @@ def _pyplot():
     return plt
 
 
-def _current_config(admin: httpx.Client) -> dict:
-    n = admin.get("/admin/status").json()["current_release"]
-    return copy.deepcopy(admin.get(f"/admin/releases/{n}").json()["config"])
+def _deploy(admin: AdminClient, config: dict, note: str) -> dict:
+    from benchmarks.releases import FOLLOW_TIMEOUT_S
 
-
-def _deploy(admin: httpx.Client, config: dict, note: str) -> dict:
-    from benchmarks.releases import follow
-
-    r = admin.post("/admin/releases", json={"config": config, "note": note})
-    r.raise_for_status()
-    rel = follow(admin, r.json()["release"])
+    rel = admin.follow(admin.deploy(config, note)["release"], FOLLOW_TIMEOUT_S)
     if rel["status"] != "good":
         raise RuntimeError(f"release for the benchmark failed: {rel['outcome']}")
     return rel
 
 
-def _replicas(admin: httpx.Client, name: str) -> int:
+def _replicas(admin: AdminClient, name: str) -> int:
     try:
-        return admin.get("/admin/status").json()["deployments"][name]["running_replicas"]
+        return admin.status()["deployments"][name]["running_replicas"]
     except (httpx.HTTPError, KeyError, ValueError):
         return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="serve-app bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="serve-app bench", description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=f"any of: {', '.join(SCENARIOS)} (default: all)")
     ap.add_argument("--quick", action="store_true", help="smaller sweeps (a smoke run, minutes)")
-    ap.add_argument("--config", default="configs/dev-cpu.yaml")
+    ap.add_argument("--config", default="configs/dev-cpu.yaml", help="Serve config file of the apps the suite starts")
     ap.add_argument("--out", default=None, help="result folder (default: benchmarks/results/<date>)")
     ap.add_argument("--report-only", action="store_true", help="run nothing: rebuild the report from the JSON "
                     "files already in the result folder")

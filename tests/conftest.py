@@ -30,6 +30,7 @@ import httpx
 import pytest
 import yaml
 
+from serve_app.admin_client import AdminClient
 from tests.procs import stop_tree
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -203,5 +204,7 @@ def admin_key():
 
 @pytest.fixture(scope="session")
 def admin(app_url):
-    with httpx.Client(base_url=app_url, timeout=120, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as c:
+    """The admin API with the session app's key: AdminClient's calls (status(), deploy(), follow()…) and,
+    being an httpx.Client, raw get/post for tests that check status codes and bodies themselves."""
+    with AdminClient(app_url, ADMIN_KEY, timeout=120) as c:
         yield c

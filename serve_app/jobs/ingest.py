@@ -1,6 +1,7 @@
 """Batch ingest as a Ray job: a folder of .txt/.md files or a JSONL file into the running app's vector store.
 
     ray job submit --address http://HEAD:8265 --working-dir . -- python -m serve_app.jobs.ingest PATH
+    serve-app ingest PATH        (the same as a command: on a node of the cluster, or with --address)
 
 Each file becomes one document (id: its path relative to PATH; metadata: source and suffix); a JSONL file
 holds one {"id", "text", "metadata"} object per line. Documents are validated with the same model as
@@ -71,16 +72,22 @@ def send_with_retry(handle, batch: list[Document], attempts: int, backoff_s: flo
     raise AssertionError("unreachable")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m serve_app.jobs.ingest", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("path", type=Path)
-    p.add_argument("--app", default="serve_app", help="Serve application name")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--attempts", type=int, default=4)
-    p.add_argument("--backoff", type=float, default=1.0)
-    p.add_argument("--address", default=None, help="Ray address (default: the job's cluster, or a local one)")
-    ns = p.parse_args(argv)
+class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and each option's default."""
 
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The job's options, on its own parser and on `serve-app ingest`'s."""
+    p.add_argument("path", type=Path, help="a folder of .txt/.md files, or a .jsonl file")
+    p.add_argument("--app", default="serve_app", help="Serve application name")
+    p.add_argument("--batch-size", type=int, default=32, help="documents per call of the VectorStore deployment")
+    p.add_argument("--attempts", type=int, default=4, help="tries of a batch before the job fails")
+    p.add_argument("--backoff", type=float, default=1.0, help="seconds before the first retry (doubled each time)")
+    p.add_argument("--address", default=None, help="Ray address (none: the job's cluster, or a local one)")
+
+
+def run(ns: argparse.Namespace) -> int:
+    """Ingest ns.path (the options of add_arguments); prints the counts, returns the exit status."""
     import ray
     from ray import serve
     from tqdm import tqdm
@@ -100,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
             bar.update(len(batch))
     print(json.dumps({"documents": done_docs, "chunks": done_chunks}))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m serve_app.jobs.ingest", description=__doc__, formatter_class=_Help)
+    add_arguments(p)
+    return run(p.parse_args(argv))
 
 
 if __name__ == "__main__":

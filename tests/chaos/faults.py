@@ -1,13 +1,16 @@
-"""What the fault-injection tests share: waiting for the app, following releases, finding the process of a
-Serve component in the session app's process tree (ended by process id, never by name)."""
+"""What the fault-injection tests share: waiting for the app, following releases (through the admin client,
+serve_app/admin_client.py), finding the process of a Serve component in the session app's process tree
+(ended by process id, never by name)."""
 
 from __future__ import annotations
 
-import copy
 import time
+from collections.abc import Callable
 
 import httpx
 import psutil
+
+from serve_app.admin_client import AdminClient, AdminError
 
 
 def wait_healthy(http: httpx.Client, timeout_s: float = 300) -> dict:
@@ -23,51 +26,51 @@ def wait_healthy(http: httpx.Client, timeout_s: float = 300) -> dict:
     raise AssertionError(f"the app was not healthy again within {timeout_s:g}s")
 
 
-def follow(admin: httpx.Client, n: int, timeout_s: float = 600) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        r = admin.get(f"/admin/releases/{n}")
-        assert r.status_code == 200, r.text
-        if r.json()["status"] != "deploying":
-            return r.json()
-        time.sleep(0.5)
-    raise AssertionError(f"release {n} still deploying after {timeout_s}s")
+def follow(admin: AdminClient, n: int, timeout_s: float = 600) -> dict:
+    """Release n once it has settled; it must be readable (200) and settle within timeout_s."""
+    try:
+        return admin.follow(n, timeout_s)
+    except (AdminError, TimeoutError) as exc:
+        raise AssertionError(str(exc)) from None
 
 
-def current_config(admin: httpx.Client) -> dict:
-    n = admin.get("/admin/status").json()["current_release"]
-    return copy.deepcopy(admin.get(f"/admin/releases/{n}").json()["config"])
+def current_config(admin: AdminClient) -> dict:
+    return admin.current_config()
 
 
-def _good(admin: httpx.Client, r: httpx.Response) -> dict:
-    """Follow the release an accepted admin call started; it must end good."""
-    assert r.status_code == 202, r.text
-    rel = follow(admin, r.json()["release"])
+def _good(admin: AdminClient, start: Callable[[], dict]) -> dict:
+    """Follow the release an admin call started: the call must be accepted (202, else the client raises
+    AdminError) and the release must end good."""
+    try:
+        accepted = start()
+    except AdminError as exc:
+        raise AssertionError(str(exc)) from None
+    rel = follow(admin, accepted["release"])
     assert rel["status"] == "good", rel
     return rel
 
 
-def deploy(admin: httpx.Client, config: dict, note: str) -> dict:
-    return _good(admin, admin.post("/admin/releases", json={"config": config, "note": note}))
+def deploy(admin: AdminClient, config: dict, note: str) -> dict:
+    return _good(admin, lambda: admin.deploy(config, note))
 
 
-def scale(admin: httpx.Client, deployment: str, replicas: int) -> dict:
-    return _good(admin, admin.post("/admin/scale", json={"deployment": deployment, "replicas": replicas}))
+def scale(admin: AdminClient, deployment: str, replicas: int) -> dict:
+    return _good(admin, lambda: admin.scale(deployment, replicas))
 
 
-def running_replicas(admin: httpx.Client, deployment: str) -> int:
-    d = admin.get("/admin/status").json()["deployments"][deployment]
+def running_replicas(admin: AdminClient, deployment: str) -> int:
+    d = admin.status()["deployments"][deployment]
     return d["running_replicas"] if d["status"] == "HEALTHY" else -1
 
 
-def wait_replicas(admin: httpx.Client, deployment: str, n: int, timeout_s: float = 300) -> float:
+def wait_replicas(admin: AdminClient, deployment: str, n: int, timeout_s: float = 300) -> float:
     """Wait until the deployment is HEALTHY with n running replicas; returns the time it happened."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             if running_replicas(admin, deployment) == n:
                 return time.time()
-        except (httpx.HTTPError, KeyError, ValueError):
+        except (httpx.HTTPError, KeyError, ValueError):  # AdminError is an httpx.HTTPError
             pass
         time.sleep(0.5)
     raise AssertionError(f"{deployment} did not reach {n} healthy replicas within {timeout_s:g}s")
