@@ -45,7 +45,7 @@ def test_t1_killing_an_llm_replica_fails_only_its_requests_in_flight(two_llm_rep
     replicas = llm_replica_pids(http, 2)
     victim, pid = sorted(replicas.items())[0]
     engine_pids = [c.pid for c in psutil.Process(pid).children(recursive=True)]
-    with Load(app_url, model_name, clients=4, stream_tokens=48) as load:
+    with Load(app_url, model_name, clients=2, stream_tokens=48) as load:
         load.wait_for(8, started_after=0)  # both replicas busy, streams open
         t_kill = time.time()
         os.kill(pid, signal.SIGKILL)
@@ -55,7 +55,7 @@ def test_t1_killing_an_llm_replica_fails_only_its_requests_in_flight(two_llm_rep
     engine_gone = gone(engine_pids, 30)
 
     summary = load.summary(fault_at=t_kill)
-    reliability.record("T1", "LLM replica killed (SIGKILL), 2 replicas, 4 clients", **summary,
+    reliability.record("T1", "LLM replica killed (SIGKILL), 2 replicas, 2 clients", **summary,
                        replaced_after_s=round(recovered_at - t_kill, 1),
                        engine_core_exited_with_replica=engine_gone)
     failed = load.failed()

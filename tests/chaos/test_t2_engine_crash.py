@@ -41,7 +41,7 @@ def test_t2_engine_crash_ends_streams_in_band_and_the_replica_is_replaced(app_ur
     before = wait_healthy(http)["components"]["llm"]
     (replica, pid), = llm_replica_pids(http, 1).items()
     core = _engine_core(pid)
-    with Load(app_url, model_name, clients=4, stream_tokens=200, plain_tokens=32) as load:
+    with Load(app_url, model_name, clients=2, stream_tokens=200, plain_tokens=32) as load:
         load.wait_for(4, started_after=0)  # streams open when the engine goes
         t_crash = time.time()
         core.send_signal(signal.SIGKILL)
@@ -51,7 +51,7 @@ def test_t2_engine_crash_ends_streams_in_band_and_the_replica_is_replaced(app_ur
 
     after = health["components"]["llm"]
     summary = load.summary(fault_at=t_crash)
-    reliability.record("T2", "engine-core process killed (SIGKILL), 1 replica, 4 clients", **summary,
+    reliability.record("T2", "engine-core process killed (SIGKILL), 1 replica, 2 clients", **summary,
                        reported_unhealthy_after_s=None if unhealthy_at is None else round(unhealthy_at - t_crash, 1),
                        replaced_and_healthy_after_s=round(t_back - t_crash, 1))
     assert after["pid"] != pid and after["started_at"] > before["started_at"], "the replica was not replaced"

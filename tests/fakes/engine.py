@@ -9,9 +9,9 @@ import time
 from serve_app.errors import EngineError
 from serve_app.llm.engine import LLMEngine
 
-# Shorter than the release watch of the test config (tests/conftest.py: releases.watch_s 3), which must see
-# two failed probes in a row.
-HEALTHY_FOR_S = 2.0
+# Well inside the release watch of the test config (tests/conftest.py: releases.watch_s 2, a probe a second),
+# which must see two failed probes in a row.
+HEALTHY_FOR_S = 1.0
 
 
 class TurnsUnhealthyEngine(LLMEngine):
