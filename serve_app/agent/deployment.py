@@ -18,7 +18,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.agent.calculator import calculate
 from serve_app.agent.loop import AgentLoop, ToolResult
 from serve_app.agent.tools import REGISTRY
-from serve_app.calls.handles import awaited
+from serve_app.calls.handles import call
 from serve_app.config.parts import CODE_ACTOR_OPTIONS, deployment_settings
 from serve_app.errors import NotFound
 from serve_app.llm.client import LLMClient
@@ -40,7 +40,7 @@ class Tools:
         return self.vector
 
     async def search_documents(self, args) -> ToolResult:
-        hits = await awaited(self._store().search.remote(args.query, args.top_k, None, None))
+        hits = await call(self._store(), "search", args.query, args.top_k, None, None)
         if not hits:
             return ToolResult("no matching passages")
         per_hit = max(80, self.chars // len(hits))
@@ -49,14 +49,14 @@ class Tools:
         return ToolResult("\n".join(lines), sources)
 
     async def get_document(self, args) -> ToolResult:
-        doc = await awaited(self._store().get_document.remote(args.document_id))
+        doc = await call(self._store(), "get_document", args.document_id)
         return ToolResult(doc["text"], [{"document_id": doc["id"], "chunk_id": None, "score": None}])
 
     async def calculator(self, args) -> ToolResult:
         return ToolResult(str(calculate(args.expression)))
 
     async def delete_document(self, args) -> ToolResult:
-        out = await awaited(self._store().delete_document.remote(args.document_id))
+        out = await call(self._store(), "delete_document", args.document_id)
         return ToolResult(f"deleted {out['id']} ({out['chunks']} chunks)")
 
     def bound(self, names) -> dict[str, Any]:

@@ -1,10 +1,18 @@
-"""Calls on deployment handles: the start of a streaming call with a deadline and retries before its first
-item, and awaiting a response so that cancelling the caller cancels the call on the replica too."""
+"""Calls on deployment (and actor) handles — the only place of the app that makes them: one call awaited with
+an optional deadline, so that cancelling the caller cancels the call on the replica too; the start of a
+streaming call with a deadline and retries before its first item.
+
+The retry loop is written out rather than taken from tenacity: what may be retried is decided per attempt by
+where the failure happened (before the stream's first item, on a replica that died) and every failed attempt
+must cancel its own stream; as a loop this is a dozen lines, as tenacity's AsyncRetrying the same conditions
+would be spread over callbacks. The backoff doubles per attempt with "equal jitter" (half fixed, half random),
+so callers that failed together do not all come back at the same instant."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from typing import Any
 
 from ray import exceptions as ray_exc
@@ -19,6 +27,27 @@ logger = logging.getLogger("ray.serve")
 # to send again. Ray Serve's router already retries rejections and picks live replicas; this covers a
 # replica that dies after it accepted the request.
 RETRYABLE = (ray_exc.ActorDiedError, ray_exc.ActorUnavailableError, ray_exc.RayActorError)
+
+
+def jittered(delay_s: float) -> float:
+    return delay_s / 2 + random.uniform(0, delay_s / 2)
+
+
+async def call(handle, method: str, *args, timeout_s: float | None = None, **kwargs) -> Any:
+    """``handle.method.remote(*args, **kwargs)`` awaited; past ``timeout_s`` (when given) the call is cancelled
+    and UpstreamTimeout raised."""
+    response = getattr(handle, method).remote(*args, **kwargs)
+    if timeout_s is None:
+        return await awaited(response)
+    try:
+        return await asyncio.wait_for(awaited(response), timeout_s)
+    except asyncio.TimeoutError:
+        raise UpstreamTimeout(f"{method} did not answer within {timeout_s:g}s") from None
+
+
+def call_blocking(handle, method: str, *args, timeout_s: float, **kwargs) -> Any:
+    """The same from synchronous code (a Ray job's driver): wait for the result at most ``timeout_s``."""
+    return getattr(handle, method).remote(*args, **kwargs).result(timeout_s=timeout_s)
 
 
 async def open_call(method, args: tuple, settings: IngressSettings) -> tuple[dict[str, Any], Any]:
@@ -38,7 +67,7 @@ async def open_call(method, args: tuple, settings: IngressSettings) -> tuple[dic
             if attempt == retry.attempts:
                 raise ServiceUnavailable("the model replica is unavailable; retry later") from exc
             logger.warning("replica failed before answering (attempt %d/%d): %s", attempt, retry.attempts, exc)
-            await asyncio.sleep(min(delay, retry.max_backoff_s))
+            await asyncio.sleep(jittered(min(delay, retry.max_backoff_s)))
             delay *= 2
         except (serve_exc.BackPressureError, serve_exc.DeploymentUnavailableError) as exc:
             gen.cancel()

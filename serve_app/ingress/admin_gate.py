@@ -12,7 +12,6 @@ caller's body is never read; the route then records the call under the caller th
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import os
@@ -21,6 +20,7 @@ from typing import Any
 
 from fastapi import Request
 
+from serve_app.calls.handles import call
 from serve_app.errors import Forbidden, Unauthorized
 
 
@@ -93,6 +93,6 @@ class AdminGate:
 
     async def audit(self, actor: str, action: str, allowed: bool, detail: str | None) -> None:
         try:
-            await asyncio.wait_for(self._controller().audit.remote(actor, action, allowed, detail), 10)
+            await call(self._controller(), "audit", actor, action, allowed, detail, timeout_s=10)
         except Exception:  # noqa: BLE001 - the audit must not turn a refusal into a 500
             pass

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import Request
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.calls.handles import awaited
+from serve_app.calls.handles import call
 from serve_app.config.settings import AppSettings
 from serve_app.errors import InvalidRequest, NotFound, UpstreamTimeout, unwrap
 from serve_app.ingress.availability import Availability
@@ -42,7 +42,7 @@ class IngressContext:
                                    settings.prompts)
         self.router: CanaryRouter | None = None
         self._reporter: asyncio.Task | None = None
-        self.llm_availability = Availability(lambda: awaited(self.llm.health.remote()), 2.0,
+        self.llm_availability = Availability(lambda: call(self.llm, "health"), 2.0,
                                              settings.ingress.health_timeout_s,
                                              settings.ingress.llm_fail_fast_s) if llm is not None else None
         self._shown_release: str | None = None
@@ -81,7 +81,7 @@ class IngressContext:
             data = router.flush()
             if data is not None:
                 try:
-                    await asyncio.wait_for(self.release_controller().canary_report.remote(router.release, data), 10)
+                    await call(self.release_controller(), "canary_report", router.release, data, timeout_s=10)
                 except Exception:  # noqa: BLE001 - the counts of one interval are lost; serving goes on
                     logger.warning("could not report canary counts to the release controller", exc_info=True)
             if self.router is not router:
@@ -110,27 +110,27 @@ class IngressContext:
         if self.llm_availability is not None:
             self.llm_availability.check()
 
-    async def vector_call(self, call: Callable[[DeploymentHandle], Any], handle: DeploymentHandle | None = None):
-        """``call(handle)`` on the vector store (or ``handle``, e.g. the embedder) within the vector tier's
+    async def vector_call(self, method: str, *args, handle: DeploymentHandle | None = None):
+        """``method(*args)`` on the vector store (or ``handle``, e.g. the embedder) within the vector tier's
         deadline; 404 when the retrieval tier is not deployed."""
         handle = handle or self.vector
         if handle is None:
             raise NotFound("the retrieval tier is disabled in this deployment")
         try:
-            return await asyncio.wait_for(awaited(call(handle)), self.settings.vector.timeout_s)
+            return await asyncio.wait_for(call(handle, method, *args), self.settings.vector.timeout_s)
         except asyncio.TimeoutError:
             raise UpstreamTimeout(f"the vector tier did not answer within {self.settings.vector.timeout_s:g}s") from None
 
     async def search(self, query: str, top_k: int, filter_: dict[str, Any] | None) -> list[dict[str, Any]]:
-        return await awaited(self.vector.search.remote(query, top_k, filter_, None))
+        return await call(self.vector, "search", query, top_k, filter_, None)
 
-    async def probe(self, call) -> dict[str, Any]:
+    async def probe(self, handle, method: str) -> dict[str, Any]:
         """One component's health: ``{"status": "ok", **detail}`` or ``{"status": "unhealthy", "error": ...}``."""
         try:
-            # awaited(): a probe that times out is cancelled, not left queued for a replica that may never come.
-            detail = await asyncio.wait_for(awaited(call), self.settings.ingress.health_timeout_s)
+            # A probe that times out is cancelled, not left queued for a replica that may never come.
+            detail = await call(handle, method, timeout_s=self.settings.ingress.health_timeout_s)
             return {"status": "ok", **detail}
-        except asyncio.TimeoutError:
+        except UpstreamTimeout:
             return {"status": "unhealthy", "error": "health probe timed out"}
         except Exception as exc:  # noqa: BLE001 - any failure means unhealthy
             cause = unwrap(exc)

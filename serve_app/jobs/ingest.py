@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from serve_app.calls.handles import call_blocking
 from serve_app.protocol.retrieval import Document
 
 SUFFIXES = {".txt", ".md"}
@@ -62,7 +63,7 @@ def send_with_retry(handle, batch: list[Document], attempts: int, backoff_s: flo
     payload = [d.model_dump() for d in batch]
     for attempt in range(1, attempts + 1):
         try:
-            return handle.ingest.remote(payload).result(timeout_s=300)
+            return call_blocking(handle, "ingest", payload, timeout_s=300)
         except Exception as exc:  # noqa: BLE001 - any failure of a batch is retried, then reported
             if attempt == attempts:
                 raise

@@ -17,6 +17,7 @@ import asyncio
 import time
 from typing import Any, Awaitable
 
+from serve_app.calls.handles import call
 from serve_app.config.parts import split
 from serve_app.release.plan import PROBES
 
@@ -73,7 +74,4 @@ class RayServeGateway(ServeGateway):
 
         handle = serve.get_deployment_handle(deployment, app)
 
-        async def call() -> Any:
-            return await getattr(handle, PROBES[deployment]).remote()
-
-        return call()
+        return call(handle, PROBES[deployment])

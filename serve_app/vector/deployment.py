@@ -20,6 +20,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.config.parts import CODE_ACTOR_OPTIONS, deployment_settings
 from serve_app.config.settings import VectorSettings
+from serve_app.calls.handles import call
 from serve_app.errors import NotFound
 from serve_app.llm.cpus import share_engine_cpus
 from serve_app.observability.metrics import metric
@@ -126,7 +127,7 @@ class VectorStoreServer:
         share_engine_cpus()
         self.s = deployment_settings(settings).vector
         self.embedder = embedder
-        info = await embedder.info.remote()
+        info = await call(embedder, "info")
         self.dim = info["dim"]
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_embedder(self.s.embedder))
         self.store = make_store(self.s, self.dim)
@@ -143,7 +144,7 @@ class VectorStoreServer:
             for d in documents
         ]
         texts = [c.text for chunks in per_doc for c in chunks]
-        vectors = await self.embedder.embed.remote(texts) if texts else np.zeros((0, self.dim), np.float32)
+        vectors = await call(self.embedder, "embed", texts) if texts else np.zeros((0, self.dim), np.float32)
         out, i = [], 0
         for d, chunks in zip(documents, per_doc):
             stored = [StoredChunk(c.id, c.document_id, c.position, c.text, c.metadata) for c in chunks]
@@ -185,7 +186,7 @@ class VectorStoreServer:
     ) -> list[dict[str, Any]]:
         started = time.perf_counter()
         with span("vector.search", top_k=top_k, filtered=filter is not None) as s:
-            vec = (await self.embedder.embed.remote([query]))[0]
+            vec = (await call(self.embedder, "embed", [query]))[0]
             hits = await asyncio.to_thread(self.store.search, vec, top_k, filter, score_threshold)
             s.set_attribute("hits", len(hits))
         metric("serve_app_vector_search_duration_seconds").observe(time.perf_counter() - started)

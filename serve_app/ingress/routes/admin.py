@@ -8,6 +8,7 @@ import json
 import yaml
 from fastapi import APIRouter, Request
 
+from serve_app.calls.handles import call
 from serve_app.errors import InvalidRequest
 from serve_app.ingress.admin_gate import AdminGate
 from serve_app.protocol.admin import DeployRequest, RollbackRequest, ScaleRequest
@@ -22,19 +23,19 @@ def gate(request: Request) -> AdminGate:
 @router.get("/admin/status")
 async def admin_status(request: Request):
     c = await gate(request).authorize(request, "status")
-    return await c.status.remote()
+    return await call(c, "status")
 
 
 @router.get("/admin/releases")
 async def admin_releases(request: Request):
     c = await gate(request).authorize(request, "list releases")
-    return {"object": "list", "data": await c.releases.remote()}
+    return {"object": "list", "data": await call(c, "releases")}
 
 
 @router.get("/admin/releases/{n}")
 async def admin_release(n: int, request: Request):
     c = await gate(request).authorize(request, f"get release {n}")
-    return await c.release.remote(n)
+    return await call(c, "release", n)
 
 
 @router.post("/admin/releases", status_code=202)
@@ -53,23 +54,23 @@ async def admin_deploy(request: Request):
     except Exception as exc:  # pydantic ValidationError
         raise InvalidRequest(f"invalid release request: {exc}"[:1000], "config") from None
     actor = request.client.host if request.client else "?"
-    return await c.deploy.remote(body.config, f"admin@{actor}", body.note, canary=body.canary)
+    return await call(c, "deploy", body.config, f"admin@{actor}", body.note, canary=body.canary)
 
 
 @router.post("/admin/rollback", status_code=202)
 async def admin_rollback(body: RollbackRequest, request: Request):
     c = await gate(request).authorize(request, "rollback")
-    return await c.rollback.remote(f"admin@{request.client.host if request.client else '?'}", body.release)
+    return await call(c, "rollback", f"admin@{request.client.host if request.client else '?'}", body.release)
 
 
 @router.post("/admin/scale", status_code=202)
 async def admin_scale(body: ScaleRequest, request: Request):
     c = await gate(request).authorize(request, f"scale {body.deployment}")
     actor = f"admin@{request.client.host if request.client else '?'}"
-    return await c.scale.remote(body.deployment, body.replicas, body.factor, actor)
+    return await call(c, "scale", body.deployment, body.replicas, body.factor, actor)
 
 
 @router.get("/admin/audit")
 async def admin_audit(request: Request):
     c = await gate(request).authorize(request, "audit")
-    return {"object": "list", "data": await c.audit_log.remote()}
+    return {"object": "list", "data": await call(c, "audit_log")}

@@ -26,17 +26,17 @@ async def ingest_documents(body: IngestRequest, ctx: IngressContext = Depends(co
         seen.add(d.id)
     # Validated as a whole before any write: a bad document refuses the request, nothing half-written.
     docs = [d.model_dump() for d in body.documents]
-    result = await ctx.vector_call(lambda v: v.ingest.remote(docs))
+    result = await ctx.vector_call("ingest", docs)
     return {"object": "ingest.result", "documents": result}
 
 
 @router.get("/v1/documents/{document_id:path}")
 async def get_document(document_id: str = PathParam(..., min_length=1, max_length=256),
                        ctx: IngressContext = Depends(context)):
-    return await ctx.vector_call(lambda v: v.get_document.remote(document_id))
+    return await ctx.vector_call("get_document", document_id)
 
 
 @router.delete("/v1/documents/{document_id:path}")
 async def delete_document(document_id: str = PathParam(..., min_length=1, max_length=256),
                           ctx: IngressContext = Depends(context)):
-    return await ctx.vector_call(lambda v: v.delete_document.remote(document_id))
+    return await ctx.vector_call("delete_document", document_id)

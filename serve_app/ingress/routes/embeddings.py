@@ -27,7 +27,7 @@ async def embeddings(body: EmbeddingRequest, ctx: IngressContext = Depends(conte
         raise InvalidRequest("input must be a non-empty string or a list of non-empty strings", "input")
     if len(texts) > s.max_embedding_inputs:
         raise InvalidRequest(f"at most {s.max_embedding_inputs} inputs per request", "input")
-    vecs, tokens = await ctx.vector_call(lambda e: e.embed_with_usage.remote(texts), ctx.embedder)
+    vecs, tokens = await ctx.vector_call("embed_with_usage", texts, handle=ctx.embedder)
     if body.dimensions is not None and body.dimensions != vecs.shape[1]:
         raise InvalidRequest(f"{s.embedder_name} only produces {vecs.shape[1]} dimensions", "dimensions")
     data = []

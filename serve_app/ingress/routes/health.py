@@ -17,19 +17,19 @@ router = APIRouter()
 @router.get("/healthz")
 async def healthz(request: Request, ctx: IngressContext = Depends(context)):
     admin_on = request.app.state.admin.digest is not None
-    probes = {}
+    probes = {}  # component -> (handle, its health method)
     if ctx.llm is not None:
-        probes["llm"] = ctx.llm.health.remote()
+        probes["llm"] = (ctx.llm, "health")
     if ctx.vector is not None:
-        probes["vector"] = ctx.vector.health.remote()
-        probes["embedder"] = ctx.embedder.info.remote()
+        probes["vector"] = (ctx.vector, "health")
+        probes["embedder"] = (ctx.embedder, "info")
     if ctx.agent is not None:
-        probes["agent"] = ctx.agent.health.remote()
+        probes["agent"] = (ctx.agent, "health")
     if admin_on:
         # The release controller is required once the admin API is on (it watches and rolls back releases).
-        probes["release_controller"] = ctx.release_controller().health.remote()
+        probes["release_controller"] = (ctx.release_controller(), "health")
     ctx.set_release(ctx.release)
-    results = await asyncio.gather(*(ctx.probe(c) for c in probes.values()))
+    results = await asyncio.gather(*(ctx.probe(handle, method) for handle, method in probes.values()))
     components = dict(zip(probes, results))
     if ctx.llm_availability is not None and components.get("llm", {}).get("status") == "ok":
         ctx.llm_availability.mark_up()

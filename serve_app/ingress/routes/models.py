@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from serve_app.calls.handles import awaited
+from serve_app.calls.handles import call
 from serve_app.ingress.context import IngressContext, context
 
 router = APIRouter()
@@ -13,4 +13,4 @@ router = APIRouter()
 
 @router.get("/v1/models")
 async def models(ctx: IngressContext = Depends(context)):
-    return JSONResponse(await awaited(ctx.require_llm().models.remote()))
+    return JSONResponse(await call(ctx.require_llm(), "models"))

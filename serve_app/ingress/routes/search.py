@@ -16,5 +16,5 @@ async def search(body: SearchRequest, ctx: IngressContext = Depends(context)):
     s = ctx.settings.vector
     if not 1 <= body.top_k <= s.max_top_k:
         raise InvalidRequest(f"top_k must be between 1 and {s.max_top_k}", "top_k")
-    hits = await ctx.vector_call(lambda v: v.search.remote(body.query, body.top_k, body.filter, body.score_threshold))
+    hits = await ctx.vector_call("search", body.query, body.top_k, body.filter, body.score_threshold)
     return {"object": "search.result", "results": hits}
