@@ -66,7 +66,7 @@ class Tools:
 @serve.deployment(name="Agent", max_ongoing_requests=32, ray_actor_options=dict(CODE_ACTOR_OPTIONS["Agent"]))
 class AgentServer:
     def __init__(self, settings: dict[str, Any] | None, llm: DeploymentHandle, vector: DeploymentHandle | None = None):
-        s = deployment_settings(settings)
+        s = deployment_settings(settings, "Agent")
         self.settings = s
         client = LLMClient(llm, s.model.name, s.ingress)
         tools = Tools(vector, s.agent.observation_chars).bound(s.agent.tools)

@@ -30,20 +30,50 @@ import copy
 import json
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 from serve_app.config.loader import APP_IMPORT_PATH, deployment_names, validate_app_args
-from serve_app.config.settings import AppSettings
+from serve_app.config.prompts import PromptSettings
+from serve_app.config.settings import (AgentSettings, AppSettings, EngineSettings, IngressSettings, ModelSettings,
+                                       VectorSettings, _Strict)
 
 ENV = "SERVE_APP_DEPLOYMENT_SETTINGS"
 # Marks ray_actor_options that ``split`` wrote for an entry that had none (``join`` removes them again).
 ADDED = "SERVE_APP_SPLIT_OPTIONS"
 SPLIT_KEY = "split_settings"
+class LLMServerSettings(_Strict):
+    """The LLM deployment's part of the settings."""
+
+    model: ModelSettings = Field(default_factory=ModelSettings, description="Which model is served.")
+    engine: EngineSettings = Field(default_factory=EngineSettings, description="vLLM engine arguments.")
+
+
+class VectorTierSettings(_Strict):
+    """The Embedder's and the VectorStore's part of the settings."""
+
+    vector: VectorSettings = Field(default_factory=VectorSettings, description="Retrieval tier.")
+
+
+class AgentServerSettings(_Strict):
+    """The Agent deployment's part of the settings."""
+
+    model: ModelSettings = Field(default_factory=ModelSettings, description="Which model is served.")
+    ingress: IngressSettings = Field(default_factory=IngressSettings, description="Deadlines and retries of its calls.")
+    agent: AgentSettings = Field(default_factory=AgentSettings, description="The tool-using agent.")
+    prompts: PromptSettings = Field(default_factory=PromptSettings, description="Prompt templates (versioned).")
+
+
+# Each deployment's type of settings: the sections it reads. The Ingress reads every section.
+PART_TYPES: dict[str, type[BaseModel]] = {
+    "LLMServer": LLMServerSettings,
+    "Embedder": VectorTierSettings,
+    "VectorStore": VectorTierSettings,
+    "Agent": AgentServerSettings,
+    "Ingress": AppSettings,
+}
 # Settings sections each deployment reads; None: all of them.
 PARTS: dict[str, tuple[str, ...] | None] = {
-    "LLMServer": ("model", "engine"),
-    "Embedder": ("vector",),
-    "VectorStore": ("vector",),
-    "Agent": ("model", "ingress", "agent", "prompts"),
-    "Ingress": None,
+    name: None if t is AppSettings else tuple(t.model_fields) for name, t in PART_TYPES.items()
 }
 
 
@@ -133,17 +163,19 @@ def join(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def deployment_settings(given: dict[str, Any] | None) -> AppSettings:
-    """A deployment's settings: those it was bound with, else (split deploy) its part from the environment,
-    the sections outside the part left at their defaults (it does not read them)."""
+def deployment_settings(given: dict[str, Any] | None, deployment: str):
+    """A deployment's settings, of its own type (``PART_TYPES``): from the whole settings it was bound with,
+    else (split deploy) from its part in the environment."""
     import os
 
+    part_type = PART_TYPES[deployment]
     if given is not None:
-        return AppSettings.model_validate(given)
+        whole = AppSettings.model_validate(given)
+        return whole if part_type is AppSettings else part_type(**{k: getattr(whole, k) for k in PARTS[deployment]})
     raw = os.environ.get(ENV)
     if raw is None:
         raise RuntimeError(f"no settings: the deployment was bound without settings and ${ENV} is not set")
-    return AppSettings.model_validate(json.loads(raw), context={"part": True})
+    return part_type.model_validate(json.loads(raw))
 
 
 def split_schema(schema):

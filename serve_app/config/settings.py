@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serve_app.config import paths
 from serve_app.config.prompts import PromptSettings
@@ -80,7 +80,7 @@ class EngineSettings(_Strict):
     factory: str | None = Field(
         None,
         pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
-        description="Import path 'module:callable' of another engine: called with the AppSettings, returns an "
+        description="Import path 'module:callable' of another engine: called with the LLM deployment's settings (model, engine), returns an "
         "implementation of serve_app.llm.engine.LLMEngine. Default: vLLM. The tests use it to inject faults.",
     )
     extra_args: list[str] = Field(
@@ -309,11 +309,7 @@ class AppSettings(_Strict):
     )
 
     @model_validator(mode="after")
-    def _check(self, info: ValidationInfo) -> "AppSettings":
-        if (info.context or {}).get("part"):
-            # One deployment's part of validated settings (config/parts.py): the sections these checks
-            # relate may not all be there.
-            return self
+    def _check(self) -> "AppSettings":
         if self.engine.max_num_seqs < self.ingress.max_n:
             raise ValueError("engine.max_num_seqs must be at least ingress.max_n")
         if not self.model.enabled and not self.vector.enabled:

@@ -35,7 +35,7 @@ class Ingress:
         embedder: DeploymentHandle | None = None,
         agent: DeploymentHandle | None = None,
     ):
-        s = self.settings = deployment_settings(settings)
+        s = self.settings = deployment_settings(settings, "Ingress")
         self.context = IngressContext(s, llm, vector, embedder, agent, controller_lookup=_find_release_controller)
         # What the middleware read (serve_app/ingress/middleware): set before the first request, per replica.
         app.state.context = self.context

@@ -17,8 +17,7 @@ from typing import Any
 
 from ray import serve
 
-from serve_app.config.parts import deployment_settings
-from serve_app.config.settings import AppSettings
+from serve_app.config.parts import LLMServerSettings, deployment_settings
 from serve_app.llm import engine_args
 from serve_app.llm.engine import LLMEngine, VLLMEngine
 from serve_app.llm.model import resolve_model
@@ -26,11 +25,11 @@ from serve_app.protocol.stream import head
 
 logger = logging.getLogger("ray.serve")
 
-EngineFactory = Callable[[AppSettings], LLMEngine]
+EngineFactory = Callable[[LLMServerSettings], LLMEngine]
 WATCHDOG_PERIOD_S = 1.0
 
 
-def vllm_engine_factory(settings: AppSettings) -> LLMEngine:
+def vllm_engine_factory(settings: LLMServerSettings) -> LLMEngine:
     model = resolve_model(settings.model.source, settings.model.cache_dir)
     return VLLMEngine(engine_args.cli_args(settings.engine, model, settings.model.name), env=engine_args.env(settings.engine))
 
@@ -48,7 +47,7 @@ def _factory(path: str | None) -> EngineFactory:
 class LLMServer:
     async def __init__(self, settings: dict[str, Any] | None, engine_factory: EngineFactory | None = None):
         # Serve awaits an async constructor: the replica is routable only once the engine has started.
-        self._settings = deployment_settings(settings)
+        self._settings = deployment_settings(settings, "LLMServer")
         self._engine: LLMEngine | None = None
         engine = (engine_factory or _factory(self._settings.engine.factory))(self._settings)
         await engine.start()

@@ -53,7 +53,7 @@ def make_store(s: VectorSettings, dim: int) -> VectorStore:
 class EmbedderServer:
     def __init__(self, settings: dict[str, Any] | None):
         share_engine_cpus()
-        s = deployment_settings(settings).vector
+        s = deployment_settings(settings, "Embedder").vector
         if s.embed_threads:
             import torch
 
@@ -125,7 +125,7 @@ class VectorStoreServer:
         from transformers import AutoTokenizer
 
         share_engine_cpus()
-        self.s = deployment_settings(settings).vector
+        self.s = deployment_settings(settings, "Embedder").vector
         self.embedder = embedder
         info = await call(embedder, "info")
         self.dim = info["dim"]

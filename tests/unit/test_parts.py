@@ -108,15 +108,17 @@ def test_each_deployment_reads_its_part_from_its_environment(monkeypatch):
     _app(config)["args"]["ingress"]["max_n"] = 8
     options = _options(split(config))
     monkeypatch.setenv(ENV, options["LLMServer"]["runtime_env"]["env_vars"][ENV])
-    llm = deployment_settings(None)
+    llm = deployment_settings(None, "LLMServer")
     assert llm.engine.max_num_seqs == 8 and llm.engine.max_model_len == 2048
+    assert set(type(llm).model_fields) == {"model", "engine"}  # its own type: the sections it reads
     monkeypatch.setenv(ENV, options["Ingress"]["runtime_env"]["env_vars"][ENV])
-    assert deployment_settings(None).vector.collection == "documents"
+    assert deployment_settings(None, "Ingress").vector.collection == "documents"
     # Bound settings win (the plain form, and the canary's application).
-    assert deployment_settings({"release": "x", "vector": {"enabled": False}}).release == "x"
+    assert deployment_settings({"release": "x", "vector": {"enabled": False}}, "Ingress").release == "x"
+    assert deployment_settings({"release": "x", "agent": {"max_steps": 5}}, "Agent").agent.max_steps == 5
     monkeypatch.delenv(ENV)
     with pytest.raises(RuntimeError, match=ENV):
-        deployment_settings(None)
+        deployment_settings(None, "LLMServer")
 
 
 def test_the_builder_takes_both_forms():
