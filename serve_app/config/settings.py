@@ -80,8 +80,9 @@ class EngineSettings(_Strict):
     factory: str | None = Field(
         None,
         pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
-        description="Import path 'module:callable' of another engine: called with the LLM deployment's settings (model, engine), returns an "
-        "implementation of serve_app.llm.engine.LLMEngine. Default: vLLM. The tests use it to inject faults.",
+        description="Import path 'module:callable' of another engine: called with the LLM deployment's settings "
+        "(model, engine), returns an implementation of serve_app.llm.engine.LLMEngine. Default: vLLM. The tests use "
+        "it to inject faults.",
     )
     extra_args: list[str] = Field(
         default_factory=list,
