@@ -29,6 +29,11 @@ pytestmark = pytest.mark.release
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# The release tests' traffic: present throughout (every request recorded), light enough that the engines a
+# release starts are not slowed down by it (a full-speed load made each start 2-3x slower on 2 cores).
+RELEASE_LOAD_PAUSE_S = 0.3
+
+
 def _config():
     return yaml.safe_load((ROOT / "configs/dev-cpu.yaml").read_text())
 
@@ -105,7 +110,7 @@ def test_good_release_under_load_fails_nothing(app_url, http, admin, model_name)
     config = copy.deepcopy(admin.get(f"/admin/releases/{current}").json()["config"])
     config["applications"][0]["args"]["rag"]["default_top_k"] = 3
     before = http.get("/healthz").json()["components"]
-    with Load(app_url, model_name, clients=2) as load:
+    with Load(app_url, model_name, clients=2, pause_s=RELEASE_LOAD_PAUSE_S) as load:
         load.wait_for(3, started_after=0)  # traffic flows (streams among it) before the release
         r = admin.post("/admin/releases", json={"config": config, "note": "fewer sources"})
         assert r.status_code == 202, r.text
@@ -218,7 +223,7 @@ def test_canary_that_fails_requests_is_rolled_back_and_the_current_release_is_un
     # A real fault: the canary's engine has a context too short for the prompts the load sends, so vLLM
     # refuses them (400) while the current release answers them.
     canary = {"share": 0.5, "window_s": 60, "min_requests": 6}
-    with Load(app_url, model_name, clients=2) as load:
+    with Load(app_url, model_name, clients=2, pause_s=RELEASE_LOAD_PAUSE_S) as load:
         current, n = _canary_release(admin, {"max_model_len": 32}, canary, "context too short")
         seen = _wait_for_window(admin, n)
         assert seen is None or seen["release"] == n
@@ -245,7 +250,7 @@ def test_good_canary_is_promoted_under_load_without_failures(app_url, http, admi
     llm_started = http.get("/healthz").json()["components"]["llm"]["started_at"]
     # Thresholds for a shared 2-core machine where two engines compete; the decision logic is unit-tested.
     canary = {"share": 0.5, "window_s": 8, "min_requests": 5, "max_ttft_p99_ratio": 4.0, "ttft_slack_ms": 2000}
-    with Load(app_url, model_name, clients=2) as load:
+    with Load(app_url, model_name, clients=2, pause_s=RELEASE_LOAD_PAUSE_S) as load:
         _, n = _canary_release(admin, {"max_num_seqs": 32}, canary, "smaller batch")
         seen = _wait_for_window(admin, n)
         assert seen is not None and seen["phase"] in ("window", "promoting"), seen
@@ -337,7 +342,7 @@ def test_release_whose_llm_cannot_start_is_rolled_back(app_url, http, admin, mod
     config = copy.deepcopy(admin.get(f"/admin/releases/{good}").json()["config"])
     app = config["applications"][0]
     app["args"]["model"] = {**app["args"]["model"], "source": "/nonexistent/model", "served_name": model_name}
-    with Load(app_url, model_name, clients=2) as load:
+    with Load(app_url, model_name, clients=2, pause_s=RELEASE_LOAD_PAUSE_S) as load:
         r = admin.post("/admin/releases", json={"config": config, "note": "a model that does not exist"})
         assert r.status_code == 202, r.text
         n = r.json()["release"]

@@ -1,0 +1,75 @@
+"""The ingress's routes as an application of the components it has: a retrieval-only application (no LLM)
+answers the LLM's routes with 404 and the OpenAI error body, and serves retrieval; an application without the
+retrieval tier answers its routes with 404. Real FastAPI app, middleware and error handlers
+(serve_app/ingress/fastapi_app.py) over an IngressContext with fakes of the deployment handles."""
+
+import pytest
+from fastapi.testclient import TestClient
+
+from serve_app.config.settings import AppSettings
+from serve_app.ingress.context import IngressContext
+from serve_app.ingress.fastapi_app import create_app
+from serve_app.ingress.limits import RateLimiter
+
+pytestmark = pytest.mark.unit
+
+
+class _Response:
+    def __init__(self, value):
+        self.value = value
+
+    def __await__(self):
+        async def value():
+            return self.value
+
+        return value().__await__()
+
+    def cancel(self):
+        pass
+
+
+class _VectorStore:
+    """What the Ingress calls on the VectorStore deployment's handle."""
+
+    class _Method:
+        def __init__(self, fn):
+            self.fn = fn
+
+        def remote(self, *args):
+            return _Response(self.fn(*args))
+
+    def __init__(self):
+        self.search = self._Method(lambda q, k, f, t: [{"document_id": "d1", "chunk_id": "d1:0", "text": q,
+                                                         "score": 0.5, "metadata": {}}])
+
+
+def _client(llm=None, vector=None) -> TestClient:
+    app = create_app()
+    settings = AppSettings.model_validate({"model": {"enabled": llm is not None}})
+    app.state.context = IngressContext(settings, llm, vector)
+    app.state.max_body_bytes, app.state.api_keys, app.state.limiter = 1 << 20, None, RateLimiter()
+    return TestClient(app)
+
+
+@pytest.mark.parametrize("method, path, body", [
+    ("post", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+    ("post", "/v1/completions", {"prompt": "hi"}),
+    ("get", "/v1/models", None),
+])
+def test_a_retrieval_only_application_answers_the_llms_routes_with_404(method, path, body):
+    r = getattr(_client(vector=_VectorStore()), method)(path, **({"json": body} if body else {}))
+    assert r.status_code == 404, r.text
+    assert r.json()["error"]["type"] == "not_found_error" and "LLM is disabled" in r.json()["error"]["message"]
+
+
+def test_a_retrieval_only_application_serves_search():
+    r = _client(vector=_VectorStore()).post("/v1/search", json={"query": "glaciers", "top_k": 1})
+    assert r.status_code == 200, r.text
+    assert r.json()["results"][0]["document_id"] == "d1"
+
+
+def test_an_application_without_the_retrieval_tier_answers_its_routes_with_404():
+    r = _client().post("/v1/search", json={"query": "glaciers", "top_k": 1})
+    assert r.status_code == 404 and "retrieval tier is disabled" in r.json()["error"]["message"]
+    r = _client().post("/v1/documents", json={"documents": [{"id": "a", "text": "b"}]})
+    assert r.status_code == 404, r.text
