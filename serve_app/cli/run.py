@@ -40,9 +40,9 @@ def _wait_running(app_names: list[str], timeout_s: float, stop: threading.Event)
 
 
 # Ray Serve's own performance presets, applied to the local Ray instance `serve-app run` starts (they are
-# read by every Ray process at start, so they must be in the environment before ray.init). Measured in
-# benchmarks/results/chat-serve-modes.json: per-token overhead against bare vLLM drops from 3-16 ms to ~3.5 ms
-# and throughput at 32 clients from 0.85 to 0.98 of bare vLLM's.
+# read by every Ray process at start, so they must be in the environment before ray.init). Each was measured
+# against Serve's default beside bare vLLM (benchmarks/results/chat-serve-modes.json, cpu-variants.json;
+# benchmarks/README.md has the figures).
 #  - RAY_SERVE_THROUGHPUT_OPTIMIZED: user code on the replica's event loop, gRPC between deployments,
 #    buffered access logs (to the log files, not the terminal), GC frozen after start-up.
 #  - RAY_SERVE_ENABLE_HA_PROXY: HAProxy forwards HTTP straight to the ingress replicas' own HTTP servers,
@@ -55,10 +55,9 @@ def _wait_running(app_names: list[str], timeout_s: float, stop: threading.Event)
 #    of every release and rollback; HAProxy on the same machine needs a few seconds (releases under load:
 #    zero failed requests, benchmarks/results/releases.json).
 #  - RAY_SERVE_CONTROL_LOOP_INTERVAL_S: how often Serve's controller reconciles (default 0.1 s). Serve's
-#    controller was the busiest process after the engine, replicas idle or not (5.4-7 % of a core); every
-#    0.5 s it uses 2.2-2.6 %, the rest is left to the engine. What it paces (health checks every 10 s,
-#    autoscaling delays of seconds, replica starts of tens of seconds) hardly notices the extra 0.4 s
-#    (benchmarks/results/cpu-variants.json: four rounds alternated with the default, chat at 8 clients).
+#    controller was the busiest process after the engine, replicas idle or not; at 0.5 s it takes less than
+#    half of that CPU, left to the engine. What it paces (health checks every 10 s, autoscaling delays of
+#    seconds, replica starts of tens of seconds) hardly notices the extra 0.4 s.
 SERVE_PERFORMANCE_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_ENABLE_HA_PROXY": "1",

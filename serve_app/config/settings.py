@@ -165,8 +165,8 @@ class VectorSettings(_Strict):
         512,
         ge=4,
         le=4096,
-        description="Edge backend: HNSW search breadth. Measured on 2 cores at 1 M chunks: 128 → recall@10 0.66, "
-        "p99 5.0 ms; 256 → 0.78, 5.0 ms; 512 → 0.88, 7.4 ms (benchmarks/results/retrieval.json).",
+        description="Edge backend: HNSW search breadth; higher finds more of the true nearest chunks and searches "
+        "longer (recall and latency per value: benchmarks/README.md, benchmarks/results/retrieval.json).",
     )
     index_after_points: int = Field(
         20_000, ge=1000, description="Edge backend: build the HNSW index once this many points are unindexed."

@@ -31,7 +31,7 @@ from serve_app.vector.store import StoredChunk, VectorStore
 
 logger = logging.getLogger("ray.serve")
 
-# Texts per forward pass of the embedder (measured on 2 cores: 128-text passes 542 texts/s, 64: 427).
+# Texts per forward pass of the embedder: the fastest of the pass sizes measured on 2 cores (benchmarks/).
 _PASS = 128
 
 
@@ -64,7 +64,7 @@ class EmbedderServer:
         self._batched.set_batch_wait_timeout_s(s.embed_batch_wait_s)
 
     # One batch at a time: the model's fast tokenizer refuses use from two threads at once. (A pool of
-    # model copies with concurrent batches was measured: +3 % throughput, not worth the memory.)
+    # model copies with concurrent batches was measured: a few percent of throughput, not worth the memory.)
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
     async def _batched(self, requests: list[list[str]]) -> list[tuple[np.ndarray, list[int]]]:
         flat = [t for texts in requests for t in texts]
