@@ -1,7 +1,11 @@
 """The Ingress deployment: the public HTTP API. It holds no routes of its own (they are one router per resource
 in serve_app/ingress/routes); its constructor builds what the routes and the middleware work with, from its
 part of the settings and the handles of the other deployments, and ``reconfigure`` applies what the release
-controller changes without a restart (the release number, a canary's traffic split)."""
+controller changes without a restart (the release number, a canary's traffic split).
+
+The FastAPI app is built by the replica after its constructor (Serve's late-bound ingress,
+``__serve_build_asgi_app__``), so the app that serves is the one whose ``state`` the replica fills: Serve
+serves a pickled copy of an app handed to ``@serve.ingress(app)``, which does not see state set later."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.config.parts import CODE_ACTOR_OPTIONS, deployment_settings
 from serve_app.ingress.admin_gate import AdminGate, admin_key_digest
 from serve_app.ingress.context import IngressContext
-from serve_app.ingress.fastapi_app import app
+from serve_app.ingress.fastapi_app import create_app
 from serve_app.ingress.limits import RateLimiter, load_keys
 
 
@@ -25,7 +29,7 @@ def _find_release_controller():
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options=dict(CODE_ACTOR_OPTIONS["Ingress"]))
-@serve.ingress(app)
+@serve.ingress()
 class Ingress:
     def __init__(
         self,
@@ -37,21 +41,29 @@ class Ingress:
     ):
         s = self.settings = deployment_settings(settings, "Ingress")
         self.context = IngressContext(s, llm, vector, embedder, agent, controller_lookup=_find_release_controller)
-        # What the middleware read (serve_app/ingress/middleware): set before the first request, per replica.
-        app.state.context = self.context
-        app.state.max_body_bytes = s.ingress.max_body_bytes
         # API keys of the public API: off unless a key file is given (ingress/limits.py). An unreadable or
         # invalid file fails the replica's start with the reason, so a release carrying it is rolled back.
         keys_file = os.environ.get("SERVE_APP_API_KEYS_FILE")
-        app.state.api_keys = load_keys(keys_file) if keys_file else None
+        self._api_keys = load_keys(keys_file) if keys_file else None
+        self._admin = AdminGate(admin_key_digest(), self.context.release_controller)
+        self._app = None
+
+    def __serve_build_asgi_app__(self):
+        """The replica's FastAPI app, with what its routes (``context``) and middleware read in its state."""
+        app = self._app = create_app()
+        app.state.context = self.context
+        app.state.max_body_bytes = self.settings.ingress.max_body_bytes
+        app.state.api_keys = self._api_keys
         app.state.limiter = RateLimiter()
-        app.state.admin = AdminGate(admin_key_digest(), self.context.release_controller)
-        app.state.admin_gate = app.state.admin.check_scope
+        app.state.admin = self._admin
+        app.state.admin_gate = self._admin.check_scope
         app.state.release = self.context.release
+        return app
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         # Set by the release controller through user_config, so no restart (release/controller.py): the release
         # number, and while a canary is out, its application and share of LLM traffic (ingress/canary.py).
         self.context.set_release(str(user_config.get("release") or self.settings.release))
-        app.state.release = self.context.release
+        if self._app is not None:
+            self._app.state.release = self.context.release
         self.context.set_canary(user_config.get("canary"), lambda name: serve.get_deployment_handle("LLMServer", name))

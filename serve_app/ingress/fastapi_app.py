@@ -1,5 +1,6 @@
 """The FastAPI app of the Ingress deployment: every resource's router, the middleware in their documented
-order (serve_app/ingress/middleware), and the error handlers (serve_app/ingress/errors.py)."""
+order (serve_app/ingress/middleware), and the error handlers (serve_app/ingress/errors.py). Each Ingress replica
+builds its own (serve_app/ingress/deployment.py), after its constructor, with its state in ``app.state``."""
 
 from __future__ import annotations
 
@@ -18,6 +19,3 @@ def create_app() -> FastAPI:
     middleware.install(app)
     install_error_handlers(app)
     return app
-
-
-app = create_app()
