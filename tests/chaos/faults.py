@@ -58,6 +58,19 @@ def scale(admin: AdminClient, deployment: str, replicas: int) -> dict:
     return _good(admin, lambda: admin.scale(deployment, replicas))
 
 
+def scale_together(admin: AdminClient, replicas: dict[str, int]) -> dict:
+    """Scale several deployments in one release (as ``serve-app scale`` scales one: autoscaling bounds pinned),
+    so their replicas start, or drain, at the same time rather than one release after the other."""
+    from serve_app.release.plan import scaled
+
+    config = admin.current_config()
+    app = config["applications"][0]
+    for name, n in replicas.items():
+        app = scaled({"applications": [app]}, app["name"], name, n, None)[0]
+    config["applications"][0] = app
+    return deploy(admin, config, "scale " + ", ".join(f"{k} to {v}" for k, v in replicas.items()))
+
+
 def running_replicas(admin: AdminClient, deployment: str) -> int:
     d = admin.status()["deployments"][deployment]
     return d["running_replicas"] if d["status"] == "HEALTHY" else -1

@@ -20,7 +20,8 @@ import psutil
 import pytest
 
 from benchmarks.load import Load
-from tests.chaos.faults import gone, llm_replica_pids, running_replicas, scale, wait_healthy, wait_replicas
+from tests.chaos.faults import (gone, llm_replica_pids, running_replicas, scale, scale_together, wait_healthy,
+                               wait_replicas)
 
 pytestmark = pytest.mark.chaos
 
@@ -29,8 +30,9 @@ HEALTH_PERIOD_S = 10  # LLMServer's health_check_period_s in configs/dev-cpu.yam
 
 @pytest.fixture(scope="module")
 def two_llm_replicas(admin, http):
-    """Two LLM replicas for the tests of this module (one engine start, not one per test); one again after."""
-    scale(admin, "LLMServer", 2)
+    """Two LLM and two ingress replicas for the tests of this module (one release, one engine start, not one
+    per test); one of each again after."""
+    scale_together(admin, {"LLMServer": 2, "Ingress": 2})
     try:
         yield
     finally:
@@ -95,7 +97,7 @@ def _streams(app_url, model_name, count, max_tokens, results):
 def test_t10_scale_down_while_streams_are_open_cuts_no_stream(two_llm_replicas, app_url, admin, model_name,
                                                               reliability):
     wait_replicas(admin, "LLMServer", 2)
-    scale(admin, "Ingress", 2)
+    wait_replicas(admin, "Ingress", 2)
     deployments = admin.get("/admin/status").json()["deployments"]
     assert deployments["LLMServer"]["running_replicas"] == 2 and deployments["Ingress"]["running_replicas"] == 2
     results: list[dict] = []
@@ -106,8 +108,7 @@ def test_t10_scale_down_while_streams_are_open_cuts_no_stream(two_llm_replicas, 
         t.start()
     time.sleep(2)  # every stream is open and generating when the replicas it may be on are told to stop
     scale_down_at = time.time()
-    for name in ("LLMServer", "Ingress"):
-        scale(admin, name, 1)
+    scale_together(admin, {"LLMServer": 1, "Ingress": 1})  # both drain at once, with the streams open
     for t in threads:
         t.join(300)
     reliability.record("T10", "LLM and ingress 2 -> 1 replicas with 6 streams open", streams=len(results),

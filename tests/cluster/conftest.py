@@ -103,5 +103,7 @@ def cluster(tmp_path_factory):
     finally:
         # The app first (it undeploys through the cluster), then every node at once.
         left = stop_tree(state["app"], signal.SIGTERM, 90)[1] if state["app"] is not None else []
-        left += stop_trees([*state["workers"], head], signal.SIGTERM, 90, whole_tree=True)
+        # The nodes: every process at once, by SIGKILL (what is tested is the app's stop above and node loss in
+        # the test; a node's own graceful stop takes tens of seconds here).
+        left += stop_trees([*state["workers"], head], signal.SIGKILL, 90, whole_tree=True)
         assert not left, f"processes left behind: {[(p.pid, p.name()) for p in left]}"
