@@ -9,6 +9,7 @@ from typing import Any
 from ray.serve import Application
 
 from serve_app.config.loader import validate_app_args
+from serve_app.config.names import LLM_DEPLOYMENT
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
@@ -21,16 +22,20 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
 
     split = (args or {}).get(SPLIT_KEY)
     if split is not None:
-        if set(args) != {SPLIT_KEY} or set(split) != {"model", "vector", "agent"}:
+        keys = {"model", "vector", "agent"}
+        if set(args) != {SPLIT_KEY} or not keys <= set(split) <= keys | {"llm_deployments"}:
             from serve_app.config.loader import ConfigError
 
-            raise ConfigError(f"invalid config: args.{SPLIT_KEY} must hold exactly model, vector and agent")
+            raise ConfigError(f"invalid config: args.{SPLIT_KEY} must hold model, vector, agent and llm_deployments")
         plain, model_on, vector_on, agent_on = None, bool(split["model"]), bool(split["vector"]), bool(split["agent"])
+        llm_names = list(split.get("llm_deployments") or ([LLM_DEPLOYMENT] if model_on else []))
     else:
         settings = validate_app_args(args)
         plain = settings.model_dump(mode="json")
         model_on, vector_on, agent_on = settings.model.enabled, settings.vector.enabled, settings.agent.enabled
-    llm = LLMServer.bind(plain) if model_on else None
+        llm_names = list(settings.served_models())
+    # One LLM deployment per served model, each with its own replicas and autoscaling.
+    llms = {name: LLMServer.options(name=name).bind(plain, name) for name in llm_names}
     vector = embedder = None
     if vector_on:
         from serve_app.vector.deployment import EmbedderServer, VectorStoreServer
@@ -38,11 +43,11 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         embedder = EmbedderServer.bind(plain)
         vector = VectorStoreServer.bind(plain, embedder)
     agent = None
-    if llm is not None and agent_on:
+    if llms and agent_on:
         from serve_app.agent.deployment import AgentServer
 
-        agent = AgentServer.bind(plain, llm, vector)
-    return Ingress.bind(llm, plain, vector, embedder, agent)
+        agent = AgentServer.bind(plain, llms, vector)
+    return Ingress.bind(llms, plain, vector, embedder, agent)
 
 
 def build_llm(args: dict[str, Any] | None = None) -> Application:
@@ -54,4 +59,4 @@ def build_llm(args: dict[str, Any] | None = None) -> Application:
         from serve_app.config.loader import ConfigError
 
         raise ConfigError("invalid config: args.model.enabled: an LLM application needs the model enabled")
-    return LLMServer.bind(settings.model_dump(mode="json"))
+    return LLMServer.bind(settings.model_dump(mode="json"), LLM_DEPLOYMENT)

@@ -11,8 +11,9 @@ before the session app starts: one engine at a time); app (the session app, undi
 scales and rolls back the session app); chaos (kills parts of it). The chaos tests write their figures to
 benchmarks/results/reliability.json (the ``reliability`` fixture).
 
-The session app runs configs/dev-cpu.yaml with the test overrides below (TEST_SETTINGS): short release
-watches, so that the release tier's ~20 releases do not each wait the production watch window.
+The session app runs configs/multi-model.yaml (the default model and the tiny one, each its own LLM deployment)
+with the test overrides below (TEST_SETTINGS): short release watches, so that the release tier's ~20 releases
+do not each wait the production watch window.
 """
 
 import json
@@ -73,14 +74,15 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: next(i for i, t in enumerate(TIERS) if item.get_closest_marker(t)))
 
 
-# What the session app changes in configs/dev-cpu.yaml. A release is watched for releases.watch_s after it is
+SESSION_CONFIG = "configs/multi-model.yaml"
+# What the session app changes in its config. A release is watched for releases.watch_s after it is
 # up (production: 10 s); the fault it must catch in the release tier (tests/fakes/engine.py) shows within 1 s.
 TEST_SETTINGS = {"releases": {"watch_s": 2}}
 
 
 def session_config(tmp_dir: Path) -> Path:
-    """configs/dev-cpu.yaml with TEST_SETTINGS merged into the application's args, written under tmp_dir."""
-    config = yaml.safe_load((ROOT / "configs/dev-cpu.yaml").read_text())
+    """SESSION_CONFIG with TEST_SETTINGS merged into the application's args, written under tmp_dir."""
+    config = yaml.safe_load((ROOT / SESSION_CONFIG).read_text())
     args = config["applications"][0]["args"]
     for section, values in TEST_SETTINGS.items():
         args[section] = {**(args.get(section) or {}), **values}

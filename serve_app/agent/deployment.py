@@ -19,7 +19,7 @@ from serve_app.agent.calculator import calculate
 from serve_app.agent.loop import AgentLoop, ToolResult
 from serve_app.agent.tools import REGISTRY
 from serve_app.calls.handles import call
-from serve_app.config.parts import CODE_ACTOR_OPTIONS, deployment_settings
+from serve_app.config.parts import code_actor_options, deployment_settings
 from serve_app.errors import NotFound
 from serve_app.llm.client import LLMClient
 from serve_app.observability.metrics import metric
@@ -63,12 +63,14 @@ class Tools:
         return {n: getattr(self, n) for n in names if n != "final_answer"}
 
 
-@serve.deployment(name="Agent", max_ongoing_requests=32, ray_actor_options=dict(CODE_ACTOR_OPTIONS["Agent"]))
+@serve.deployment(name="Agent", max_ongoing_requests=32, ray_actor_options=code_actor_options("Agent"))
 class AgentServer:
-    def __init__(self, settings: dict[str, Any] | None, llm: DeploymentHandle, vector: DeploymentHandle | None = None):
+    def __init__(self, settings: dict[str, Any] | None, llms: dict[str, DeploymentHandle],
+                 vector: DeploymentHandle | None = None):
+        """``llms``: every LLM deployment's handle, by deployment name; the agent calls its model's."""
         s = deployment_settings(settings, "Agent")
         self.settings = s
-        client = LLMClient(llm, s.model.name, s.ingress)
+        client = LLMClient(llms[s.llm_deployment], s.model.name, s.ingress)
         tools = Tools(vector, s.agent.observation_chars).bound(s.agent.tools)
         self.loop = AgentLoop(client, tools, s.agent, s.prompts)
 

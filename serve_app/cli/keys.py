@@ -19,7 +19,8 @@ def cmd_hash_key(ns: argparse.Namespace) -> int:
     key = ns.key or f"sk-{secrets.token_urlsafe(32)}"
     try:
         entry = KeyEntry(name=ns.name, sha256=digest(key), scopes=ns.scopes.split(","),
-                         requests_per_minute=ns.rpm, tokens_per_minute=ns.tpm)
+                         requests_per_minute=ns.rpm, tokens_per_minute=ns.tpm,
+                         models=ns.models.split(",") if ns.models else None)
     except ValueError as exc:
         say(f"invalid key entry: {exc}")
         return 2
@@ -36,5 +37,7 @@ def register(sub) -> None:
     hk.add_argument("--scopes", default="public", help="comma-separated: public, admin")
     hk.add_argument("--rpm", type=float, default=None, help="requests per minute (default: unlimited)")
     hk.add_argument("--tpm", type=float, default=None, help="tokens per minute (default: unlimited)")
+    hk.add_argument("--models", default=None, help="comma-separated served model names the key may use "
+                    "(default: every model)")
     hk.add_argument("--key", default=None, help="hash this key instead of making one")
     hk.set_defaults(func=cmd_hash_key)

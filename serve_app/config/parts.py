@@ -12,9 +12,10 @@ rebuild the application), and each deployment gets the part of the settings it r
 variable ``SERVE_APP_DEPLOYMENT_SETTINGS`` of its ``ray_actor_options.runtime_env``:
 
     LLMServer           model, engine
+    LLMServer-<name>    its entry of models (model, engine)
     Embedder            vector
     VectorStore         vector
-    Agent               model, ingress, agent, prompts
+    Agent               its model (agent.model), ingress, agent, prompts
     Ingress             everything (it reads every section, and it is cheap to replace)
 
 A release that changes the prompts therefore replaces the Ingress and the Agent and leaves the model
@@ -34,18 +35,18 @@ from pydantic import BaseModel, Field
 
 from serve_app.config.loader import APP_IMPORT_PATH, deployment_names, validate_app_args
 from serve_app.config.prompts import PromptSettings
-from serve_app.config.settings import (AgentSettings, AppSettings, EngineSettings, IngressSettings, ModelSettings,
+from serve_app.config.names import LLM_DEPLOYMENT, is_llm_deployment
+from serve_app.config.settings import (AgentSettings, AppSettings, IngressSettings, ModelSettings, ServedModel,
                                        VectorSettings, _Strict)
 
 ENV = "SERVE_APP_DEPLOYMENT_SETTINGS"
 # Marks ray_actor_options that ``split`` wrote for an entry that had none (``join`` removes them again).
 ADDED = "SERVE_APP_SPLIT_OPTIONS"
 SPLIT_KEY = "split_settings"
-class LLMServerSettings(_Strict):
-    """The LLM deployment's part of the settings."""
 
-    model: ModelSettings = Field(default_factory=ModelSettings, description="Which model is served.")
-    engine: EngineSettings = Field(default_factory=EngineSettings, description="vLLM engine arguments.")
+# An LLM deployment's part of the settings: the model it serves (``model`` and ``engine`` for the first model,
+# an entry of ``models`` for the others).
+LLMServerSettings = ServedModel
 
 
 class VectorTierSettings(_Strict):
@@ -57,30 +58,32 @@ class VectorTierSettings(_Strict):
 class AgentServerSettings(_Strict):
     """The Agent deployment's part of the settings."""
 
-    model: ModelSettings = Field(default_factory=ModelSettings, description="Which model is served.")
+    model: ModelSettings = Field(default_factory=ModelSettings, description="The model it uses (agent.model).")
+    llm_deployment: str = Field(LLM_DEPLOYMENT, description="The LLM deployment serving that model.")
     ingress: IngressSettings = Field(default_factory=IngressSettings, description="Deadlines and retries of its calls.")
     agent: AgentSettings = Field(default_factory=AgentSettings, description="The tool-using agent.")
     prompts: PromptSettings = Field(default_factory=PromptSettings, description="Prompt templates (versioned).")
 
 
-# Each deployment's type of settings: the sections it reads. The Ingress reads every section.
+# Each deployment's type of settings: the sections it reads. The Ingress reads every section; every LLM
+# deployment (``LLMServer``, ``LLMServer-<name>``) reads its model's.
 PART_TYPES: dict[str, type[BaseModel]] = {
-    "LLMServer": LLMServerSettings,
+    LLM_DEPLOYMENT: LLMServerSettings,
     "Embedder": VectorTierSettings,
     "VectorStore": VectorTierSettings,
     "Agent": AgentServerSettings,
     "Ingress": AppSettings,
 }
-# Settings sections each deployment reads; None: all of them.
-PARTS: dict[str, tuple[str, ...] | None] = {
-    name: None if t is AppSettings else tuple(t.model_fields) for name, t in PART_TYPES.items()
-}
+
+
+def part_type(deployment: str) -> type[BaseModel]:
+    return PART_TYPES[LLM_DEPLOYMENT if is_llm_deployment(deployment) else deployment]
 
 
 # The ``ray_actor_options`` each deployment declares in code. A config entry that sets ray_actor_options
 # replaces these (Serve does not merge them), so ``split`` starts from them when the entry has none.
 CODE_ACTOR_OPTIONS: dict[str, dict[str, Any]] = {
-    "LLMServer": {},
+    LLM_DEPLOYMENT: {},
     "Embedder": {"num_cpus": 0},
     "VectorStore": {"num_cpus": 0},
     "Agent": {"num_cpus": 0},
@@ -88,13 +91,33 @@ CODE_ACTOR_OPTIONS: dict[str, dict[str, Any]] = {
 }
 
 
-def part_of(plain: dict[str, Any], deployment: str) -> dict[str, Any]:
-    keys = PARTS[deployment]
-    return dict(plain) if keys is None else {k: plain[k] for k in keys if k in plain}
+def code_actor_options(deployment: str) -> dict[str, Any]:
+    return dict(CODE_ACTOR_OPTIONS[LLM_DEPLOYMENT if is_llm_deployment(deployment) else deployment])
+
+
+def part(settings: AppSettings, deployment: str) -> BaseModel:
+    """``deployment``'s part of the settings, of its own type."""
+    kind = part_type(deployment)
+    if kind is AppSettings:
+        return settings
+    if kind is LLMServerSettings:
+        return settings.served_models()[deployment]
+    if kind is AgentServerSettings:
+        name = settings.served_model(settings.agent.model).model.name
+        deployment = next(d for d, m in settings.served_models().items() if m.model.name == name)
+        return AgentServerSettings(model=settings.served_model(name).model, llm_deployment=deployment,
+                                   ingress=settings.ingress, agent=settings.agent, prompts=settings.prompts)
+    return kind(**{k: getattr(settings, k) for k in kind.model_fields})
 
 
 def _encode(part: dict[str, Any]) -> str:
     return json.dumps(part, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def split_args(settings: AppSettings) -> dict[str, Any]:
+    """What a split config's ``args`` keep: which components exist (``build_app`` binds these)."""
+    return {"model": settings.model.enabled, "vector": settings.vector.enabled, "agent": settings.agent.enabled,
+            "llm_deployments": list(settings.served_models())}
 
 
 def split(config: dict[str, Any]) -> dict[str, Any]:
@@ -105,9 +128,7 @@ def split(config: dict[str, Any]) -> dict[str, Any]:
             continue
         app_args = app.get("args") or {}
         settings = validate_app_args(app_args)
-        plain = settings.model_dump(mode="json")
-        app["args"] = {SPLIT_KEY: {"model": settings.model.enabled, "vector": settings.vector.enabled,
-                                   "agent": settings.agent.enabled}}
+        app["args"] = {SPLIT_KEY: split_args(settings)}
         deps = app.setdefault("deployments", [])
         for name in sorted(deployment_names(settings)):
             entry = next((d for d in deps if d.get("name") == name), None)
@@ -116,7 +137,7 @@ def split(config: dict[str, Any]) -> dict[str, Any]:
                 deps.append(entry)
             added = not isinstance(entry.get("ray_actor_options"), dict)
             if added:
-                entry["ray_actor_options"] = copy.deepcopy(CODE_ACTOR_OPTIONS[name])
+                entry["ray_actor_options"] = code_actor_options(name)
             options = entry["ray_actor_options"]
             if not isinstance(options.get("runtime_env"), dict):
                 options["runtime_env"] = {}
@@ -124,8 +145,8 @@ def split(config: dict[str, Any]) -> dict[str, Any]:
                 options["runtime_env"]["env_vars"] = {}
             # The Ingress gets the args as written (so ``join`` gives them back unchanged); the others their
             # sections with every default filled in (a default written out is no change).
-            part = app_args if PARTS[name] is None else part_of(plain, name)
-            options["runtime_env"]["env_vars"][ENV] = _encode(part)
+            value = app_args if name == "Ingress" else part(settings, name).model_dump(mode="json")
+            options["runtime_env"]["env_vars"][ENV] = _encode(value)
             if added:
                 options["runtime_env"]["env_vars"][ADDED] = "1"
     return out
@@ -168,14 +189,12 @@ def deployment_settings(given: dict[str, Any] | None, deployment: str):
     else (split deploy) from its part in the environment."""
     import os
 
-    part_type = PART_TYPES[deployment]
     if given is not None:
-        whole = AppSettings.model_validate(given)
-        return whole if part_type is AppSettings else part_type(**{k: getattr(whole, k) for k in PARTS[deployment]})
+        return part(AppSettings.model_validate(given), deployment)
     raw = os.environ.get(ENV)
     if raw is None:
         raise RuntimeError(f"no settings: the deployment was bound without settings and ${ENV} is not set")
-    return part_type.model_validate(json.loads(raw))
+    return part_type(deployment).model_validate(json.loads(raw))
 
 
 def split_schema(schema):

@@ -6,6 +6,7 @@ the field's name instead of being silently ignored.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -13,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serve_app.config import paths
 from serve_app.config.prompts import PromptSettings
-from serve_app.config.names import (DEFAULT_MODEL, DEFAULT_MODEL_NAME, DEFAULT_TOOLS, FINAL, SERVED_NAMES,
-                                    TINY_MODEL_NAME, TOOLS)
+from serve_app.config.names import (DEFAULT_MODEL, DEFAULT_MODEL_NAME, DEFAULT_TOOLS, FINAL, LLM_DEPLOYMENT,
+                                    SERVED_NAME_PATTERN, SERVED_NAMES, TINY_MODEL_NAME, TOOLS, llm_deployment_name)
 
 
 class _Strict(BaseModel):
@@ -33,6 +34,7 @@ class ModelSettings(_Strict):
     )
     served_name: str | None = Field(
         None,
+        pattern=SERVED_NAME_PATTERN,
         description="Model name clients put in the 'model' field and /v1/models lists. Defaults to "
         f"'{DEFAULT_MODEL_NAME}' for the default model, '{TINY_MODEL_NAME}' for the tiny one, else to the "
         "source string.",
@@ -88,6 +90,23 @@ class EngineSettings(_Strict):
         default_factory=list,
         description="More `vllm serve` arguments, verbatim (e.g. ['--max-num-batched-tokens', '4096']).",
     )
+    cpu_cores: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="CPU build only: cores the engine's worker is bound to. Each replica's engine claims the "
+        "cores of its node that fewest running engines hold (replicas of the same model spread first), so several "
+        "engines on one machine do not share a core (serve_app/llm/cpus.py). None: vLLM's own binding (every core "
+        "of the first NUMA node but one, the same for every engine). Ignored on GPU and when "
+        "VLLM_CPU_OMP_THREADS_BIND is set.",
+    )
+
+
+class ServedModel(_Strict):
+    """One served model: what its LLM deployment reads."""
+
+    model: ModelSettings = Field(default_factory=ModelSettings, description="Which model is served.")
+    engine: EngineSettings = Field(default_factory=EngineSettings, description="vLLM engine arguments.")
 
 
 class RetrySettings(_Strict):
@@ -197,6 +216,8 @@ class RagSettings(_Strict):
     """POST /v1/rag: a draft from the LLM and the search run in parallel, then the cited answer."""
 
     enabled: bool = Field(True, description="Serve /v1/rag (needs the model and the vector tier).")
+    model: str | None = Field(None, description="Served name of the model that drafts and answers (default: the "
+                              "first model).")
     default_top_k: int = Field(4, ge=1, le=100, description="Sources retrieved when the request names no top_k.")
     max_top_k: int = Field(10, ge=1, le=100, description="Largest top_k a RAG request may ask for.")
     draft: bool = Field(
@@ -227,6 +248,8 @@ class AgentSettings(_Strict):
     """POST /v1/agent: a bounded tool loop in its own deployment."""
 
     enabled: bool = Field(True, description="Deploy the agent (needs the model; search tools need the vector tier).")
+    model: str | None = Field(None, description="Served name of the model that chooses the tool calls (default: "
+                              "the first model).")
     tools: tuple[str, ...] = Field(
         DEFAULT_TOOLS,
         min_length=1,
@@ -298,8 +321,16 @@ class AppSettings(_Strict):
     release: str = Field(
         "dev", min_length=1, max_length=64, description="Release label reported by /healthz and in logs."
     )
-    model: ModelSettings = Field(default_factory=ModelSettings, description="Which model is served.")
-    engine: EngineSettings = Field(default_factory=EngineSettings, description="vLLM engine arguments.")
+    model: ModelSettings = Field(default_factory=ModelSettings, description="The first served model: the default "
+                                 "of RAG and the agent, and the one a canary compares (deployment LLMServer).")
+    engine: EngineSettings = Field(default_factory=EngineSettings, description="vLLM engine arguments of the "
+                                   "first model.")
+    models: list[ServedModel] = Field(
+        default_factory=list, max_length=32,
+        description="More models served behind the same endpoint, each by its own LLM deployment "
+        f"'{LLM_DEPLOYMENT}-<served name>' (its replicas, autoscaling and resources are that deployment's entry in "
+        "the config's deployments list). Requests name the model in their 'model' field.",
+    )
     ingress: IngressSettings = Field(default_factory=IngressSettings, description="HTTP front door limits.")
     vector: VectorSettings = Field(default_factory=VectorSettings, description="Retrieval tier.")
     rag: RagSettings = Field(default_factory=RagSettings, description="Retrieval-augmented answers.")
@@ -311,8 +342,52 @@ class AppSettings(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "AppSettings":
-        if self.engine.max_num_seqs < self.ingress.max_n:
-            raise ValueError("engine.max_num_seqs must be at least ingress.max_n")
         if not self.model.enabled and not self.vector.enabled:
             raise ValueError("nothing to serve: model.enabled and vector.enabled are both false")
+        if self.models and not self.model.enabled:
+            raise ValueError("models: more models need the first one (model.enabled)")
+        where = {}  # served name -> the field that sets it
+        deployments = {}
+        for i, served in enumerate(self._served()):
+            mfield, efield = ("model", "engine") if i == 0 else (f"models[{i - 1}].model", f"models[{i - 1}].engine")
+            if not served.model.enabled:
+                raise ValueError(f"{mfield}.enabled: remove the entry instead of disabling it")
+            if served.engine.max_num_seqs < self.ingress.max_n:
+                raise ValueError(f"{efield}.max_num_seqs must be at least ingress.max_n")
+            name = served.model.name
+            if not re.fullmatch(SERVED_NAME_PATTERN, name):
+                raise ValueError(f"{mfield}: the served name {name!r} is not a valid model name (letters, digits "
+                                 "and ._:/@+- up to 128 characters); set served_name")
+            if name in where or (self.vector.enabled and name == self.vector.embedder_name):
+                other = where.get(name, "vector.embedder_name")
+                raise ValueError(f"{mfield}: the served name {name!r} is already served by {other}")
+            where[name] = mfield
+            dep = llm_deployment_name(name, first=i == 0)
+            if dep in deployments:
+                raise ValueError(f"{mfield}: the served name {name!r} gives the same deployment name {dep!r} as "
+                                 f"{deployments[dep]}'s; choose names that differ in letters or digits")
+            deployments[dep] = mfield
+        for field, value in (("rag.model", self.rag.model), ("agent.model", self.agent.model)):
+            if value is not None and value not in where:
+                raise ValueError(f"{field}: {value!r} is not a served model ({sorted(where)})")
         return self
+
+    def _served(self) -> list[ServedModel]:
+        if not self.model.enabled:
+            return []
+        return [ServedModel.model_construct(model=self.model, engine=self.engine), *self.models]
+
+    def served_models(self) -> dict[str, ServedModel]:
+        """Deployment name -> the model it serves, the first model first (LLMServer)."""
+        return {llm_deployment_name(m.model.name, first=i == 0): m for i, m in enumerate(self._served())}
+
+    def model_names(self) -> list[str]:
+        """Served names of the chat models, the first model first."""
+        return [m.model.name for m in self._served()]
+
+    def served_model(self, name: str | None) -> ServedModel:
+        """The model served under ``name`` (None: the first)."""
+        for m in self._served():
+            if name is None or m.model.name == name:
+                return m
+        raise KeyError(name)

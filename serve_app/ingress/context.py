@@ -16,7 +16,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.calls.handles import call
 from serve_app.config.settings import AppSettings
-from serve_app.errors import InvalidRequest, NotFound, UpstreamTimeout, unwrap
+from serve_app.errors import Forbidden, InvalidRequest, ModelNotFound, NotFound, UpstreamTimeout, unwrap
 from serve_app.ingress.availability import Availability
 from serve_app.ingress.canary import CanaryRouter
 from serve_app.llm.client import LLMClient
@@ -27,24 +27,37 @@ logger = logging.getLogger("ray.serve")
 
 
 class IngressContext:
-    def __init__(self, settings: AppSettings, llm: DeploymentHandle | None, vector: DeploymentHandle | None = None,
-                 embedder: DeploymentHandle | None = None, agent: DeploymentHandle | None = None,
-                 controller_lookup: Callable[[], Any] | None = None):
-        """``controller_lookup``: finds (or starts) the release controller's actor; called on first use."""
-        self.settings, self.llm, self.vector, self.embedder, self.agent = settings, llm, vector, embedder, agent
+    def __init__(self, settings: AppSettings, llms: dict[str, DeploymentHandle] | None,
+                 vector: DeploymentHandle | None = None, embedder: DeploymentHandle | None = None,
+                 agent: DeploymentHandle | None = None, controller_lookup: Callable[[], Any] | None = None):
+        """``llms``: the LLM deployments' handles by deployment name (one per served model).
+        ``controller_lookup``: finds (or starts) the release controller's actor; called on first use."""
+        self.settings, self.vector, self.embedder, self.agent = settings, vector, embedder, agent
+        llms = llms or {}
+        # Served model name -> its LLM deployment's handle, the first model first.
+        self.models: dict[str, DeploymentHandle] = {
+            m.model.name: llms[d] for d, m in settings.served_models().items() if d in llms}
+        self.llm = next(iter(self.models.values()), None)  # the first model's: a canary's counterpart
         self.release = settings.release
         self._lookup, self._controller = controller_lookup, None
         self.metrics_url: str | None = None  # this node's metrics exporter (GET /metrics), looked up once
         self.rag: RagPipeline | None = None
-        if llm is not None and settings.rag.enabled:
+        # The models RAG and the agent use (rag.model, agent.model; default: the first).
+        self.rag_model = self.agent_model = None
+        if self.models:
+            self.rag_model = settings.served_model(settings.rag.model).model.name
+            self.agent_model = settings.served_model(settings.agent.model).model.name
+        if self.models and settings.rag.enabled:
             search = self.search if vector is not None else None
-            self.rag = RagPipeline(LLMClient(llm, settings.model.name, settings.ingress), search, settings.rag,
+            name = self.rag_model
+            self.rag = RagPipeline(LLMClient(self.models[name], name, settings.ingress), search, settings.rag,
                                    settings.prompts)
         self.router: CanaryRouter | None = None
         self._reporter: asyncio.Task | None = None
-        self.llm_availability = Availability(lambda: call(self.llm, "health"), 2.0,
-                                             settings.ingress.health_timeout_s,
-                                             settings.ingress.llm_fail_fast_s) if llm is not None else None
+        # Per model: once none of its replicas has answered for a while, its requests get 503 at once.
+        self.availability = {name: Availability(lambda h=handle: call(h, "health"), 2.0,
+                                                settings.ingress.health_timeout_s, settings.ingress.llm_fail_fast_s)
+                             for name, handle in self.models.items()}
         self._shown_release: str | None = None
         self.set_release(settings.release)
 
@@ -105,10 +118,48 @@ class IngressContext:
             raise NotFound("the LLM is disabled in this deployment")
         return self.llm
 
-    def llm_gate(self) -> None:
-        """Refuse an LLM request at once (503) while the LLM has had no healthy replica for a while."""
-        if self.llm_availability is not None:
-            self.llm_availability.check()
+    def allowed_models(self, api_key: Any = None) -> list[str]:
+        """The chat models an API key may use (every one without a key or an allow-list), the first first."""
+        allowed = getattr(api_key, "models", None)
+        return [m for m in self.models if allowed is None or m in allowed]
+
+    def chat_model(self, requested: str | None, api_key: Any = None) -> tuple[str, DeploymentHandle]:
+        """(served name, handle) of the chat model a request names (none named: the first it may use). A model
+        outside the key's allow-list gets the same 404 as an unknown one, so names do not leak."""
+        self.require_llm()
+        allowed = self.allowed_models(api_key)
+        if requested is None and allowed:
+            return allowed[0], self.models[allowed[0]]
+        if requested in allowed:
+            return requested, self.models[requested]
+        if requested is None:
+            raise ModelNotFound("This API key may use no chat model.", "model")
+        if requested is not None and requested == self.embedder_name() and self.key_allows(api_key, requested):
+            raise InvalidRequest(f"`{requested}` is an embedding model: use it with /v1/embeddings (chat models: "
+                                 f"{', '.join(allowed)})", "model")
+        raise ModelNotFound(f"The model `{requested}` does not exist.", "model")
+
+    def embedder_name(self) -> str | None:
+        return self.settings.vector.embedder_name if self.embedder is not None else None
+
+    @staticmethod
+    def key_allows(api_key: Any, model: str) -> bool:
+        allowed = getattr(api_key, "models", None)
+        return allowed is None or model in allowed
+
+    def use_model(self, model: str, request: Any) -> None:
+        """For a route that answers with a configured model (RAG, the agent): 403 when the request's API key may
+        not use it, 503 at once while it has no healthy replica."""
+        if not self.key_allows(getattr(request.state, "api_key", None), model):
+            raise Forbidden("this API key may not use the model this route answers with")
+        self.llm_gate(model)
+
+    def llm_gate(self, model: str | None = None) -> None:
+        """Refuse an LLM request at once (503) while the model (default: the first) has had no healthy replica
+        for a while."""
+        gate = self.availability.get(model or next(iter(self.models), ""))
+        if gate is not None:
+            gate.check()
 
     async def vector_call(self, method: str, *args, handle: DeploymentHandle | None = None):
         """``method(*args)`` on the vector store (or ``handle``, e.g. the embedder) within the vector tier's

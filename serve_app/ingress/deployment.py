@@ -9,17 +9,20 @@ serves a pickled copy of an app handed to ``@serve.ingress(app)``, which does no
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.config.parts import CODE_ACTOR_OPTIONS, deployment_settings
+from serve_app.config.parts import code_actor_options, deployment_settings
 from serve_app.ingress.admin_gate import AdminGate, admin_key_digest
 from serve_app.ingress.context import IngressContext
 from serve_app.ingress.fastapi_app import create_app
 from serve_app.ingress.limits import RateLimiter, load_keys
+
+logger = logging.getLogger("ray.serve")
 
 
 def _find_release_controller():
@@ -28,23 +31,28 @@ def _find_release_controller():
     return get_controller(serve.get_replica_context().app_name)
 
 
-@serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options=dict(CODE_ACTOR_OPTIONS["Ingress"]))
+@serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options=code_actor_options("Ingress"))
 @serve.ingress()
 class Ingress:
     def __init__(
         self,
-        llm: DeploymentHandle | None,
+        llms: dict[str, DeploymentHandle] | None,
         settings: dict[str, Any] | None,
         vector: DeploymentHandle | None = None,
         embedder: DeploymentHandle | None = None,
         agent: DeploymentHandle | None = None,
     ):
         s = self.settings = deployment_settings(settings, "Ingress")
-        self.context = IngressContext(s, llm, vector, embedder, agent, controller_lookup=_find_release_controller)
+        self.context = IngressContext(s, llms, vector, embedder, agent, controller_lookup=_find_release_controller)
         # API keys of the public API: off unless a key file is given (ingress/limits.py). An unreadable or
         # invalid file fails the replica's start with the reason, so a release carrying it is rolled back.
         keys_file = os.environ.get("SERVE_APP_API_KEYS_FILE")
         self._api_keys = load_keys(keys_file) if keys_file else None
+        served = set(self.context.models) | {self.context.embedder_name()}
+        for entry in (self._api_keys or {}).values():
+            unknown = sorted(set(entry.models or ()) - served)
+            if unknown:  # not fatal: the key file outlives releases that add and remove models
+                logger.warning("API key %s allows model(s) this release does not serve: %s", entry.name, unknown)
         self._admin = AdminGate(admin_key_digest(), self.context.release_controller)
         self._app = None
 

@@ -35,11 +35,19 @@ class KeyEntry(BaseModel):
     scopes: list[Literal["public", "admin"]] = Field(["public"], description="'admin' also opens /admin/*.")
     requests_per_minute: float | None = Field(None, gt=0, description="Request rate limit (None: unlimited).")
     tokens_per_minute: float | None = Field(None, gt=0, description="Token rate limit (None: unlimited).")
+    models: list[str] | None = Field(
+        None, min_length=1, description="Served model names (chat and embedding) the key may use; None: every one. "
+        "Others get the same 404 as an unknown model and are not listed by /v1/models.")
 
 
 class KeyFile(BaseModel):
+    """The key file. Its schema grows by optional fields whose default is the behaviour before them (as
+    ``models``), so an older file keeps its meaning; ``version`` changes only when a field's meaning does, and a
+    file of a newer version than this code knows is refused rather than half understood."""
+
     model_config = ConfigDict(extra="forbid")
 
+    version: Literal[1] = Field(1, description="Schema version of the key file.")
     keys: list[KeyEntry] = Field(..., min_length=1)
 
 

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from serve_app.calls.handles import open_call
 from serve_app.calls.streams import relay_stream
 from serve_app.config.settings import AppSettings
-from serve_app.errors import InvalidRequest, ModelNotFound
+from serve_app.errors import InvalidRequest
 from serve_app.ingress.context import IngressContext
 from serve_app.observability.metrics import metric
 from serve_app.protocol.stream import DONE_DATA, StreamHead, data_of
@@ -36,11 +36,10 @@ def check_sampling(req: Any, settings: AppSettings) -> None:
         cap = settings.ingress.max_tokens
         if value is not None and cap is not None and value > cap:
             raise InvalidRequest(f"{field} must be at most {cap}", field)
-    if req.model is not None and req.model != settings.model.name:
-        raise ModelNotFound(f"The model `{req.model}` does not exist.", "model")
 
 
-async def _observed(lines: AsyncIterator[str], route: str, router, arm: str | None, t0: float) -> AsyncIterator[str]:
+async def _observed(lines: AsyncIterator[str], tags: dict[str, str], router, arm: str | None,
+                    t0: float) -> AsyncIterator[str]:
     """Relay a stream, recording the time to its first event (TTFT) and, while a canary is out, its side's
     outcome: whether it ended with [DONE] and no error event (a client that leaves early records none)."""
     ttft = None
@@ -50,7 +49,7 @@ async def _observed(lines: AsyncIterator[str], route: str, router, arm: str | No
             data = data_of(line)
             if ttft is None and data is not None:
                 ttft = time.perf_counter() - t0
-                metric("serve_app_llm_time_to_first_token_seconds").observe(ttft, tags={"route": route})
+                metric("serve_app_llm_time_to_first_token_seconds").observe(ttft, tags=tags)
             if data is not None and data.startswith('{"error"'):
                 ok, done = False, True
             elif data == DONE_DATA and not done:
@@ -75,21 +74,26 @@ def materialized(value: Any) -> Any:
     return value
 
 
-def _served_by(head: StreamHead) -> dict[str, str] | None:
-    # The id of the LLM replica that answered: ties a client's request to the replica's logs and metrics.
-    return {"X-Served-By": head["replica"]} if head.get("replica") else None
+def _served_by(head: StreamHead, model: str) -> dict[str, str]:
+    # Which model's deployment and which of its replicas answered: ties a client's request to the replica's
+    # logs and metrics.
+    headers = {"X-Served-Model": model}
+    if head.get("replica"):
+        headers["X-Served-By"] = head["replica"]
+    return headers
 
 
-async def generate(ctx: IngressContext, kind: str, req: Any):
-    """Run a chat or completion request on the LLM deployment (or the canary's share of them on the canary):
-    the whole answer as one JSON body, or the stream relayed as server-sent events."""
-    ctx.require_llm()
-    ctx.llm_gate()
+async def generate(ctx: IngressContext, kind: str, req: Any, model: str, handle):
+    """Run a chat or completion request on ``model``'s LLM deployment (``handle``; for the first model while a
+    canary is out, the canary's share of them on the canary): the whole answer as one JSON body, or the stream
+    relayed as server-sent events."""
+    ctx.llm_gate(model)
     route = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
-    # While a canary is out, a share of requests goes to its LLM and each side's outcome is recorded
-    # (serve_app/ingress/canary.py).
-    router = ctx.router
-    arm, handle = router.pick() if router is not None else (None, ctx.llm)
+    tags = {"route": route, "model": model}
+    # While a canary is out, a share of the first model's requests goes to its LLM and each side's outcome is
+    # recorded (serve_app/ingress/canary.py).
+    router = ctx.router if handle is ctx.llm else None
+    arm, handle = router.pick() if router is not None else (None, handle)
     if router is not None:
         ctx.canary_reporter()
     t0 = time.perf_counter()
@@ -106,7 +110,7 @@ async def generate(ctx: IngressContext, kind: str, req: Any):
         for field, name in (("prompt_tokens", "serve_app_llm_prompt_tokens"),
                             ("completion_tokens", "serve_app_llm_output_tokens")):
             if usage.get(field):  # Ray's counters refuse an increment of 0
-                metric(name).inc(usage[field], tags={"route": route})
-        return JSONResponse(head["body"], headers=_served_by(head))
-    return StreamingResponse(_observed(relay_stream(gen), route, router, arm, t0), media_type="text/event-stream",
-                             headers=_served_by(head))
+                metric(name).inc(usage[field], tags=tags)
+        return JSONResponse(head["body"], headers=_served_by(head, model))
+    return StreamingResponse(_observed(relay_stream(gen), tags, router, arm, t0), media_type="text/event-stream",
+                             headers=_served_by(head, model))

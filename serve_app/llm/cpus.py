@@ -1,4 +1,5 @@
-"""Keeping the rest of the app off the cores of a CPU engine.
+"""Where a CPU engine runs: the rest of the app kept off its cores, and several engines on one node each on
+cores of its own.
 
 vLLM's CPU build binds its model worker's OpenMP threads to the cores of one NUMA node minus the last one,
 which it leaves to "other processes" (its own scheduler and front end). Bare `vllm serve` has little else
@@ -26,9 +27,10 @@ from contextlib import contextmanager
 BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
 
 
-def engine_cpu_plan() -> tuple[list[int], list[int]] | None:
-    """(the engine worker's CPUs, every other allowed CPU) as vLLM's automatic binding picks them for one
-    worker, or None where there is nothing to split: a GPU build, or fewer than two usable cores."""
+def _physical_cpus() -> list[tuple[int, int]] | None:
+    """(NUMA node, CPU id) of the CPUs vLLM would bind an engine's worker to on this process's allowed CPUs: one
+    logical CPU per physical core on SMT machines, every one elsewhere. None on a GPU build or an unknown
+    architecture."""
     from vllm.platforms import CpuArchEnum, current_platform
 
     if not current_platform.is_cpu():
@@ -42,22 +44,27 @@ def engine_cpu_plan() -> tuple[list[int], list[int]] | None:
         per_core = None  # every logical CPU
     else:
         return None
-    allowed = cr.get_allowed_cpu_list()
-    nodes = cr.get_visible_memory_node()
-    if not nodes:
+    cores: dict[tuple[int, int], list[int]] = {}
+    for cpu in cr.get_allowed_cpu_list():
+        cores.setdefault((cpu.numa_node, cpu.physical_core), []).append(cpu.id)
+    if per_core:
+        return sorted((node, per_core(ids)) for (node, _), ids in cores.items())
+    return sorted((node, i) for (node, _), ids in cores.items() for i in ids)
+
+
+def engine_cpu_plan() -> tuple[list[int], list[int]] | None:
+    """(the engine worker's CPUs, every other allowed CPU) as vLLM's automatic binding picks them for one
+    worker, or None where there is nothing to split: a GPU build, or fewer than two usable cores."""
+    cpus = _physical_cpus()
+    if not cpus:
         return None
-    cores: dict[int, list[int]] = {}
-    for cpu in allowed:
-        if cpu.numa_node == nodes[0]:
-            cores.setdefault(cpu.physical_core, []).append(cpu.id)
-    selected = sorted(per_core(ids) for ids in cores.values()) if per_core else sorted(
-        i for ids in cores.values() for i in ids)
+    selected = [i for node, i in cpus if node == cpus[0][0]]
     # vLLM reserves the last selected CPU(s) for the processes around its worker (one unless set otherwise).
     reserved = int(os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU") or 1)
     if reserved < 1 or len(selected) <= reserved:
         return None
     engine = selected[:-reserved]
-    others = sorted({cpu.id for cpu in allowed} - set(engine))
+    others = sorted(set(os.sched_getaffinity(0)) - set(engine))
     return engine, others
 
 
@@ -125,3 +132,72 @@ def engine_cpus_reachable() -> Iterator[None]:
     finally:
         if wanted != before:
             os.sched_setaffinity(0, before)
+
+
+# -- several engines on one node: each claims its own cores -------------------------------------------------
+#
+# vLLM's automatic binding puts every engine on the same cores (it knows of no other engine), so two engines
+# on one machine share one core while the others idle. An engine with ``engine.cpu_cores`` set instead claims
+# cores in a claim file of its node: the ones that fewest running engines of the same model hold, then fewest
+# engines at all. Replicas of one model (which serve together, and a release's surge replica beside the one it
+# replaces) so land on different cores first. A claim is the replica process's: it lapses when the process
+# ends, however it ends.
+
+CLAIMS_FILE = "serve_app-engine-cpus.json"
+
+
+def _alive(pid: int, started: float) -> bool:
+    import psutil
+
+    try:
+        return abs(psutil.Process(pid).create_time() - started) < 1.0
+    except psutil.Error:
+        return False
+
+
+def pick_cpus(candidates: list[int], count: int, claims: list[dict], model: str) -> list[int]:
+    """The ``count`` candidates that fewest claims of ``model``, then fewest claims at all, hold (ties: the lower
+    CPU id)."""
+    def load(cpu: int) -> tuple[int, int, int]:
+        mine = sum(1 for c in claims if cpu in c["cpus"] and c["model"] == model)
+        return mine, sum(1 for c in claims if cpu in c["cpus"]), cpu
+
+    return sorted(sorted(candidates, key=load)[:count])
+
+
+def claim_cpus(count: int, model: str, directory: str | None = None) -> list[int] | None:
+    """Claim ``count`` cores of this node for this process's engine (for the claim, see above). None where
+    there is nothing to place: a GPU build, an unknown CPU architecture."""
+    import fcntl
+    import json
+    import tempfile
+
+    import psutil
+
+    cpus = _physical_cpus()
+    if not cpus:
+        return None
+    path = os.path.join(directory or tempfile.gettempdir(), CLAIMS_FILE)
+    me = psutil.Process()
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        f.seek(0)
+        try:
+            claims = [c for c in json.loads(f.read() or "[]") if _alive(c["pid"], c["started"]) and c["pid"] != me.pid]
+        except (ValueError, KeyError, TypeError):
+            claims = []  # an unreadable file holds no claim worth keeping
+        chosen = pick_cpus([i for _, i in cpus], min(count, len(cpus)), claims, model)
+        claims.append({"pid": me.pid, "started": me.create_time(), "model": model, "cpus": chosen})
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps(claims))
+    return chosen
+
+
+def placement_env(cores: int | None, model: str) -> dict[str, str]:
+    """The engine's ``VLLM_CPU_OMP_THREADS_BIND`` for ``engine.cpu_cores``: nothing when it is unset, when the
+    binding is already given (``serve-app run --isolate-engine-cpus``, or by hand) or there is nothing to place."""
+    if cores is None or os.environ.get(BIND_ENV, "auto") != "auto":
+        return {}
+    chosen = claim_cpus(cores, model)
+    return {BIND_ENV: ",".join(map(str, chosen))} if chosen else {}

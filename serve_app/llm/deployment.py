@@ -18,7 +18,9 @@ from typing import Any
 from ray import serve
 
 from serve_app.config.parts import LLMServerSettings, deployment_settings
+from serve_app.config.names import LLM_DEPLOYMENT
 from serve_app.llm import engine_args
+from serve_app.llm.cpus import BIND_ENV, placement_env
 from serve_app.llm.engine import LLMEngine, VLLMEngine
 from serve_app.llm.model import resolve_model
 from serve_app.protocol.stream import head
@@ -31,7 +33,8 @@ WATCHDOG_PERIOD_S = 1.0
 
 def vllm_engine_factory(settings: LLMServerSettings) -> LLMEngine:
     model = resolve_model(settings.model.source, settings.model.cache_dir)
-    return VLLMEngine(engine_args.cli_args(settings.engine, model, settings.model.name), env=engine_args.env(settings.engine))
+    env = {**engine_args.env(settings.engine), **placement_env(settings.engine.cpu_cores, settings.model.name)}
+    return VLLMEngine(engine_args.cli_args(settings.engine, model, settings.model.name), env=env)
 
 
 def _factory(path: str | None) -> EngineFactory:
@@ -45,9 +48,11 @@ def _factory(path: str | None) -> EngineFactory:
 
 @serve.deployment(name="LLMServer", max_ongoing_requests=64, health_check_period_s=10)
 class LLMServer:
-    async def __init__(self, settings: dict[str, Any] | None, engine_factory: EngineFactory | None = None):
+    async def __init__(self, settings: dict[str, Any] | None, deployment: str = LLM_DEPLOYMENT,
+                       engine_factory: EngineFactory | None = None):
+        """``deployment``: which LLM deployment this is (``LLMServer``, ``LLMServer-<name>``), so which model."""
         # Serve awaits an async constructor: the replica is routable only once the engine has started.
-        self._settings = deployment_settings(settings, "LLMServer")
+        self._settings = deployment_settings(settings, deployment)
         self._engine: LLMEngine | None = None
         engine = (engine_factory or _factory(self._settings.engine.factory))(self._settings)
         await engine.start()
@@ -95,6 +100,7 @@ class LLMServer:
         await self._engine.check_health()
         return {
             "model": self._settings.model.name,
+            "cpus": os.environ.get(BIND_ENV, "auto"),
             "started_at": self._started_at,
             "replica": self._replica,
             "pid": os.getpid(),

@@ -35,12 +35,12 @@ DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
                                ("release",), None),
     # LLM, as clients see it (the engine's own TTFT, TPOT, tokens and queue are vLLM's metrics)
     "serve_app_llm_time_to_first_token_seconds": ("histogram", "Time from the request reaching the ingress to the "
-                                                  "first streamed event of an LLM answer, by route.",
-                                                  ("route",), TTFT_BUCKETS),
-    "serve_app_llm_output_tokens": ("counter", "Completion tokens of non-streamed LLM answers (usage), by route.",
-                                    ("route",), None),
-    "serve_app_llm_prompt_tokens": ("counter", "Prompt tokens of non-streamed LLM answers (usage), by route.",
-                                    ("route",), None),
+                                                  "first streamed event of an LLM answer, by route and served model (configured names only).",
+                                                  ("route", "model"), TTFT_BUCKETS),
+    "serve_app_llm_output_tokens": ("counter", "Completion tokens of non-streamed LLM answers (usage), by route "
+                                    "and served model.", ("route", "model"), None),
+    "serve_app_llm_prompt_tokens": ("counter", "Prompt tokens of non-streamed LLM answers (usage), by route and "
+                                    "served model.", ("route", "model"), None),
     # Vector tier
     "serve_app_vector_search_duration_seconds": ("histogram", "Search time in the VectorStore replica (embedding "
                                                  "the query and the Qdrant query).", (), LATENCY_BUCKETS),

@@ -19,7 +19,7 @@ from typing import Any, Awaitable
 
 from serve_app.calls.handles import call
 from serve_app.config.parts import split
-from serve_app.release.plan import PROBES
+from serve_app.release.plan import probe_method
 
 
 class ServeGateway(abc.ABC):
@@ -40,7 +40,7 @@ class ServeGateway(abc.ABC):
 
     @abc.abstractmethod
     def probe(self, app: str, deployment: str) -> Awaitable[Any]:
-        """One health probe of ``deployment`` of application ``app`` (its method in ``plan.PROBES``).
+        """One health probe of ``deployment`` of application ``app`` (its method: ``plan.probe_method``).
 
         Finding the deployment happens at once (and raises if Serve has none by that name); the call itself
         happens when the result is awaited, so the caller bounds it with its own deadline."""
@@ -74,4 +74,4 @@ class RayServeGateway(ServeGateway):
 
         handle = serve.get_deployment_handle(deployment, app)
 
-        return call(handle, PROBES[deployment])
+        return call(handle, probe_method(deployment))

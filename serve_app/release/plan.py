@@ -13,6 +13,7 @@ from typing import Any
 
 from serve_app.config.loader import APP_IMPORT_PATH, LLM_IMPORT_PATH, ConfigError, deployment_names, \
     validate_serve_config
+from serve_app.config.names import is_llm_deployment
 from serve_app.config.parts import join
 from serve_app.config.settings import AppSettings, CanarySettings
 from serve_app.config.versions import migrate
@@ -20,6 +21,12 @@ from serve_app.errors import InvalidRequest, NotFound
 
 # The method of each deployment that answers a health probe (the watch after a rollout, a canary's window).
 PROBES = {"LLMServer": "health", "VectorStore": "health", "Embedder": "info", "Agent": "health"}
+
+
+def probe_method(deployment: str) -> str | None:
+    """The health method a release's watch calls on ``deployment`` (every LLM deployment: ``health``)."""
+    return PROBES["LLMServer" if is_llm_deployment(deployment) else deployment] if (
+        is_llm_deployment(deployment) or deployment in PROBES) else None
 
 
 def canary_name(app: str) -> str:

@@ -19,7 +19,8 @@ from serve_app.config.loader import deployment_names
 from serve_app.config.settings import AppSettings, CanarySettings
 from serve_app.release.canary import CANARY, PRIMARY, ArmStats, judge
 from serve_app.release.history import History
-from serve_app.release.plan import PROBES, app_settings, canary_application, canary_name, drain_bound_s, label
+from serve_app.release.plan import app_settings, canary_application, canary_name, drain_bound_s, label, \
+    probe_method
 
 if TYPE_CHECKING:
     from serve_app.release.gateway import ServeGateway
@@ -145,7 +146,7 @@ class Rollout:
     async def watch(self, settings: AppSettings) -> None:
         """Probe every component's health for ``releases.watch_s``; ReleaseFailed after
         ``releases.health_failures`` failed probes of one in a row."""
-        names = [n for n in sorted(deployment_names(settings)) if n in PROBES]
+        names = [n for n in sorted(deployment_names(settings)) if probe_method(n)]
         failures = dict.fromkeys(names, 0)
         end = self.clock() + settings.releases.watch_s
         while True:

@@ -18,7 +18,7 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.config.parts import CODE_ACTOR_OPTIONS, deployment_settings
+from serve_app.config.parts import code_actor_options, deployment_settings
 from serve_app.config.settings import VectorSettings
 from serve_app.calls.handles import call
 from serve_app.errors import NotFound
@@ -49,7 +49,7 @@ def make_store(s: VectorSettings, dim: int) -> VectorStore:
     return QdrantClientStore(s.collection, dim, url=s.url, api_key=os.environ.get(s.api_key_env) or None)
 
 
-@serve.deployment(name="Embedder", max_ongoing_requests=128, ray_actor_options=dict(CODE_ACTOR_OPTIONS["Embedder"]))
+@serve.deployment(name="Embedder", max_ongoing_requests=128, ray_actor_options=code_actor_options("Embedder"))
 class EmbedderServer:
     def __init__(self, settings: dict[str, Any] | None):
         share_engine_cpus()
@@ -119,7 +119,7 @@ def _rejoin(texts: list[str]) -> str:
 
 
 @serve.deployment(name="VectorStore", max_ongoing_requests=64,
-                  ray_actor_options=dict(CODE_ACTOR_OPTIONS["VectorStore"]))
+                  ray_actor_options=code_actor_options("VectorStore"))
 class VectorStoreServer:
     async def __init__(self, settings: dict[str, Any] | None, embedder: DeploymentHandle):
         from transformers import AutoTokenizer

@@ -25,7 +25,7 @@ from tests.chaos.faults import (gone, llm_replica_pids, running_replicas, scale,
 
 pytestmark = pytest.mark.chaos
 
-HEALTH_PERIOD_S = 10  # LLMServer's health_check_period_s in configs/dev-cpu.yaml
+HEALTH_PERIOD_S = 10  # LLMServer's health_check_period_s in the session config
 
 
 @pytest.fixture(scope="module")

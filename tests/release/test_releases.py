@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # The release tests' traffic: present throughout (every request recorded), light enough that the engines a
 # release starts are not slowed down by it (a full-speed load made each start 2-3x slower on 2 cores).
 RELEASE_LOAD_PAUSE_S = 0.3
+TINY = "tiny-random-llama"  # the session app's second model (configs/multi-model.yaml)
 
 
 def _config():
@@ -248,6 +249,7 @@ def test_canary_that_fails_requests_is_rolled_back_and_the_current_release_is_un
 
 def test_good_canary_is_promoted_under_load_without_failures(app_url, http, admin, model_name):
     llm_started = http.get("/healthz").json()["components"]["llm"]["started_at"]
+    tiny_before = http.get("/healthz").json()["components"][f"llm:{TINY}"]
     # Thresholds for a shared 2-core machine where two engines compete; the decision logic is unit-tested.
     canary = {"share": 0.5, "window_s": 8, "min_requests": 5, "max_ttft_p99_ratio": 4.0, "ttft_slack_ms": 2000}
     with Load(app_url, model_name, clients=2, pause_s=RELEASE_LOAD_PAUSE_S) as load:
@@ -268,6 +270,9 @@ def test_good_canary_is_promoted_under_load_without_failures(app_url, http, admi
     assert status["current_release"] == n and status["last_good_release"] == n and status["canary"] is None
     health = http.get("/healthz").json()
     assert health["release"] == str(n) and health["components"]["llm"]["started_at"] != llm_started
+    # A release of one model replaces that model's deployment only: the other model's engine kept running.
+    assert health["components"][f"llm:{TINY}"]["pid"] == tiny_before["pid"]
+    assert health["components"][f"llm:{TINY}"]["started_at"] == tiny_before["started_at"]
     assert admin.get(f"/admin/releases/{n}").json()["config"]["applications"][0]["args"]["engine"]["max_num_seqs"] == 32
 
 
@@ -280,6 +285,7 @@ def test_api_keys_and_rate_limits_through_a_release(app_url, http, admin, model_
     keys.write_text(yaml.safe_dump({"keys": [
         {"name": "app", "sha256": digest("sk-app"), "requests_per_minute": 4},
         {"name": "ops", "sha256": digest("sk-ops"), "scopes": ["public", "admin"]},
+        {"name": "tiny-only", "sha256": digest("sk-tiny"), "models": [TINY]},
     ]}))
     before = admin.get("/admin/status").json()["current_release"]
     config = copy.deepcopy(admin.get(f"/admin/releases/{before}").json()["config"])
@@ -306,6 +312,18 @@ def test_api_keys_and_rate_limits_through_a_release(app_url, http, admin, model_
                 statuses.append(429)
                 assert int(exc.response.headers["retry-after"]) >= 1
         assert statuses[:4] == [200] * 4 and statuses[4:] == [429, 429], statuses
+        # A key's model allow-list: other models are answered as unknown ones (no name leaks) and not listed.
+        tiny = {"Authorization": "Bearer sk-tiny"}
+        assert [m["id"] for m in http.get("/v1/models", headers=tiny).json()["data"]] == [TINY]
+        chat = {"max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+        assert http.post("/v1/chat/completions", headers=tiny, json={"model": TINY, **chat}).status_code == 200
+        hidden = http.post("/v1/chat/completions", headers=tiny, json={"model": model_name, **chat})
+        unknown = http.post("/v1/chat/completions", headers=tiny, json={"model": "no-such-model", **chat})
+        assert hidden.status_code == unknown.status_code == 404
+        assert hidden.json()["error"]["message"].replace(model_name, "X") == \
+            unknown.json()["error"]["message"].replace("no-such-model", "X")
+        assert http.get(f"/v1/models/{model_name}", headers=tiny).status_code == 404
+        assert http.post("/v1/embeddings", headers=tiny, json={"input": "x"}).status_code == 404
         # An admin-scope key opens the admin API; the admin key still does.
         assert httpx.get(f"{app_url}/admin/status", headers={"Authorization": "Bearer sk-ops"}).status_code == 200
         assert httpx.get(f"{app_url}/admin/status", headers={"Authorization": "Bearer sk-app"}).status_code == 401

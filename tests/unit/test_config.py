@@ -14,12 +14,47 @@ from serve_app.llm.engine import vllm_serve_args
 pytestmark = [pytest.mark.unit, pytest.mark.vllm]  # vllm: runs under `make check-gpu-build` too
 
 
-@pytest.mark.parametrize("path", ["configs/dev-cpu.yaml", "configs/gpu.yaml"])
+@pytest.mark.parametrize("path", ["configs/dev-cpu.yaml", "configs/gpu.yaml", "configs/multi-model.yaml"])
 def test_shipped_configs_validate(path):
     schema, settings = load_serve_config(path)
     assert set(settings) == {"serve_app"}
     deployments = {d.name for d in schema.applications[0].deployments}
-    assert deployments == {"LLMServer", "Ingress", "Embedder", "VectorStore", "Agent"}
+    assert deployments == {"Ingress", "Embedder", "VectorStore", "Agent", *settings["serve_app"].served_models()}
+    assert "LLMServer" in deployments
+
+
+def test_the_multi_model_config_serves_two_models_each_its_own_deployment():
+    _, settings = load_serve_config("configs/multi-model.yaml")
+    s = settings["serve_app"]
+    assert s.model_names() == ["SmolLM2-135M-Instruct", "tiny-random-llama"]
+    assert list(s.served_models()) == ["LLMServer", "LLMServer-tiny-random-llama"]
+
+
+def _models(*names, **extra):
+    return {"model": {"source": "default"}, "models": [{"model": {"source": "tiny", "served_name": n}} for n in names],
+            **extra}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (_models("SmolLM2-135M-Instruct"), "models[0].model: the served name 'SmolLM2-135M-Instruct' is already served by model"),
+        (_models("a", "a"), "models[1].model: the served name 'a' is already served by models[0].model"),
+        (_models("all-MiniLM-L6-v2"), "already served by vector.embedder_name"),
+        (_models("a b"), "models[0].model.served_name"),
+        (_models("a/b", "a-b"), "gives the same deployment name 'LLMServer-a-b'"),
+        (_models("a", rag={"model": "nope"}), "rag.model: 'nope' is not a served model"),
+        (_models("a", agent={"model": "nope"}), "agent.model: 'nope' is not a served model"),
+        ({"models": [{"model": {"source": "tiny", "enabled": False}}]}, "models[0].model.enabled"),
+        ({"model": {"enabled": False}, "models": [{"model": {"source": "tiny"}}]}, "more models need the first"),
+        ({"models": [{"engine": {"max_num_seqs": 2}, "model": {"source": "tiny"}}]}, "models[0].engine.max_num_seqs"),
+        ({"model": {"source": "/srv/my model"}}, "model: the served name '/srv/my model' is not a valid model name"),
+    ],
+)
+def test_invalid_model_lists_are_refused_naming_the_field(args, message):
+    with pytest.raises(ConfigError) as info:
+        validate_app_args(args)
+    assert message in str(info.value), str(info.value)
 
 
 def test_defaults_are_valid():

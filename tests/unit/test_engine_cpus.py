@@ -2,6 +2,7 @@
 binding, a pinned process's children inherit the mask, and the engine started from a pinned thread can still
 reach the cores it is bound to (libgomp refuses places outside the mask a process starts with)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -141,3 +142,34 @@ print([list(m) for m in masks])
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == str([sorted({ALLOWED[0], ALLOWED[-1]})])
+
+
+def test_engines_spread_over_cores_replicas_of_one_model_first():
+    from serve_app.llm.cpus import pick_cpus
+
+    cpus = [0, 1, 2, 3]
+    assert pick_cpus(cpus, 1, [], "a") == [0]
+    claims = [{"model": "a", "cpus": [0]}]
+    assert pick_cpus(cpus, 1, claims, "b") == [1]  # another model: a free core
+    claims.append({"model": "b", "cpus": [1]})
+    assert pick_cpus(cpus, 2, claims, "a") == [2, 3]
+    full = claims + [{"model": "c", "cpus": [2]}, {"model": "c", "cpus": [3]}]
+    # Every core taken: a second replica of "a" goes where "a" is not yet, the least shared core first.
+    assert pick_cpus(cpus, 1, full, "a") == [1]
+
+
+@needs_two
+def test_claims_are_per_live_process_and_lapse_with_it(tmp_path):
+    from serve_app.llm.cpus import CLAIMS_FILE, claim_cpus
+
+    first = claim_cpus(1, "a", str(tmp_path))
+    assert first is not None and len(first) == 1
+    # A claim of a process that has ended is ignored; this process's own earlier claim is replaced.
+    path = tmp_path / CLAIMS_FILE
+    claims = json.loads(path.read_text())
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    claims.append({"pid": int(dead.stdout), "started": 0.0, "model": "b", "cpus": [ALLOWED[1]]})
+    path.write_text(json.dumps(claims))
+    again = claim_cpus(1, "a", str(tmp_path))
+    assert again == first
+    assert [c["pid"] for c in json.loads(path.read_text())] == [os.getpid()]

@@ -54,12 +54,16 @@ def _client(llm=None, vector=None) -> TestClient:
 @pytest.mark.parametrize("method, path, body", [
     ("post", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
     ("post", "/v1/completions", {"prompt": "hi"}),
-    ("get", "/v1/models", None),
 ])
 def test_a_retrieval_only_application_answers_the_llms_routes_with_404(method, path, body):
     r = getattr(_client(vector=_VectorStore()), method)(path, **({"json": body} if body else {}))
     assert r.status_code == 404, r.text
     assert r.json()["error"]["type"] == "not_found_error" and "LLM is disabled" in r.json()["error"]["message"]
+
+
+def test_a_retrieval_only_application_lists_no_chat_model():
+    r = _client(vector=_VectorStore()).get("/v1/models")
+    assert r.status_code == 200 and r.json() == {"object": "list", "data": []}, r.text
 
 
 def test_a_retrieval_only_application_serves_search():
@@ -73,3 +77,28 @@ def test_an_application_without_the_retrieval_tier_answers_its_routes_with_404()
     assert r.status_code == 404 and "retrieval tier is disabled" in r.json()["error"]["message"]
     r = _client().post("/v1/documents", json={"documents": [{"id": "a", "text": "b"}]})
     assert r.status_code == 404, r.text
+
+
+class _Key:
+    def __init__(self, models):
+        self.models = models
+
+
+def test_requests_are_routed_by_model_and_the_allow_list_hides_the_others():
+    from serve_app.errors import InvalidRequest, ModelNotFound
+
+    settings = AppSettings.model_validate({"models": [{"model": {"source": "tiny"}}]})
+    first, tiny = object(), object()
+    ctx = IngressContext(settings, {"LLMServer": first, "LLMServer-tiny-random-llama": tiny}, _VectorStore(),
+                         embedder=object())
+    assert ctx.chat_model(None) == ("SmolLM2-135M-Instruct", first)
+    assert ctx.chat_model("tiny-random-llama") == ("tiny-random-llama", tiny)
+    with pytest.raises(InvalidRequest, match="embedding model"):
+        ctx.chat_model("all-MiniLM-L6-v2")
+    only_tiny = _Key(["tiny-random-llama"])
+    assert ctx.chat_model(None, only_tiny) == ("tiny-random-llama", tiny)
+    for name in ("SmolLM2-135M-Instruct", "nope", "all-MiniLM-L6-v2"):  # hidden, unknown: the same answer
+        with pytest.raises(ModelNotFound) as exc:
+            ctx.chat_model(name, only_tiny)
+        assert str(exc.value) == f"The model `{name}` does not exist."
+    assert ctx.allowed_models(only_tiny) == ["tiny-random-llama"]

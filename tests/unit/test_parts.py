@@ -44,6 +44,8 @@ def test_split_is_a_valid_serve_config_and_join_gives_the_original_back(path):
     ServeDeploySchema.model_validate(out)
     assert set(_app(out)["args"]) == {SPLIT_KEY}
     names = {"Ingress", "LLMServer", "Agent", "Embedder", "VectorStore"}
+    if _app(config)["args"].get("models"):
+        names |= {"LLMServer-tiny-random-llama"}
     assert set(_options(out)) == names
     for name, options in _options(out).items():
         assert json.loads(options["runtime_env"]["env_vars"][ENV]), name
@@ -90,6 +92,25 @@ def test_a_settings_change_restarts_only_the_deployments_that_read_it():
     # Turning a component off changes what the application is made of: it is rebuilt.
     new = copy.deepcopy(base)
     _app(new)["args"]["agent"]["enabled"] = False
+    assert _code_version(split(new)) != _code_version(split(base))
+
+
+def test_a_change_of_one_model_restarts_that_models_deployment_only():
+    base = _load(ROOT / "configs/multi-model.yaml")
+    new = copy.deepcopy(base)
+    _app(new)["args"]["models"][0]["engine"]["max_num_seqs"] = 8
+    assert _changed_deployments(base, new) == {"Ingress", "LLMServer-tiny-random-llama"}
+    assert _code_version(split(new)) == _code_version(split(base))
+    new = copy.deepcopy(base)
+    _app(new)["args"]["engine"]["max_model_len"] = 1024
+    assert _changed_deployments(base, new) == {"Ingress", "LLMServer"}
+    # The agent reads the model it uses: pointing it at the other model replaces it, no engine.
+    new = copy.deepcopy(base)
+    _app(new)["args"]["agent"]["model"] = "tiny-random-llama"
+    assert _changed_deployments(base, new) == {"Ingress", "Agent"}
+    # Adding or removing a model changes what the application is made of.
+    new = copy.deepcopy(base)
+    _app(new)["args"]["models"] = []
     assert _code_version(split(new)) != _code_version(split(base))
 
 

@@ -23,7 +23,7 @@ router = APIRouter()
 async def agent_run(body: AgentRequest, request: Request, ctx: IngressContext = Depends(context)):
     if ctx.agent is None:
         raise NotFound("the agent is disabled in this deployment (it needs the model and agent.enabled)")
-    ctx.llm_gate()
+    ctx.use_model(ctx.agent_model, request)
     s = ctx.settings.agent
     max_steps = bounded(body.max_steps, s.default_max_steps, s.max_steps, "max_steps")
     charge_tokens(request, max_steps * s.step_max_tokens, "max_steps")

@@ -25,6 +25,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, ctx: I
     except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
         raise InvalidRequest(f"messages: {exc}", "messages") from None
     check_sampling(body, settings)
+    model, handle = ctx.chat_model(body.model, getattr(request.state, "api_key", None))
     limit = body.max_completion_tokens or body.max_tokens or settings.ingress.default_token_charge
     charge_tokens(request, limit * (body.n or 1), "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
-    return await generate(ctx, "chat", body)
+    return await generate(ctx, "chat", body, model, handle)

@@ -6,7 +6,7 @@ import base64
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from serve_app.errors import InvalidRequest, ModelNotFound, NotFound
 from serve_app.ingress.context import IngressContext, context
@@ -16,12 +16,16 @@ router = APIRouter()
 
 
 @router.post("/v1/embeddings")
-async def embeddings(body: EmbeddingRequest, ctx: IngressContext = Depends(context)):
+async def embeddings(body: EmbeddingRequest, request: Request, ctx: IngressContext = Depends(context)):
     s = ctx.settings.vector
     if ctx.embedder is None:
         raise NotFound("the retrieval tier is disabled in this deployment")
-    if body.model is not None and body.model != s.embedder_name:
-        raise ModelNotFound(f"The model `{body.model}` does not exist.", "model")
+    key = getattr(request.state, "api_key", None)
+    if body.model is not None and body.model != s.embedder_name or not ctx.key_allows(key, s.embedder_name):
+        if body.model in ctx.allowed_models(key):
+            raise InvalidRequest(f"`{body.model}` is a chat model: use it with /v1/chat/completions or "
+                                 f"/v1/completions (embedding model: {s.embedder_name})", "model")
+        raise ModelNotFound(f"The model `{body.model or s.embedder_name}` does not exist.", "model")
     texts = [body.input] if isinstance(body.input, str) else list(body.input)
     if not texts or any(not t for t in texts):
         raise InvalidRequest("input must be a non-empty string or a list of non-empty strings", "input")

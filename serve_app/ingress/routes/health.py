@@ -18,8 +18,9 @@ router = APIRouter()
 async def healthz(request: Request, ctx: IngressContext = Depends(context)):
     admin_on = request.app.state.admin.digest is not None
     probes = {}  # component -> (handle, its health method)
-    if ctx.llm is not None:
-        probes["llm"] = (ctx.llm, "health")
+    # One component per served model: "llm" for the first, "llm:<served name>" for each other.
+    for i, (name, handle) in enumerate(ctx.models.items()):
+        probes["llm" if i == 0 else f"llm:{name}"] = (handle, "health")
     if ctx.vector is not None:
         probes["vector"] = (ctx.vector, "health")
         probes["embedder"] = (ctx.embedder, "info")
@@ -31,8 +32,9 @@ async def healthz(request: Request, ctx: IngressContext = Depends(context)):
     ctx.set_release(ctx.release)
     results = await asyncio.gather(*(ctx.probe(handle, method) for handle, method in probes.values()))
     components = dict(zip(probes, results))
-    if ctx.llm_availability is not None and components.get("llm", {}).get("status") == "ok":
-        ctx.llm_availability.mark_up()
+    for i, (name, gate) in enumerate(ctx.availability.items()):
+        if components.get("llm" if i == 0 else f"llm:{name}", {}).get("status") == "ok":
+            gate.mark_up()
     healthy = all(c["status"] == "ok" for c in components.values())
     if not admin_on:
         components["release_controller"] = {"status": "disabled", "detail": "no admin key: the admin API is off"}

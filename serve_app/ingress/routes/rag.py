@@ -23,7 +23,7 @@ async def rag_answer(body: RagRequest, request: Request, ctx: IngressContext = D
     rag = ctx.rag
     if rag is None:
         raise NotFound("RAG is disabled in this deployment (it needs the model and rag.enabled)")
-    ctx.llm_gate()
+    ctx.use_model(ctx.rag_model, request)
     s = ctx.settings.rag
     top_k = bounded(body.top_k, s.default_top_k, s.max_top_k, "top_k")
     max_tokens = bounded(body.max_tokens, s.answer_max_tokens, s.answer_max_tokens, "max_tokens")
