@@ -16,7 +16,7 @@ def test_healthz(http):
     assert body["components"]["llm"]["model"] == "SmolLM2-135M-Instruct"
     # Every required component, each with its own detail; the release controller is required because the
     # session app has an admin key (the admin API is on).
-    assert set(body["components"]) == {"llm", "vector", "embedder", "agent", "release_controller"}
+    assert set(body["components"]) == {"llm", "llm:tiny-random-llama", "vector", "embedder", "agent", "release_controller"}
     assert all(c["status"] == "ok" for c in body["components"].values()), body
     assert body["components"]["release_controller"]["last_good_release"] >= 1
 
