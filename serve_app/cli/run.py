@@ -78,6 +78,10 @@ def _isolate_engine_cpus(settings: dict) -> None:
         return  # no engine
     if any(s.engine.tensor_parallel_size > 1 for s in settings.values()):
         return  # one worker per NUMA node: vLLM's own binding, nothing to reserve here
+    if sum(len(s.served_models()) for s in settings.values()) > 1:
+        # The split reserves cores for one engine; several engines claim cores each (engine.cpu_cores).
+        say("several models: no engine CPU split (each engine claims cores of its own with engine.cpu_cores)")
+        return
     plan = engine_cpu_plan()
     if plan is None:
         return
@@ -105,12 +109,13 @@ def cmd_run(ns: argparse.Namespace) -> int:
         from ray.serve.schema import LoggingConfig
 
         schema.logging_config = (schema.logging_config or LoggingConfig()).model_copy(update={"logs_dir": ns.logs_dir})
-    # Convert the default model here, in the foreground, so its progress is visible; replicas reuse it.
+    # Convert the default (and tiny) model here, in the foreground, so its progress is visible; replicas reuse it.
     from serve_app.llm.model import ModelPreparationError, resolve_model
 
     try:
         for s in settings.values():
-            resolve_model(s.model.source, s.model.cache_dir)
+            for served in s.served_models().values():
+                resolve_model(served.model.source, served.model.cache_dir)
     except ModelPreparationError as exc:
         say(str(exc))
         return 2

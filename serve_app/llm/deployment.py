@@ -55,8 +55,9 @@ class LLMServer:
         self._settings = deployment_settings(settings, deployment)
         self._engine: LLMEngine | None = None
         engine = (engine_factory or _factory(self._settings.engine.factory))(self._settings)
+        t0 = time.monotonic()
         await engine.start()
-        self._engine, self._started_at = engine, time.time()
+        self._engine, self._started_at, self._start_s = engine, time.time(), time.monotonic() - t0
         # Which replica answered, for the X-Served-By response header (debugging, failure analysis).
         try:
             self._replica = serve.get_replica_context().replica_id.unique_id
@@ -102,6 +103,7 @@ class LLMServer:
             "model": self._settings.model.name,
             "cpus": os.environ.get(BIND_ENV, "auto"),
             "started_at": self._started_at,
+            "engine_start_s": round(self._start_s, 1),
             "replica": self._replica,
             "pid": os.getpid(),
             "running_requests": self._engine.running_requests(),

@@ -15,6 +15,10 @@ import os
 from collections.abc import AsyncGenerator
 from typing import Any
 
+import logging.handlers
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from serve_app.errors import EngineError
 from serve_app.llm.errors import from_vllm
 
@@ -68,6 +72,24 @@ def vllm_serve_args(cli_args: list[str]):
     return args
 
 
+@contextmanager
+def serve_log_kept() -> Iterator[None]:
+    """Keep the replica's Serve log open while an engine starts.
+
+    vLLM applies its logging config when an engine starts (``logging.config.dictConfig``), and dictConfig first
+    closes every handler of the process: the replica's log file (Serve's MemoryHandler over it) would end there,
+    and Serve's controller, when it restarts and recovers the replicas, fails on the closed handler and stops the
+    replica. The handlers' targets are put back (a closed file handler reopens on its next record)."""
+    kept = [(h, h.target) for h in logging.getLogger("ray.serve").handlers
+            if isinstance(h, logging.handlers.MemoryHandler)]
+    try:
+        yield
+    finally:
+        for handler, target in kept:
+            if handler.target is None:
+                handler.setTarget(target)
+
+
 class VLLMEngine(LLMEngine):
     """vLLM's AsyncLLM plus vLLM's OpenAI serving layer, in this process."""
 
@@ -78,6 +100,10 @@ class VLLMEngine(LLMEngine):
         self._state = None
 
     async def start(self) -> None:
+        with serve_log_kept():
+            await self._start()
+
+    async def _start(self) -> None:
         from starlette.datastructures import State
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
@@ -100,7 +126,8 @@ class VLLMEngine(LLMEngine):
             stat_loggers = [RayPrometheusStatLogger]
         from serve_app.llm.cpus import engine_cpus_reachable
 
-        with engine_cpus_reachable():  # the engine's processes start here and inherit this thread's CPU mask
+        # The engine's processes start here and inherit this thread's CPU mask.
+        with engine_cpus_reachable():
             self._engine = AsyncLLM.from_vllm_config(
                 vllm_config=vllm_config,
                 usage_context=UsageContext.OPENAI_API_SERVER,

@@ -74,7 +74,9 @@ def test_t1_killing_an_llm_replica_fails_only_its_requests_in_flight(two_llm_rep
     assert engine_gone, f"the killed replica's engine-core processes {engine_pids} outlived it"
 
 
-def _streams(app_url, model_name, count, max_tokens, results):
+def _streams(app_url, model_name, count, max_tokens, results, opened=None):
+    """``count`` streaming requests, each a thread; each appends its outcome to ``results`` when it ends, and the
+    time of its first event to ``opened`` when that arrives."""
     def one():
         body = {"model": model_name, "max_tokens": max_tokens, "min_tokens": max_tokens, "stream": True,
                 "messages": [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]}
@@ -84,7 +86,10 @@ def _streams(app_url, model_name, count, max_tokens, results):
             with c.stream("POST", "/v1/chat/completions", json=body) as r:
                 for x in r.iter_lines():
                     if x.startswith("data: "):
-                        first = first or time.time()
+                        if first is None:
+                            first = time.time()
+                            if opened is not None:
+                                opened.append(first)
                         lines.append(x)
         errors = [x for x in lines if x.startswith('data: {"error"')]
         # The error events themselves go into the result: an assertion failure shows what cut the stream.
@@ -103,10 +108,14 @@ def test_t10_scale_down_while_streams_are_open_cuts_no_stream(two_llm_replicas, 
     results: list[dict] = []
     # Long enough to outlast Serve's default drain (graceful_shutdown_timeout_s 20 s) on this CPU: a stream
     # survives only if the stopped replica is given the time to finish it.
-    threads = _streams(app_url, model_name, 6, 400, results)
+    opened: list[float] = []
+    threads = _streams(app_url, model_name, 6, 400, results, opened)
     for t in threads:
         t.start()
-    time.sleep(2)  # every stream is open and generating when the replicas it may be on are told to stop
+    deadline = time.monotonic() + 60
+    while len(opened) < 6 and time.monotonic() < deadline:  # every stream open and generating when the
+        time.sleep(0.2)                                       # replicas it may be on are told to stop
+    assert len(opened) == 6, f"only {len(opened)} of 6 streams started within 60 s"
     scale_down_at = time.time()
     scale_together(admin, {"LLMServer": 1, "Ingress": 1})  # both drain at once, with the streams open
     for t in threads:

@@ -266,6 +266,15 @@ def test_access_log_lines_are_json_with_request_id_release_route_status_latency(
     assert line["request_id"] == request_id and line["levelname"] == "INFO" and line["asctime"]
     assert line["http_route"] == CHAT and line["status_code"] == 200 and line["latency_ms"] > 0
     assert line["release"] and line["http_method"] == "POST"
+    # The LLM replica logs the call under the same request id: its log outlives the engine's start (vLLM's
+    # logging setup closes every handler of the process; serve_app/llm/engine.py puts Serve's back).
+    deadline = time.monotonic() + 30
+    llm_lines: list[str] = []
+    while time.monotonic() < deadline and not llm_lines:
+        llm_lines = [raw for path in serve_logs_dir.rglob("replica_*LLMServer_*.log")
+                     for raw in path.read_text().splitlines() if request_id in raw and "CALL generate" in raw]
+        time.sleep(1)
+    assert llm_lines, "the LLM replica's log has no line for the request"
     # Prompt and answer text are not logged at the default level, by any component.
     for path in serve_logs_dir.rglob("*.log"):
         assert secret not in path.read_text(), path.name

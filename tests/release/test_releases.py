@@ -109,7 +109,7 @@ def test_scaling_is_a_release_that_restarts_nothing(http, admin):
 def test_good_release_under_load_fails_nothing(app_url, http, admin, model_name):
     current = admin.get("/admin/status").json()["current_release"]
     config = copy.deepcopy(admin.get(f"/admin/releases/{current}").json()["config"])
-    config["applications"][0]["args"]["rag"]["default_top_k"] = 3
+    config["applications"][0]["args"].setdefault("rag", {})["default_top_k"] = 3
     before = http.get("/healthz").json()["components"]
     with Load(app_url, model_name, clients=2, pause_s=RELEASE_LOAD_PAUSE_S) as load:
         load.wait_for(3, started_after=0)  # traffic flows (streams among it) before the release
