@@ -134,7 +134,7 @@ class IngressContext:
             return requested, self.models[requested]
         if requested is None:
             raise ModelNotFound("This API key may use no chat model.", "model")
-        if requested is not None and requested == self.embedder_name() and self.key_allows(api_key, requested):
+        if requested == self.embedder_name() and self.key_allows(api_key, requested):
             raise InvalidRequest(f"`{requested}` is an embedding model: use it with /v1/embeddings (chat models: "
                                  f"{', '.join(allowed)})", "model")
         raise ModelNotFound(f"The model `{requested}` does not exist.", "model")
