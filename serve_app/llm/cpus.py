@@ -199,5 +199,11 @@ def placement_env(cores: int | None, model: str) -> dict[str, str]:
     binding is already given (``serve-app run --isolate-engine-cpus``, or by hand) or there is nothing to place."""
     if cores is None or os.environ.get(BIND_ENV, "auto") != "auto":
         return {}
-    chosen = claim_cpus(cores, model)
+    try:
+        chosen = claim_cpus(cores, model)
+    except OSError as exc:  # e.g. a claim file of another user: vLLM's own binding, as without cpu_cores
+        import logging
+
+        logging.getLogger("ray.serve").warning("no core claim for this engine (%s): vLLM binds it itself", exc)
+        return {}
     return {BIND_ENV: ",".join(map(str, chosen))} if chosen else {}
