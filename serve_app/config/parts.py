@@ -104,9 +104,9 @@ def part(settings: AppSettings, deployment: str) -> BaseModel:
         return settings.served_models()[deployment]
     if kind is AgentServerSettings:
         name = settings.served_model(settings.agent.model).model.name
-        deployment = next(d for d, m in settings.served_models().items() if m.model.name == name)
-        return AgentServerSettings(model=settings.served_model(name).model, llm_deployment=deployment,
-                                   ingress=settings.ingress, agent=settings.agent, prompts=settings.prompts)
+        deployment, served = next((d, m) for d, m in settings.served_models().items() if m.model.name == name)
+        return AgentServerSettings(model=served.model, llm_deployment=deployment, ingress=settings.ingress,
+                                   agent=settings.agent, prompts=settings.prompts)
     return kind(**{k: getattr(settings, k) for k in kind.model_fields})
 
 

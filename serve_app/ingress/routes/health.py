@@ -19,8 +19,9 @@ async def healthz(request: Request, ctx: IngressContext = Depends(context)):
     admin_on = request.app.state.admin.digest is not None
     probes = {}  # component -> (handle, its health method)
     # One component per served model: "llm" for the first, "llm:<served name>" for each other.
-    for i, (name, handle) in enumerate(ctx.models.items()):
-        probes["llm" if i == 0 else f"llm:{name}"] = (handle, "health")
+    llm_components = {name: "llm" if i == 0 else f"llm:{name}" for i, name in enumerate(ctx.models)}
+    for name, component in llm_components.items():
+        probes[component] = (ctx.models[name], "health")
     if ctx.vector is not None:
         probes["vector"] = (ctx.vector, "health")
         probes["embedder"] = (ctx.embedder, "info")
@@ -32,9 +33,9 @@ async def healthz(request: Request, ctx: IngressContext = Depends(context)):
     ctx.set_release(ctx.release)
     results = await asyncio.gather(*(ctx.probe(handle, method) for handle, method in probes.values()))
     components = dict(zip(probes, results))
-    for i, (name, gate) in enumerate(ctx.availability.items()):
-        if components.get("llm" if i == 0 else f"llm:{name}", {}).get("status") == "ok":
-            gate.mark_up()
+    for name, component in llm_components.items():
+        if components[component]["status"] == "ok":
+            ctx.availability[name].mark_up()
     healthy = all(c["status"] == "ok" for c in components.values())
     if not admin_on:
         components["release_controller"] = {"status": "disabled", "detail": "no admin key: the admin API is off"}
