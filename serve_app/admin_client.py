@@ -1,4 +1,4 @@
-"""The admin API's client: the one used by `serve-app deploy | status | history | rollback | scale`, the
+"""The admin API's client: the one used by `serve-app deploy | status | history | rollback | scale | adapters`, the
 benchmarks and the tests.
 
 ``AdminClient`` is an ``httpx.Client`` (so ``get``/``post``/``request`` give raw responses where a caller
@@ -110,6 +110,18 @@ class AdminClient(httpx.Client):
         """Fix a deployment's replicas, or multiply them or its autoscaling bounds (one of the two)."""
         body = {"deployment": deployment, "replicas": replicas, "factor": factor}
         return self.call("POST", "/admin/scale", json=body, expect=202)
+
+    def adapters(self) -> list[dict]:
+        """Every LoRA adapter of the current release: name, model, folder."""
+        return self.call("GET", "/admin/adapters")["data"]
+
+    def load_adapter(self, name: str, path: str, model: str | None = None) -> dict:
+        """Load a LoRA adapter (``path`` under the model's adapter root) on ``model`` (default: the first one):
+        refused at once when it does not load, else deployed as a release."""
+        return self.call("POST", "/admin/adapters", json={"name": name, "path": path, "model": model}, expect=202)
+
+    def unload_adapter(self, name: str) -> dict:
+        return self.call("DELETE", f"/admin/adapters/{name}", expect=202)
 
     def audit(self) -> list[dict]:
         return self.call("GET", "/admin/audit")["data"]

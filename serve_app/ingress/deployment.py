@@ -48,7 +48,7 @@ class Ingress:
         # invalid file fails the replica's start with the reason, so a release carrying it is rolled back.
         keys_file = os.environ.get("SERVE_APP_API_KEYS_FILE")
         self._api_keys = load_keys(keys_file) if keys_file else None
-        served = set(self.context.models) | {self.context.embedder_name()}
+        served = set(self.context.models) | set(self.context.adapters) | {self.context.embedder_name()}
         for entry in (self._api_keys or {}).values():
             unknown = sorted(set(entry.models or ()) - served)
             if unknown:  # not fatal: the key file outlives releases that add and remove models
@@ -70,8 +70,11 @@ class Ingress:
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         # Set by the release controller through user_config, so no restart (release/controller.py): the release
-        # number, and while a canary is out, its application and share of LLM traffic (ingress/canary.py).
+        # number, while a canary is out its application and share of LLM traffic (ingress/canary.py), and the
+        # LoRA adapters.
         self.context.set_release(str(user_config.get("release") or self.settings.release))
         if self._app is not None:
             self._app.state.release = self.context.release
         self.context.set_canary(user_config.get("canary"), lambda name: serve.get_deployment_handle("LLMServer", name))
+        # The LoRA adapters of every model (serve_app/config/parts.py): requests may name them from now on.
+        self.context.set_adapters(user_config.get("adapters"))

@@ -18,9 +18,11 @@ from typing import Any
 from ray import serve
 
 from serve_app.config.parts import LLMServerSettings, deployment_settings
-from serve_app.config.names import LLM_DEPLOYMENT
+from serve_app.config.names import LLM_DEPLOYMENT, SERVED_NAMES
 from serve_app.llm import engine_args
 from serve_app.llm.cpus import BIND_ENV, placement_env
+from serve_app.errors import InvalidRequest, ModelNotFound
+from serve_app.llm.adapters import adapter_path, check_adapter
 from serve_app.llm.engine import LLMEngine, VLLMEngine
 from serve_app.llm.model import resolve_model
 from serve_app.protocol.stream import head
@@ -34,7 +36,7 @@ WATCHDOG_PERIOD_S = 1.0
 def vllm_engine_factory(settings: LLMServerSettings) -> LLMEngine:
     model = resolve_model(settings.model.source, settings.model.cache_dir)
     env = {**engine_args.env(settings.engine), **placement_env(settings.engine.cpu_cores, settings.model.name)}
-    return VLLMEngine(engine_args.cli_args(settings.engine, model, settings.model.name), env=env)
+    return VLLMEngine(engine_args.cli_args(settings.engine, model, settings.model.name, settings.lora), env=env)
 
 
 def _factory(path: str | None) -> EngineFactory:
@@ -64,6 +66,61 @@ class LLMServer:
         except Exception:  # noqa: BLE001 - outside a Serve replica (tests)
             self._replica = None
         self._watchdog = asyncio.get_running_loop().create_task(self._watch_engine())
+        # LoRA adapters: the catalog (name -> folder under the root; set again by ``reconfigure``) and which of
+        # them this replica holds, through Serve's model multiplexing: a request naming an adapter goes to a
+        # replica that holds it when one does; past ``max_per_replica`` the least recently used one is let go.
+        lora = self._settings.lora
+        self._catalog: dict[str, str] = dict(lora.adapters) if lora else {}
+        self._hold = serve.multiplexed(max_num_models_per_replica=lora.max_per_replica)(self._load_adapter) \
+            if lora else None
+        # What an adapter's config may call its base model: the served name, the source, the default name.
+        source = self._settings.model.source
+        self._model_names = {self._settings.model.name, source, SERVED_NAMES.get(source, source)}
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """The adapters of a release that changed only them (serve_app/config/parts.py): no restart. One that
+        is gone, or now names another folder, is no longer servable here at once."""
+        adapters = (user_config or {}).get("adapters")
+        if adapters is None or self._hold is None:
+            return
+        old, self._catalog = self._catalog, dict(adapters)
+        for name, folder in old.items():
+            if self._catalog.get(name) != folder:
+                await self._engine.unload_adapter(name)
+
+    def _adapter_folder(self, folder: str):
+        """An adapter folder under the root, checked (serve_app/llm/adapters.py)."""
+        lora = self._settings.lora
+        path = adapter_path(lora.root_dir(), folder)
+        return path, check_adapter(path, folder, self._model_names, lora.max_rank)
+
+    async def _load_adapter(self, name: str):
+        """Serve's multiplexed loader: make the adapter ``name`` of the catalog servable on this replica."""
+        await self._ensure_adapter(name)
+        held = type("HeldAdapter", (), {"name": name})()
+
+        async def let_go():  # called by Serve when it evicts the adapter (least recently used)
+            await self._engine.unload_adapter(name)
+
+        held.__del__ = let_go
+        return held
+
+    async def _ensure_adapter(self, name: str) -> None:
+        if name not in self._catalog:
+            raise ModelNotFound(f"The model `{name}` does not exist.", "model")
+        if not self._engine.has_adapter(name):  # new, or unloaded by a release while Serve still counted it held
+            path, _ = self._adapter_folder(self._catalog[name])
+            await self._engine.load_adapter(name, str(path))
+
+    async def trial_adapter(self, folder: str) -> dict[str, Any]:
+        """Check an adapter folder and load it into this replica's engine once (then out again): what the release
+        controller does before a release with a new adapter counts as good."""
+        if self._hold is None:
+            raise InvalidRequest(f"LoRA is off for the model {self._settings.model.name!r}: set its lora section "
+                                 "(a release that restarts its engine) to serve adapters", "model")
+        path, info = self._adapter_folder(folder)
+        await self._engine.try_adapter(str(path))
+        return info
 
     async def _watch_engine(self) -> None:
         """A replica whose engine died can never serve again; Serve would replace it only after several failed
@@ -80,6 +137,12 @@ class LLMServer:
     async def generate(self, kind: str, request: Any) -> AsyncGenerator[Any, None]:
         """Run a chat or completion request. Yields the stream head (serve_app/protocol/stream.py), then SSE
         lines when streaming."""
+        adapter = serve.get_multiplexed_model_id()
+        if adapter:
+            if self._hold is None:
+                raise ModelNotFound(f"The model `{adapter}` does not exist.", "model")
+            await self._hold(adapter)
+            await self._ensure_adapter(adapter)
         if kind == "chat":
             result = await self._engine.chat(request)
         elif kind == "completion":
@@ -107,6 +170,9 @@ class LLMServer:
             "replica": self._replica,
             "pid": os.getpid(),
             "running_requests": self._engine.running_requests(),
+            **({"adapters": {"configured": len(self._catalog),
+                             "held": sorted(n for n in self._catalog if self._engine.has_adapter(n))}}
+               if self._hold is not None else {}),
         }
 
     async def check_health(self) -> None:

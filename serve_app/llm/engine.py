@@ -19,7 +19,7 @@ import logging.handlers
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from serve_app.errors import EngineError
+from serve_app.errors import EngineError, InvalidRequest, ServiceUnavailable
 from serve_app.llm.errors import from_vllm
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,23 @@ class LLMEngine(abc.ABC):
     def dead(self) -> bool:
         """True once the engine can never serve again (its process died); the replica then ends itself."""
         return False
+
+    # LoRA adapters (serve_app/llm/adapters.py checks a folder before any of these sees it). An engine without
+    # LoRA support serves none.
+
+    def has_adapter(self, name: str) -> bool:
+        return False
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        """Make the adapter servable under ``name`` (requests naming it as their model use it)."""
+        raise InvalidRequest("this model's engine serves no LoRA adapters", "model")
+
+    async def unload_adapter(self, name: str) -> None:
+        """Requests can no longer name it; the engine's own cache lets its weights go."""
+
+    async def try_adapter(self, path: str) -> None:
+        """Load the adapter into the engine and take it out again: raises InvalidRequest when it does not load."""
+        raise InvalidRequest("this model's engine serves no LoRA adapters", "model")
 
 
 def vllm_serve_args(cli_args: list[str]):
@@ -181,6 +198,43 @@ class VLLMEngine(LLMEngine):
 
     def running_requests(self) -> int:
         return self._engine.get_num_unfinished_requests() if self._engine is not None else 0
+
+    def has_adapter(self, name: str) -> bool:
+        return name in self._state.openai_serving_models.lora_requests
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        # vLLM's own dynamic loading (what its /v1/load_lora_adapter does): the adapter joins the name -> LoRA
+        # request table its chat and completion layers look a request's model up in.
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+        from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest
+
+        result = await self._state.openai_serving_models.load_lora_adapter(
+            LoadLoRAAdapterRequest(lora_name=name, lora_path=path))
+        if isinstance(result, ErrorResponse):
+            logger.error("loading adapter %s from %s failed: %s", name, path, result.error.message)
+            raise ServiceUnavailable(f"the adapter {name!r} could not be loaded on this replica")
+
+    async def unload_adapter(self, name: str) -> None:
+        from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
+
+        if self.has_adapter(name):
+            await self._state.openai_serving_models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=name))
+
+    async def try_adapter(self, path: str) -> None:
+        import uuid
+
+        from vllm.lora.request import LoRARequest
+
+        models = self._state.openai_serving_models
+        request = LoRARequest(lora_name=f"trial-{uuid.uuid4().hex[:8]}", lora_int_id=models.lora_id_counter.inc(1),
+                              lora_path=path)
+        try:
+            await self._engine.add_lora(request)
+        except Exception as exc:  # noqa: BLE001 - whatever the engine says, the adapter does not load
+            logger.warning("trial load of %s failed: %s", path, exc)
+            reason = str(exc).replace(path, "<adapter>")[:300]
+            raise InvalidRequest(f"the adapter does not load into this model: {reason}", "path") from None
+        await self._engine.remove_lora(request.lora_int_id)
 
     def dead(self) -> bool:
         return self._engine is not None and self._engine.errored

@@ -6,11 +6,12 @@ the app's engine and a bare `vllm serve` baseline (benchmarks/) start from exact
 
 from __future__ import annotations
 
-from serve_app.config.settings import EngineSettings
+from serve_app.config.settings import EngineSettings, LoraSettings
 
 
-def cli_args(engine: EngineSettings, model: str, served_name: str) -> list[str]:
-    """The `vllm serve` arguments the settings stand for (without the KV-cache env var)."""
+def cli_args(engine: EngineSettings, model: str, served_name: str, lora: LoraSettings | None = None) -> list[str]:
+    """The `vllm serve` arguments the settings stand for (without the KV-cache env var). With ``lora``, LoRA is
+    on; adapters are added at run time (serve_app/llm/adapters.py), none is named here."""
     args = [
         "--model", model,
         "--served-model-name", served_name,
@@ -26,6 +27,11 @@ def cli_args(engine: EngineSettings, model: str, served_name: str) -> list[str]:
         args += ["--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}']
     if engine.gpu_memory_utilization is not None:
         args += ["--gpu-memory-utilization", str(engine.gpu_memory_utilization)]
+    if lora is not None:
+        # One slot more in the engine's adapter cache than a replica holds: a trial load (of a release's new
+        # adapter) then never evicts one that serves.
+        args += ["--enable-lora", "--max-lora-rank", str(lora.max_rank), "--max-loras", str(lora.max_per_replica),
+                 "--max-cpu-loras", str(lora.max_per_replica + 1)]
     return args + list(engine.extra_args)
 
 

@@ -1,10 +1,12 @@
-"""Admin API request models: releases, rollback, scale."""
+"""Admin API request models: releases, rollback, scale, LoRA adapters."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from serve_app.config.names import SERVED_NAME_PATTERN
 
 
 class _Request(BaseModel):
@@ -34,3 +36,11 @@ class ScaleRequest(_Request):
         if (self.replicas is None) == (self.factor is None):
             raise ValueError("give exactly one of replicas or factor")
         return self
+
+
+class AdapterLoadRequest(_Request):
+    name: str = Field(..., pattern=SERVED_NAME_PATTERN, description="What requests put in 'model' to use it.")
+    path: str = Field(..., min_length=1, max_length=512, description="Its folder, relative to the model's "
+                      "adapter root (lora.root).")
+    model: str | None = Field(None, max_length=128, description="Served name of the base model (default: the "
+                              "first model).")

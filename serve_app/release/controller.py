@@ -36,12 +36,12 @@ from typing import Any
 import ray
 
 from serve_app.config import paths
-from serve_app.errors import Conflict, NotFound
+from serve_app.errors import AppError, Conflict, NotFound, ServiceUnavailable, unwrap
 from serve_app.release.canary import CANARY, PRIMARY
 from serve_app.release.gateway import RayServeGateway, ServeGateway
 from serve_app.release.history import History
-from serve_app.release.plan import app_entry, canary_name, canary_settings, changed, deployed_config, \
-    release_config, scaled, stored_config
+from serve_app.release.plan import adapter_list, app_entry, app_settings, canary_name, canary_settings, changed, \
+    deployed_config, release_config, scaled, stored_config, with_adapter, without_adapter
 from serve_app.release.rollout import CanaryRollout, Clock, ReleaseState, Rollout, Sleep
 
 logger = logging.getLogger("ray.serve")
@@ -210,6 +210,41 @@ class Releases:
                 raise NotFound(f"release {to} does not exist", "release")
         return await self.deploy(stored_config(target), actor, note=f"rollback to release {target['n']}",
                                  kind="rollback")
+
+    # -- LoRA adapters: each load and unload is a release (so a rollback undoes it) that restarts nothing -----
+
+    def adapters(self) -> list[dict[str, str]]:
+        current = self._last_good()
+        return adapter_list(app_settings(current["config"], self.app)) if current else []
+
+    async def load_adapter(self, model: str | None, name: str, folder: str, actor: str) -> dict[str, Any]:
+        """Add an adapter to a model: checked and loaded once on one of its replicas first (a bad one is
+        refused with the reason and nothing is recorded), then deployed as a release."""
+        self._clean_up()
+        if self.background is not None and not self.background.done():
+            raise Conflict(f"release {self.state.deploying} is still being deployed", "release")
+        current = self._last_good()
+        new_app, model = with_adapter(current["config"], self.app, model, name, folder)
+        _, settings = release_config(current["config"], {"applications": [new_app]}, self.app)  # names, counts
+        deployment = next(d for d, m in settings.served_models().items() if m.model.name == model)
+        try:
+            trial = await asyncio.wait_for(self.gateway.call(self.app, deployment, "trial_adapter", folder),
+                                           settings.releases.ready_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - the replica's own error (a 4xx) goes back to the caller
+            cause = unwrap(exc)
+            if isinstance(cause, AppError):
+                raise cause from None
+            raise ServiceUnavailable(f"the trial load on {deployment} failed: {type(cause).__name__}") from None
+        out = await self.deploy({"applications": [new_app]}, actor, note=f"load adapter {name} ({folder}) on {model}",
+                                kind="adapter-load")
+        return {**out, "adapter": {"name": name, "model": model, "folder": folder, **trial}}
+
+    async def unload_adapter(self, name: str, actor: str) -> dict[str, Any]:
+        current = self._last_good()
+        new_app, model = without_adapter(current["config"], self.app, name)
+        out = await self.deploy({"applications": [new_app]}, actor, note=f"unload adapter {name} from {model}",
+                                kind="adapter-unload")
+        return {**out, "adapter": {"name": name, "model": model}}
 
     async def scale(self, deployment: str, replicas: int | None, factor: float | None, actor: str) -> dict[str, Any]:
         new_app, what = scaled(self._last_good()["config"], self.app, deployment, replicas, factor)

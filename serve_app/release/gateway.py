@@ -1,8 +1,8 @@
 """The Serve gateway: the one place the release package talks to Serve.
 
 ``ServeGateway`` is what the release controller's state machines need from Serve, and nothing more: read
-Serve's details of the running applications, apply a whole config in place, and probe one deployment's
-health. ``RayServeGateway`` implements it with Serve's controller client (the private API ``serve deploy``
+Serve's details of the running applications, apply a whole config in place, probe one deployment's health
+and call one of its methods. ``RayServeGateway`` implements it with Serve's controller client (the private API ``serve deploy``
 itself uses: Serve has no public call that applies a multi-application config in place); the unit tests
 implement it with a fake (tests/fakes/serve_gateway.py).
 
@@ -45,6 +45,11 @@ class ServeGateway(abc.ABC):
         Finding the deployment happens at once (and raises if Serve has none by that name); the call itself
         happens when the result is awaited, so the caller bounds it with its own deadline."""
 
+    @abc.abstractmethod
+    def call(self, app: str, deployment: str, method: str, *args) -> Awaitable[Any]:
+        """``method(*args)`` on one replica of ``deployment`` (an adapter's trial load), found and called like a
+        probe."""
+
 
 def _client():
     from ray.serve.context import _get_global_client
@@ -75,3 +80,8 @@ class RayServeGateway(ServeGateway):
         handle = serve.get_deployment_handle(deployment, app)
 
         return call(handle, probe_method(deployment))
+
+    def call(self, app: str, deployment: str, method: str, *args) -> Awaitable[Any]:
+        from ray import serve
+
+        return call(serve.get_deployment_handle(deployment, app), method, *args)

@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS releases (
     created_at REAL NOT NULL,
     finished_at REAL,
     actor TEXT NOT NULL,
-    kind TEXT NOT NULL,            -- deploy | rollback | scale | initial
+    kind TEXT NOT NULL,            -- deploy | canary | rollback | scale | adapter-load | adapter-unload | initial
     note TEXT,
     config TEXT NOT NULL,          -- the whole Serve config (JSON)
     changed TEXT NOT NULL,         -- what differs from the release it replaced (JSON list)

@@ -14,10 +14,10 @@ from typing import Any
 from serve_app.config.loader import APP_IMPORT_PATH, LLM_IMPORT_PATH, ConfigError, deployment_names, \
     validate_serve_config
 from serve_app.config.names import is_llm_deployment
-from serve_app.config.parts import join
+from serve_app.config.parts import adapters_by_model, join
 from serve_app.config.settings import AppSettings, CanarySettings
 from serve_app.config.versions import migrate
-from serve_app.errors import InvalidRequest, NotFound
+from serve_app.errors import Conflict, InvalidRequest, NotFound
 
 # The method of each deployment that answers a health probe (the watch after a rollout, a canary's window).
 PROBES = {"LLMServer": "health", "VectorStore": "health", "Embedder": "info", "Agent": "health"}
@@ -140,6 +140,69 @@ def canary_settings(overrides: dict[str, Any], new: AppSettings, current_config:
         raise InvalidRequest(f"a canary must serve the same model name as the current release "
                              f"({old.model.name!r}, not {new.model.name!r})", "model.served_name")
     return cs
+
+
+# -- LoRA adapters: a release that loads or unloads one changes only the model's lora.adapters ---------------
+
+
+def adapter_list(settings: AppSettings) -> list[dict[str, str]]:
+    """Every configured adapter: its name, model and folder."""
+    return [{"name": a, "model": m, "folder": folder} for m, adapters in adapters_by_model(settings).items()
+            for a, folder in adapters.items()]
+
+
+def _lora_target(args: dict, settings: AppSettings, model: str) -> dict:
+    """The mapping in plain ``args`` that holds ``model``'s ``lora`` section (the args, or its models entry)."""
+    names = settings.model_names()
+    if model not in names:
+        raise NotFound(f"the model {model!r} is not served (served: {', '.join(names)})", "model")
+    i = names.index(model)
+    target = args if i == 0 else args["models"][i - 1]
+    if not isinstance(target.get("lora"), dict):
+        raise InvalidRequest(f"LoRA is off for the model {model!r}: deploy a release that sets its lora section "
+                             "(an engine restart) before loading adapters", "model")
+    return target
+
+
+def with_adapter(config: dict, app: str, model: str | None, name: str, folder: str) -> tuple[dict, str]:
+    """The release's application with the adapter ``name`` (``folder`` under the root) added to ``model``
+    (None: the first model), and the served name of that model."""
+    import copy
+
+    entry = app_entry(config, app)
+    args = copy.deepcopy(entry.get("args") or {})
+    settings = AppSettings.model_validate(args)
+    model = model or settings.model_names()[0]
+    if name in settings.adapters():
+        raise Conflict(f"the adapter {name!r} is already loaded (on {settings.adapters()[name]}); unload it first",
+                       "name")
+    target = _lora_target(args, settings, model)
+    target["lora"]["adapters"] = {**(target["lora"].get("adapters") or {}), name: folder}
+    return {**entry, "args": args}, model
+
+
+def without_adapter(config: dict, app: str, name: str) -> tuple[dict, str]:
+    """The release's application without the adapter ``name``, and the served name of its model."""
+    import copy
+
+    entry = app_entry(config, app)
+    args = copy.deepcopy(entry.get("args") or {})
+    settings = AppSettings.model_validate(args)
+    model = settings.adapters().get(name)
+    if model is None:
+        raise NotFound(f"there is no adapter {name!r}", "name")
+    adapters = _lora_target(args, settings, model)["lora"]["adapters"]
+    del adapters[name]
+    return {**entry, "args": args}, model
+
+
+def new_adapters(settings: AppSettings, previous: AppSettings | None) -> list[tuple[str, str, str]]:
+    """(LLM deployment, adapter, folder) of every adapter ``settings`` has and ``previous`` has not (or with
+    another folder): what a release's rollout has one replica load before the release counts as good."""
+    before = adapters_by_model(previous) if previous is not None else {}
+    return [(deployment, name, folder) for deployment, served in settings.served_models().items()
+            if served.lora is not None for name, folder in served.lora.adapters.items()
+            if before.get(served.model.name, {}).get(name) != folder]
 
 
 def scaled(config: dict, app: str, deployment: str, replicas: int | None,

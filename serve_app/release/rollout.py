@@ -19,8 +19,9 @@ from serve_app.config.loader import deployment_names
 from serve_app.config.settings import AppSettings, CanarySettings
 from serve_app.release.canary import CANARY, PRIMARY, ArmStats, judge
 from serve_app.release.history import History
+from serve_app.errors import unwrap
 from serve_app.release.plan import app_settings, canary_application, canary_name, drain_bound_s, label, \
-    probe_method
+    new_adapters, probe_method
 
 if TYPE_CHECKING:
     from serve_app.release.gateway import ServeGateway
@@ -74,6 +75,7 @@ class Rollout:
         try:
             started = await self.gateway.apply(label(config, self.app, n))
             await self.wait_ready(started, settings)
+            await self.try_adapters(settings, app_settings(previous["config"], self.app) if previous else None)
             await self.watch(settings)
             self.history.finish(n, "good", f"{prefix}healthy after {self.clock() - t0:.1f}s")
             logger.info("release %d is good", n)
@@ -142,6 +144,18 @@ class Rollout:
                 raise ReleaseFailed(f"not RUNNING and healthy within {settings.releases.ready_timeout_s:g}s"
                                     + (f" (+{drain_s:g}s for replicas to drain)" if drain_s else ""))
             await self.sleep(0.5)
+
+    async def try_adapters(self, settings: AppSettings, previous: AppSettings | None) -> None:
+        """Have one replica of its model load every adapter this release adds (serve_app/llm/deployment.py
+        ``trial_adapter``): one that does not load fails the release here, not at a user's first request."""
+        for deployment, name, folder in new_adapters(settings, previous):
+            try:
+                await asyncio.wait_for(self.gateway.call(self.app, deployment, "trial_adapter", folder),
+                                       settings.releases.ready_timeout_s)
+            except Exception as exc:  # noqa: BLE001 - whatever the reason, the adapter cannot serve
+                cause = unwrap(exc)
+                raise ReleaseFailed(f"the adapter {name!r} ({deployment}) does not load: "
+                                    f"{type(cause).__name__}: {str(cause)[:300]}") from None
 
     async def watch(self, settings: AppSettings) -> None:
         """Probe every component's health for ``releases.watch_s``; ReleaseFailed after

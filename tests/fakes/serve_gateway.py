@@ -33,6 +33,9 @@ class FakeServeGateway(ServeGateway):
         self.on_apply: Callable[[dict[str, Any]], None] | None = None
         # Awaited by each probe: raising fails the probe, never returning hangs it.
         self.on_probe: Callable[[str, str], Awaitable[None]] | None = None
+        # Other method calls on a deployment (an adapter's trial load): recorded, answered by ``on_call``.
+        self.calls: list[tuple] = []
+        self.on_call: Callable[..., Awaitable[Any]] | None = None
 
     def details(self) -> dict[str, Any]:
         ready = self.clock() - self.deployed_at >= self.ready_after_s
@@ -66,5 +69,12 @@ class FakeServeGateway(ServeGateway):
             self.probes.append((app, deployment))
             if self.on_probe is not None:
                 await self.on_probe(app, deployment)
+
+        return call()
+
+    def call(self, app: str, deployment: str, method: str, *args) -> Awaitable[Any]:
+        async def call() -> Any:
+            self.calls.append((app, deployment, method, *args))
+            return await self.on_call(app, deployment, method, *args) if self.on_call is not None else {}
 
         return call()

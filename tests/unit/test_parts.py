@@ -131,7 +131,7 @@ def test_each_deployment_reads_its_part_from_its_environment(monkeypatch):
     monkeypatch.setenv(ENV, options["LLMServer"]["runtime_env"]["env_vars"][ENV])
     llm = deployment_settings(None, "LLMServer")
     assert llm.engine.max_num_seqs == 8 and llm.engine.max_model_len == 2048
-    assert set(type(llm).model_fields) == {"model", "engine"}  # its own type: the sections it reads
+    assert set(type(llm).model_fields) == {"model", "engine", "lora"}  # its own type: the sections it reads
     monkeypatch.setenv(ENV, options["Ingress"]["runtime_env"]["env_vars"][ENV])
     assert deployment_settings(None, "Ingress").vector.collection == "documents"
     # Bound settings win (the plain form, and the canary's application).

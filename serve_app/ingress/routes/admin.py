@@ -1,4 +1,4 @@
-"""/admin: releases, rollback, scale, status, audit. Thin: the gate authorizes and audits
+"""/admin: releases, rollback, scale, LoRA adapters, status, audit. Thin: the gate authorizes and audits
 (serve_app/ingress/admin_gate.py), then the release controller (serve_app/release/controller.py) acts."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from serve_app.calls.handles import call
 from serve_app.errors import InvalidRequest
 from serve_app.ingress.admin_gate import AdminGate
-from serve_app.protocol.admin import DeployRequest, RollbackRequest, ScaleRequest
+from serve_app.protocol.admin import AdapterLoadRequest, DeployRequest, RollbackRequest, ScaleRequest
 
 router = APIRouter()
 
@@ -68,6 +68,26 @@ async def admin_scale(body: ScaleRequest, request: Request):
     c = await gate(request).authorize(request, f"scale {body.deployment}")
     actor = f"admin@{request.client.host if request.client else '?'}"
     return await call(c, "scale", body.deployment, body.replicas, body.factor, actor)
+
+
+@router.get("/admin/adapters")
+async def admin_adapters(request: Request):
+    c = await gate(request).authorize(request, "list adapters")
+    return {"object": "list", "data": await call(c, "adapters")}
+
+
+@router.post("/admin/adapters", status_code=202)
+async def admin_load_adapter(body: AdapterLoadRequest, request: Request):
+    c = await gate(request).authorize(request, f"load adapter {body.name}")
+    actor = f"admin@{request.client.host if request.client else '?'}"
+    return await call(c, "load_adapter", body.model, body.name, body.path, actor)
+
+
+@router.delete("/admin/adapters/{name:path}", status_code=202)
+async def admin_unload_adapter(name: str, request: Request):
+    c = await gate(request).authorize(request, f"unload adapter {name}")
+    actor = f"admin@{request.client.host if request.client else '?'}"
+    return await call(c, "unload_adapter", name, actor)
 
 
 @router.get("/admin/audit")

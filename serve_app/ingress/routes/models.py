@@ -1,5 +1,6 @@
-"""GET /v1/models and GET /v1/models/{id}: every chat model (as its vLLM engine lists it) and the embedding
-model, as OpenAI model objects, limited to the models the caller's API key may use."""
+"""GET /v1/models and GET /v1/models/{id}: every chat model (as its vLLM engine lists it), every LoRA adapter
+(its model as ``parent``) and the embedding model, as OpenAI model objects, limited to the models the caller's
+API key may use."""
 
 from __future__ import annotations
 
@@ -30,9 +31,10 @@ async def _chat_cards(ctx: IngressContext, name: str, handle) -> list[dict[str, 
     the engine does not answer in time, so one model that is down does not hide the others."""
     try:
         listed = await call(handle, "models", timeout_s=ctx.settings.ingress.health_timeout_s)
-        # vLLM's root is the folder the weights were loaded from: a path of the server, not the client's.
+        # vLLM's root is the folder the weights were loaded from: a path of the server, not the client's. The
+        # adapters one replica happens to hold are left out: every configured adapter is listed below.
         return [{**card, "root": card["id"]} if str(card.get("root") or "").startswith("/") else card
-                for card in listed["data"]]
+                for card in listed["data"] if not card.get("parent")]
     except Exception:  # noqa: BLE001 - the model is listed either way; /healthz says whether it serves
         return [_card(name, ctx.settings.served_model(name).engine.max_model_len)]
 
@@ -42,6 +44,8 @@ async def _cards(ctx: IngressContext, request: Request) -> list[dict[str, Any]]:
     names = ctx.allowed_models(key)
     lists = await asyncio.gather(*(_chat_cards(ctx, name, ctx.models[name]) for name in names))
     cards = [card for cards in lists for card in cards]
+    # Each LoRA adapter the key may use, with its model as ``parent`` (as `vllm serve` lists its adapters).
+    cards += [{**_card(a), "parent": ctx.adapters[a]} for a in ctx.allowed_adapters(key)]
     embedder = ctx.embedder_name()
     if embedder is not None and ctx.key_allows(key, embedder):
         cards.append(_card(embedder))
