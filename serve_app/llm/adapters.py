@@ -8,15 +8,17 @@ An adapter is a folder under the model's adapter root (``lora.root``) holding a 
 - weights that are code: pickled files (``.bin``, ``.pt``, ...; loading one runs what it contains) and any
   Python or native code (nothing an adapter needs; no remote code is ever run);
 - anything but a LoRA adapter (no config, another peft type, no safetensors weights);
-- an adapter made for another base model, or of a rank above the engine's ``max_rank``.
+- an adapter made for another base model (by the name in its config, and by its weights' shapes), or of a rank
+  above the engine's ``max_rank``.
 
-What the checks cannot see (the weights' shapes, the target modules) the trial load in the engine sees: the
+What the checks cannot see the trial load in the engine sees: the
 release controller has one replica load every new adapter before the release that adds it counts as good
 (serve_app/release/rollout.py)."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -98,3 +100,59 @@ def check_adapter(path: Path, folder: str, base_names: set[str], max_rank: int) 
         raise InvalidRequest(f"the adapter is for the base model {shown!r}, not for this model", "path")
     return {"rank": rank, "base_model": PurePosixPath(base.rstrip("/")).name,
             "target_modules": config.get("target_modules")}
+
+
+_LAYER = re.compile(r"\.layers\.(\d+)\.(?:[a-z_]+\.)?([a-z_]+)\.lora_([AB])\.weight$")
+
+
+def _module_shapes(config: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """(input, output) features of the projections of a Llama-family decoder layer, from the model's config."""
+    hidden, inter = config.get("hidden_size"), config.get("intermediate_size")
+    heads = config.get("num_attention_heads")
+    kv = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or (hidden // heads if hidden and heads else None)
+    if not (hidden and heads and head_dim):
+        return {}
+    shapes = {"q_proj": (hidden, heads * head_dim), "k_proj": (hidden, kv * head_dim),
+              "v_proj": (hidden, kv * head_dim), "o_proj": (heads * head_dim, hidden)}
+    if inter:
+        shapes |= {"gate_proj": (hidden, inter), "up_proj": (hidden, inter), "down_proj": (inter, hidden)}
+    return shapes
+
+
+def check_shapes(path: Path, folder: str, config: dict[str, Any]) -> None:
+    """The weights' shapes (read from the safetensors header, nothing loaded) against the serving model's
+    ``config`` (its config.json): vLLM copies an adapter's matrices into buffers of the model's sizes, so an
+    adapter made for a smaller model of the same family would load and answer nonsense without this."""
+    from safetensors import safe_open
+
+    shapes = _module_shapes(config)
+    layers = config.get("num_hidden_layers")
+    try:
+        with safe_open(str(path / WEIGHTS), "pt") as weights:
+            found = {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}
+    except Exception:  # noqa: BLE001 - any reason the header cannot be read
+        raise InvalidRequest(f"{folder}/{WEIGHTS} is not a readable safetensors file", "path") from None
+    for name, shape in found.items():
+        m = _LAYER.search(name)
+        if m is None:
+            continue
+        layer, module, ab = int(m.group(1)), m.group(2), m.group(3)
+        if layers is not None and layer >= layers:
+            raise InvalidRequest(f"the adapter has weights for layer {layer}; this model has {layers} layers", "path")
+        if module in shapes and len(shape) == 2:
+            fan_in, fan_out = shapes[module]
+            want = (shape[0], fan_in) if ab == "A" else (fan_out, shape[1])
+            if shape != want:
+                raise InvalidRequest(f"the adapter's {module} weights have the shape {list(shape)}; this model's "
+                                     f"need {list(want)}: the adapter was made for another model", "path")
+
+
+def model_config(model: str) -> dict[str, Any]:
+    """The served model's config (its config.json): from its folder, else through transformers (a hub id)."""
+    local = Path(model) / "config.json"
+    if local.is_file():
+        return json.loads(local.read_text())
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model).to_dict()

@@ -22,7 +22,7 @@ from serve_app.config.names import LLM_DEPLOYMENT, SERVED_NAMES
 from serve_app.llm import engine_args
 from serve_app.llm.cpus import BIND_ENV, placement_env
 from serve_app.errors import InvalidRequest, ModelNotFound
-from serve_app.llm.adapters import adapter_path, check_adapter
+from serve_app.llm.adapters import adapter_path, check_adapter, check_shapes, model_config
 from serve_app.llm.engine import LLMEngine, VLLMEngine
 from serve_app.llm.model import resolve_model
 from serve_app.protocol.stream import head
@@ -71,28 +71,47 @@ class LLMServer:
         # replica that holds it when one does; past ``max_per_replica`` the least recently used one is let go.
         lora = self._settings.lora
         self._catalog: dict[str, str] = dict(lora.adapters) if lora else {}
-        self._hold = serve.multiplexed(max_num_models_per_replica=lora.max_per_replica)(self._load_adapter) \
-            if lora else None
+        self._hold = None
+        if lora:
+            async def load(name: str):  # a plain function: Serve's wrapper keeps its state on it
+                return await self._load_adapter(name)
+
+            self._hold = serve.multiplexed(max_num_models_per_replica=lora.max_per_replica)(load)
         # What an adapter's config may call its base model: the served name, the source, the default name.
         source = self._settings.model.source
         self._model_names = {self._settings.model.name, source, SERVED_NAMES.get(source, source)}
+        # The adapters the replica starts with are tried now (here, or in the first ``reconfigure``, which Serve
+        # calls before the replica serves): a bad one fails the start, and so the release that brought it.
+        self._starting = True
+        self._model_config: dict[str, Any] | None = None  # the model's config.json, read at the first check
+        for folder in self._catalog.values():
+            await self.trial_adapter(folder)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """The adapters of a release that changed only them (serve_app/config/parts.py): no restart. One that
         is gone, or now names another folder, is no longer servable here at once."""
         adapters = (user_config or {}).get("adapters")
+        starting, self._starting = self._starting, False
         if adapters is None or self._hold is None:
             return
         old, self._catalog = self._catalog, dict(adapters)
         for name, folder in old.items():
             if self._catalog.get(name) != folder:
                 await self._engine.unload_adapter(name)
+        if starting:  # a running replica's new adapters were tried by the release controller already
+            for name, folder in self._catalog.items():
+                if old.get(name) != folder:
+                    await self.trial_adapter(folder)
 
     def _adapter_folder(self, folder: str):
         """An adapter folder under the root, checked (serve_app/llm/adapters.py)."""
         lora = self._settings.lora
         path = adapter_path(lora.root_dir(), folder)
-        return path, check_adapter(path, folder, self._model_names, lora.max_rank)
+        info = check_adapter(path, folder, self._model_names, lora.max_rank)
+        if self._model_config is None:
+            self._model_config = model_config(resolve_model(self._settings.model.source, self._settings.model.cache_dir))
+        check_shapes(path, folder, self._model_config)
+        return path, info
 
     async def _load_adapter(self, name: str):
         """Serve's multiplexed loader: make the adapter ``name`` of the catalog servable on this replica."""

@@ -220,9 +220,6 @@ class Releases:
     async def load_adapter(self, model: str | None, name: str, folder: str, actor: str) -> dict[str, Any]:
         """Add an adapter to a model: checked and loaded once on one of its replicas first (a bad one is
         refused with the reason and nothing is recorded), then deployed as a release."""
-        self._clean_up()
-        if self.background is not None and not self.background.done():
-            raise Conflict(f"release {self.state.deploying} is still being deployed", "release")
         current = self._last_good()
         new_app, model = with_adapter(current["config"], self.app, model, name, folder)
         _, settings = release_config(current["config"], {"applications": [new_app]}, self.app)  # names, counts

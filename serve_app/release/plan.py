@@ -13,6 +13,7 @@ from typing import Any
 
 from serve_app.config.loader import APP_IMPORT_PATH, LLM_IMPORT_PATH, ConfigError, deployment_names, \
     validate_serve_config
+from serve_app.config.model_settings import check_folder_name
 from serve_app.config.names import is_llm_deployment
 from serve_app.config.parts import adapters_by_model, join
 from serve_app.config.settings import AppSettings, CanarySettings
@@ -169,6 +170,10 @@ def with_adapter(config: dict, app: str, model: str | None, name: str, folder: s
     (None: the first model), and the served name of that model."""
     import copy
 
+    try:
+        check_folder_name(folder, "path")
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), "path") from None
     entry = app_entry(config, app)
     args = copy.deepcopy(entry.get("args") or {})
     settings = AppSettings.model_validate(args)
