@@ -77,7 +77,9 @@ def pytest_collection_modifyitems(config, items):
 SESSION_CONFIG = "configs/multi-model.yaml"
 # What the session app changes in its config. A release is watched for releases.watch_s after it is
 # up (production: 10 s); the fault it must catch in the release tier (tests/fakes/engine.py) shows within 1 s.
-TEST_SETTINGS = {"releases": {"watch_s": 2}}
+# LoRA: one adapter at most, so that the adapter tests can ask for one more than allowed
+# (tests/release/test_runtime_adapters.py).
+TEST_SETTINGS = {"releases": {"watch_s": 2}, "lora": {"max_adapters": 1}}
 
 
 def session_config(tmp_dir: Path) -> Path:
@@ -92,7 +94,13 @@ def session_config(tmp_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def app_proc(tmp_path_factory, trace_dir, serve_logs_dir):
+def data_dir(tmp_path_factory):
+    """The session app's SERVE_APP_DATA_DIR (its vector store, release history, and adapters/: the LoRA root)."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def app_proc(tmp_path_factory, trace_dir, serve_logs_dir, data_dir):
     """The session app's `serve-app run` process (its process tree holds Ray and every replica)."""
     port = _free_port()
     log_path = tmp_path_factory.mktemp("app") / "serve-app.log"
@@ -102,7 +110,7 @@ def app_proc(tmp_path_factory, trace_dir, serve_logs_dir):
            "--logs-dir", str(serve_logs_dir)]
     # The vector store writes under a temporary data directory, never the user's. Tracing is on through Serve's
     # environment variables (the config file's tracing_config does the same) with the file exporter.
-    env = {**os.environ, "SERVE_APP_DATA_DIR": str(tmp_path_factory.mktemp("data")), "SERVE_APP_ADMIN_KEY": ADMIN_KEY,
+    env = {**os.environ, "SERVE_APP_DATA_DIR": str(data_dir), "SERVE_APP_ADMIN_KEY": ADMIN_KEY,
            "RAY_SERVE_TRACING_EXPORTER_IMPORT_PATH": "serve_app.observability.tracing:jsonl_exporter",
            "RAY_SERVE_TRACING_SAMPLING_RATIO": "1", "SERVE_APP_TRACE_DIR": str(trace_dir),
            # Log lines reach the files at once (serve-app run keeps Serve's throughput default: 1000-line buffer).
