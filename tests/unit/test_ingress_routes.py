@@ -102,3 +102,29 @@ def test_requests_are_routed_by_model_and_the_allow_list_hides_the_others():
             ctx.chat_model(name, only_tiny)
         assert str(exc.value) == f"The model `{name}` does not exist."
     assert ctx.allowed_models(only_tiny) == ["tiny-random-llama"]
+
+
+def test_adapters_route_to_their_model_as_the_multiplexed_id_and_need_naming_in_an_allow_list():
+    from serve_app.errors import ModelNotFound
+
+    class _Handle:
+        def __init__(self, model_id=None):
+            self.model_id = model_id
+
+        def options(self, multiplexed_model_id):
+            return _Handle(multiplexed_model_id)
+
+    settings = AppSettings.model_validate({"lora": {"adapters": {"support": "support/v1"}},
+                                           "models": [{"model": {"source": "tiny"}}]})
+    first = _Handle()
+    ctx = IngressContext(settings, {"LLMServer": first, "LLMServer-tiny-random-llama": _Handle()}, _VectorStore())
+    name, handle = ctx.chat_model("support")
+    assert name == "support" and handle.model_id == "support"  # Serve routes it to a replica holding it
+    ctx.set_adapters({"SmolLM2-135M-Instruct": {"billing": "billing/v2"}})  # a release's user_config
+    assert ctx.adapters == {"billing": "SmolLM2-135M-Instruct"}
+    with pytest.raises(ModelNotFound):
+        ctx.chat_model("support")  # unloaded
+    assert ctx.chat_model("billing", _Key(["billing"]))[1].model_id == "billing"
+    with pytest.raises(ModelNotFound):  # the base model allowed, the adapter not named: hidden
+        ctx.chat_model("billing", _Key(["SmolLM2-135M-Instruct"]))
+    assert ctx.allowed_adapters(_Key(["SmolLM2-135M-Instruct"])) == []
