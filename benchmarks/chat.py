@@ -35,6 +35,23 @@ METRICS = [
 ]
 
 
+def load_args(doc: str | None):
+    """The command line of a one-load-per-server comparison (benchmarks/multi_model.py, lora.py): the load's
+    clients, prompts, lengths and seed, and where the results go."""
+    import argparse
+
+    from benchmarks._servers import ROOT
+
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--prompts", type=int, default=64)
+    p.add_argument("--input-len", type=int, default=256)
+    p.add_argument("--output-len", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    return p
+
+
 def run_load(url: str, model: str, tokenizer: str, concurrency: int, num_prompts: int, ns=None,
              dataset_args: list[str] | None = None, goodput: list[str] | None = None, seed: int = 0) -> dict:
     """One `vllm bench serve` run. The dataset is ``dataset_args`` (vllm bench serve's own flags), else the

@@ -15,7 +15,6 @@ Writes benchmarks/results/lora.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -29,7 +28,7 @@ import yaml
 
 from benchmarks._adapters import MAX_TOKENS, PROMPT, RANK, SEED, make_adapter
 from benchmarks._servers import ROOT, bare_vllm, engine_setup, serve_app
-from benchmarks.chat import run_load
+from benchmarks.chat import load_args, run_load
 from serve_app.config.settings import LoraSettings
 from serve_app.llm import engine_args
 
@@ -44,14 +43,7 @@ def greedy(url: str, model: str) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--prompts", type=int, default=64)
-    p.add_argument("--input-len", type=int, default=256)
-    p.add_argument("--output-len", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    ns = p.parse_args()
+    ns = load_args(__doc__).parse_args()
     settings, model_dir, _ = engine_setup("configs/dev-cpu.yaml")
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,6 @@ Writes benchmarks/results/multi_model.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -22,8 +21,8 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks._servers import ROOT, bare_vllm, engine_setup, serve_app
-from benchmarks.chat import run_load
+from benchmarks._servers import bare_vllm, engine_setup, serve_app
+from benchmarks.chat import load_args, run_load
 from serve_app.llm import engine_args
 
 # The app without the engine CPU split: with it every engine would be bound to the same cores
@@ -53,14 +52,7 @@ def _engines(url: str) -> dict[str, dict]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--prompts", type=int, default=64)
-    p.add_argument("--input-len", type=int, default=256)
-    p.add_argument("--output-len", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    ns = p.parse_args()
+    ns = load_args(__doc__).parse_args()
     settings, model_dir, cli = engine_setup("configs/dev-cpu.yaml")
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
