@@ -17,12 +17,12 @@ from typing import Any
 
 from ray import serve
 
-from serve_app.config.parts import LLMServerSettings, deployment_settings
 from serve_app.config.names import LLM_DEPLOYMENT, SERVED_NAMES
-from serve_app.llm import engine_args
-from serve_app.llm.cpus import BIND_ENV, placement_env
+from serve_app.config.parts import LLMServerSettings, deployment_settings
 from serve_app.errors import InvalidRequest, ModelNotFound
+from serve_app.llm import engine_args
 from serve_app.llm.adapters import adapter_path, check_adapter, check_shapes, model_config
+from serve_app.llm.cpus import BIND_ENV, placement_env
 from serve_app.llm.engine import LLMEngine, VLLMEngine
 from serve_app.llm.model import resolve_model
 from serve_app.protocol.stream import head
@@ -46,6 +46,16 @@ def _factory(path: str | None) -> EngineFactory:
 
     module, _, name = path.partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+class HeldAdapter:
+    """What Serve's multiplexing keeps per adapter a replica holds. Serve awaits an instance's own ``__del__``
+    when it evicts the adapter (least recently used): set on the instance, not the class, so the garbage
+    collector never calls it."""
+
+    def __init__(self, name: str, let_go: Callable[[], Any]):
+        self.name = name
+        self.__del__ = let_go
 
 
 @serve.deployment(name="LLMServer", max_ongoing_requests=64, health_check_period_s=10)
@@ -116,13 +126,10 @@ class LLMServer:
     async def _load_adapter(self, name: str):
         """Serve's multiplexed loader: make the adapter ``name`` of the catalog servable on this replica."""
         await self._ensure_adapter(name)
-        held = type("HeldAdapter", (), {"name": name})()
-
-        async def let_go():  # called by Serve when it evicts the adapter (least recently used)
+        async def let_go():
             await self._engine.unload_adapter(name)
 
-        held.__del__ = let_go
-        return held
+        return HeldAdapter(name, let_go)
 
     async def _ensure_adapter(self, name: str) -> None:
         if name not in self._catalog:
