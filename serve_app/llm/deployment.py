@@ -163,12 +163,7 @@ class LLMServer:
     async def generate(self, kind: str, request: Any) -> AsyncGenerator[Any, None]:
         """Run a chat or completion request. Yields the stream head (serve_app/protocol/stream.py), then SSE
         lines when streaming."""
-        adapter = serve.get_multiplexed_model_id()
-        if adapter:
-            if self._hold is None:
-                raise ModelNotFound(f"The model `{adapter}` does not exist.", "model")
-            await self._hold(adapter)
-            await self._ensure_adapter(adapter)
+        await self._use_adapter()
         if kind == "chat":
             result = await self._engine.chat(request)
         elif kind == "completion":
@@ -181,6 +176,25 @@ class LLMServer:
         yield head(True, self._replica)
         async for line in result:
             yield line
+
+    async def _use_adapter(self) -> None:
+        """The request's adapter (Serve's multiplexed model id; none for the base model) held and servable."""
+        adapter = serve.get_multiplexed_model_id()
+        if adapter:
+            if self._hold is None:
+                raise ModelNotFound(f"The model `{adapter}` does not exist.", "model")
+            await self._hold(adapter)
+            await self._ensure_adapter(adapter)
+
+    async def tokens(self, kind: str, request: Any) -> dict[str, Any]:
+        """vLLM's /tokenize (``kind`` "tokenize": a prompt or chat messages, rendered by the model's chat
+        template, to token ids) or /detokenize (token ids to text)."""
+        await self._use_adapter()
+        if kind == "tokenize":
+            return await self._engine.tokenize(request)
+        if kind == "detokenize":
+            return await self._engine.detokenize(request)
+        raise ValueError(f"unknown request kind {kind!r}")
 
     async def models(self) -> dict[str, Any]:
         return await self._engine.models()

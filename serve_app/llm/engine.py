@@ -19,7 +19,7 @@ import logging.handlers
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from serve_app.errors import EngineError, InvalidRequest, ServiceUnavailable
+from serve_app.errors import EngineError, InvalidRequest, NotFound, ServiceUnavailable
 from serve_app.llm.errors import from_vllm
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,14 @@ class LLMEngine(abc.ABC):
     def dead(self) -> bool:
         """True once the engine can never serve again (its process died); the replica then ends itself."""
         return False
+
+    async def tokenize(self, request: Any) -> dict[str, Any]:
+        """Run a vLLM TokenizeRequest (a prompt, or chat messages through the model's chat template)."""
+        raise NotFound("this model's engine has no tokenizer endpoint")
+
+    async def detokenize(self, request: Any) -> dict[str, Any]:
+        """Run a vLLM DetokenizeRequest (token ids back to text)."""
+        raise NotFound("this model's engine has no tokenizer endpoint")
 
     # LoRA adapters (serve_app/llm/adapters.py checks a folder before any of these sees it). An engine without
     # LoRA support serves none.
@@ -186,6 +194,12 @@ class VLLMEngine(LLMEngine):
 
     async def completion(self, request: Any) -> EngineResult:
         return await self._call(self._state.openai_serving_completion.create_completion(request, None))
+
+    async def tokenize(self, request: Any) -> dict[str, Any]:
+        return await self._call(self._state.serving_tokenization.create_tokenize(request, None))
+
+    async def detokenize(self, request: Any) -> dict[str, Any]:
+        return await self._call(self._state.serving_tokenization.create_detokenize(request, None))
 
     async def models(self) -> dict[str, Any]:
         listing = await self._state.openai_serving_models.show_available_models()

@@ -14,6 +14,8 @@ from typing import Any
 from pydantic import model_validator
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest as _VllmChat
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest as _VllmCompletion
+# /tokenize and /detokenize take vLLM's own request models as they are (the first is a union: a prompt or messages).
+from vllm.entrypoints.serve.tokenize.protocol import DetokenizeRequest, TokenizeRequest  # noqa: F401
 
 # Fields that vLLM's validators read as objects (mappings) when present.
 _OBJECT_FIELDS = ("structured_outputs", "stream_options", "response_format")

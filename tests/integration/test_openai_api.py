@@ -80,3 +80,29 @@ def test_json_schema_output_parses(client, model_name):
     data = json.loads(r.choices[0].message.content)
     assert set(data) == {"city", "country"}
     assert all(isinstance(v, str) for v in data.values())
+
+
+def test_tokenize_and_detokenize_round_trip_on_each_model(http, model_name):
+    """`vllm serve`'s /tokenize and /detokenize, per model: a prompt to ids and back; chat messages through the
+    model's chat template; bad input a 4xx with the OpenAI body."""
+    for model in (model_name, "tiny-random-llama"):
+        r = http.post("/tokenize", json={"model": model, "prompt": "Hello world"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["count"] == len(body["tokens"]) > 0 and body["max_model_len"] == 2048
+        d = http.post("/detokenize", json={"model": model, "tokens": body["tokens"]})
+        assert d.status_code == 200 and d.json()["prompt"] == "Hello world", d.text
+    chat = http.post("/tokenize", json={"model": model_name, "messages": [{"role": "user", "content": "Hi"}],
+                                        "add_generation_prompt": True, "return_token_strs": True}).json()
+    assert "<|im_start|>" in chat["token_strs"] and chat["count"] > 4  # the chat template's turn markers
+    for path, body, status in [("/tokenize", {"model": "nope", "prompt": "x"}, 404),
+                               ("/tokenize", {"model": model_name, "prompt": 5}, 400),
+                               ("/tokenize", {"model": model_name}, 400),
+                               ("/detokenize", {"model": model_name, "tokens": "x"}, 400),
+                               ("/detokenize", {"model": model_name, "tokens": [10 ** 9]}, None)]:
+        r = http.post(path, json=body)
+        if status is None:  # an id outside the vocabulary: refused or decoded, never a server error
+            assert r.status_code < 500, r.text
+            continue
+        assert r.status_code == status, (path, body, r.text)
+        assert r.json()["error"]["code"] == status

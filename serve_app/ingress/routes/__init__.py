@@ -3,7 +3,7 @@ through the call layer (serve_app/calls), answer. What a route needs comes from 
 IngressContext (serve_app/ingress/context.py) through FastAPI's dependency injection."""
 
 from serve_app.ingress.routes import (admin, agent, chat, completions, documents, embeddings, health, models, rag,
-                                      search)
+                                      search, tokens)
 
-ROUTERS = [health.router, models.router, chat.router, completions.router, embeddings.router, documents.router,
-           search.router, rag.router, agent.router, admin.router]
+ROUTERS = [health.router, models.router, chat.router, completions.router, tokens.router, embeddings.router,
+           documents.router, search.router, rag.router, agent.router, admin.router]

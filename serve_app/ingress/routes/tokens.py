@@ -1,0 +1,39 @@
+"""POST /tokenize and POST /detokenize, as `vllm serve` has them: a prompt or chat messages (rendered by the
+model's chat template, tools included) to the model's token ids, and token ids back to text. Answered by the
+named model's LLM deployment with vLLM's own tokenization layer; the model, API key and limits as for chat."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+
+from serve_app.calls.handles import call
+from serve_app.errors import InvalidRequest
+from serve_app.ingress.context import IngressContext, context
+from serve_app.ingress.llm_serving import materialized
+from serve_app.protocol.openai import DetokenizeRequest, TokenizeRequest
+
+router = APIRouter()
+
+
+async def _run(ctx: IngressContext, request: Request, kind: str, body):
+    model, handle = ctx.chat_model(body.model, getattr(request.state, "api_key", None))
+    ctx.llm_gate(model)
+    return await call(handle, "tokens", kind, body, timeout_s=ctx.settings.ingress.request_timeout_s)
+
+
+@router.post("/tokenize")
+async def tokenize(body: TokenizeRequest, request: Request, ctx: IngressContext = Depends(context)):
+    messages = getattr(body, "messages", None)
+    if messages is not None:
+        if len(messages) > ctx.settings.ingress.max_messages:
+            raise InvalidRequest(f"at most {ctx.settings.ingress.max_messages} messages", "messages")
+        try:
+            body.messages = materialized(messages)
+        except (ValueError, TypeError) as exc:
+            raise InvalidRequest(f"messages: {exc}", "messages") from None
+    return await _run(ctx, request, "tokenize", body)
+
+
+@router.post("/detokenize")
+async def detokenize(body: DetokenizeRequest, request: Request, ctx: IngressContext = Depends(context)):
+    return await _run(ctx, request, "detokenize", body)
