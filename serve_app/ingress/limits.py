@@ -4,7 +4,8 @@ Keys are never stored: the key file holds each key's SHA-256 with its name, scop
 hash-key`` makes an entry). A presented key is hashed and looked up; the comparison is over digests of equal
 length. Rate limits are token buckets per key: one on requests, one on tokens (a request is charged its
 ``max_tokens`` or the route's default before any engine work). A refused request gets 429 with
-``Retry-After``: the seconds until the bucket holds enough again.
+``Retry-After``: the seconds until the bucket holds enough again (what the openai SDK's retry waits). Every
+answer to a keyed request carries OpenAI's ``x-ratelimit-*`` headers for the key's limits.
 
 Buckets live in each ingress replica: with N ingress replicas a key may get up to N times its limit.
 """
@@ -99,6 +100,11 @@ class TokenBucket:
     def take(self, amount: float) -> None:
         self.level -= amount
 
+    def reset_s(self, now: float | None = None) -> float:
+        """Seconds until the bucket is full again."""
+        self._refill(time.monotonic() if now is None else now)
+        return (self.rate_per_minute - self.level) * 60.0 / self.rate_per_minute
+
 
 class RateLimiter:
     def __init__(self):
@@ -125,6 +131,29 @@ class RateLimiter:
         for _, bucket, amount in checks:
             bucket.take(amount)
         return None, 0.0
+
+
+def _duration(seconds: float) -> str:
+    """A duration the way OpenAI writes its x-ratelimit-reset-* headers: "250ms", "12s", "6m0s"."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m{rest}s" if minutes else f"{rest}s"
+
+
+def limit_headers(limiter: RateLimiter, key: KeyEntry, now: float | None = None) -> list[tuple[bytes, bytes]]:
+    """OpenAI's rate-limit headers for ``key``'s buckets (x-ratelimit-limit-*, -remaining-*, -reset-*; the
+    requests ones and the tokens ones, for each limit the key has), as the bucket stands now."""
+    headers = []
+    for kind, rate in (("requests", key.requests_per_minute), ("tokens", key.tokens_per_minute)):
+        if not rate:
+            continue
+        bucket = limiter._bucket(key, kind, rate)
+        reset = bucket.reset_s(now)
+        headers += [(f"x-ratelimit-limit-{kind}".encode(), str(math.floor(rate)).encode()),
+                    (f"x-ratelimit-remaining-{kind}".encode(), str(max(0, math.floor(bucket.level))).encode()),
+                    (f"x-ratelimit-reset-{kind}".encode(), _duration(reset).encode())]
+    return headers
 
 
 def charge_tokens(request, tokens: int, param: str = "max_tokens") -> None:

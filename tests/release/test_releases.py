@@ -305,12 +305,16 @@ def test_api_keys_and_rate_limits_through_a_release(app_url, http, admin, model_
         statuses = []
         for _ in range(6):
             try:
-                client.chat.completions.create(model=model_name, max_tokens=2,
-                                               messages=[{"role": "user", "content": "hi"}])
+                raw = client.chat.completions.with_raw_response.create(model=model_name, max_tokens=2,
+                                                                       messages=[{"role": "user", "content": "hi"}])
+                # OpenAI's rate-limit headers: what the key has left of its minute.
+                assert raw.headers["x-ratelimit-limit-requests"] == "4"
+                assert int(raw.headers["x-ratelimit-remaining-requests"]) == 3 - len(statuses)
                 statuses.append(200)
             except openai.RateLimitError as exc:
                 statuses.append(429)
                 assert int(exc.response.headers["retry-after"]) >= 1
+                assert exc.response.headers["x-ratelimit-remaining-requests"] == "0"
         assert statuses[:4] == [200] * 4 and statuses[4:] == [429, 429], statuses
         # A key's model allow-list: other models are answered as unknown ones (no name leaks) and not listed.
         tiny = {"Authorization": "Bearer sk-tiny"}

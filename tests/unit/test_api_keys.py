@@ -8,6 +8,8 @@ digests; a key file with a problem is refused naming it; admin-scope keys open /
 
 import hashlib
 
+import re
+
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
@@ -96,7 +98,13 @@ def test_every_route_but_health_needs_a_known_key_and_limits_apply():
         assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
         assert "sk-alice" not in r.text and "sk-wrong" not in r.text
     ok = {"Authorization": "Bearer sk-alice"}
-    assert c.post("/v1/chat/completions", json={"max_tokens": 10}, headers=ok).json() == {"who": "alice"}
+    r = c.post("/v1/chat/completions", json={"max_tokens": 10}, headers=ok)
+    assert r.json() == {"who": "alice"}
+    # OpenAI's rate-limit headers, as the buckets stand after the request was charged.
+    assert (r.headers["x-ratelimit-limit-requests"], r.headers["x-ratelimit-remaining-requests"]) == ("3", "2")
+    assert (r.headers["x-ratelimit-limit-tokens"], r.headers["x-ratelimit-remaining-tokens"]) == ("100", "90")
+    assert re.fullmatch(r"\d+s", r.headers["x-ratelimit-reset-requests"])  # 20 s for one of 3 per minute
+    assert re.fullmatch(r"\d+(ms|s)", r.headers["x-ratelimit-reset-tokens"])
     # Over the token rate: 429 before any work, with Retry-After; a request alone over the minute: 400.
     r = c.post("/v1/chat/completions", json={"max_tokens": 95}, headers=ok)
     assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
@@ -106,7 +114,8 @@ def test_every_route_but_health_needs_a_known_key_and_limits_apply():
     # Three requests per minute were used (the refused ones count as requests): the next is refused.
     r = c.post("/v1/chat/completions", json={"max_tokens": 1}, headers=ok)
     assert r.status_code == 429 and "requests per minute" in r.json()["error"]["message"]
-    assert int(r.headers["retry-after"]) >= 1
+    assert int(r.headers["retry-after"]) >= 1 and r.headers["x-ratelimit-remaining-requests"] == "0"
+    assert "x-ratelimit-limit-requests" not in c.get("/healthz").headers  # no key, no limits to state
 
 
 def test_without_keys_nothing_is_required():

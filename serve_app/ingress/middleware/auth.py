@@ -47,7 +47,7 @@ class AuthMiddleware:
         if scope["type"] != "http" or not keys or path in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        from serve_app.ingress.limits import digest
+        from serve_app.ingress.limits import digest, limit_headers
         from serve_app.observability.metrics import metric
 
         token = bearer(scope.get("headers", ()))
@@ -60,6 +60,14 @@ class AuthMiddleware:
         if kind is not None:
             metric("serve_app_rate_limited_requests").inc(tags={"limit": kind})
             await refuse(send, 429, f"rate limit of this API key reached ({entry.requests_per_minute:g} requests per "
-                          "minute); retry later", [(b"retry-after", str(max(1, math.ceil(wait))).encode())])
+                          "minute); retry later", [(b"retry-after", str(max(1, math.ceil(wait))).encode()),
+                                                   *limit_headers(state.limiter, entry)])
             return
-        await self.app(scope, receive, send)
+
+        async def with_limits(message) -> None:
+            # The buckets as they stand when the answer starts: the route has charged its tokens by then.
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *limit_headers(state.limiter, entry)]}
+            await send(message)
+
+        await self.app(scope, receive, with_limits)
