@@ -111,4 +111,4 @@ def engine_setup(config: str):
     _, apps = load_serve_config(config)
     settings = next(iter(apps.values()))
     model_dir = resolve_model(settings.model.source, settings.model.cache_dir)
-    return settings, model_dir, engine_args.cli_args(settings.engine, model_dir, settings.model.name)
+    return settings, model_dir, engine_args.cli_args(settings.engine, model_dir, settings.model)

@@ -55,7 +55,7 @@ def main() -> None:
         config["applications"][0]["args"]["lora"] = lora.model_dump(mode="json", exclude_defaults=True)
         lora_config = data / "lora.yaml"
         lora_config.write_text(yaml.safe_dump(config))
-        cli = engine_args.cli_args(settings.engine, model_dir, settings.model.name, lora) + [
+        cli = engine_args.cli_args(settings.engine, model_dir, settings.model, lora) + [
             "--lora-modules", f"{ADAPTER}={adapter_dir}"]
         env = {"SERVE_APP_DATA_DIR": str(data)}
         targets = [

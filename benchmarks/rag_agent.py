@@ -31,6 +31,7 @@ import numpy as np
 
 from benchmarks._servers import ROOT, serve_app
 from benchmarks.retrieval import sentences
+from serve_app.errors import status_of
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -89,7 +90,7 @@ async def rag_once(c: httpx.AsyncClient, question: str, plan: str) -> dict:
             elif event.get("type") == "done":
                 done = event
             elif "error" in event:
-                return {"plan": plan, "ok": False, "status": event["error"]["code"]}
+                return {"plan": plan, "ok": False, "status": status_of(event["error"])}
     e2e = (time.perf_counter() - t0) * 1000
     t = done["timings"]
     slowest = max(x for x in (t["retrieval_ms"], t["draft_ms"]) if x is not None)

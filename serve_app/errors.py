@@ -12,7 +12,10 @@ from typing import Any
 
 
 class AppError(Exception):
-    """Base class: a failure with a message that is safe to show to the client."""
+    """Base class: a failure with a message that is safe to show to the client. ``code`` is its OpenAI error
+    code when it has one of its own (else the status's, ``ERROR_CODES``)."""
+
+    code: str | None = None
 
     def __init__(self, message: str, param: str | None = None):
         super().__init__(message, param)
@@ -29,6 +32,8 @@ class InvalidRequest(AppError):
 
 class ModelNotFound(AppError):
     """The request names a model this app does not serve (404)."""
+
+    code = "model_not_found"
 
 
 class NotFound(AppError):
@@ -74,6 +79,9 @@ class EngineError(AppError):
     def __init__(self, message: str, status: int, param: str | None = None):
         super().__init__(message, param)
         self.status = status
+        # vLLM names no code; its wording for a prompt over the context is the only sign of one.
+        if status == 400 and "maximum context length" in message:
+            self.code = "context_length_exceeded"
         # Exception pickling replays __init__ with self.args.
         self.args = (message, status, param)
 
@@ -105,20 +113,56 @@ ERROR_TYPES: dict[int, str] = {
     415: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
-    500: "internal_server_error",
-    501: "not_implemented_error",
+    500: "server_error",
+    501: "server_error",
     503: "service_unavailable_error",
     504: "timeout_error",
 }
 
+# HTTP status -> OpenAI error code (a string, as OpenAI sends it), for an error without one of its own. The
+# same vocabulary in the app's answers and in-stream errors, and in vLLM's (serve_app/llm/errors.py).
+ERROR_CODES: dict[int, str] = {
+    400: "invalid_value",
+    401: "invalid_api_key",
+    403: "permission_denied",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    409: "conflict",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable_entity",
+    429: "rate_limit_exceeded",
+    500: "server_error",
+    501: "not_implemented",
+    503: "service_unavailable",
+    504: "timeout",
+}
+# Codes that stand for another status than the one they are listed under above.
+_CODE_STATUS = {"model_not_found": 404, "context_length_exceeded": 400, "invalid_json": 400,
+                "missing_required_parameter": 400, "invalid_type": 400, "unknown_parameter": 400}
+
 _MAX_MESSAGE = 2000
 
 
-def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     if len(message) > _MAX_MESSAGE:
         message = message[:_MAX_MESSAGE] + "...[truncated]"
-    err_type = ERROR_TYPES.get(status) or ("invalid_request_error" if status < 500 else "internal_server_error")
-    return {"error": {"message": message, "type": err_type, "param": param, "code": status}}
+    err_type = ERROR_TYPES.get(status) or ("invalid_request_error" if status < 500 else "server_error")
+    code = code or ERROR_CODES.get(status) or ("invalid_value" if status < 500 else "server_error")
+    return {"error": {"message": message, "type": err_type, "param": param, "code": code}}
+
+
+def status_of(error: dict[str, Any]) -> int:
+    """The HTTP status an error body stands for (an in-stream error event carries none of its own)."""
+    code = error.get("code")
+    if isinstance(code, int):  # a body from before codes were strings
+        return code
+    if code in _CODE_STATUS:
+        return _CODE_STATUS[code]
+    by_type = {t: s for s, t in sorted(ERROR_TYPES.items(), reverse=True)}
+    by_code = {c: s for s, c in sorted(ERROR_CODES.items(), reverse=True)}
+    return by_code.get(code) or by_type.get(error.get("type")) or 500
 
 
 def _ray_unavailable() -> tuple[type[BaseException], ...]:

@@ -37,6 +37,21 @@ class ModelSettings(_Strict):
         description="Where the converted default and tiny models are kept. Defaults to $SERVE_APP_CACHE_DIR, else "
         "~/.cache/serve_app.",
     )
+    tool_parser: str | None = Field(
+        "xlam",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="vLLM's tool parser for the model's tool-call format (vllm --tool-call-parser, with "
+        "--enable-auto-tool-choice): 'hermes', 'llama3_json', 'mistral', 'pythonic', ... 'xlam' (the default) reads "
+        "a JSON list of calls, bare or inside <tool_call></tool_call>: the default model's format. Any parser makes "
+        "tool_choice 'required' and named functions work (vLLM's structured outputs); 'auto' needs the model's own. "
+        "None: tool calling off (requests with tool_choice other than 'none' get 400).",
+    )
+    chat_template: Path | None = Field(
+        None,
+        description="A Jinja chat template file used instead of the model's own (vllm --chat-template). Default: "
+        "for the default and tiny models the shipped tool-aware template (serve_app/llm/templates/"
+        "smollm2_tools.jinja), for any other model its own. On a cluster, a path every node reaches.",
+    )
 
     @property
     def name(self) -> str:

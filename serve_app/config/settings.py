@@ -43,6 +43,10 @@ class IngressSettings(_Strict):
     )
     max_n: int = Field(8, ge=1, le=128, description="Largest 'n' (choices per request) accepted.")
     max_messages: int = Field(256, ge=1, description="Largest number of chat messages in one request.")
+    max_tools: int = Field(128, ge=1, le=10_000, description="Most tools in one chat request (OpenAI's limit).")
+    max_tools_bytes: int = Field(
+        64 * 1024, ge=1024, description="Largest size of a chat request's tool definitions, as JSON: every "
+        "request renders them into its prompt and, for 'required' or a named tool, compiles them into a grammar.")
     max_tokens: int | None = Field(
         None, ge=1, description="Largest max_tokens / max_completion_tokens accepted by chat and completions, "
         "checked before any engine work (default: up to what the model's context leaves, checked by the engine).")

@@ -1,7 +1,8 @@
 """The FastAPI handlers that answer every error with the one table of ``serve_app.errors``.
 
-Every error leaves the app as an OpenAI-style body ``{"error": {"message", "type", "param", "code"}}``
-where ``code`` is the HTTP status. Messages of unexpected exceptions are never shown to the client.
+Every error leaves the app as an OpenAI error body ``{"error": {"message", "type", "param", "code"}}`` with
+OpenAI's type and string code (``serve_app.errors.ERROR_CODES``). Messages of unexpected exceptions are never
+shown to the client.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from serve_app.llm.errors import from_vllm
 
 logger = logging.getLogger("ray.serve")
 
-def error_response(status: int, message: str, param: str | None = None, headers=None) -> JSONResponse:
-    return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
+def error_response(status: int, message: str, param: str | None = None, headers=None,
+                   code: str | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
 
 
 def response_for(exc: BaseException) -> JSONResponse:
@@ -38,7 +40,8 @@ def response_for(exc: BaseException) -> JSONResponse:
         return error_response(429, exc.message, exc.param, headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
     if isinstance(exc, E.AppError):
         # A 503 (a component down or over its queue limit) tells the client when to try again.
-        return error_response(status, exc.message, exc.param, headers={"Retry-After": "1"} if status == 503 else None)
+        return error_response(status, exc.message, exc.param, headers={"Retry-After": "1"} if status == 503 else None,
+                              code=exc.code)
     if status == 503:
         return error_response(503, "a component is unavailable or overloaded; retry later", headers={"Retry-After": "1"})
     return error_response(status, str(exc))
@@ -51,22 +54,33 @@ def _param_from_loc(loc: tuple) -> str | None:
     return ".".join(parts) or None
 
 
+def _validation_code(kind: str) -> str:
+    # pydantic's error type -> OpenAI's code for it.
+    if kind == "missing":
+        return "missing_required_parameter"
+    if kind == "extra_forbidden":
+        return "unknown_parameter"
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        return "invalid_type"
+    return "invalid_value"
+
+
 async def _on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
     errs = exc.errors()
     if not errs:
         return error_response(400, "invalid request")
     first = errs[0]
     if first.get("type") == "json_invalid":
-        return error_response(400, "request body is not valid JSON")
+        return error_response(400, "request body is not valid JSON", code="invalid_json")
     param = _param_from_loc(tuple(first.get("loc", ())))
     if param is None and first.get("type") == "model_attributes_type":
-        return error_response(400, "request body must be a JSON object")
+        return error_response(400, "request body must be a JSON object", code="invalid_type")
     msgs = []
     for e in errs[:5]:
         where = _param_from_loc(tuple(e.get("loc", ()))) or "body"
         msgs.append(f"{where}: {e.get('msg')}")
     more = f" (and {len(errs) - 5} more)" if len(errs) > 5 else ""
-    return error_response(400, "; ".join(msgs) + more, param)
+    return error_response(400, "; ".join(msgs) + more, param, code=_validation_code(str(first.get("type", ""))))
 
 
 async def _on_http(_: Request, exc: HTTPException) -> JSONResponse:

@@ -60,20 +60,6 @@ async def _observed(lines: AsyncIterator[str], tags: dict[str, str], router, arm
             router.record(arm, ok, None if ttft is None else ttft * 1000)
 
 
-def materialized(value: Any) -> Any:
-    """``value`` with every lazily validated iterable made a list. pydantic validates an ``Iterable[...]``
-    field (OpenAI's message types declare content parts and tool calls so) into a ValidatorIterator, which
-    cannot be pickled to the LLM replica: e.g. ``"content": []`` in a message. Iterating it here validates
-    it; its errors are the client's (400)."""
-    if type(value).__name__ == "ValidatorIterator":
-        value = list(value)
-    if isinstance(value, dict):
-        return {k: materialized(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [materialized(v) for v in value]
-    return value
-
-
 def _served_by(head: StreamHead, model: str) -> dict[str, str]:
     # Which model's deployment and which of its replicas answered: ties a client's request to the replica's
     # logs and metrics.

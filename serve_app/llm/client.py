@@ -14,7 +14,7 @@ from typing import Any
 
 from serve_app.calls.handles import open_call
 from serve_app.config.settings import IngressSettings
-from serve_app.errors import EngineError
+from serve_app.errors import EngineError, status_of
 from serve_app.observability.tracing import span
 from serve_app.protocol.stream import DONE_DATA, StreamHead, data_of
 
@@ -71,7 +71,7 @@ async def _deltas(head: StreamHead, gen) -> AsyncIterator[str]:
             event = json.loads(data)
             if "error" in event:
                 err = event["error"]
-                raise EngineError(err.get("message", "generation failed"), int(err.get("code") or 500), err.get("param"))
+                raise EngineError(err.get("message", "generation failed"), status_of(err), err.get("param"))
             for choice in event.get("choices") or ():
                 text = (choice.get("delta") or {}).get("content")
                 if text:

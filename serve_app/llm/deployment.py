@@ -36,7 +36,7 @@ WATCHDOG_PERIOD_S = 1.0
 def vllm_engine_factory(settings: LLMServerSettings) -> LLMEngine:
     model = resolve_model(settings.model.source, settings.model.cache_dir)
     env = {**engine_args.env(settings.engine), **placement_env(settings.engine.cpu_cores, settings.model.name)}
-    return VLLMEngine(engine_args.cli_args(settings.engine, model, settings.model.name, settings.lora), env=env)
+    return VLLMEngine(engine_args.cli_args(settings.engine, model, settings.model, settings.lora), env=env)
 
 
 def _factory(path: str | None) -> EngineFactory:

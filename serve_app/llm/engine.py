@@ -10,6 +10,7 @@ sampling-parameter mapping, structured outputs and the SSE wire format are there
 from __future__ import annotations
 
 import abc
+import json
 import logging
 import os
 from collections.abc import AsyncGenerator
@@ -19,8 +20,9 @@ import logging.handlers
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from serve_app.errors import EngineError, InvalidRequest, NotFound, ServiceUnavailable
+from serve_app.errors import EngineError, InvalidRequest, NotFound, ServiceUnavailable, error_body, status_of
 from serve_app.llm.errors import from_vllm
+from serve_app.protocol.stream import data_of, sse
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +86,30 @@ class LLMEngine(abc.ABC):
     async def try_adapter(self, path: str) -> None:
         """Load the adapter into the engine and take it out again: raises InvalidRequest when it does not load."""
         raise InvalidRequest("this model's engine serves no LoRA adapters", "model")
+
+
+def openai_errors(result: EngineResult) -> EngineResult:
+    """A vLLM stream with its in-stream error events in the app's error vocabulary: vLLM writes the HTTP status
+    as the code and its own exception names as the type, where OpenAI (and the app) write string codes and
+    OpenAI's types. A server error's detail stays in the log."""
+    if isinstance(result, dict):
+        return result
+
+    async def relay() -> AsyncGenerator[str, None]:
+        async for line in result:
+            data = data_of(line)
+            if data is not None and data.startswith('{"error"'):
+                err = json.loads(data)["error"]
+                status = status_of(err)
+                if status >= 500:
+                    logger.error("engine error in a stream: %s", err.get("message"))
+                    error = EngineError("the model engine failed to process the request", status)
+                else:
+                    error = EngineError(str(err.get("message")), status, err.get("param"))
+                line = sse(error_body(status, error.message, error.param, error.code))
+            yield line
+
+    return relay()
 
 
 def vllm_serve_args(cli_args: list[str]):
@@ -190,10 +216,10 @@ class VLLMEngine(LLMEngine):
             raise mapped from None
 
     async def chat(self, request: Any) -> EngineResult:
-        return await self._call(self._state.openai_serving_chat.create_chat_completion(request, None))
+        return openai_errors(await self._call(self._state.openai_serving_chat.create_chat_completion(request, None)))
 
     async def completion(self, request: Any) -> EngineResult:
-        return await self._call(self._state.openai_serving_completion.create_completion(request, None))
+        return openai_errors(await self._call(self._state.openai_serving_completion.create_completion(request, None)))
 
     async def tokenize(self, request: Any) -> dict[str, Any]:
         return await self._call(self._state.serving_tokenization.create_tokenize(request, None))

@@ -64,4 +64,4 @@ def error_event(exc: BaseException, generic: str) -> str:
     status = status_for(cause) or 503
     logger.warning("stream failed mid-way: %s", cause)
     msg = str(cause) if status < 500 or isinstance(cause, AppError) else generic
-    return sse(error_body(status, msg, getattr(cause, "param", None)))
+    return sse(error_body(status, msg, getattr(cause, "param", None), getattr(cause, "code", None)))

@@ -60,6 +60,6 @@ def test_t11_beyond_the_queue_limit_is_a_fast_503_with_retry_after(app_url, http
     assert len(results) == BURST and {r["status"] for r in results} <= {200, 503}, results
     assert ok and rejected, [r["status"] for r in results]
     for r in rejected:
-        assert r["retry_after"] and r["body"]["error"]["code"] == 503 and r["body"]["error"]["type"], r
+        assert r["retry_after"] and r["body"]["error"]["code"] == "service_unavailable" and r["body"]["error"]["type"], r
     # Refused at once, not after waiting in a queue: faster than the answers that were served.
     assert max(r["latency_s"] for r in rejected) < ok[0], (rejected, ok)

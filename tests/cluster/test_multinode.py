@@ -47,7 +47,7 @@ def test_llm_on_the_worker_lost_with_it_and_back_when_a_worker_joins(cluster):
                     lambda: (r := httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
                         "model": model, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]})).status_code == 503
                     and r, 180, logs)
-    assert refused.headers["retry-after"] and refused.json()["error"]["code"] == 503
+    assert refused.headers["retry-after"] and refused.json()["error"]["code"] == "service_unavailable"
     # Retrieval, on the head, still serves.
     assert httpx.post(f"{url}/v1/search", json={"query": "anything", "top_k": 1}).status_code == 200
     unavailable_s = time.monotonic() - lost_at

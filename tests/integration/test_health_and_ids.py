@@ -45,4 +45,4 @@ def test_request_id_is_generated_and_on_errors(http):
 
 def test_unknown_route_is_404_error_body(http):
     r = http.get("/v1/nope")
-    assert r.status_code == 404 and r.json()["error"]["code"] == 404
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"

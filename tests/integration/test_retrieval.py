@@ -79,7 +79,7 @@ def test_get_and_delete(http):
     assert r.status_code == 200 and r.json()["deleted"] is True
     for method in (http.get, http.delete):
         r = method("/v1/documents/tmp1")
-        assert r.status_code == 404 and r.json()["error"]["code"] == 404
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
 
 
 def test_embeddings_with_openai_sdk(client):

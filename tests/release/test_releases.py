@@ -68,7 +68,7 @@ def test_admin_api_needs_the_key_and_audits_refusals(app_url, admin):
                                  ("POST", "/admin/rollback", {"json": {"release": "x"}}),
                                  ("GET", "/admin/releases/abc", {}), ("GET", "/admin/nowhere", {})]:
         r = httpx.request(method, f"{app_url}{path}", **kwargs)
-        assert r.status_code == 401 and r.json()["error"]["code"] == 401, (path, r.status_code, r.text)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", (path, r.status_code, r.text)
     refused = [a for a in admin.get("/admin/audit").json()["data"] if not a["allowed"]]
     assert {a["action"] for a in refused} >= {"POST /admin/scale", "POST /admin/releases", "GET /admin/releases/abc"}
 

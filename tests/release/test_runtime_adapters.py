@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from benchmarks._adapters import MAX_TOKENS, PROMPT, make_adapter
+from serve_app.errors import status_of
 from serve_app.llm.model import prepare_default_model
 from tests.chaos.faults import follow
 
@@ -134,7 +135,7 @@ def test_bad_adapter_loads_are_refused_with_a_4xx_and_change_nothing(http, admin
         r = admin.post("/admin/adapters", json=body)
         assert r.status_code == status, (body, r.text)
         error = r.json()["error"]
-        assert error["code"] == status and fragment in error["message"], (body, error)
+        assert status_of(error) == status and fragment in error["message"], (body, error)
     r = admin.delete("/admin/adapters/nope")
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
     with pytest.raises(openai.NotFoundError):

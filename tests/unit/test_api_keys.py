@@ -182,7 +182,7 @@ def test_the_admin_gate_refuses_before_the_body_is_read():
     c = TestClient(app)
     for kwargs in ({"content": b"{not json"}, {"json": {"x": 1}}):
         r = c.post("/admin/scale", **kwargs)
-        assert r.status_code == 401 and r.json()["error"]["code"] == 401
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     assert c.get("/admin/nowhere").status_code == 401
     assert reached == [] and audited == ["POST /admin/scale", "POST /admin/scale", "GET /admin/nowhere"]
     ok = {"Authorization": "Bearer s3cret"}

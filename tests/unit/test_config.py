@@ -128,13 +128,19 @@ def _no_vllm_device() -> bool:
 @pytest.mark.skipif(_no_vllm_device(), reason="vLLM finds no device it can serve on (GPU build without a GPU)")
 def test_engine_args_parse_with_vllms_parser():
     s = AppSettings.model_validate({"engine": {"max_model_len": 1024, "extra_args": ["--max-num-batched-tokens", "4096"]}})
-    args = vllm_serve_args(engine_args.cli_args(s.engine, "some/model", s.model.name))
+    args = vllm_serve_args(engine_args.cli_args(s.engine, "some/model", s.model))
     assert args.model == "some/model"
     assert args.served_model_name == ["SmolLM2-135M-Instruct"]
     assert args.max_model_len == 1024
     assert args.enforce_eager is True
     assert args.max_num_batched_tokens == 4096
     assert engine_args.env(s.engine) == {"VLLM_CPU_KVCACHE_SPACE": "1"}
+    # Tool calling on by default with the default model's format and its tool-aware template.
+    assert args.enable_auto_tool_choice and args.tool_call_parser == "xlam"
+    assert args.chat_template.endswith("smollm2_tools.jinja") and args.exclude_tools_when_tool_choice_none
+    off = AppSettings.model_validate({"model": {"source": "org/m", "tool_parser": None}})
+    args = vllm_serve_args(engine_args.cli_args(off.engine, "org/m", off.model))
+    assert not args.enable_auto_tool_choice and args.tool_call_parser is None and args.chat_template is None
 
 
 def test_served_name_rules():

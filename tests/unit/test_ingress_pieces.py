@@ -41,7 +41,7 @@ def test_body_limit_declared_and_streamed():
     c = _client()
     assert c.post("/echo", json={"text": "a" * 100}).json() == {"n": 100}
     r = c.post("/echo", json={"text": "a" * 5000})
-    assert r.status_code == 413 and r.json()["error"]["code"] == 413
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
 
     def chunks():  # no Content-Length: the limit is enforced while reading
         yield b'{"text": "'
@@ -172,7 +172,7 @@ def test_lazily_validated_message_content_is_made_picklable():
 
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
-    from serve_app.ingress.llm_serving import materialized
+    from serve_app.ingress.chat_checks import materialized
 
     # pydantic leaves an empty content list of a developer message as a ValidatorIterator (not picklable).
     req = ChatCompletionRequest.model_validate({"messages": [{"content": [], "role": "developer"}]})

@@ -28,6 +28,6 @@ def test_sse_lines_parse_back_and_done_is_recognised():
 def test_error_events_are_openai_error_bodies_with_safe_messages():
     shown = json.loads(data_of(error_event(InvalidRequest("max_tokens too large", "max_tokens"), "generic")))
     assert shown == {"error": {"message": "max_tokens too large", "type": "invalid_request_error",
-                               "param": "max_tokens", "code": 400}}
+                               "param": "max_tokens", "code": "invalid_value"}}
     hidden = json.loads(data_of(error_event(RuntimeError("/secret/path exploded"), "the replica failed")))
-    assert hidden["error"]["message"] == "the replica failed" and hidden["error"]["code"] == 503
+    assert hidden["error"]["message"] == "the replica failed" and hidden["error"]["code"] == "service_unavailable"

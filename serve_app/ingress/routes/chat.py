@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from serve_app.errors import InvalidRequest
+from serve_app.ingress.chat_checks import check_messages, check_tools
 from serve_app.ingress.context import IngressContext, context
 from serve_app.ingress.limits import charge_tokens
-from serve_app.ingress.llm_serving import check_sampling, generate, materialized
+from serve_app.ingress.llm_serving import check_sampling, generate
 from serve_app.protocol.openai import ChatCompletionRequest
 
 router = APIRouter()
@@ -16,14 +16,8 @@ router = APIRouter()
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request, ctx: IngressContext = Depends(context)):
     settings = ctx.settings
-    if not body.messages:
-        raise InvalidRequest("messages must contain at least one message", "messages")
-    if len(body.messages) > settings.ingress.max_messages:
-        raise InvalidRequest(f"at most {settings.ingress.max_messages} messages", "messages")
-    try:
-        body.messages = materialized(body.messages)
-    except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
-        raise InvalidRequest(f"messages: {exc}", "messages") from None
+    check_messages(body, settings)
+    check_tools(body, settings)
     check_sampling(body, settings)
     model, handle = ctx.chat_model(body.model, getattr(request.state, "api_key", None))
     limit = body.max_completion_tokens or body.max_tokens or settings.ingress.default_token_charge

@@ -7,9 +7,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from serve_app.calls.handles import call
-from serve_app.errors import InvalidRequest
+from serve_app.ingress.chat_checks import check_messages, check_tools
 from serve_app.ingress.context import IngressContext, context
-from serve_app.ingress.llm_serving import materialized
 from serve_app.protocol.openai import DetokenizeRequest, TokenizeRequest
 
 router = APIRouter()
@@ -23,14 +22,9 @@ async def _run(ctx: IngressContext, request: Request, kind: str, body):
 
 @router.post("/tokenize")
 async def tokenize(body: TokenizeRequest, request: Request, ctx: IngressContext = Depends(context)):
-    messages = getattr(body, "messages", None)
-    if messages is not None:
-        if len(messages) > ctx.settings.ingress.max_messages:
-            raise InvalidRequest(f"at most {ctx.settings.ingress.max_messages} messages", "messages")
-        try:
-            body.messages = materialized(messages)
-        except (ValueError, TypeError) as exc:
-            raise InvalidRequest(f"messages: {exc}", "messages") from None
+    if getattr(body, "messages", None) is not None:  # chat messages (else a prompt)
+        check_messages(body, ctx.settings)
+        check_tools(body, ctx.settings)
     return await _run(ctx, request, "tokenize", body)
 
 
