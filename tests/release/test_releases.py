@@ -313,8 +313,13 @@ def test_api_keys_and_rate_limits_through_a_release(app_url, http, admin, model_
                 statuses.append(200)
             except openai.RateLimitError as exc:
                 statuses.append(429)
-                assert int(exc.response.headers["retry-after"]) >= 1
-                assert exc.response.headers["x-ratelimit-remaining-requests"] == "0"
+                assert exc.code == "rate_limit_exceeded" and exc.type == "rate_limit_error"
+                wait = int(exc.response.headers["retry-after"])
+                assert wait >= 1 and exc.response.headers["x-ratelimit-remaining-requests"] == "0"
+                # The SDK's own retry waits what Retry-After says (it honours up to 60 s), not its backoff.
+                retry_in = client._calculate_retry_timeout(1, openai._models.FinalRequestOptions(
+                    method="post", url="/chat/completions", max_retries=1), exc.response.headers)
+                assert retry_in == wait <= 60
         assert statuses[:4] == [200] * 4 and statuses[4:] == [429, 429], statuses
         # A key's model allow-list: other models are answered as unknown ones (no name leaks) and not listed.
         tiny = {"Authorization": "Bearer sk-tiny"}
