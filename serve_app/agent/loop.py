@@ -27,6 +27,7 @@ from serve_app.config.names import FINAL
 from serve_app.config.prompts import PromptSettings
 from serve_app.config.settings import AgentSettings
 from serve_app.errors import AppError
+from serve_app.observability.genai import agent_run, tool_execution
 from serve_app.observability.tracing import span, tracer
 
 logger = logging.getLogger("ray.serve")
@@ -70,7 +71,8 @@ class AgentLoop:
         # Spans are started and ended explicitly: this generator yields between steps, so no span may stay
         # attached across a yield; each step's span is current only while the step runs (its LLM call and
         # tool call become its children).
-        run_span = tracer().start_span("agent.run", attributes={"max_steps": max_steps})
+        name, attributes = agent_run(max_steps=max_steps)
+        run_span = tracer().start_span(name, attributes=attributes)
         try:
             async with aclosing(self._steps(messages, steps, sources, deadline, max_steps, run_span)) as events:
                 async for event in events:
@@ -162,7 +164,8 @@ class AgentLoop:
             return round((time.perf_counter() - started) * 1000, 2)
 
         try:
-            with span("agent.tool", tool=name) as tool_span:
+            tool_name, attributes = tool_execution(name, tool=name)
+            with span(tool_name, **attributes) as tool_span:
                 try:
                     result = await asyncio.wait_for(self.tools[name](parsed), timeout)
                     tool_span.set_attribute("status", "ok")

@@ -4,18 +4,22 @@ time to first token measured and its outcome counted for the canary."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi.responses import JSONResponse, StreamingResponse
+from opentelemetry import trace
 
 from serve_app.calls.handles import open_call
 from serve_app.calls.streams import relay_stream
 from serve_app.config.settings import AppSettings
 from serve_app.errors import InvalidRequest
 from serve_app.ingress.context import IngressContext
+from serve_app.observability.genai import llm_call, record_response
 from serve_app.observability.metrics import metric
+from serve_app.observability.tracing import tracer
 from serve_app.protocol.stream import DONE_DATA, StreamHead, data_of
 
 # OpenAI's documented range; vLLM alone would accept any non-negative temperature.
@@ -39,11 +43,13 @@ def check_sampling(req: Any, settings: AppSettings) -> None:
 
 
 async def _observed(lines: AsyncIterator[str], tags: dict[str, str], router, arm: str | None,
-                    t0: float) -> AsyncIterator[str]:
-    """Relay a stream, recording the time to its first event (TTFT) and, while a canary is out, its side's
-    outcome: whether it ended with [DONE] and no error event (a client that leaves early records none)."""
+                    t0: float, call_span: trace.Span) -> AsyncIterator[str]:
+    """Relay a stream, recording the time to its first event (TTFT), its finish and usage on the call's span,
+    and, while a canary is out, its side's outcome: whether it ended with [DONE] and no error event (a client
+    that leaves early records none)."""
     ttft = None
     ok = done = False
+    ending: dict[str, Any] = {"choices": []}
     try:
         async for line in lines:
             data = data_of(line)
@@ -52,10 +58,18 @@ async def _observed(lines: AsyncIterator[str], tags: dict[str, str], router, arm
                 metric("serve_app_llm_time_to_first_token_seconds").observe(ttft, tags=tags)
             if data is not None and data.startswith('{"error"'):
                 ok, done = False, True
+                call_span.set_status(trace.Status(trace.StatusCode.ERROR, "error event"))
             elif data == DONE_DATA and not done:
                 ok, done = True, True
+            elif data is not None and ('"usage":{' in data or '"finish_reason":"' in data):
+                # Only the chunks that end a choice or carry the usage are parsed (vLLM's compact JSON).
+                chunk = json.loads(data)
+                ending.update(id=chunk.get("id"), model=chunk.get("model"), usage=chunk.get("usage"))
+                ending["choices"] += [c for c in chunk.get("choices") or () if c.get("finish_reason")]
             yield line
     finally:
+        record_response(call_span, ending)
+        call_span.end()
         if done and router is not None:
             router.record(arm, ok, None if ttft is None else ttft * 1000)
 
@@ -82,14 +96,25 @@ async def generate(ctx: IngressContext, kind: str, req: Any, model: str, handle)
     arm, handle = router.pick() if router is not None else (None, handle)
     if router is not None:
         ctx.canary_reporter()
+    # The model call's span (OpenTelemetry's GenAI conventions), from the call to the answer's last token.
+    name, attributes = llm_call("chat" if kind == "chat" else "text_completion", model,
+                                getattr(req, "max_completion_tokens", None) or req.max_tokens, req.temperature,
+                                stream=bool(req.stream))
+    call_span = tracer().start_span(name, kind=trace.SpanKind.CLIENT, attributes=attributes)
     t0 = time.perf_counter()
     try:
-        head, gen = await open_call(handle.generate, (kind, req), ctx.settings.ingress)
-    except Exception:
+        with trace.use_span(call_span, end_on_exit=False):
+            head, gen = await open_call(handle.generate, (kind, req), ctx.settings.ingress)
+    except Exception as exc:
+        call_span.record_exception(exc)
+        call_span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+        call_span.end()
         if router is not None:
             router.record(arm, ok=False)
         raise
     if not head.get("stream"):
+        record_response(call_span, head["body"])
+        call_span.end()
         if router is not None:
             router.record(arm, ok=True)
         usage = head["body"].get("usage") or {}
@@ -98,5 +123,5 @@ async def generate(ctx: IngressContext, kind: str, req: Any, model: str, handle)
             if usage.get(field):  # Ray's counters refuse an increment of 0
                 metric(name).inc(usage[field], tags=tags)
         return JSONResponse(head["body"], headers=_served_by(head, model))
-    return StreamingResponse(_observed(relay_stream(gen), tags, router, arm, t0), media_type="text/event-stream",
+    return StreamingResponse(_observed(relay_stream(gen), tags, router, arm, t0, call_span), media_type="text/event-stream",
                              headers=_served_by(head, model))

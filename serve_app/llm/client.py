@@ -12,9 +12,12 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from opentelemetry.trace import SpanKind
+
 from serve_app.calls.handles import open_call
 from serve_app.config.settings import IngressSettings
 from serve_app.errors import EngineError, status_of
+from serve_app.observability.genai import llm_call, record_response
 from serve_app.observability.tracing import span
 from serve_app.protocol.stream import DONE_DATA, StreamHead, data_of
 
@@ -40,11 +43,12 @@ class LLMClient:
         if json_schema is not None:
             extra["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": json_schema}}
         req = chat_request(self._body(messages, max_tokens, temperature, **extra))
-        with span("llm.chat", max_tokens=max_tokens, structured=json_schema is not None, stream=False) as s:
+        name, attributes = llm_call("chat", self.model, max_tokens, temperature, structured=json_schema is not None,
+                                    stream=False)
+        with span(name, SpanKind.CLIENT, **attributes) as s:
             head, gen = await open_call(self.handle.generate, ("chat", req), self.settings)
             gen.cancel()  # a non-streaming answer is complete in the head
-            usage = head["body"].get("usage") or {}
-            s.set_attribute("completion_tokens", usage.get("completion_tokens") or 0)
+            record_response(s, head["body"])
         return head["body"]["choices"][0]["message"]["content"] or ""
 
     async def stream(self, messages: list[dict[str, str]], max_tokens: int, temperature: float = 0.0) -> AsyncIterator[str]:
@@ -52,7 +56,8 @@ class LLMClient:
         (errors before that raise here, with their status)."""
         req = chat_request(self._body(messages, max_tokens, temperature, stream=True))
         # The span covers the call up to the engine's acceptance; the tokens follow on the stream.
-        with span("llm.chat", max_tokens=max_tokens, structured=False, stream=True):
+        name, attributes = llm_call("chat", self.model, max_tokens, temperature, structured=False, stream=True)
+        with span(name, SpanKind.CLIENT, **attributes):
             head, gen = await open_call(self.handle.generate, ("chat", req), self.settings)
         return _deltas(head, gen)
 

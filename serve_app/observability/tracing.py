@@ -34,10 +34,11 @@ def tracer() -> trace.Tracer:
 
 
 @contextmanager
-def span(name: str, **attributes: Any) -> Iterator[trace.Span]:
+def span(name: str, kind: trace.SpanKind = trace.SpanKind.INTERNAL, **attributes: Any) -> Iterator[trace.Span]:
     """A span that is current inside the block (so handle calls made in it carry it). Only for blocks
     without a generator ``yield`` inside: the context is attached and detached around the block."""
-    with tracer().start_as_current_span(name, attributes={k: v for k, v in attributes.items() if v is not None}) as s:
+    with tracer().start_as_current_span(name, kind=kind,
+                                        attributes={k: v for k, v in attributes.items() if v is not None}) as s:
         yield s
 
 

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import numpy as np
+from opentelemetry.trace import SpanKind
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -23,6 +24,7 @@ from serve_app.config.settings import VectorSettings
 from serve_app.calls.handles import call
 from serve_app.errors import NotFound
 from serve_app.llm.cpus import share_engine_cpus
+from serve_app.observability.genai import vector_search
 from serve_app.observability.metrics import metric
 from serve_app.observability.tracing import span
 from serve_app.vector.chunker import chunk_text
@@ -185,7 +187,8 @@ class VectorStoreServer:
         self, query: str, top_k: int, filter: dict[str, Any] | None = None, score_threshold: float | None = None
     ) -> list[dict[str, Any]]:
         started = time.perf_counter()
-        with span("vector.search", top_k=top_k, filtered=filter is not None) as s:
+        name, attributes = vector_search(self.s.collection, top_k=top_k, filtered=filter is not None)
+        with span(name, SpanKind.CLIENT, **attributes) as s:
             vec = (await call(self.embedder, "embed", [query]))[0]
             hits = await asyncio.to_thread(self.store.search, vec, top_k, filter, score_threshold)
             s.set_attribute("hits", len(hits))

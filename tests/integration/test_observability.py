@@ -213,15 +213,19 @@ def _check_tree(spans: list[dict]) -> dict[str, list[str]]:
     return children
 
 
-def test_a_rag_answer_is_one_trace_across_the_deployments(http, trace_dir):
+def test_a_rag_answer_is_one_trace_across_the_deployments(http, trace_dir, model_name):
     assert http.post("/v1/documents", json={"documents": [
         {"id": "trace-doc", "text": "The lighthouse on the north cape was built in 1871 from granite."}]}).status_code == 200
     r = http.post("/v1/rag", json={"question": "When was the lighthouse built?", "max_tokens": 8})
     assert r.status_code == 200, r.text
     tid = r.headers["x-trace-id"]
     assert re.fullmatch(r"[0-9a-f]{32}", tid)
-    want = {"POST /v1/rag", "rag.prepare", "rag.retrieval", "rag.draft", "rag.answer", "llm.chat", "vector.search"}
+    # Model calls and vector searches named by OpenTelemetry's GenAI and database conventions.
+    want = {"POST /v1/rag", "rag.prepare", "rag.retrieval", "rag.draft", "rag.answer", f"chat {model_name}",
+            "search documents"}
     spans = _spans(trace_dir, tid, want)
+    search = next(s for s in spans if s["name"] == "search documents")
+    assert search["attributes"]["db.system.name"] == "qdrant" and search["attributes"]["db.collection.name"] == "documents"
     children = _check_tree(spans)
     assert {"rag.prepare", "rag.answer"} <= set(children["POST /v1/rag"])
     assert sorted(children["rag.prepare"]) == ["rag.draft", "rag.retrieval"]
@@ -230,21 +234,21 @@ def test_a_rag_answer_is_one_trace_across_the_deployments(http, trace_dir):
     assert len({s["file"] for s in spans}) >= 3, {s["file"] for s in spans}
 
 
-def test_an_agent_answer_is_one_trace_with_its_steps_and_tools(http, trace_dir):
+def test_an_agent_answer_is_one_trace_with_its_steps_and_tools(http, trace_dir, model_name):
     r = http.post("/v1/agent", json={"task": "What is 12 * 7? Use the calculator.", "max_steps": 3})
     assert r.status_code == 200, r.text
     tid = r.headers["x-trace-id"]
     steps = r.json()["steps"]
-    want = {"POST /v1/agent", "agent.run", "agent.step", "llm.chat"}
-    if any(s.get("tool_ms") is not None for s in steps):
-        want.add("agent.tool")
+    run = "invoke_agent serve_app.agent"
+    want = {"POST /v1/agent", run, "agent.step", f"chat {model_name}"}
+    want |= {f"execute_tool {s['tool']}" for s in steps if s.get("tool_ms") is not None}
     spans = _spans(trace_dir, tid, want)
     children = _check_tree(spans)
     assert sum(1 for s in spans if s["name"] == "agent.step") == len(steps)
-    assert children["agent.run"] == ["agent.step"] * len(steps)
+    assert children[run] == ["agent.step"] * len(steps)
     # Each step span (by id) has its own LLM call under it.
     for step in (s for s in spans if s["name"] == "agent.step"):
-        assert any(x["name"] == "llm.chat" and x["parent_id"] == step["context"]["span_id"] for x in spans), step
+        assert any(x["name"] == f"chat {model_name}" and x["parent_id"] == step["context"]["span_id"] for x in spans), step
     assert len({s["file"] for s in spans}) >= 3, {s["file"] for s in spans}  # ingress, agent, LLM replicas
 
 
@@ -278,3 +282,18 @@ def test_access_log_lines_are_json_with_request_id_release_route_status_latency(
     # Prompt and answer text are not logged at the default level, by any component.
     for path in serve_logs_dir.rglob("*.log"):
         assert secret not in path.read_text(), path.name
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_chat_request_has_a_genai_model_call_span(http, trace_dir, model_name, stream):
+    r = http.post("/v1/chat/completions", json={"model": model_name, "max_tokens": 3, "stream": stream,
+                                                "stream_options": {"include_usage": True} if stream else None,
+                                                "messages": [{"role": "user", "content": "Hi"}]})
+    assert r.status_code == 200, r.text
+    name = f"chat {model_name}"
+    (call,) = [s for s in _spans(trace_dir, r.headers["x-trace-id"], {name}) if s["name"] == name]
+    a = call["attributes"]
+    assert call["kind"] == "SpanKind.CLIENT" and a["gen_ai.operation.name"] == "chat"
+    assert a["gen_ai.request.model"] == a["gen_ai.response.model"] == model_name and a["gen_ai.request.max_tokens"] == 3
+    assert a["gen_ai.usage.output_tokens"] == 3 and a["gen_ai.usage.input_tokens"] > 0
+    assert a["gen_ai.response.finish_reasons"] == ["length"]

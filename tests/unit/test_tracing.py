@@ -100,12 +100,16 @@ def test_an_agent_run_has_a_step_span_per_call_and_a_tool_span_per_tool():
     spans = EXPORTER.get_finished_spans()
     assert len({s.context.trace_id for s in spans}) == 1
     tree = _tree(spans)
-    assert tree["POST /v1/agent"] == ["agent.run"]
-    assert tree["agent.run"] == ["agent.step", "agent.step"]
-    assert sorted(n for k, v in tree.items() if k == "agent.step" for n in v) == ["agent.tool"]
-    tool = next(s for s in spans if s.name == "agent.tool")
-    assert tool.attributes["tool"] == "calculator" and tool.attributes["status"] == "ok"
-    run_span = next(s for s in spans if s.name == "agent.run")
+    # Named as OpenTelemetry's GenAI conventions name an agent run and a tool execution.
+    run_name = "invoke_agent serve_app.agent"
+    assert tree["POST /v1/agent"] == [run_name]
+    assert tree[run_name] == ["agent.step", "agent.step"]
+    assert sorted(n for k, v in tree.items() if k == "agent.step" for n in v) == ["execute_tool calculator"]
+    tool = next(s for s in spans if s.name == "execute_tool calculator")
+    assert tool.attributes["gen_ai.operation.name"] == "execute_tool" and tool.attributes["gen_ai.tool.name"] == "calculator"
+    assert tool.attributes["status"] == "ok"
+    run_span = next(s for s in spans if s.name == run_name)
+    assert run_span.attributes["gen_ai.operation.name"] == "invoke_agent"
     assert run_span.attributes["finish_reason"] == "final_answer" and run_span.attributes["steps"] == 2
 
 
@@ -119,7 +123,9 @@ class Handle:
         return self
 
     def remote(self, kind, request):
-        return Response([{"stream": False, "body": {"choices": [{"message": {"content": "hi"}}]}}])
+        return Response([{"stream": False, "body": {
+            "id": "c1", "model": "m", "usage": {"prompt_tokens": 5, "completion_tokens": 1},
+            "choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}]}}])
 
 
 class Response:
@@ -147,5 +153,11 @@ def test_every_llm_call_is_a_span():
             return await client.complete([{"role": "user", "content": "x"}], 8, json_schema={"type": "object"})
 
     assert asyncio.run(run()) == "hi"
-    (llm,) = [s for s in EXPORTER.get_finished_spans() if s.name == "llm.chat"]
-    assert llm.attributes["max_tokens"] == 8 and llm.attributes["structured"] is True
+    (llm,) = [s for s in EXPORTER.get_finished_spans() if s.name == "chat m"]
+    # OpenTelemetry's GenAI conventions: operation, model, request and usage.
+    assert llm.kind == trace.SpanKind.CLIENT and llm.attributes["structured"] is True
+    assert {k: llm.attributes[k] for k in ("gen_ai.operation.name", "gen_ai.request.model", "gen_ai.request.max_tokens",
+                                           "gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens")} == \
+        {"gen_ai.operation.name": "chat", "gen_ai.request.model": "m", "gen_ai.request.max_tokens": 8,
+         "gen_ai.usage.input_tokens": 5, "gen_ai.usage.output_tokens": 1}
+    assert llm.attributes["gen_ai.response.finish_reasons"] == ("stop",)
