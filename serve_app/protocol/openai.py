@@ -21,6 +21,39 @@ from vllm.entrypoints.serve.tokenize.protocol import DetokenizeRequest, Tokenize
 _OBJECT_FIELDS = ("structured_outputs", "stream_options", "response_format")
 
 
+# The limits the app enforces whatever its configuration (serve_app/ingress/llm_serving.py and chat_checks.py,
+# vLLM's sampling checks), stated in the OpenAPI schema so that a client or a schema-driven fuzzer sees them;
+# the configurable ones (n, max_tokens, messages, tools) are in docs/architecture.md.
+_LIMITS: dict[str, dict[str, Any]] = {
+    "messages": {"minItems": 1},
+    "prompt": {"minLength": 1, "minItems": 1},
+    "temperature": {"minimum": 0, "maximum": 2},
+    "top_p": {"exclusiveMinimum": 0, "maximum": 1},
+    "min_p": {"minimum": 0, "maximum": 1},
+    "presence_penalty": {"minimum": -2, "maximum": 2},
+    "frequency_penalty": {"minimum": -2, "maximum": 2},
+    "n": {"minimum": 1},
+    "max_tokens": {"minimum": 1},
+    "max_completion_tokens": {"minimum": 1},
+}
+
+
+def _with_limits(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with each limited property's own (non-null) alternatives bounded."""
+    for name, limits in _LIMITS.items():
+        prop = schema.get("properties", {}).get(name)
+        if prop is None:
+            continue
+        for alt in prop.get("anyOf", [prop]):
+            kind = alt.get("type")
+            for key, value in limits.items():
+                applies = (kind in ("integer", "number") and key in ("minimum", "maximum", "exclusiveMinimum")) or \
+                    (kind == "string" and key == "minLength") or (kind == "array" and key in ("minItems",))
+                if applies:
+                    alt[key] = value
+    return schema
+
+
 def _guard(data: Any, handler):
     if isinstance(data, dict):
         for name in _OBJECT_FIELDS:
@@ -40,9 +73,17 @@ class ChatCompletionRequest(_VllmChat):
     def _malformed_values_are_invalid(cls, data: Any, handler):
         return _guard(data, handler)
 
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema, handler):
+        return _with_limits(handler.resolve_ref_schema(handler(core_schema)))
+
 
 class CompletionRequest(_VllmCompletion):
     @model_validator(mode="wrap")
     @classmethod
     def _malformed_values_are_invalid(cls, data: Any, handler):
         return _guard(data, handler)
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema, handler):
+        return _with_limits(handler.resolve_ref_schema(handler(core_schema)))

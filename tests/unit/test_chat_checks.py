@@ -80,3 +80,16 @@ def test_a_bad_tool_is_refused(tools, param):
 def test_tools_without_parameters_pass():
     check_tools(_request([{"role": "user", "content": "hi"}], [{"type": "function", "function": {"name": "now"}}]),
                 SETTINGS)
+
+
+def test_the_openapi_schema_states_the_fixed_limits():
+    from serve_app.ingress.fastapi_app import create_app
+
+    schemas = create_app().openapi()["components"]["schemas"]
+    chat = schemas["ChatCompletionRequest"]["properties"]
+    assert chat["messages"]["minItems"] == 1
+    number = next(a for a in chat["temperature"]["anyOf"] if a["type"] == "number")
+    assert (number["minimum"], number["maximum"]) == (0, 2)
+    assert next(a for a in chat["max_tokens"]["anyOf"] if a["type"] == "integer")["minimum"] == 1
+    prompt = schemas["CompletionRequest"]["properties"]["prompt"]["anyOf"]
+    assert next(a for a in prompt if a["type"] == "string")["minLength"] == 1
