@@ -110,7 +110,8 @@ class RateLimiter:
     def __init__(self):
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
 
-    def _bucket(self, key: KeyEntry, kind: str, rate: float) -> TokenBucket:
+    def bucket(self, key: KeyEntry, kind: str, rate: float) -> TokenBucket:
+        """The key's bucket of ``kind`` ("requests" or "tokens"), refilling at ``rate`` per minute."""
         b = self._buckets.get((key.sha256, kind))
         if b is None or b.rate_per_minute != rate:
             b = self._buckets[(key.sha256, kind)] = TokenBucket(rate)
@@ -121,9 +122,9 @@ class RateLimiter:
         and return (None, 0); else return (the limit that does not fit, seconds to wait) and charge nothing."""
         checks = []
         if key.requests_per_minute and requests > 0:
-            checks.append(("requests", self._bucket(key, "requests", key.requests_per_minute), float(requests)))
+            checks.append(("requests", self.bucket(key, "requests", key.requests_per_minute), float(requests)))
         if key.tokens_per_minute and tokens > 0:
-            checks.append(("tokens", self._bucket(key, "tokens", key.tokens_per_minute), float(tokens)))
+            checks.append(("tokens", self.bucket(key, "tokens", key.tokens_per_minute), float(tokens)))
         for kind, bucket, amount in checks:
             wait = bucket.wait_s(amount, now)
             if wait > 0:
@@ -148,7 +149,7 @@ def limit_headers(limiter: RateLimiter, key: KeyEntry, now: float | None = None)
     for kind, rate in (("requests", key.requests_per_minute), ("tokens", key.tokens_per_minute)):
         if not rate:
             continue
-        bucket = limiter._bucket(key, kind, rate)
+        bucket = limiter.bucket(key, kind, rate)
         reset = bucket.reset_s(now)
         headers += [(f"x-ratelimit-limit-{kind}".encode(), str(math.floor(rate)).encode()),
                     (f"x-ratelimit-remaining-{kind}".encode(), str(max(0, math.floor(bucket.level))).encode()),
