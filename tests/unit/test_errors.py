@@ -186,3 +186,26 @@ def test_an_unexpected_exception_inside_validation_becomes_a_value_error():
     with pytest.raises(ValueError, match="wrong type or shape.*AttributeError"):
         _guard({"messages": []}, crashing)
     assert _guard({"messages": []}, lambda data: "validated") == "validated"
+
+
+def test_vllms_in_stream_errors_are_rewritten_into_the_apps_vocabulary():
+    import asyncio
+
+    from serve_app.llm.engine import openai_errors
+
+    async def vllm_stream():
+        yield 'data: {"choices": []}\n\n'
+        yield 'data: {"error": {"message": "This model\'s maximum context length is 8 tokens", "type": "BadRequestError", "param": "input_tokens", "code": 400}}\n\n'
+        yield 'data: {"error": {"message": "/secret/path broke", "type": "InternalServerError", "param": null, "code": 500}}\n\n'
+        yield "data: [DONE]\n\n"
+
+    async def run():
+        return [line async for line in openai_errors(vllm_stream())]
+
+    lines = asyncio.run(run())
+    assert lines[0] == 'data: {"choices": []}\n\n' and lines[-1] == "data: [DONE]\n\n"
+    first, second = (json.loads(line[len("data: "):])["error"] for line in lines[1:3])
+    assert first["code"] == "context_length_exceeded" and first["type"] == "invalid_request_error"
+    assert first["param"] == "input_tokens"
+    assert second == {"message": "the model engine failed to process the request", "type": "server_error",
+                      "param": None, "code": "server_error"}
