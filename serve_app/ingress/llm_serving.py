@@ -105,11 +105,11 @@ async def generate(ctx: IngressContext, kind: str, req: Any, model: str, handle)
     try:
         with trace.use_span(call_span, end_on_exit=False):
             head, gen = await open_call(handle.generate, (kind, req), ctx.settings.ingress)
-    except Exception as exc:
+    except BaseException as exc:  # a cancelled call (client gone) ends its span too
         call_span.record_exception(exc)
         call_span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
         call_span.end()
-        if router is not None:
+        if router is not None and isinstance(exc, Exception):
             router.record(arm, ok=False)
         raise
     if not head.get("stream"):
