@@ -141,6 +141,9 @@ ERROR_CODES: dict[int, str] = {
 # Codes that stand for another status than the one they are listed under above.
 _CODE_STATUS = {"model_not_found": 404, "context_length_exceeded": 400, "invalid_json": 400,
                 "missing_required_parameter": 400, "invalid_type": 400, "unknown_parameter": 400}
+# The tables read backwards (a code or type listed under several statuses stands for the lowest).
+_STATUS_OF_CODE = {**{c: s for s, c in sorted(ERROR_CODES.items(), reverse=True)}, **_CODE_STATUS}
+_STATUS_OF_TYPE = {t: s for s, t in sorted(ERROR_TYPES.items(), reverse=True)}
 
 _MAX_MESSAGE = 2000
 
@@ -156,13 +159,9 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
 def status_of(error: dict[str, Any]) -> int:
     """The HTTP status an error body stands for (an in-stream error event carries none of its own)."""
     code = error.get("code")
-    if isinstance(code, int):  # a body from before codes were strings
+    if isinstance(code, int):  # vLLM's own bodies carry the status as the code
         return code
-    if code in _CODE_STATUS:
-        return _CODE_STATUS[code]
-    by_type = {t: s for s, t in sorted(ERROR_TYPES.items(), reverse=True)}
-    by_code = {c: s for s, c in sorted(ERROR_CODES.items(), reverse=True)}
-    return by_code.get(code) or by_type.get(error.get("type")) or 500
+    return _STATUS_OF_CODE.get(code) or _STATUS_OF_TYPE.get(error.get("type")) or 500
 
 
 def _ray_unavailable() -> tuple[type[BaseException], ...]:
