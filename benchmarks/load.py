@@ -20,18 +20,19 @@ import httpx
 class Load:
     def __init__(self, url: str, model: str, clients: int = 4, max_requests: int = 5000, stream_tokens: int = 24,
                  plain_tokens: int = 4, pause_s: float = 0.05, headers: dict[str, str] | None = None,
-                 streams: bool = True):
-        self.url, self.model, self.max = url, model, max_requests
+                 streams: bool = True, prompt: str = "Count to ten."):
+        self.url, self.model, self.max, self.prompt = url, model, max_requests, prompt
         self.stream_tokens, self.plain_tokens, self.pause_s = stream_tokens, plain_tokens, pause_s
         self.headers = headers or {}
         self.stop = threading.Event()
         self.records: list[dict[str, Any]] = []
         self._lock = threading.Lock()
+        self._open_streams = 0  # streams that have sent an event and not yet ended
         self.threads = [threading.Thread(target=self._run, args=(streams and i % 2 == 1,), daemon=True)
                         for i in range(clients)]
 
     def _one(self, c: httpx.Client, stream: bool) -> dict[str, Any]:
-        body = {"model": self.model, "messages": [{"role": "user", "content": "Count to ten."}],
+        body = {"model": self.model, "messages": [{"role": "user", "content": self.prompt}],
                 "max_tokens": self.stream_tokens if stream else self.plain_tokens, "stream": stream}
         rec: dict[str, Any] = {"t": time.time(), "stream": stream, "replica": None, "done": False, "error_event": False}
         try:
@@ -39,7 +40,19 @@ class Load:
                 with c.stream("POST", "/v1/chat/completions", json=body) as r:
                     rec["replica"] = r.headers.get("x-served-by")
                     rec["retry_after"] = r.headers.get("retry-after")
-                    lines = [x for x in r.iter_lines() if x.startswith("data: ")]
+                    lines = []
+                    try:
+                        for x in r.iter_lines():
+                            if not x.startswith("data: "):
+                                continue
+                            lines.append(x)
+                            if len(lines) == 1:
+                                with self._lock:
+                                    self._open_streams += 1
+                    finally:
+                        if lines:
+                            with self._lock:
+                                self._open_streams -= 1
                 rec["done"] = bool(lines) and lines[-1] == "data: [DONE]"
                 rec["error_event"] = any(x.startswith('data: {"error"') for x in lines)
                 rec["ok"] = r.status_code == 200 and rec["done"] and not rec["error_event"]
@@ -86,6 +99,18 @@ class Load:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{len(done)} of {count} requests finished in {timeout_s:g}s")
             time.sleep(0.2)
+
+    def wait_stream_open(self, timeout_s: float = 120) -> None:
+        """Wait (polling, bounded) until a stream has sent its first event and not yet ended: the moment a
+        fault must come for it to cut a stream in flight."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                if self._open_streams > 0:
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no stream was open within {timeout_s:g}s")
+            time.sleep(0.02)
 
     def failed(self) -> list[dict[str, Any]]:
         return [r for r in self.records if not r["ok"]]

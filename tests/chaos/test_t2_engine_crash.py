@@ -41,8 +41,10 @@ def test_t2_engine_crash_ends_streams_in_band_and_the_replica_is_replaced(app_ur
     before = wait_healthy(http)["components"]["llm"]
     (replica, pid), = llm_replica_pids(http, 1).items()
     core = _engine_core(pid)
-    with Load(app_url, model_name, clients=2, stream_tokens=200, plain_tokens=32) as load:
-        load.wait_for(4, started_after=0)  # streams open when the engine goes
+    with Load(app_url, model_name, clients=2, stream_tokens=200, plain_tokens=32,
+              prompt="Count from one to two hundred, one number per line.") as load:
+        load.wait_for(4, started_after=0)  # the engine has served before it goes
+        load.wait_stream_open()  # a stream is in flight when the engine goes
         t_crash = time.time()
         core.send_signal(signal.SIGKILL)
         health, unhealthy_at = _replaced(http, pid)
