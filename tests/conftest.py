@@ -79,7 +79,10 @@ SESSION_CONFIG = "configs/multi-model.yaml"
 # up (production: 10 s); the fault it must catch in the release tier (tests/fakes/engine.py) shows within 1 s.
 # LoRA: one adapter at most, so that the adapter tests can ask for one more than allowed
 # (tests/release/test_runtime_adapters.py).
-TEST_SETTINGS = {"releases": {"watch_s": 2}, "lora": {"max_adapters": 1}}
+# The fault-injection engine (tests/fakes/engine.py) is registered, so a release may select it while code
+# changes stay off (their default): the suite runs with the guard a production config has.
+TEST_SETTINGS = {"releases": {"watch_s": 2, "engine_factories": ["tests.fakes.engine:turns_unhealthy"]},
+                 "lora": {"max_adapters": 1}}
 
 
 def session_config(tmp_dir: Path) -> Path:
@@ -111,10 +114,15 @@ def app_proc(tmp_path_factory, trace_dir, serve_logs_dir, data_dir):
     # The vector store writes under a temporary data directory, never the user's. Tracing is on through Serve's
     # environment variables (the config file's tracing_config does the same) with the file exporter.
     env = {**os.environ, "SERVE_APP_DATA_DIR": str(data_dir), "SERVE_APP_ADMIN_KEY": ADMIN_KEY,
+           # A secret a release names (${SERVE_APP_TEST_SECRET}) instead of carrying: tests/release.
+           "SERVE_APP_TEST_SECRET": ADMIN_KEY,
            "RAY_SERVE_TRACING_EXPORTER_IMPORT_PATH": "serve_app.observability.tracing:jsonl_exporter",
            "RAY_SERVE_TRACING_SAMPLING_RATIO": "1", "SERVE_APP_TRACE_DIR": str(trace_dir),
            # Log lines reach the files at once (serve-app run keeps Serve's throughput default: 1000-line buffer).
-           "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1"}
+           "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
+           # The registered fault-injection engine is importable by every replica (Ray's local workers inherit
+           # this process's environment), as a platform team installs its own engine package.
+           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from serve_app.config.secrets import check_secrets
 from serve_app.config.settings import AppSettings
 
 APP_IMPORT_PATH = "serve_app.app:build_app"
@@ -95,6 +96,11 @@ def load_serve_config(path: str | Path):
         raise ConfigError(f"config file {path} does not exist") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if isinstance(raw, dict):
+        try:
+            check_secrets(raw)  # the running config becomes release 1 of the history
+        except ValueError as exc:
+            raise ConfigError(f"invalid config {path}: {exc}") from None
     return validate_serve_config(raw, str(path))
 
 

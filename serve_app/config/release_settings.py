@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Annotated
+
+from pydantic import Field, StringConstraints
 
 from serve_app.config.base import Strict as _Strict
 
@@ -38,3 +40,14 @@ class ReleaseSettings(_Strict):
                                   "start before it is rolled back (Serve itself retries much longer).")
     canary: CanarySettings = Field(default_factory=CanarySettings, description="Canary share, window and the "
                                    "bounds it is judged by.")
+    audit_max_rows: int = Field(100_000, ge=100, le=100_000_000, description="Admin audit records kept (the "
+                                "oldest go first); every admin call is recorded, unauthenticated ones too.")
+    audit_max_age_days: float = Field(365.0, gt=0, le=36500, description="Admin audit records older than this go.")
+    allow_code_changes: bool = Field(False, description="Let releases (POST /admin/releases, rollbacks) change "
+                                     "code: engine factories, any vLLM flag, chat templates, runtime_env beyond "
+                                     "plain environment variables, import paths. Off: whoever holds the admin key "
+                                     "changes data only (serve_app/release/guard.py). Read from the running "
+                                     "config, and a release cannot change it unless it is on.")
+    engine_factories: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]] = Field(
+        default_factory=list, max_length=64, description="Engine factories ('module:callable') a release may "
+        "select as engine.factory while code changes are off: registered by whoever deploys the config file.")

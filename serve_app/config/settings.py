@@ -35,6 +35,10 @@ class IngressSettings(_Strict):
         300.0, gt=0, description="Deadline for a non-streaming answer, or for a stream's first event."
     )
     health_timeout_s: float = Field(5.0, gt=0, description="Deadline for each component's health probe.")
+    health_period_s: float = Field(
+        2.0, gt=0, le=60, description="How often each Ingress replica probes every component in the background; "
+        "/healthz answers from the last probes at once, and reports a component down within this plus "
+        "health_timeout_s.")
     llm_fail_fast_s: float | None = Field(
         15.0, gt=0, description="Once no LLM replica has answered the ingress's background health probe (every "
         "2 s) for this long, LLM requests get 503 at once instead of waiting for a replica (None: wait).")

@@ -21,6 +21,7 @@ from serve_app.ingress.admin_gate import AdminGate, admin_key_digest
 from serve_app.ingress.context import IngressContext
 from serve_app.ingress.fastapi_app import create_app
 from serve_app.ingress.limits import RateLimiter, load_keys
+from serve_app.ingress.routes.health import health_monitor
 
 logger = logging.getLogger("ray.serve")
 
@@ -65,6 +66,7 @@ class Ingress:
         app.state.limiter = RateLimiter()
         app.state.admin = self._admin
         app.state.admin_gate = self._admin.check_scope
+        app.state.health = health_monitor(self.context, self._admin.digest is not None)
         app.state.release = self.context.release
         return app
 

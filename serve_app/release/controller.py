@@ -8,7 +8,8 @@ so Serve decides what restarts: with Serve 2.60 a change of an application's ``a
 deployment of the application, while a change of deployment options only (replicas, autoscaling bounds,
 ``user_config``) restarts nothing. The release number reaches the ingress through its ``user_config``.
 
-Deploy flow: validate (nothing is touched if the release is invalid) → record it (status ``deploying``) →
+Deploy flow: validate, and refuse code changes the running config does not allow (release/guard.py;
+nothing is touched if the release is invalid or refused) → record it (status ``deploying``) →
 apply → watch Serve's status until the application is RUNNING with every deployment HEALTHY, failing fast on
 a replica that cannot start → probe every component's health for ``releases.watch_s`` → ``good``; on any
 failure, redeploy the last good release and record both outcomes.
@@ -36,9 +37,11 @@ from typing import Any
 import ray
 
 from serve_app.config import paths
+from serve_app.config.secrets import redacted
 from serve_app.errors import AppError, Conflict, NotFound, ServiceUnavailable, unwrap
 from serve_app.release.canary import CANARY, PRIMARY
 from serve_app.release.gateway import RayServeGateway, ServeGateway
+from serve_app.release.guard import check_release
 from serve_app.release.history import History
 from serve_app.release.plan import adapter_list, app_entry, app_settings, canary_name, canary_settings, changed, \
     deployed_config, release_config, scaled, stored_config, with_adapter, without_adapter
@@ -153,10 +156,14 @@ class Releases:
         r = self.history.get(n)
         if r is None:
             raise NotFound(f"release {n} does not exist", "release")
-        return r
+        # Rows written before configs had to name their secrets may hold values: never served back.
+        return {**r, "config": redacted(r["config"])}
 
     def audit(self, actor: str, action: str, allowed: bool, detail: str | None = None) -> None:
-        self.history.audit(actor, action, allowed, detail)
+        current = self.history.last_good()
+        keep = app_settings(current["config"], self.app).releases if current else None
+        self.history.audit(actor, action, allowed, detail, max_rows=keep and keep.audit_max_rows,
+                           max_age_s=keep and keep.audit_max_age_days * 86400)
 
     def audit_log(self) -> list[dict[str, Any]]:
         return self.history.audit_log()
@@ -173,13 +180,19 @@ class Releases:
         if self.background is not None and not self.background.done():
             raise Conflict(f"release {self.state.deploying} is still being deployed", "release")
         current = self._last_good()
-        base = current["config"] if current else deployed_config(self.gateway.details(), self.app)
+        base = current["config"] if current else deployed_config(await asyncio.to_thread(self.gateway.details), self.app)
         full, new_settings = release_config(base, config, self.app)
+        try:
+            check_release(base, full, self.app)  # data only, unless the running config allows code changes
+        except AppError as exc:
+            await asyncio.to_thread(Releases.audit, self, actor, f"{kind} refused", False, exc.message[:500])
+            raise
         what = changed(app_entry(base, self.app) if current else None, app_entry(full, self.app))
         if canary is not None:
             cs = canary_settings(canary, new_settings, current["config"] if current else None, self.app)
             kind = "canary"
-        n = self.history.add(actor=actor, kind=kind, note=note, config=full, changed=what, status="deploying")
+        n = await asyncio.to_thread(self.history.add, actor=actor, kind=kind, note=note, config=full, changed=what,
+                                    status="deploying")
         self.state.deploying = n
         if canary is not None:
             work = self.canary_rollout.run(n, full, new_settings, current, cs)
@@ -254,6 +267,23 @@ class ReleaseController(Releases):
 
     def __init__(self, app_name: str, state_dir: str | None = None):
         super().__init__(app_name, History(state_dir or paths.state_dir()), RayServeGateway())
+
+    # An async actor runs its plain methods on its event loop: those that read or write SQLite run in a
+    # thread instead, so a slow disk never holds up /healthz's probe or a canary's counts.
+    async def releases(self) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(Releases.releases, self)
+
+    async def release(self, n: int) -> dict[str, Any]:
+        return await asyncio.to_thread(Releases.release, self, n)
+
+    async def audit(self, actor: str, action: str, allowed: bool, detail: str | None = None) -> None:
+        await asyncio.to_thread(Releases.audit, self, actor, action, allowed, detail)
+
+    async def audit_log(self) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(Releases.audit_log, self)
+
+    async def adapters(self) -> list[dict[str, str]]:
+        return await asyncio.to_thread(Releases.adapters, self)
 
 
 def get_controller(app_name: str):

@@ -12,6 +12,7 @@ their rows, which is what those rows are.
 
 from __future__ import annotations
 
+import copy
 import json
 import sqlite3
 import threading
@@ -44,11 +45,15 @@ CREATE TABLE IF NOT EXISTS audit (
     allowed INTEGER NOT NULL,
     detail TEXT
 );
+CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
 """
 # Added after the first databases were written: ``_upgrade`` adds it to those (the default is their version).
 _ADDED_COLUMNS = {"schema_version": "INTEGER NOT NULL DEFAULT 1"}
 _COLUMNS = ["n", "created_at", "finished_at", "actor", "kind", "note", "config", "changed", "status", "outcome",
             "rolled_back_to", "schema_version"]
+# How often (in audit records) retention is applied: often enough to bound the log, rarely enough to cost
+# nothing per call.
+PRUNE_EVERY = 64
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM releases"
 
 
@@ -62,6 +67,9 @@ class History:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
         self._upgrade()
+        # The last good release, read on every /healthz and admin call: kept in memory between writes.
+        self._last_good: dict[str, Any] | None = None
+        self._audits = 0
 
     def _upgrade(self) -> None:
         """Add the columns a database written by an older serve_app lacks (CREATE TABLE IF NOT EXISTS keeps
@@ -87,6 +95,7 @@ class History:
                 (time.time(), actor, kind, note, json.dumps(config, sort_keys=True), json.dumps(changed), status,
                  CURRENT_VERSION),
             )
+            self._last_good = None
             return int(cur.lastrowid)
 
     def finish(self, n: int, status: str, outcome: str, rolled_back_to: int | None = None) -> None:
@@ -95,6 +104,7 @@ class History:
                 "UPDATE releases SET status=?, outcome=?, finished_at=?, rolled_back_to=? WHERE n=?",
                 (status, outcome, time.time(), rolled_back_to, n),
             )
+            self._last_good = None
 
     def get(self, n: int) -> dict[str, Any] | None:
         row = self._db.execute(f"{_SELECT} WHERE n=?", (n,)).fetchone()
@@ -105,18 +115,38 @@ class History:
         return [self._row(r) for r in rows]
 
     def last_good(self, before: int | None = None) -> dict[str, Any] | None:
+        if before is None:
+            cached = self._last_good
+            if cached is None:
+                cached = self._last_good = self._read_last_good(None)
+            return cached and {**cached, "config": copy.deepcopy(cached["config"])}
+        return self._read_last_good(before)
+
+    def _read_last_good(self, before: int | None) -> dict[str, Any] | None:
         q, args = f"{_SELECT} WHERE status='good'", ()
         if before is not None:
             q, args = q + " AND n<?", (before,)
         row = self._db.execute(q + " ORDER BY n DESC LIMIT 1", args).fetchone()
         return self._row(row) if row else None
 
-    def audit(self, actor: str, action: str, allowed: bool, detail: str | None = None) -> None:
+    def audit(self, actor: str, action: str, allowed: bool, detail: str | None = None, *,
+              max_rows: int | None = None, max_age_s: float | None = None) -> None:
+        """Record an admin call; every ``PRUNE_EVERY`` records, rows past ``max_rows`` (the oldest) or older
+        than ``max_age_s`` go (unauthenticated calls are recorded too, so the log must not grow without bound)."""
         with self._lock:
             self._db.execute(
                 "INSERT INTO audit (at, actor, action, allowed, detail) VALUES (?,?,?,?,?)",
                 (time.time(), actor, action, int(allowed), detail),
             )
+            self._audits += 1
+            if (self._audits - 1) % PRUNE_EVERY == 0:  # the first record after a start, then every PRUNE_EVERY
+                self._prune(max_rows, max_age_s)
+
+    def _prune(self, max_rows: int | None, max_age_s: float | None) -> None:
+        if max_age_s is not None:
+            self._db.execute("DELETE FROM audit WHERE at < ?", (time.time() - max_age_s,))
+        if max_rows is not None:
+            self._db.execute("DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - ?", (max_rows,))
 
     def audit_log(self, limit: int = 200) -> list[dict[str, Any]]:
         rows = self._db.execute("SELECT at, actor, action, allowed, detail FROM audit ORDER BY id DESC LIMIT ?",

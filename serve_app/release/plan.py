@@ -16,6 +16,7 @@ from serve_app.config.loader import APP_IMPORT_PATH, LLM_IMPORT_PATH, ConfigErro
 from serve_app.config.model_settings import check_folder_name
 from serve_app.config.names import is_llm_deployment
 from serve_app.config.parts import adapters_by_model, join
+from serve_app.config.secrets import refusal, secret_problems
 from serve_app.config.settings import AppSettings, CanarySettings
 from serve_app.config.versions import migrate
 from serve_app.errors import Conflict, InvalidRequest, NotFound
@@ -107,6 +108,10 @@ def release_config(base: dict, config: dict, app: str) -> tuple[dict, AppSetting
             new_app = a
     if new_app is None:
         raise InvalidRequest(f"the release must contain the application {app!r}", "applications")
+    secrets = secret_problems({"applications": [new_app]})  # the history keeps the release: no secret in it
+    if secrets:
+        field = secrets[0].replace("applications[0].", "")
+        raise InvalidRequest(refusal(field), field)
     if isinstance(config.get("logging_config"), dict) and not new_app.get("logging_config"):
         # Serve's global options are not part of a release, but the logging a file asks for is kept.
         new_app = {**new_app, "logging_config": config["logging_config"]}

@@ -4,6 +4,7 @@ serve_app/admin_client.py), finding the process of a Serve component in the sess
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -97,6 +98,7 @@ def llm_replica_pids(http: httpx.Client, n: int, timeout_s: float = 60) -> dict[
         llm = http.get("/healthz").json()["components"]["llm"]
         if llm.get("status") == "ok":
             seen[llm["replica"]] = llm["pid"]
+        time.sleep(0.2)  # each Ingress replica probes a replica of the LLM every health period
     assert len(seen) >= n, f"saw {len(seen)} LLM replicas, expected {n}"
     return seen
 
@@ -128,3 +130,50 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+# /healthz's contract with readiness probes (Kubernetes' default timeout): an answer within 1 s whatever the
+# components do. The ingress answers from memory in milliseconds, so the second is nearly all margin for a
+# loaded CI machine; an answer later than that means /healthz waited on a component.
+HEALTHZ_CONTRACT_S = 1.0
+
+
+class HealthSampler:
+    """Polls /healthz in a thread while a fault plays out (every ``period_s``, client timeout 5 s), recording
+    each answer's latency and status: the figures of the 1 s contract."""
+
+    def __init__(self, url: str, period_s: float = 0.1):
+        self.url, self.period_s = url, period_s
+        self.samples: list[tuple[float, int | str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=5) as c:
+            while not self._stop.is_set():
+                t = time.perf_counter()
+                try:
+                    status: int | str = c.get("/healthz").status_code
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                self.samples.append((time.perf_counter() - t, status))
+                self._stop.wait(self.period_s)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(10)
+
+    def figures(self) -> dict:
+        latencies = sorted(s[0] for s in self.samples)
+        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else None
+        return {"healthz_answers": len(latencies), "healthz_p99_ms": p99 and round(p99 * 1000, 1),
+                "healthz_max_ms": latencies and round(latencies[-1] * 1000, 1),
+                "healthz_503s": sum(s[1] == 503 for s in self.samples)}
+
+    def check(self) -> None:
+        late = [s for s in self.samples if s[0] > HEALTHZ_CONTRACT_S or not isinstance(s[1], int)]
+        assert self.samples and not late, f"/healthz answered late or not at all: {late[:5]} ({self.figures()})"

@@ -21,8 +21,8 @@ import psutil
 import pytest
 
 from benchmarks.load import Load
-from tests.chaos.faults import (gone, llm_replica_pids, running_replicas, scale, scale_together, wait_healthy,
-                               wait_replicas)
+from tests.chaos.faults import (HealthSampler, gone, llm_replica_pids, running_replicas, scale, scale_together,
+                               wait_healthy, wait_replicas)
 
 pytestmark = pytest.mark.chaos
 
@@ -48,7 +48,7 @@ def test_t1_killing_an_llm_replica_fails_only_its_requests_in_flight(two_llm_rep
     replicas = llm_replica_pids(http, 2)
     victim, pid = sorted(replicas.items())[0]
     engine_pids = [c.pid for c in psutil.Process(pid).children(recursive=True)]
-    with Load(app_url, model_name, clients=2, stream_tokens=48) as load:
+    with Load(app_url, model_name, clients=2, stream_tokens=48) as load, HealthSampler(app_url) as health_log:
         load.wait_for(8, started_after=0)  # both replicas busy, streams open
         t_kill = time.time()
         os.kill(pid, signal.SIGKILL)
@@ -60,7 +60,8 @@ def test_t1_killing_an_llm_replica_fails_only_its_requests_in_flight(two_llm_rep
     summary = load.summary(fault_at=t_kill)
     reliability.record("T1", "LLM replica killed (SIGKILL), 2 replicas, 2 clients", **summary,
                        replaced_after_s=round(recovered_at - t_kill, 1),
-                       engine_core_exited_with_replica=engine_gone)
+                       engine_core_exited_with_replica=engine_gone, **health_log.figures())
+    health_log.check()  # /healthz answered within its 1 s contract throughout
     failed = load.failed()
     before = [r for r in load.records if r["t"] < t_kill]
     after = [r for r in load.records if r["t"] > t_kill + HEALTH_PERIOD_S]

@@ -9,7 +9,7 @@ import time
 import psutil
 
 from benchmarks.load import Load
-from tests.chaos.faults import llm_replica_pids, wait_healthy
+from tests.chaos.faults import HealthSampler, llm_replica_pids, wait_healthy
 import pytest
 
 pytestmark = pytest.mark.chaos
@@ -42,7 +42,7 @@ def test_t2_engine_crash_ends_streams_in_band_and_the_replica_is_replaced(app_ur
     (replica, pid), = llm_replica_pids(http, 1).items()
     core = _engine_core(pid)
     with Load(app_url, model_name, clients=2, stream_tokens=200, plain_tokens=32,
-              prompt="Count from one to two hundred, one number per line.") as load:
+              prompt="Count from one to two hundred, one number per line.") as load, HealthSampler(app_url) as health_log:
         load.wait_for(4, started_after=0)  # the engine has served before it goes
         load.wait_stream_open()  # a stream is in flight when the engine goes
         t_crash = time.time()
@@ -55,7 +55,10 @@ def test_t2_engine_crash_ends_streams_in_band_and_the_replica_is_replaced(app_ur
     summary = load.summary(fault_at=t_crash)
     reliability.record("T2", "engine-core process killed (SIGKILL), 1 replica, 2 clients", **summary,
                        reported_unhealthy_after_s=None if unhealthy_at is None else round(unhealthy_at - t_crash, 1),
-                       replaced_and_healthy_after_s=round(t_back - t_crash, 1))
+                       replaced_and_healthy_after_s=round(t_back - t_crash, 1), **health_log.figures())
+    # /healthz answered within its 1 s contract throughout the outage, and reported it (503).
+    health_log.check()
+    assert health_log.figures()["healthz_503s"] > 0 and unhealthy_at is not None
     assert after["pid"] != pid and after["started_at"] > before["started_at"], "the replica was not replaced"
     failed = load.failed()
     assert failed, "the crash failed nothing: was the engine killed?"

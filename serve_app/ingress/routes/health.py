@@ -1,5 +1,6 @@
-"""GET /healthz (readiness: every component's state, 503 when one is down), /livez (liveness) and /metrics
-(the node's Prometheus exposition)."""
+"""GET /healthz (readiness: every component's state, 503 when one is down; answered from the background
+probes of serve_app/ingress/health_monitor.py), /livez (liveness) and /metrics (the node's Prometheus
+exposition)."""
 
 from __future__ import annotations
 
@@ -8,40 +9,82 @@ import asyncio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from serve_app.errors import ServiceUnavailable
+from serve_app.calls.handles import call
+from serve_app.errors import Forbidden, ServiceUnavailable, Unauthorized
+from serve_app.ingress.admin_gate import check_admin
 from serve_app.ingress.context import IngressContext, context
+from serve_app.ingress.health_monitor import HealthMonitor, public
 
 router = APIRouter()
 
 
-@router.get("/healthz")
-async def healthz(request: Request, ctx: IngressContext = Depends(context)):
-    admin_on = request.app.state.admin.digest is not None
-    probes = {}  # component -> (handle, its health method)
+# A replica's first /healthz waits this long for the first probes (its monitor starts then): within the 1 s a
+# readiness probe allows, and long enough for components that answer at once to be reported on the first call.
+FIRST_ROUND_S = 0.8
+
+
+def health_monitor(ctx: IngressContext, admin_on: bool) -> HealthMonitor:
+    """The Ingress replica's monitor of every component it depends on (serve_app/ingress/health_monitor.py)."""
+    timeout = ctx.settings.ingress.health_timeout_s
+    probes = {}
     # One component per served model: "llm" for the first, "llm:<served name>" for each other.
-    llm_components = {name: "llm" if i == 0 else f"llm:{name}" for i, name in enumerate(ctx.models)}
-    for name, component in llm_components.items():
-        probes[component] = (ctx.models[name], "health")
+    llm_components = {"llm" if i == 0 else f"llm:{name}": name for i, name in enumerate(ctx.models)}
+    for component, name in llm_components.items():
+        probes[component] = lambda h=ctx.models[name]: call(h, "health", timeout_s=timeout)
     if ctx.vector is not None:
-        probes["vector"] = (ctx.vector, "health")
-        probes["embedder"] = (ctx.embedder, "info")
+        probes["vector"] = lambda: call(ctx.vector, "health", timeout_s=timeout)
+        probes["embedder"] = lambda: call(ctx.embedder, "info", timeout_s=timeout)
     if ctx.agent is not None:
-        probes["agent"] = (ctx.agent, "health")
+        probes["agent"] = lambda: call(ctx.agent, "health", timeout_s=timeout)
+
+    async def release_controller() -> dict:
+        # Looking the actor up (or starting it) is a blocking Ray call: off the event loop.
+        handle = await asyncio.to_thread(ctx.release_controller)
+        try:
+            return await call(handle, "health", timeout_s=timeout)
+        except BaseException:
+            ctx.forget_release_controller()  # look it up (or start it) again on the next probe
+            raise
+
     if admin_on:
         # The release controller is required once the admin API is on (it watches and rolls back releases).
-        probes["release_controller"] = (ctx.release_controller(), "health")
-    ctx.set_release(ctx.release)
-    results = await asyncio.gather(*(ctx.probe(handle, method) for handle, method in probes.values()))
-    components = dict(zip(probes, results))
-    for name, component in llm_components.items():
-        if components[component]["status"] == "ok":
-            ctx.availability[name].mark_up()
+        probes["release_controller"] = release_controller
+
+    def on_result(component: str, record: dict) -> None:
+        if component in llm_components and record["status"] == "ok":
+            ctx.availability[llm_components[component]].mark_up()
+
+    return HealthMonitor(probes, ctx.settings.ingress.health_period_s, timeout, on_result)
+
+
+def _full_view(request: Request) -> bool:
+    """Everything (process ids, errors) with API keys off, or for the admin key; states only otherwise."""
+    state = request.app.state
+    if not getattr(state, "api_keys", None):
+        return True
+    try:
+        check_admin(request.headers.get("authorization"), state.admin.digest, state.api_keys)
+        return True
+    except (Forbidden, Unauthorized):
+        return False
+
+
+@router.get("/healthz")
+async def healthz(request: Request, ctx: IngressContext = Depends(context)):
+    """Readiness: every component's last probe (``age_s`` old), 503 when one is down. Answers from memory."""
+    monitor: HealthMonitor = request.app.state.health
+    if not monitor.started():
+        await monitor.first_round(FIRST_ROUND_S)
+    components = monitor.snapshot()
     healthy = all(c["status"] == "ok" for c in components.values())
-    if not admin_on:
+    if "release_controller" not in components:
         components["release_controller"] = {"status": "disabled", "detail": "no admin key: the admin API is off"}
-    elif components["release_controller"]["status"] != "ok":
-        ctx.forget_release_controller()  # look it up (or start it) again on the next call
-    body = {"status": "ok" if healthy else "unhealthy", "release": ctx.release, "components": components}
+    ctx.set_release(ctx.release)
+    status = "ok" if healthy else "unhealthy"
+    if _full_view(request):
+        body = {"status": status, "release": ctx.release, "components": components}
+    else:
+        body = {"status": status, "components": public(components)}
     return JSONResponse(body, status_code=200 if healthy else 503)
 
 
