@@ -12,6 +12,7 @@ caller's body is never read; the route then records the call under the caller th
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import os
@@ -89,10 +90,14 @@ class AdminGate:
                     await self.audit(actor, action, False, "bad or missing key")
                 raise
         await self.audit(f"{who}@{actor}", action, True, None)
-        return self._controller()
+        return await self.controller_handle()
+
+    async def controller_handle(self) -> Any:
+        # Looking the actor up (or starting it) is a blocking Ray call: off the event loop.
+        return await asyncio.to_thread(self._controller)
 
     async def audit(self, actor: str, action: str, allowed: bool, detail: str | None) -> None:
         try:
-            await call(self._controller(), "audit", actor, action, allowed, detail, timeout_s=10)
+            await call(await self.controller_handle(), "audit", actor, action, allowed, detail, timeout_s=10)
         except Exception:  # noqa: BLE001 - the audit must not turn a refusal into a 500
             pass
