@@ -28,11 +28,13 @@ logger = logging.getLogger("ray.serve")
 
 
 class Tools:
-    """Implementations of the registry's tools over the vector tier's handle."""
+    """Implementations of the registry's tools over the vector tier's handle. Each handle call carries the tool
+    deadline (``timeout_s``) itself, as every handle call does; the loop bounds the whole tool by it too."""
 
-    def __init__(self, vector: DeploymentHandle | None, observation_chars: int):
+    def __init__(self, vector: DeploymentHandle | None, observation_chars: int, timeout_s: float):
         self.vector = vector
         self.chars = observation_chars
+        self.timeout_s = timeout_s
 
     def _store(self) -> DeploymentHandle:
         if self.vector is None:
@@ -40,7 +42,7 @@ class Tools:
         return self.vector
 
     async def search_documents(self, args) -> ToolResult:
-        hits = await call(self._store(), "search", args.query, args.top_k, None, None)
+        hits = await call(self._store(), "search", args.query, args.top_k, None, None, timeout_s=self.timeout_s)
         if not hits:
             return ToolResult("no matching passages")
         per_hit = max(80, self.chars // len(hits))
@@ -49,14 +51,14 @@ class Tools:
         return ToolResult("\n".join(lines), sources)
 
     async def get_document(self, args) -> ToolResult:
-        doc = await call(self._store(), "get_document", args.document_id)
+        doc = await call(self._store(), "get_document", args.document_id, timeout_s=self.timeout_s)
         return ToolResult(doc["text"], [{"document_id": doc["id"], "chunk_id": None, "score": None}])
 
     async def calculator(self, args) -> ToolResult:
         return ToolResult(str(calculate(args.expression)))
 
     async def delete_document(self, args) -> ToolResult:
-        out = await call(self._store(), "delete_document", args.document_id)
+        out = await call(self._store(), "delete_document", args.document_id, timeout_s=self.timeout_s)
         return ToolResult(f"deleted {out['id']} ({out['chunks']} chunks)")
 
     def bound(self, names) -> dict[str, Any]:
@@ -71,7 +73,7 @@ class AgentServer:
         s = deployment_settings(settings, "Agent")
         self.settings = s
         client = LLMClient(llms[s.llm_deployment], s.model.name, s.ingress)
-        tools = Tools(vector, s.agent.observation_chars).bound(s.agent.tools)
+        tools = Tools(vector, s.agent.observation_chars, s.agent.tool_timeout_s).bound(s.agent.tools)
         self.loop = AgentLoop(client, tools, s.agent, s.prompts)
 
     async def run(self, task: str, max_steps: int) -> AsyncGenerator[dict[str, Any], None]:

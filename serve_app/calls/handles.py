@@ -1,6 +1,7 @@
-"""Calls on deployment (and actor) handles — the only place of the app that makes them: one call awaited with
-an optional deadline, so that cancelling the caller cancels the call on the replica too; the start of a
-streaming call with a deadline and retries before its first item.
+"""Calls on deployment (and actor) handles — the only place of the app that makes them: one call awaited within
+a deadline, so that cancelling the caller cancels the call on the replica too; the start of a streaming call
+with a deadline and retries before its first item. Every call has a deadline: a replica that never answers
+(wedged, or a request queued behind a deployment that has no replica) must not hold its caller forever.
 
 The retry loop is written out rather than taken from tenacity: what may be retried is decided per attempt by
 where the failure happened (before the stream's first item, on a replica that died) and every failed attempt
@@ -33,12 +34,15 @@ def jittered(delay_s: float) -> float:
     return delay_s / 2 + random.uniform(0, delay_s / 2)
 
 
-async def call(handle, method: str, *args, timeout_s: float | None = None, **kwargs) -> Any:
-    """``handle.method.remote(*args, **kwargs)`` awaited; past ``timeout_s`` (when given) the call is cancelled
-    and UpstreamTimeout raised."""
+# The deadline of a call whose caller names none: the default request deadline, long enough for the longest
+# legitimate call (embedding an ingest batch). Callers that know their own deadline pass it.
+DEFAULT_TIMEOUT_S: float = IngressSettings.model_fields["request_timeout_s"].default
+
+
+async def call(handle, method: str, *args, timeout_s: float = DEFAULT_TIMEOUT_S, **kwargs) -> Any:
+    """``handle.method.remote(*args, **kwargs)`` awaited; past ``timeout_s`` the call is cancelled and
+    UpstreamTimeout raised."""
     response = getattr(handle, method).remote(*args, **kwargs)
-    if timeout_s is None:
-        return await awaited(response)
     try:
         return await asyncio.wait_for(awaited(response), timeout_s)
     except asyncio.TimeoutError:
@@ -46,8 +50,14 @@ async def call(handle, method: str, *args, timeout_s: float | None = None, **kwa
 
 
 def call_blocking(handle, method: str, *args, timeout_s: float, **kwargs) -> Any:
-    """The same from synchronous code (a Ray job's driver): wait for the result at most ``timeout_s``."""
-    return getattr(handle, method).remote(*args, **kwargs).result(timeout_s=timeout_s)
+    """The same from synchronous code (a Ray job's driver): wait for the result at most ``timeout_s``, then
+    cancel the call and raise UpstreamTimeout."""
+    response = getattr(handle, method).remote(*args, **kwargs)
+    try:
+        return response.result(timeout_s=timeout_s)
+    except TimeoutError:  # Serve's, and Ray's GetTimeoutError (a subclass)
+        response.cancel()
+        raise UpstreamTimeout(f"{method} did not answer within {timeout_s:g}s") from None
 
 
 async def open_call(method, args: tuple, settings: IngressSettings) -> tuple[dict[str, Any], Any]:

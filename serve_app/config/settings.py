@@ -35,6 +35,18 @@ class IngressSettings(_Strict):
         300.0, gt=0, description="Deadline for a non-streaming answer, or for a stream's first event."
     )
     health_timeout_s: float = Field(5.0, gt=0, description="Deadline for each component's health probe.")
+    admin_timeout_s: float = Field(
+        30.0, gt=0, description="Deadline of each call of an /admin route on the release controller: deploy, "
+        "rollback and scale answer once the release has started (its progress: GET /admin/releases/{n}); loading "
+        "an adapter has releases.ready_timeout_s more, for its trial load on one replica.")
+    stream_idle_timeout_s: float = Field(
+        60.0, gt=0, description="Longest gap between two events of a stream (chat, completions, RAG; an agent "
+        "run's, at least its own deadline) before the stream is ended with an in-band 504 error event and "
+        "[DONE], and the generation behind it cancelled.")
+    stream_keepalive_s: float = Field(
+        15.0, ge=0, description="While a RAG or agent stream waits for its next event, an SSE comment "
+        "(': keep-alive') every this many seconds, so that proxies that drop idle connections (nginx's and AWS "
+        "ALB's 60 s) keep it; clients ignore comments. 0: none. Keep-alives do not reset stream_idle_timeout_s.")
     health_period_s: float = Field(
         2.0, gt=0, le=60, description="How often each Ingress replica probes every component in the background; "
         "/healthz answers from the last probes at once, and reports a component down within this plus "
@@ -114,6 +126,28 @@ class VectorSettings(_Strict):
     max_documents_per_request: int = Field(64, ge=1, le=10_000, description="Most documents in one ingest call.")
     max_document_chars: int = Field(
         1_000_000, ge=100, description="Largest document text in characters; larger ones get 413."
+    )
+    max_metadata_keys: int = Field(
+        32, ge=1, le=1024, description="Most metadata keys of one document, and of one search filter (400 above)."
+    )
+    max_metadata_value_chars: int = Field(
+        1024, ge=1, le=1_000_000, description="Longest metadata string value in characters, in a document or a "
+        "search filter (400 above)."
+    )
+    max_metadata_bytes: int = Field(
+        8 * 1024, ge=256, le=1024 * 1024, description="Largest metadata of one document (or filter) as compact "
+        "JSON, in UTF-8 bytes (400 above). Stored once per document, in its record, not in its chunks."
+    )
+    max_ingest_chunks_per_request: int = Field(
+        1024, ge=1, le=1_000_000, description="Write budget of one ingest call: the chunks its documents are cut "
+        "into, all together (each one embedded and stored as a point). Over it the call gets 413 before anything "
+        "is embedded or written. The default embeds within vector.timeout_s at the ~40 chunks/s measured on 2 CPU "
+        "cores (benchmarks/results/retrieval.json); raise both together."
+    )
+    max_filter_documents: int = Field(
+        10_000, ge=1, le=1_000_000, description="Most documents a search filter may match: a filter is resolved "
+        "against the document records first, and the chunk search is then restricted to those ids. A broader "
+        "filter gets 400 asking for a narrower one."
     )
     max_top_k: int = Field(100, ge=1, le=10_000, description="Largest top_k a search may ask for.")
     max_embedding_inputs: int = Field(2048, ge=1, description="Most inputs in one /v1/embeddings call.")

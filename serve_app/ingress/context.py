@@ -16,7 +16,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.calls.handles import call
 from serve_app.config.settings import AppSettings
-from serve_app.errors import Forbidden, InvalidRequest, ModelNotFound, NotFound, UpstreamTimeout, unwrap
+from serve_app.errors import Forbidden, InvalidRequest, ModelNotFound, NotFound, UpstreamTimeout
 from serve_app.ingress.availability import Availability
 from serve_app.ingress.canary import CanaryRouter
 from serve_app.llm.client import LLMClient
@@ -57,8 +57,9 @@ class IngressContext:
         self.router: CanaryRouter | None = None
         self._reporter: asyncio.Task | None = None
         # Per model: once none of its replicas has answered for a while, its requests get 503 at once.
-        self.availability = {name: Availability(lambda h=handle: call(h, "health"), 2.0,
-                                                settings.ingress.health_timeout_s, settings.ingress.llm_fail_fast_s)
+        health_s = settings.ingress.health_timeout_s
+        self.availability = {name: Availability(lambda h=handle: call(h, "health", timeout_s=health_s), 2.0,
+                                                health_s, settings.ingress.llm_fail_fast_s)
                              for name, handle in self.models.items()}
         self._shown_release: str | None = None
         self.set_release(settings.release)
@@ -184,25 +185,16 @@ class IngressContext:
         handle = handle or self.vector
         if handle is None:
             raise NotFound("the retrieval tier is disabled in this deployment")
+        timeout_s = self.settings.vector.timeout_s
         try:
-            return await asyncio.wait_for(call(handle, method, *args), self.settings.vector.timeout_s)
-        except asyncio.TimeoutError:
-            raise UpstreamTimeout(f"the vector tier did not answer within {self.settings.vector.timeout_s:g}s") from None
+            return await call(handle, method, *args, timeout_s=timeout_s)
+        except UpstreamTimeout:  # named for the client as the tier, not as the method
+            raise UpstreamTimeout(f"the vector tier did not answer within {timeout_s:g}s") from None
 
     async def search(self, query: str, top_k: int, filter_: dict[str, Any] | None) -> list[dict[str, Any]]:
-        return await call(self.vector, "search", query, top_k, filter_, None)
-
-    async def probe(self, handle, method: str) -> dict[str, Any]:
-        """One component's health: ``{"status": "ok", **detail}`` or ``{"status": "unhealthy", "error": ...}``."""
-        try:
-            # A probe that times out is cancelled, not left queued for a replica that may never come.
-            detail = await call(handle, method, timeout_s=self.settings.ingress.health_timeout_s)
-            return {"status": "ok", **detail}
-        except UpstreamTimeout:
-            return {"status": "unhealthy", "error": "health probe timed out"}
-        except Exception as exc:  # noqa: BLE001 - any failure means unhealthy
-            cause = unwrap(exc)
-            return {"status": "unhealthy", "error": f"{type(cause).__name__}: {cause}"[:300]}
+        # RAG bounds its search by rag.retrieval_timeout_s (and answers without sources past it); this is the
+        # call's own bound.
+        return await call(self.vector, "search", query, top_k, filter_, None, timeout_s=self.settings.vector.timeout_s)
 
 
 def context(request: Request) -> IngressContext:

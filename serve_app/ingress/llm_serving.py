@@ -123,5 +123,6 @@ async def generate(ctx: IngressContext, kind: str, req: Any, model: str, handle)
             if usage.get(field):  # Ray's counters refuse an increment of 0
                 metric(name).inc(usage[field], tags=tags)
         return JSONResponse(head["body"], headers=_served_by(head, model))
-    return StreamingResponse(_observed(relay_stream(gen), tags, router, arm, t0, call_span), media_type="text/event-stream",
+    lines = relay_stream(gen, ctx.settings.ingress.stream_idle_timeout_s)
+    return StreamingResponse(_observed(lines, tags, router, arm, t0, call_span), media_type="text/event-stream",
                              headers=_served_by(head, model))

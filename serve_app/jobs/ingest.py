@@ -5,9 +5,12 @@
 
 Each file becomes one document (id: its path relative to PATH; metadata: source and suffix); a JSONL file
 holds one {"id", "text", "metadata"} object per line. Documents are validated with the same model as
-POST /v1/documents, sent in batches to the app's VectorStore deployment through its Serve handle, and a
-failed batch is retried with exponential backoff. Ingest is idempotent by id: running the job again
-changes nothing.
+POST /v1/documents and against the same limits (serve_app/vector/limits.py, with the running app's
+settings): a document over a limit, or whose id came before, is refused and reported, never written, and
+the others go on. Documents are sent in batches to the app's VectorStore deployment through its Serve
+handle; a failed batch is retried with exponential backoff, and a batch the deployment refuses (over its
+write budget) is split until each refused document stands alone. Ingest is idempotent by id: running the
+job again changes nothing. Exit status 2 when a document was refused.
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from serve_app.calls.handles import call_blocking
+from serve_app.config.settings import VectorSettings
+from serve_app.errors import AppError, status_for, unwrap
 from serve_app.protocol.retrieval import Document
+from serve_app.vector.limits import check_document
 
 SUFFIXES = {".txt", ".md"}
 
@@ -59,18 +65,79 @@ def batches(docs: Iterator[Document], size: int) -> Iterator[list[Document]]:
         yield batch
 
 
-def send_with_retry(handle, batch: list[Document], attempts: int, backoff_s: float) -> list[dict]:
+def refusal(doc: Document, s: VectorSettings) -> str | None:
+    """Why the API would refuse ``doc`` alone (the same checks, the same message), or None."""
+    try:
+        check_document(doc.model_dump(), s, "document")
+    except AppError as exc:
+        return exc.message  # it names the field: "document.metadata.title is 5000 characters long; ..."
+    return None
+
+
+def _client_error(exc: BaseException) -> AppError | None:
+    """The request's own fault (a 4xx the deployment answered), which no retry changes."""
+    cause = unwrap(exc)
+    status = status_for(cause)
+    return cause if isinstance(cause, AppError) and status is not None and 400 <= status < 500 else None
+
+
+def send_with_retry(send, batch: list[Document], attempts: int, backoff_s: float) -> list[dict]:
     payload = [d.model_dump() for d in batch]
     for attempt in range(1, attempts + 1):
         try:
-            return call_blocking(handle, "ingest", payload, timeout_s=300)
-        except Exception as exc:  # noqa: BLE001 - any failure of a batch is retried, then reported
-            if attempt == attempts:
+            return send(payload)
+        except Exception as exc:  # noqa: BLE001 - any failure but a refusal is retried, then reported
+            if attempt == attempts or _client_error(exc) is not None:
                 raise
             wait = backoff_s * 2 ** (attempt - 1)
             print(f"batch failed ({type(exc).__name__}: {exc}); retry {attempt}/{attempts - 1} in {wait:.1f}s", file=sys.stderr)
             time.sleep(wait)
     raise AssertionError("unreachable")
+
+
+class Ingest:
+    """Checks, sends and counts documents: ``send(payload)`` is the VectorStore deployment's ``ingest``."""
+
+    def __init__(self, send, s: VectorSettings, attempts: int = 4, backoff_s: float = 1.0, report=print):
+        self.send, self.s, self.attempts, self.backoff_s, self.report = send, s, attempts, backoff_s, report
+        self.documents = self.chunks = 0
+        self.refused: list[tuple[str, str]] = []  # (document id, why), in input order
+        self._seen: set[str] = set()
+
+    def admit(self, doc: Document) -> bool:
+        """Whether ``doc`` may be sent; a refused one is reported and counted."""
+        why = "its id appears earlier in the input" if doc.id in self._seen else refusal(doc, self.s)
+        self._seen.add(doc.id)
+        if why is not None:
+            self._refuse(doc.id, why)
+        return why is None
+
+    def batch(self, batch: list[Document]) -> None:
+        """Send ``batch``; one the deployment refuses is split in halves, down to the refused documents."""
+        if not batch:
+            return
+        try:
+            result = send_with_retry(self.send, batch, self.attempts, self.backoff_s)
+        except Exception as exc:  # noqa: BLE001 - only the deployment's refusals are handled here
+            refused = _client_error(exc)
+            if refused is None:
+                raise
+            if len(batch) == 1:
+                self._refuse(batch[0].id, refused.message)
+                return
+            half = len(batch) // 2
+            self.batch(batch[:half])
+            self.batch(batch[half:])
+            return
+        self.documents += len(result)
+        self.chunks += sum(r["chunks"] for r in result)
+
+    def _refuse(self, doc_id: str, why: str) -> None:
+        self.refused.append((doc_id, why))
+        self.report(f"refused {doc_id!r}: {why}")
+
+    def summary(self) -> dict[str, int]:
+        return {"documents": self.documents, "chunks": self.chunks, "refused": len(self.refused)}
 
 
 class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -99,15 +166,17 @@ def run(ns: argparse.Namespace) -> int:
         return 1
     ray.init(address=ns.address or "auto", namespace="serve", log_to_driver=False)
     handle = serve.get_deployment_handle("VectorStore", app_name=ns.app)
-    done_docs = done_chunks = 0
+    # The running app's limits, not this machine's defaults: its config may set others.
+    limits = VectorSettings.model_validate(call_blocking(handle, "limits", timeout_s=60))
+    size = min(ns.batch_size, limits.max_documents_per_request)
+    job = Ingest(lambda payload: call_blocking(handle, "ingest", payload, timeout_s=300), limits, ns.attempts,
+                 ns.backoff, report=lambda line: tqdm.write(line, file=sys.stderr))
     with tqdm(total=len(docs), unit="doc", desc="ingest", file=sys.stdout) as bar:
-        for batch in batches(iter(docs), ns.batch_size):
-            result = send_with_retry(handle, batch, ns.attempts, ns.backoff)
-            done_docs += len(result)
-            done_chunks += sum(r["chunks"] for r in result)
+        for batch in batches(iter(docs), size):
+            job.batch([d for d in batch if job.admit(d)])
             bar.update(len(batch))
-    print(json.dumps({"documents": done_docs, "chunks": done_chunks}))
-    return 0
+    print(json.dumps(job.summary()))
+    return 2 if job.refused else 0
 
 
 def main(argv: list[str] | None = None) -> int:

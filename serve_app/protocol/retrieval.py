@@ -1,5 +1,6 @@
-"""Documents, search and embeddings: request/response models. Limits that depend on configuration are
-checked by the routes (they know the settings); shapes and types are checked here."""
+"""Documents, search and embeddings: request/response models. Limits that depend on configuration (metadata
+and filter bounds, document length, the write budget) are checked by serve_app/vector/limits.py, which the
+routes, the VectorStore deployment and the ingest job share; shapes and types are checked here."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ class Document(_Model):
     id: StrictStr = Field(..., min_length=1, max_length=256, description="Caller-chosen id; re-ingesting replaces.")
     text: StrictStr = Field(..., description="Plain text (markdown is fine).")
     metadata: dict[MetaKey, MetaValue] = Field(
-        default_factory=dict, description="Scalar fields a search can filter on; keys: letters, digits, _ and -.")
+        default_factory=dict, description="Scalar fields a search can filter on; keys: letters, digits, _ and -. "
+        "Stored once per document. At most vector.max_metadata_keys keys, string values of at most "
+        "vector.max_metadata_value_chars characters, vector.max_metadata_bytes as JSON.")
 
     @field_validator("text")
     @classmethod
@@ -49,7 +52,9 @@ class IngestResponse(BaseModel):
 class SearchRequest(_Model):
     query: StrictStr = Field(..., min_length=1)
     top_k: int = Field(5, description="How many chunks to return (1..vector.max_top_k).")
-    filter: dict[MetaKey, MetaValue] | None = Field(None, description="Metadata equality; every key must match.")
+    filter: dict[MetaKey, MetaValue] | None = Field(
+        None, description="Metadata equality; every key must match. Bounded like a document's metadata, and may "
+        "match at most vector.max_filter_documents documents.")
     score_threshold: float | None = Field(None, ge=-1.0, le=1.0, description="Drop hits scoring lower (cosine).")
 
     @field_validator("query")

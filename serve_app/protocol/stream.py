@@ -9,7 +9,9 @@ never sees a silently truncated stream.
 
 The SSE framing is written here rather than with sse-starlette: the lines vLLM produces are already framed
 (they are relayed as they are, with no re-encoding per token), and the app's own events need only the same
-``data: <json>`` form; sse-starlette's keep-alive comments would be the reason to take it up.
+``data: <json>`` form. Its keep-alive pings are not taken up either: they run on a timer of their own, while
+the app's keep-alive comments (serve_app/calls/streams.py) tick inside the same wait for the next event that
+enforces the stream's idle deadline.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ logger = logging.getLogger("ray.serve")
 DONE_DATA = "[DONE]"
 DONE = f"data: {DONE_DATA}\n\n"
 _PREFIX = "data: "
+# An SSE comment (a line that starts with a colon): clients ignore it (the openai SDK's decoder included);
+# proxies see traffic on a quiet stream and keep it.
+KEEPALIVE = ": keep-alive\n\n"
 
 
 class StreamHead(TypedDict, total=False):

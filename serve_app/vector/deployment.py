@@ -27,8 +27,10 @@ from serve_app.llm.cpus import share_engine_cpus
 from serve_app.observability.genai import vector_search
 from serve_app.observability.metrics import metric
 from serve_app.observability.tracing import span
-from serve_app.vector.chunker import chunk_text
+from serve_app.vector.chunker import Chunk, chunk_text
+from serve_app.vector.documents import document_view
 from serve_app.vector.embedder import Embedder, resolve_embedder
+from serve_app.vector.limits import check_documents, check_filter, check_write_budget
 from serve_app.vector.store import StoredChunk, VectorStore
 
 logger = logging.getLogger("ray.serve")
@@ -100,26 +102,6 @@ class EmbedderServer:
         return {"model": self.name, "dim": self.embedder.dim, "max_tokens": self.embedder.max_tokens}
 
 
-def _doc_view(document_id: str, chunks: list[StoredChunk]) -> dict[str, Any]:
-    return {
-        "id": document_id,
-        "text": _rejoin([c.text for c in chunks]),
-        "metadata": chunks[0].metadata if chunks else {},
-        "chunks": [{"chunk_id": c.id, "position": c.position, "text": c.text} for c in chunks],
-    }
-
-
-def _rejoin(texts: list[str]) -> str:
-    # Chunks overlap: keep each chunk's part that the previous one does not already end with.
-    out = ""
-    for t in texts:
-        k = min(len(out), len(t))
-        while k > 0 and not out.endswith(t[:k]):
-            k -= 1
-        out += t[k:] if k else ((" " if out else "") + t)
-    return out
-
-
 @serve.deployment(name="VectorStore", max_ongoing_requests=64,
                   ray_actor_options=code_actor_options("VectorStore"))
 class VectorStoreServer:
@@ -138,25 +120,43 @@ class VectorStoreServer:
         # Writes one at a time: a document's replacement (upsert, then drop the tail) must not interleave
         # with another write of the same document.
         self._write_lock = asyncio.Lock()
+        self._chunk_lock = asyncio.Lock()
 
     async def ingest(self, documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Chunk, embed and store documents. A document's old chunks are replaced (idempotent by id)."""
-        per_doc = [
-            chunk_text(d["id"], d["text"], self.tokenizer, self.s.chunk_tokens, self.s.chunk_overlap, d.get("metadata"))
-            for d in documents
-        ]
+        """Chunk, embed and store documents. A document's old chunks and record are replaced (idempotent by
+        id). Every check runs before anything is written: a refused request writes nothing."""
+        # The same checks as the route's, here too: the batch-ingest job and other deployments call this
+        # handle directly, and this replica's settings are the ones that bound what it writes.
+        check_documents(documents, self.s)
+        # Off the event loop: tokenizing a document of a million characters takes most of a second, and every
+        # other request of this replica (searches included) would wait for it. One at a time, waiting on the
+        # loop rather than in a worker thread: the fast tokenizer refuses use from two threads at once, and
+        # threads blocked on a lock would hold the pool that searches run in.
+        async with self._chunk_lock:
+            per_doc = await asyncio.to_thread(self._chunk, documents)
+        check_write_budget([len(chunks) for chunks in per_doc], self.s)
         texts = [c.text for chunks in per_doc for c in chunks]
         vectors = await call(self.embedder, "embed", texts) if texts else np.zeros((0, self.dim), np.float32)
         out, i = [], 0
         for d, chunks in zip(documents, per_doc):
-            stored = [StoredChunk(c.id, c.document_id, c.position, c.text, c.metadata) for c in chunks]
+            stored = [StoredChunk(c.id, c.document_id, c.position, c.text) for c in chunks]
             async with self._write_lock:
-                await asyncio.to_thread(self.store.replace_document, d["id"], stored, vectors[i : i + len(chunks)])
+                await asyncio.to_thread(self.store.replace_document, d["id"], stored, vectors[i : i + len(chunks)],
+                                        d.get("metadata") or {})
             i += len(chunks)
             out.append({"id": d["id"], "chunks": len(chunks)})
         self._unindexed += len(texts)
         self._maybe_index()
         return out
+
+    def _chunk(self, documents: list[dict[str, Any]]) -> list[list[Chunk]]:
+        # Chunks carry no metadata: it is stored once, in the document's record.
+        return [chunk_text(d["id"], d["text"], self.tokenizer, self.s.chunk_tokens, self.s.chunk_overlap)
+                for d in documents]
+
+    def limits(self) -> dict[str, Any]:
+        """This replica's vector settings: the batch-ingest job checks its documents against them."""
+        return self.s.model_dump(mode="json")
 
     def _maybe_index(self) -> None:
         # Qdrant Edge searches unindexed points exactly; past a threshold the HNSW index is built in the
@@ -170,27 +170,44 @@ class VectorStoreServer:
         self._index_task = asyncio.get_running_loop().create_task(asyncio.to_thread(optimize))
 
     async def get_document(self, document_id: str) -> dict[str, Any]:
-        chunks = await asyncio.to_thread(self.store.get_chunks, document_id)
-        if not chunks:
+        # Reads and rebuilds the text in a worker thread: rejoining a long document's chunks is CPU work.
+        view = await asyncio.to_thread(self._read_document, document_id)
+        if view is None:
             raise NotFound(f"document {document_id!r} does not exist", "id")
-        return _doc_view(document_id, chunks)
+        return view
+
+    def _read_document(self, document_id: str) -> dict[str, Any] | None:
+        chunks = self.store.get_chunks(document_id)
+        if not chunks:
+            return None
+        record = self.store.get_records([document_id]).get(document_id)
+        return document_view(document_id, chunks, record.metadata if record else {})
 
     async def delete_document(self, document_id: str) -> dict[str, Any]:
-        chunks = await asyncio.to_thread(self.store.get_chunks, document_id)
-        if not chunks:
-            raise NotFound(f"document {document_id!r} does not exist", "id")
         async with self._write_lock:
-            await asyncio.to_thread(self.store.delete_chunks, document_id, 0)
-        return {"id": document_id, "deleted": True, "chunks": len(chunks)}
+            n = await asyncio.to_thread(self._delete_document, document_id)
+        if not n:
+            raise NotFound(f"document {document_id!r} does not exist", "id")
+        return {"id": document_id, "deleted": True, "chunks": n}
+
+    def _delete_document(self, document_id: str) -> int:
+        n = len(self.store.get_chunks(document_id))
+        # A record without chunks (left by an interrupted write) is deleted too, though the document reads
+        # as absent; with neither, nothing is written.
+        if n or self.store.get_records([document_id]):
+            self.store.delete_document(document_id)
+        return n
 
     async def search(
         self, query: str, top_k: int, filter: dict[str, Any] | None = None, score_threshold: float | None = None
     ) -> list[dict[str, Any]]:
+        check_filter(filter, self.s)  # RAG and the agent search through this handle too
         started = time.perf_counter()
         name, attributes = vector_search(self.s.collection, top_k=top_k, filtered=filter is not None)
         with span(name, SpanKind.CLIENT, **attributes) as s:
             vec = (await call(self.embedder, "embed", [query]))[0]
-            hits = await asyncio.to_thread(self.store.search, vec, top_k, filter, score_threshold)
+            hits = await asyncio.to_thread(self.store.search, vec, top_k, filter, score_threshold,
+                                           max_filter_documents=self.s.max_filter_documents)
             s.set_attribute("hits", len(hits))
         metric("serve_app_vector_search_duration_seconds").observe(time.perf_counter() - started)
         metric("serve_app_vector_search_hits").observe(len(hits))

@@ -1,5 +1,6 @@
 """Vector store on Qdrant Edge (qdrant-edge-py): the Qdrant engine in-process, with HNSW, payload indexes
-and a write-ahead log. One process per storage folder (single writer)."""
+and a write-ahead log. One process per storage folder (single writer). Chunks live in the shard at ``path``,
+document records in a second shard next to it (``<path>_documents``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from serve_app.vector.store import StoredChunk, VectorStore, chunk_from_point, chunk_payload
+from serve_app.vector.store import (DocumentRecord, StoredChunk, VectorStore, chunk_from_point, chunk_payload,
+                                    record_from_payload, record_id, record_payload, records_name)
+
+# Qdrant Edge refuses a shard without any vector, and records need none: their shard declares one named
+# vector that no point carries. (Qdrant server and qdrant-client's local mode take vectorless collections.)
+_NO_VECTOR = "unused"
 
 
 class QdrantEdgeStore(VectorStore):
@@ -22,24 +28,33 @@ class QdrantEdgeStore(VectorStore):
         # Qdrant Edge calls are synchronous and the shard is single-writer: serialize access from the
         # deployment's threads.
         self._lock = threading.RLock()
-        exists = self.path.exists() and any(self.path.iterdir())
-        if exists:
-            self._shard = qe.EdgeShard.load(str(self.path))
-        else:
-            optimizers = qe.EdgeOptimizersConfig(indexing_threshold=indexing_threshold) if indexing_threshold else None
-            config = qe.EdgeConfig(
-                vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
-                optimizers=optimizers,
-            )
-            self._shard = qe.EdgeShard.create(str(self.path), config)
-            self._shard.update(qe.UpdateOperation.create_field_index("document_id", qe.PayloadSchemaType.Keyword))
-            self._shard.update(qe.UpdateOperation.create_field_index("position", qe.PayloadSchemaType.Integer))
+        optimizers = qe.EdgeOptimizersConfig(indexing_threshold=indexing_threshold) if indexing_threshold else None
+        vectors = qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)
+        chunks = qe.EdgeConfig(vectors=vectors, optimizers=optimizers)
+        records = qe.EdgeConfig(vectors={_NO_VECTOR: qe.EdgeVectorParams(size=1, distance=qe.Distance.Dot)})
+        self._shard = self._open(self.path, chunks, {"document_id": qe.PayloadSchemaType.Keyword,
+                                                     "position": qe.PayloadSchemaType.Integer})
+        self._records = self._open(self.path.with_name(records_name(self.path.name)), records,
+                                   {"document_id": qe.PayloadSchemaType.Keyword})
 
-    def _filter(self, document_id=None, metadata: dict[str, Any] | None = None, from_position: int | None = None):
+    def _open(self, path: Path, config, indexes: dict[str, Any]):
+        """The shard at ``path``, created with ``config`` and these payload indexes when the folder is new."""
+        qe = self._qe
+        if path.exists() and any(path.iterdir()):
+            return qe.EdgeShard.load(str(path))
+        shard = qe.EdgeShard.create(str(path), config)
+        for key, kind in indexes.items():
+            shard.update(qe.UpdateOperation.create_field_index(key, kind))
+        return shard
+
+    def _filter(self, document_id=None, metadata: dict[str, Any] | None = None, from_position: int | None = None,
+                document_ids: list[str] | None = None):
         qe = self._qe
         must = []
         if document_id is not None:
             must.append(qe.FieldCondition(key="document_id", match=qe.MatchValue(document_id)))
+        if document_ids is not None:
+            must.append(qe.FieldCondition(key="document_id", match=qe.MatchAny(list(document_ids))))
         if from_position:
             must.append(qe.FieldCondition(key="position", range=qe.RangeFloat(gte=float(from_position))))
         for key, value in (metadata or {}).items():
@@ -85,12 +100,12 @@ class QdrantEdgeStore(VectorStore):
                     break
         return sorted(out, key=lambda c: c.position)
 
-    def search(self, vector, top_k, filter=None, score_threshold=None, exact=False) -> list[StoredChunk]:
+    def search_chunks(self, vector, top_k, document_ids=None, score_threshold=None, exact=False) -> list[StoredChunk]:
         qe = self._qe
         req = qe.QueryRequest(
             limit=top_k,
             query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist()),
-            filter=self._filter(metadata=filter),
+            filter=self._filter(document_ids=document_ids),
             score_threshold=score_threshold,
             with_payload=True,
             params=qe.SearchParams(hnsw_ef=self.hnsw_ef, exact=exact),
@@ -98,6 +113,31 @@ class QdrantEdgeStore(VectorStore):
         with self._lock:
             points = self._shard.query(req)
         return [chunk_from_point(p.id, p.payload, p.score) for p in points]
+
+    def put_record(self, record: DocumentRecord) -> None:
+        point = self._qe.Point(record_id(record.document_id), {}, record_payload(record))
+        with self._lock:
+            self._records.update(self._qe.UpdateOperation.upsert_points([point]))
+
+    def delete_record(self, document_id: str) -> None:
+        with self._lock:
+            self._records.update(self._qe.UpdateOperation.delete_points([record_id(document_id)]))
+
+    def get_records(self, document_ids: list[str]) -> dict[str, DocumentRecord]:
+        if not document_ids:
+            return {}
+        with self._lock:
+            points = self._records.retrieve([record_id(d) for d in document_ids], True, False)
+        records = (record_from_payload(p.payload) for p in points)
+        return {r.document_id: r for r in records}
+
+    def find_records(self, filter: dict[str, Any], limit: int) -> list[str]:
+        qe = self._qe
+        req = qe.ScrollRequest(limit=limit, filter=self._filter(metadata=filter),
+                               with_payload=qe.PayloadSelector.Include(["document_id"]))
+        with self._lock:
+            points, _ = self._records.scroll(req)
+        return [p.payload["document_id"] for p in points]
 
     def optimize(self) -> bool:
         """Build the HNSW index for what was added since the last call (blocks writers meanwhile)."""
@@ -110,7 +150,9 @@ class QdrantEdgeStore(VectorStore):
 
     def close(self) -> None:
         with self._lock:
-            if self._shard is not None:
-                self._shard.flush()
-                self._shard.close()
-                self._shard = None
+            for name in ("_shard", "_records"):
+                shard = getattr(self, name, None)
+                if shard is not None:
+                    shard.flush()
+                    shard.close()
+                    setattr(self, name, None)

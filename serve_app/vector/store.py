@@ -1,13 +1,36 @@
 """The vector-store interface. Every backend (embedded or remote) implements it and passes the same
-congruence tests (tests/unit/test_store_congruence.py)."""
+congruence tests (tests/unit/test_store_congruence.py).
+
+Layout: a document is its chunks (one point each, with a vector, in the collection) plus one *record* (its
+metadata and chunk count, in a second collection ``<collection>_documents``, without a vector). Metadata is
+stored once, in the record, never in the chunks: a chunk's payload is its document id, position and text.
+Backends implement the primitives on chunks and on records; how a document is written, deleted and
+searched (filters are resolved against the records, then the chunks are searched by document id) is
+written once, here."""
 
 from __future__ import annotations
 
 import abc
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from serve_app.errors import InvalidRequest
+
+# Fixed namespace of record ids: the same document id gives the same record id on every machine and run, so
+# writing a document's record again overwrites it.
+_RECORDS = uuid.UUID("6f0c4a52-6a4e-4c8e-9a8e-2b1f1c0de002")
+
+
+def record_id(document_id: str) -> str:
+    return str(uuid.uuid5(_RECORDS, document_id))
+
+
+def records_name(collection: str) -> str:
+    """The records' collection (or Edge shard folder) next to a chunks' collection."""
+    return f"{collection}_documents"
 
 
 @dataclass
@@ -16,8 +39,20 @@ class StoredChunk:
     document_id: str
     position: int
     text: str
+    # Read side only: search fills in the document's metadata from its record. Never written with the chunk.
     metadata: dict[str, Any] = field(default_factory=dict)
     score: float | None = None
+
+
+@dataclass
+class DocumentRecord:
+    document_id: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    chunks: int = 0
+
+
+class FilterTooBroad(InvalidRequest):
+    """A search filter matches more documents than a search restricts itself to (400)."""
 
 
 def chunk_from_point(point_id: Any, payload: dict[str, Any] | None, score: float | None = None) -> StoredChunk:
@@ -28,21 +63,31 @@ def chunk_from_point(point_id: Any, payload: dict[str, Any] | None, score: float
         document_id=p.get("document_id", ""),
         position=int(p.get("position", 0)),
         text=p.get("text", ""),
-        metadata=p.get("metadata") or {},
         score=score,
     )
 
 
 def chunk_payload(c: StoredChunk) -> dict[str, Any]:
-    return {"document_id": c.document_id, "position": c.position, "text": c.text, "metadata": c.metadata}
+    return {"document_id": c.document_id, "position": c.position, "text": c.text}
+
+
+def record_from_payload(payload: dict[str, Any] | None) -> DocumentRecord:
+    p = payload or {}
+    return DocumentRecord(p.get("document_id", ""), p.get("metadata") or {}, int(p.get("chunks", 0)))
+
+
+def record_payload(r: DocumentRecord) -> dict[str, Any]:
+    return {"document_id": r.document_id, "metadata": r.metadata, "chunks": r.chunks}
 
 
 class VectorStore(abc.ABC):
-    """Chunks of documents with one dense vector each, cosine similarity."""
+    """Chunks of documents with one dense vector each (cosine similarity), and one record per document."""
+
+    # -- chunks --------------------------------------------------------------------------------------------
 
     @abc.abstractmethod
     def upsert(self, chunks: list[StoredChunk], vectors: np.ndarray) -> None:
-        """Insert or overwrite chunks by id. Durable when it returns."""
+        """Insert or overwrite chunks by id (their ``metadata`` is not stored). Durable when it returns."""
 
     @abc.abstractmethod
     def delete_chunks(self, document_id: str, from_position: int = 0) -> None:
@@ -53,6 +98,59 @@ class VectorStore(abc.ABC):
         """A document's chunks in position order (empty when absent)."""
 
     @abc.abstractmethod
+    def search_chunks(
+        self,
+        vector: np.ndarray,
+        top_k: int,
+        document_ids: list[str] | None = None,
+        score_threshold: float | None = None,
+        exact: bool = False,
+    ) -> list[StoredChunk]:
+        """Top-k chunks by cosine similarity, of the given documents only when ``document_ids`` is given."""
+
+    @abc.abstractmethod
+    def count(self) -> int:
+        """Chunks stored (records not counted)."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    # -- records -------------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def put_record(self, record: DocumentRecord) -> None:
+        """Insert or overwrite a document's record. Durable when it returns."""
+
+    @abc.abstractmethod
+    def delete_record(self, document_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def get_records(self, document_ids: list[str]) -> dict[str, DocumentRecord]:
+        """The records of these documents, by document id, in one read (absent ones left out)."""
+
+    @abc.abstractmethod
+    def find_records(self, filter: dict[str, Any], limit: int) -> list[str]:
+        """Ids of at most ``limit`` documents whose metadata matches ``filter`` (equality, all must match)."""
+
+    # -- documents: the same for every backend ------------------------------------------------------------
+
+    def replace_document(
+        self, document_id: str, chunks: list[StoredChunk], vectors: np.ndarray, metadata: dict[str, Any] | None = None
+    ) -> None:
+        """Make ``chunks`` and ``metadata`` the document's whole content: overwrite positions 0..n-1 (ids are
+        derived from position, so this never duplicates), drop positions >= n left from a longer older
+        version, then write the record. The record goes last: a write cut short leaves chunks that a filter
+        does not reach yet, never a record that promises chunks not written."""
+        self.upsert(chunks, vectors)
+        self.delete_chunks(document_id, from_position=len(chunks))
+        self.put_record(DocumentRecord(document_id, dict(metadata or {}), len(chunks)))
+
+    def delete_document(self, document_id: str) -> None:
+        """The chunks, then the record (the reverse of writing: a delete cut short leaves a record without
+        chunks, which reads as absent and which the next write or delete replaces)."""
+        self.delete_chunks(document_id, 0)
+        self.delete_record(document_id)
+
     def search(
         self,
         vector: np.ndarray,
@@ -60,17 +158,23 @@ class VectorStore(abc.ABC):
         filter: dict[str, Any] | None = None,
         score_threshold: float | None = None,
         exact: bool = False,
+        max_filter_documents: int = 10_000,
     ) -> list[StoredChunk]:
-        """Top-k chunks by cosine similarity; ``filter`` is metadata equality (all must match)."""
-
-    @abc.abstractmethod
-    def count(self) -> int: ...
-
-    @abc.abstractmethod
-    def close(self) -> None: ...
-
-    def replace_document(self, document_id: str, chunks: list[StoredChunk], vectors: np.ndarray) -> None:
-        """Make ``chunks`` the document's whole content: overwrite positions 0..n-1 (ids are derived from
-        position, so this never duplicates), then drop positions >= n left from a longer older version."""
-        self.upsert(chunks, vectors)
-        self.delete_chunks(document_id, from_position=len(chunks))
+        """Top-k chunks, each with its document's metadata. ``filter`` is metadata equality (all must match):
+        resolved against the records to at most ``max_filter_documents`` document ids (more: FilterTooBroad),
+        then the chunks of those documents are searched."""
+        ids = None
+        if filter:
+            ids = self.find_records(filter, max_filter_documents + 1)
+            if len(ids) > max_filter_documents:
+                raise FilterTooBroad(
+                    f"the filter matches more than {max_filter_documents} documents; narrow it with more keys",
+                    "filter")
+            if not ids:
+                return []
+        hits = self.search_chunks(vector, top_k, ids, score_threshold, exact)
+        records = self.get_records(sorted({h.document_id for h in hits})) if hits else {}
+        for h in hits:
+            record = records.get(h.document_id)
+            h.metadata = dict(record.metadata) if record else {}
+        return hits

@@ -27,11 +27,16 @@ async def agent_run(body: AgentRequest, request: Request, ctx: IngressContext = 
     s = ctx.settings.agent
     max_steps = bounded(body.max_steps, s.default_max_steps, s.max_steps, "max_steps")
     charge_tokens(request, max_steps * s.step_max_tokens, "max_steps")
+    ingress = ctx.settings.ingress
     # The agent enforces its own deadline; this one only guards against a lost replica.
-    budget = s.deadline_s + ctx.settings.ingress.health_timeout_s
-    head, gen = await open_call(ctx.agent.run, (body.task, max_steps), ctx.settings.ingress)
+    budget = s.deadline_s + ingress.health_timeout_s
+    head, gen = await open_call(ctx.agent.run, (body.task, max_steps), ingress)
     if body.stream:
-        return StreamingResponse(sse_events(_chain(head, gen, ctx.release)), media_type="text/event-stream")
+        # A step is one whole LLM call, which the agent bounds only by the run's deadline: a shorter idle
+        # deadline would cut healthy runs whose step is slow. Keep-alives hold the stream open meanwhile.
+        idle_s = max(ingress.stream_idle_timeout_s, budget)
+        lines = sse_events(_chain(head, gen, ctx.release), idle_s, ingress.stream_keepalive_s)
+        return StreamingResponse(lines, media_type="text/event-stream")
 
     async def collect() -> dict[str, Any]:
         try:

@@ -5,27 +5,20 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi import Path as PathParam
 
-from serve_app.errors import InvalidRequest, PayloadTooLarge
 from serve_app.ingress.context import IngressContext, context
 from serve_app.protocol.retrieval import IngestRequest, IngestResponse
+from serve_app.vector.limits import check_documents
 
 router = APIRouter()
 
 
 @router.post("/v1/documents", response_model=IngestResponse)
 async def ingest_documents(body: IngestRequest, ctx: IngressContext = Depends(context)):
-    s = ctx.settings.vector
-    if len(body.documents) > s.max_documents_per_request:
-        raise InvalidRequest(f"at most {s.max_documents_per_request} documents per request", "documents")
-    seen = set()
-    for i, d in enumerate(body.documents):
-        if len(d.text) > s.max_document_chars:
-            raise PayloadTooLarge(f"document {i} is longer than {s.max_document_chars} characters", f"documents.{i}.text")
-        if d.id in seen:
-            raise InvalidRequest(f"document id {d.id!r} appears twice", f"documents.{i}.id")
-        seen.add(d.id)
-    # Validated as a whole before any write: a bad document refuses the request, nothing half-written.
     docs = [d.model_dump() for d in body.documents]
+    # Validated as a whole before any write (document count, ids, text length, metadata bounds): a bad document
+    # refuses the request, nothing half-written. The write budget needs the chunk counts: the VectorStore
+    # deployment checks it after chunking, still before writing.
+    check_documents(docs, ctx.settings.vector)
     result = await ctx.vector_call("ingest", docs)
     return {"object": "ingest.result", "documents": result}
 

@@ -43,7 +43,9 @@ async def rag_answer(body: RagRequest, request: Request, ctx: IngressContext = D
         return await rag.open_stream(prep, max_tokens)
 
     events = await deadline(first(), s.timeout_s, "the RAG answer")
-    return StreamingResponse(sse_events(_tag(events, body.plan, ctx.release)), media_type="text/event-stream")
+    ingress = ctx.settings.ingress
+    lines = sse_events(_tag(events, body.plan, ctx.release), ingress.stream_idle_timeout_s, ingress.stream_keepalive_s)
+    return StreamingResponse(lines, media_type="text/event-stream")
 
 
 async def _tag(events: AsyncIterator[dict[str, Any]], plan: str, release: str) -> AsyncIterator[dict[str, Any]]:
