@@ -81,8 +81,10 @@ SESSION_CONFIG = "configs/multi-model.yaml"
 # (tests/release/test_runtime_adapters.py).
 # The fault-injection engine (tests/fakes/engine.py) is registered, so a release may select it while code
 # changes stay off (their default): the suite runs with the guard a production config has.
+# /healthz answers from background probes; the tests that watch an engine's running requests through it
+# (tests/integration/test_rag_agent.py) need them fresher than the production period.
 TEST_SETTINGS = {"releases": {"watch_s": 2, "engine_factories": ["tests.fakes.engine:turns_unhealthy"]},
-                 "lora": {"max_adapters": 1}}
+                 "lora": {"max_adapters": 1}, "ingress": {"health_period_s": 0.5}}
 
 
 def session_config(tmp_dir: Path) -> Path:

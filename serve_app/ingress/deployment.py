@@ -67,6 +67,12 @@ class Ingress:
         app.state.admin = self._admin
         app.state.admin_gate = self._admin.check_scope
         app.state.health = health_monitor(self.context, self._admin.digest is not None)
+        try:
+            # Serve builds the app on the replica's event loop: probing starts with the replica, so its first
+            # /healthz finds records. (Without a running loop, the first /healthz starts it.)
+            app.state.health.start()
+        except RuntimeError:
+            pass
         app.state.release = self.context.release
         return app
 

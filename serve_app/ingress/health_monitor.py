@@ -47,6 +47,9 @@ class HealthMonitor:
     def started(self) -> bool:
         return bool(self._tasks)
 
+    def first_round_done(self) -> bool:
+        return self._first_round.is_set()
+
     def start(self) -> None:
         """Start the loops on the running event loop (once)."""
         if not self._tasks:

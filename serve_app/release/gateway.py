@@ -51,6 +51,11 @@ class ServeGateway(abc.ABC):
         probe."""
 
 
+# The callers of ``probe`` and ``call`` bound them with their own deadline (a release's ready_timeout_s, at
+# most an hour); this is only the backstop every handle call has.
+CALLER_BOUND_S = 3600.0
+
+
 def _client():
     from ray.serve.context import _get_global_client
 
@@ -79,9 +84,9 @@ class RayServeGateway(ServeGateway):
 
         handle = serve.get_deployment_handle(deployment, app)
 
-        return call(handle, probe_method(deployment))
+        return call(handle, probe_method(deployment), timeout_s=CALLER_BOUND_S)
 
     def call(self, app: str, deployment: str, method: str, *args) -> Awaitable[Any]:
         from ray import serve
 
-        return call(serve.get_deployment_handle(deployment, app), method, *args)
+        return call(serve.get_deployment_handle(deployment, app), method, *args, timeout_s=CALLER_BOUND_S)

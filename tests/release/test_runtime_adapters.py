@@ -10,9 +10,11 @@ fixed seed: the same adapter the benchmark made)."""
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import openai
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -45,6 +47,17 @@ def _engines(http) -> dict:
             if name == "llm" or name.startswith("llm:")}
 
 
+def _llm_adapters(http, expected: dict, timeout_s: float = 15) -> dict:
+    """The first model's adapters as /healthz shows them, once they are ``expected`` (polled: /healthz answers
+    from its background probe, taken every ingress.health_period_s)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        adapters = http.get("/healthz").json()["components"]["llm"]["adapters"]
+        if all(adapters.get(k) == v for k, v in expected.items()) or time.monotonic() > deadline:
+            return adapters
+        time.sleep(0.2)
+
+
 def _chat(client, model: str) -> str:
     r = client.chat.completions.create(model=model, messages=PROMPT, max_tokens=MAX_TOKENS, temperature=0)
     return r.choices[0].message.content
@@ -71,7 +84,7 @@ def test_an_adapter_is_loaded_used_unloaded_and_rolled_back_without_an_engine_re
     answer = _chat(client, ADAPTER)
     assert answer != base
     assert answer == REFERENCE["adapter_answer"]  # what bare `vllm serve --lora-modules` answered
-    assert ADAPTER in http.get("/healthz").json()["components"]["llm"]["adapters"]["held"]
+    assert ADAPTER in _llm_adapters(http, {"held": [ADAPTER]})["held"]
     # One adapter is allowed (max_adapters 1): a second one is refused, nothing is loaded.
     r = admin.post("/admin/adapters", json={"name": "second", "path": ADAPTER})
     assert r.status_code == 400 and "more than max_adapters" in r.json()["error"]["message"], r.text
@@ -141,4 +154,4 @@ def test_bad_adapter_loads_are_refused_with_a_4xx_and_change_nothing(http, admin
     with pytest.raises(openai.NotFoundError):
         _chat(client, "nope")
     assert admin.releases() == releases  # nothing recorded
-    assert http.get("/healthz").json()["components"]["llm"]["adapters"] == {"configured": 0, "held": []}
+    assert _llm_adapters(http, {"configured": 0, "held": []}) == {"configured": 0, "held": []}

@@ -18,9 +18,10 @@ from serve_app.ingress.health_monitor import HealthMonitor, public
 router = APIRouter()
 
 
-# A replica's first /healthz waits this long for the first probes (its monitor starts then): within the 1 s a
-# readiness probe allows, and long enough for components that answer at once to be reported on the first call.
-FIRST_ROUND_S = 0.8
+# A /healthz that finds the monitor not started (no event loop when the app was built) starts it and waits
+# this long for the first probes: well within the 1 s a readiness probe allows; components that answer at
+# once are reported on that first call, the others as not probed yet (503) until they answer.
+FIRST_ROUND_S = 0.3
 
 
 def health_monitor(ctx: IngressContext, admin_on: bool) -> HealthMonitor:
@@ -73,7 +74,7 @@ def _full_view(request: Request) -> bool:
 async def healthz(request: Request, ctx: IngressContext = Depends(context)):
     """Readiness: every component's last probe (``age_s`` old), 503 when one is down. Answers from memory."""
     monitor: HealthMonitor = request.app.state.health
-    if not monitor.started():
+    if not monitor.first_round_done():
         await monitor.first_round(FIRST_ROUND_S)
     components = monitor.snapshot()
     healthy = all(c["status"] == "ok" for c in components.values())
