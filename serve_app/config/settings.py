@@ -139,7 +139,7 @@ class VectorSettings(_Strict):
         "JSON, in UTF-8 bytes (400 above). Stored once per document, in its record, not in its chunks."
     )
     max_ingest_chunks_per_request: int = Field(
-        1024, ge=1, le=1_000_000, description="Write budget of one ingest call: the chunks its documents are cut "
+        768, ge=1, le=1_000_000, description="Write budget of one ingest call: the chunks its documents are cut "
         "into, all together (each one embedded and stored as a point). Over it the call gets 413 before anything "
         "is embedded or written. The default embeds within vector.timeout_s at the ~40 chunks/s measured on 2 CPU "
         "cores (benchmarks/results/retrieval.json); raise both together."

@@ -37,6 +37,8 @@ logger = logging.getLogger("ray.serve")
 
 # Texts per forward pass of the embedder: the fastest of the pass sizes measured on 2 cores (benchmarks/).
 _PASS = 128
+# Texts per embedder call of an ingest: how long a search's query may wait behind an ingest (one slice).
+_INGEST_SLICE = 16
 
 
 def make_store(s: VectorSettings, dim: int) -> VectorStore:
@@ -136,7 +138,7 @@ class VectorStoreServer:
             per_doc = await asyncio.to_thread(self._chunk, documents)
         check_write_budget([len(chunks) for chunks in per_doc], self.s)
         texts = [c.text for chunks in per_doc for c in chunks]
-        vectors = await call(self.embedder, "embed", texts) if texts else np.zeros((0, self.dim), np.float32)
+        vectors = await self._embed_in_slices(texts)
         out, i = [], 0
         for d, chunks in zip(documents, per_doc):
             stored = [StoredChunk(c.id, c.document_id, c.position, c.text) for c in chunks]
@@ -148,6 +150,16 @@ class VectorStoreServer:
         self._unindexed += len(texts)
         self._maybe_index()
         return out
+
+    async def _embed_in_slices(self, texts: list[str]) -> np.ndarray:
+        # One embedder call per slice, one after another: the embedder runs one batch at a time, and a whole
+        # large document sent as one call held every search's query embedding behind it until the end.
+        # Between slices, queries get their turn.
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        parts = [await call(self.embedder, "embed", texts[i : i + _INGEST_SLICE])
+                 for i in range(0, len(texts), _INGEST_SLICE)]
+        return np.concatenate(parts)
 
     def _chunk(self, documents: list[dict[str, Any]]) -> list[list[Chunk]]:
         # Chunks carry no metadata: it is stored once, in the document's record.

@@ -38,7 +38,7 @@ def test_too_many_metadata_keys_are_refused(http):
 
 
 def test_ingest_over_the_write_budget_writes_nothing(http):
-    # Every '.' is a token of its own: 900 000 tokens are thousands of chunks, over the default 1024.
+    # Every '.' is a token of its own: 900 000 tokens are thousands of chunks, over the default 768.
     docs = [{"id": f"bw-{RUN}-small", "text": "A small note on tides."},
             {"id": f"bw-{RUN}-huge", "text": "." * 900_000}]
     err = _error(http.post("/v1/documents", json={"documents": docs}), 413)

@@ -37,7 +37,7 @@ def _refused(fn, *args):
 def test_defaults_are_sane():
     s = VectorSettings()
     assert (s.max_metadata_keys, s.max_metadata_value_chars, s.max_metadata_bytes) == (32, 1024, 8 * 1024)
-    assert s.max_filter_documents == 10_000 and s.max_ingest_chunks_per_request == 1024
+    assert s.max_filter_documents == 10_000 and s.max_ingest_chunks_per_request == 768
 
 
 def test_metadata_bounds_name_the_field():
