@@ -10,37 +10,17 @@ from serve_app.config.settings import AppSettings
 from serve_app.ingress.context import IngressContext
 from serve_app.ingress.fastapi_app import create_app
 from serve_app.ingress.limits import RateLimiter
+from tests.fakes.handles import Method
 
 pytestmark = pytest.mark.unit
-
-
-class _Response:
-    def __init__(self, value):
-        self.value = value
-
-    def __await__(self):
-        async def value():
-            return self.value
-
-        return value().__await__()
-
-    def cancel(self):
-        pass
 
 
 class _VectorStore:
     """What the Ingress calls on the VectorStore deployment's handle."""
 
-    class _Method:
-        def __init__(self, fn):
-            self.fn = fn
-
-        def remote(self, *args):
-            return _Response(self.fn(*args))
-
     def __init__(self):
-        self.search = self._Method(lambda q, k, f, t: [{"document_id": "d1", "chunk_id": "d1:0", "text": q,
-                                                         "score": 0.5, "metadata": {}}])
+        self.search = Method(lambda q, k, f, t: [{"document_id": "d1", "chunk_id": "d1:0", "text": q,
+                                                  "score": 0.5, "metadata": {}}])
 
 
 def _client(llm=None, vector=None) -> TestClient:

@@ -18,6 +18,7 @@ from serve_app.ingress.fastapi_app import create_app
 from serve_app.ingress.limits import RateLimiter
 from serve_app.vector.documents import rejoin
 from serve_app.vector.limits import check_documents, check_filter, check_metadata, check_write_budget, metadata_bytes
+from tests.fakes.handles import Method, Response
 
 pytestmark = pytest.mark.unit
 
@@ -85,35 +86,14 @@ def test_write_budget():
 # ------------------------------------------------------------------------------------------- the routes
 
 
-class _Response:
-    def __init__(self, value):
-        self.value = value
-
-    def __await__(self):
-        async def value():
-            return self.value
-
-        return value().__await__()
-
-    def cancel(self):
-        pass
-
-
 class _VectorStore:
     """The VectorStore deployment's handle; records what reached it."""
 
-    class _Method:
-        def __init__(self, fn):
-            self.fn = fn
-
-        def remote(self, *args):
-            return _Response(self.fn(*args))
-
     def __init__(self):
         self.calls = []
-        self.ingest = self._Method(lambda docs: self.calls.append(("ingest", docs)) or
-                                   [{"id": d["id"], "chunks": 1} for d in docs])
-        self.search = self._Method(lambda *a: self.calls.append(("search", a)) or [])
+        self.ingest = Method(lambda docs: self.calls.append(("ingest", docs)) or
+                             [{"id": d["id"], "chunks": 1} for d in docs])
+        self.search = Method(lambda *a: self.calls.append(("search", a)) or [])
 
 
 def _client(vector, **limits) -> TestClient:
@@ -195,7 +175,7 @@ class _Embedder:
                 outer.texts += len(texts)
                 rng = np.random.default_rng(len(texts))
                 v = rng.normal(size=(len(texts), outer.dim)).astype(np.float32)
-                return _Response(v / np.linalg.norm(v, axis=1, keepdims=True))
+                return Response(v / np.linalg.norm(v, axis=1, keepdims=True))
 
         return _M()
 
