@@ -44,9 +44,6 @@ class HealthMonitor:
         """The oldest a record may be while its loop works: a period, the probe's deadline, and a second."""
         return self.period_s + self.timeout_s + 1.0
 
-    def started(self) -> bool:
-        return bool(self._tasks)
-
     def first_round_done(self) -> bool:
         return self._first_round.is_set()
 
