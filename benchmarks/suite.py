@@ -12,8 +12,8 @@ Scenarios, in the order they run (default: all of them):
                accounted by role (engine, model front end, ingress, HTTP forwarding, controllers, Ray daemons,
                load client), how busy each core was and how often the engine was preempted
   retrieval    embeddings, ingest and search through the app vs the same work in-process
-  rag_agent    whole RAG answers (parallel plan vs the same steps one after the other) and agent answers,
-               over a concurrency sweep
+  rag_agent    whole RAG answers vs the plain search-then-chat pipeline a user writes (benchmarks/rag.py),
+               /v1/search vs the same search in-process, and agent answers over a concurrency sweep
   overhead     where the ingress spends its CPU on the chat path at 8 clients (py-spy samples grouped into
                HTTP parsing, validation, middleware, the handle call, the streaming relay)
   autoscaling  a step in agent load against a low ongoing-requests target: time until the added replica
@@ -154,33 +154,77 @@ def retrieval(ctx: Context) -> dict:
 
 
 def rag_agent(ctx: Context) -> dict:
-    from benchmarks.rag_agent import TASKS, agent_bench, ingest, plot, rag_bench
+    from benchmarks.rag import load_corpus, search_speed, side_by_side
+    from benchmarks.rag_agent import TASKS, agent_bench, ingest
 
     app = ctx.app()
     url = app["url"]
-    docs = ingest(url, 50 if ctx.quick else 200)
-    rag, agent = [], []
+    # RAG first, on the RAG corpus alone: the in-process search of search_speed holds just these chunks, so
+    # the app's store must hold the same ones when the two are compared.
+    corpus = load_corpus()
+    httpx.post(f"{url}/v1/documents", json={"documents": corpus["documents"]}, timeout=600).raise_for_status()
+    rounds = 1 if ctx.quick else 3
+    rag = []
     for c in [1, 4]:
-        r = asyncio.run(rag_bench(url, 6 if ctx.quick else 12, c))
+        r = asyncio.run(side_by_side(url, corpus["questions"], rounds, 4, 128, c, [None]))
         rag.append(r)
-        ctx.note(f"rag c={c}: parallel/sequential e2e {r['e2e_ratio_parallel_over_sequential']:.2f}")
+        plain, ours = r["arms"]["plain"], r["arms"]["rag_default"]
+        ctx.note(f"rag c={c}: rag/plain TTFT p50 {ratio(ours['ttft_p50_ms'], plain['ttft_p50_ms'])}, "
+                 f"e2e p50 {ratio(ours['e2e_p50_ms'], plain['e2e_p50_ms'])}")
+    search = search_speed(url, corpus, corpus["questions"], 3 if ctx.quick else 10, 4)
+    ctx.note(f"search p50 app/in-process {ratio(search['app_p50_ms'], search['inprocess_p50_ms'])}")
+    docs = ingest(url, 50 if ctx.quick else 200)
+    agent = []
     httpx.post(f"{url}/v1/agent", json={"task": TASKS[0], "max_steps": 1}, timeout=600)  # warm the grammar cache
     for c, n in ([(1, 4), (4, 8)] if ctx.quick else [(1, 6), (4, 12), (16, 32)]):
         a = asyncio.run(agent_bench(url, n, c))
         agent.append(a)
         ctx.note(f"agent c={c}: {a['answers_per_s']:.2f} answers/s, p50 {a['latency_p50_ms']:.0f} ms")
-    plot({"model": app["model"], "rag": rag, "agent": agent}, ctx.out / "rag_agent.png")
-    rows = [{"kind": "rag", "plan": plan, "concurrency": r["concurrency"], **r[plan]} for r in rag
-            for plan in ("parallel", "sequential")]
+    _plot_rag_agent(app["model"], rag, agent, ctx.out / "rag_agent.png")
+    rows = [{"kind": "rag", "arm": name, "concurrency": r["concurrency"], **arm} for r in rag
+            for name, arm in r["arms"].items()]
+    rows += [{"kind": "search", **search}]
     rows += [{"kind": "agent", **{k: v for k, v in a.items() if k != "finish_reasons"}} for a in agent]
-    ratios = [{"concurrency": r["concurrency"], "rag_e2e_p50_parallel_over_sequential": round(r["e2e_ratio_parallel_over_sequential"], 3),
-               "rag_ttft_p50_parallel_over_sequential": round(r["ttft_ratio_parallel_over_sequential"], 3),
-               "failed": r["parallel"]["failed"] + r["sequential"]["failed"]} for r in rag]
+    ratios = []
+    for r in rag:
+        plain, ours = r["arms"]["plain"], r["arms"]["rag_default"]
+        ratios.append({"concurrency": r["concurrency"],
+                       "rag_ttft_p50_over_plain": ratio(ours["ttft_p50_ms"], plain["ttft_p50_ms"]),
+                       "rag_e2e_p50_over_plain": ratio(ours["e2e_p50_ms"], plain["e2e_p50_ms"]),
+                       "rag_degraded": ours["degraded"], "failed": ours["failed"] + plain["failed"]})
+    ratios.append({"search_p50_app_over_inprocess": ratio(search["app_p50_ms"], search["inprocess_p50_ms"]),
+                   "search_p90_app_over_inprocess": ratio(search["app_p90_ms"], search["inprocess_p90_ms"])})
     ratios += [{"concurrency": a["concurrency"], "agent_answers_per_s": round(a["answers_per_s"], 3),
                 "agent_p50_ms": round(a["latency_p50_ms"] or 0), "agent_p99_ms": round(a["latency_p99_ms"] or 0),
                 "failed": a["failed"]} for a in agent]
-    return {"title": "RAG (parallel vs sequential plan) and agent answers", "rows": rows, "ratios": ratios,
-            "settings": {"documents": docs}}
+    return {"title": "RAG (vs the plain search-then-chat pipeline) and agent answers", "rows": rows,
+            "ratios": ratios, "settings": {"rag_documents": len(corpus["documents"]),
+                                           "rag_questions": len(corpus["questions"]), "rounds": rounds,
+                                           "top_k": 4, "max_tokens": 128, "agent_documents": docs}}
+
+
+def _plot_rag_agent(model: str, rag: list[dict], agent: list[dict], path: Path) -> None:
+    from benchmarks.rag_agent import plot_agent
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    labels, plain, ours = [], [], []
+    for r in rag:
+        for metric in ("ttft_p50_ms", "e2e_p50_ms"):
+            labels.append(f"{metric.replace('_p50_ms', '')}\nc={r['concurrency']}")
+            plain.append(r["arms"]["plain"][metric] or 0)
+            ours.append(r["arms"]["rag_default"][metric] or 0)
+    x = list(range(len(labels)))
+    axes[0].bar([i - 0.2 for i in x], plain, 0.4, label="/v1/search then chat")
+    axes[0].bar([i + 0.2 for i in x], ours, 0.4, label="/v1/rag")
+    axes[0].set_xticks(x, labels, fontsize=8)
+    axes[0].set_ylabel("p50 ms")
+    axes[0].set_title("RAG vs the plain search-then-chat pipeline")
+    axes[0].legend()
+    plot_agent(axes[1:], agent)
+    fig.suptitle(f"serve_app RAG + agent, {model}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 # ------------------------------------------------------------------------------------------------ report

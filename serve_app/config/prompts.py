@@ -18,12 +18,9 @@ _DEFAULTS = Path(__file__).with_name("prompts") / "default.yaml"
 
 # template field -> the placeholders it may (and, for the starred ones, must) use.
 PLACEHOLDERS: dict[str, tuple[set[str], set[str]]] = {
-    "rag_draft_system": (set(), set()),
-    "rag_draft_user": ({"question"}, {"question"}),
     "rag_answer_system": (set(), set()),
-    "rag_answer_user": ({"sources", "draft", "question"}, {"sources", "question"}),
+    "rag_answer_user": ({"sources", "question"}, {"sources", "question"}),
     "rag_source": ({"n", "text", "document_id"}, {"n", "text"}),
-    "rag_draft": ({"draft"}, {"draft"}),
     "rag_no_sources": (set(), set()),
     "agent_system": ({"tools"}, {"tools"}),
     "agent_tool": ({"name", "description"}, {"name"}),
@@ -51,12 +48,9 @@ class PromptSettings(BaseModel):
         max_length=64,
         description="Version of this prompt set, reported in RAG and agent responses. Change it with any template.",
     )
-    rag_draft_system: str = _field("rag_draft_system")
-    rag_draft_user: str = _field("rag_draft_user")
     rag_answer_system: str = _field("rag_answer_system")
     rag_answer_user: str = _field("rag_answer_user")
     rag_source: str = _field("rag_source")
-    rag_draft: str = _field("rag_draft")
     rag_no_sources: str = _field("rag_no_sources")
     agent_system: str = _field("agent_system")
     agent_tool: str = _field("agent_tool")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -150,6 +150,13 @@ class VectorSettings(_Strict):
         "filter gets 400 asking for a narrower one."
     )
     max_top_k: int = Field(100, ge=1, le=10_000, description="Largest top_k a search may ask for.")
+    search_mode: Literal["dense", "keyword", "hybrid"] = Field(
+        "hybrid", description="Search of a request that names no `mode` (/v1/search, RAG, the agent's tool): "
+        "`dense` (the embedder), `keyword` (BM25) or `hybrid` (both in one Qdrant query, fused by reciprocal "
+        "rank). Default chosen by the retrieval-quality figures (benchmarks/README.md, quality).")
+    hybrid_candidates: int = Field(
+        40, ge=1, le=10_000, description="Hybrid search: chunks each of the dense and keyword prefetches brings "
+        "to the fusion (at least top_k).")
     max_embedding_inputs: int = Field(2048, ge=1, description="Most inputs in one /v1/embeddings call.")
     timeout_s: float = Field(30.0, gt=0, description="Deadline for one vector-tier call from the ingress.")
 
@@ -168,19 +175,13 @@ class VectorSettings(_Strict):
 
 
 class RagSettings(_Strict):
-    """POST /v1/rag: a draft from the LLM and the search run in parallel, then the cited answer."""
+    """POST /v1/rag: the question searched inside the app, then the cited answer streamed from the sources."""
 
     enabled: bool = Field(True, description="Serve /v1/rag (needs the model and the vector tier).")
-    model: str | None = Field(None, description="Served name of the model that drafts and answers (default: the "
-                              "first model).")
+    model: str | None = Field(None, description="Served name of the model that answers (default: the first "
+                              "model).")
     default_top_k: int = Field(4, ge=1, le=100, description="Sources retrieved when the request names no top_k.")
     max_top_k: int = Field(10, ge=1, le=100, description="Largest top_k a RAG request may ask for.")
-    draft: bool = Field(
-        True,
-        description="Draft an answer with the LLM while the question is searched, and merge the draft into the "
-        "final prompt. Off: the parallel stage is the search alone.",
-    )
-    draft_max_tokens: int = Field(48, ge=1, le=1024, description="Length bound of the draft.")
     answer_max_tokens: int = Field(256, ge=1, le=8192, description="Default and largest max_tokens of the answer.")
     max_context_chars: int = Field(
         3000, ge=100, le=200_000, description="Sources are cut to this many characters in total (context budget)."
@@ -190,7 +191,21 @@ class RagSettings(_Strict):
         "(`degraded: true`)."
     )
     timeout_s: float = Field(120.0, gt=0, description="Deadline of a whole RAG answer (or of its first event).")
-    temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature of the draft and the answer.")
+    temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature of the answer.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data: Any) -> Any:
+        # The draft (an LLM answer written while the search ran, merged into the prompt) put a whole generation
+        # before the first token and was not shown to improve answers: removed. `draft: false` stays accepted so
+        # configs that turned it off still load.
+        if isinstance(data, dict) and ("draft" in data or "draft_max_tokens" in data):
+            data = dict(data)
+            if data.pop("draft", False):
+                raise ValueError("rag.draft was removed (it delayed the first answer token by a whole generation); "
+                                 "delete the key")
+            data.pop("draft_max_tokens", None)
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> "RagSettings":

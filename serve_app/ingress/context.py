@@ -191,10 +191,12 @@ class IngressContext:
         except UpstreamTimeout:  # named for the client as the tier, not as the method
             raise UpstreamTimeout(f"the vector tier did not answer within {timeout_s:g}s") from None
 
-    async def search(self, query: str, top_k: int, filter_: dict[str, Any] | None) -> list[dict[str, Any]]:
+    async def search(self, query: str, top_k: int, filter_: dict[str, Any] | None,
+                     mode: str | None = None) -> list[dict[str, Any]]:
         # RAG bounds its search by rag.retrieval_timeout_s (and answers without sources past it); this is the
         # call's own bound.
-        return await call(self.vector, "search", query, top_k, filter_, None, timeout_s=self.settings.vector.timeout_s)
+        return await call(self.vector, "search", query, top_k, filter_, None, mode,
+                          timeout_s=self.settings.vector.timeout_s)
 
 
 def context(request: Request) -> IngressContext:

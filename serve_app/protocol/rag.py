@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
 
-from serve_app.protocol.retrieval import MetaKey, MetaValue
+from serve_app.protocol.retrieval import MetaKey, MetaValue, SearchMode
 
 
 class _Request(BaseModel):
@@ -26,11 +26,8 @@ class RagRequest(_Request):
     filter: dict[MetaKey, MetaValue] | None = Field(None, description="Metadata equality filter on the sources.")
     stream: StrictBool = Field(False, description="Server-sent events: sources, then tokens, then timings.")
     max_tokens: int | None = Field(None, description="Answer length bound (1..rag.answer_max_tokens).")
-    plan: Literal["parallel", "sequential"] = Field(
-        "parallel",
-        description="'parallel' (default): the draft and the search run at the same time. 'sequential' runs "
-        "the same steps one after the other; it exists to measure what the parallel plan saves.",
-    )
+    mode: SearchMode | None = Field(None, description="How sources are searched: 'dense', 'keyword' or 'hybrid' "
+                                    "(default: vector.search_mode).")
 
     _q = field_validator("question")(_not_blank)
 
@@ -38,7 +35,8 @@ class RagRequest(_Request):
 class RagSource(BaseModel):
     index: int = Field(..., description="The number the answer cites it by, as in [1].")
     document_id: str
-    chunk_id: str
+    chunk_id: str = Field(..., description="The source's best-scoring chunk.")
+    chunk_ids: list[str] = Field(..., description="Its chunks: consecutive chunks of one document are one source.")
     score: float
     cited: bool = Field(..., description="Whether the answer cites this source.")
     cited_by: Literal["marker", "overlap"] | None = Field(
@@ -47,10 +45,8 @@ class RagSource(BaseModel):
 
 
 class RagTimings(BaseModel):
-    retrieval_ms: float | None = Field(..., description="The search branch (None when it was dropped).")
-    draft_ms: float | None = Field(..., description="The draft branch (None when drafting is off).")
-    parallel_ms: float = Field(..., description="The whole retrieval + draft stage.")
-    llm_ms: float = Field(..., description="LLM time: draft + answer generation.")
+    retrieval_ms: float | None = Field(..., description="The search (None when it was dropped).")
+    llm_ms: float = Field(..., description="The answer's generation.")
     ttft_ms: float | None = Field(None, description="Time to the first answer token (streaming).")
     total_ms: float
 
@@ -62,7 +58,7 @@ class RagResponse(BaseModel):
     timings: RagTimings
     degraded: bool = Field(..., description="True when the answer was given without retrieval.")
     degraded_reason: str | None = None
-    plan: str
+    mode: str | None = Field(..., description="The search mode the request named (None: vector.search_mode).")
     prompts_version: str
     release: str
 

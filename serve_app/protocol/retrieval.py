@@ -49,13 +49,19 @@ class IngestResponse(BaseModel):
     documents: list[IngestedDocument]
 
 
+SearchMode = Literal["dense", "keyword", "hybrid"]
+
+
 class SearchRequest(_Model):
     query: StrictStr = Field(..., min_length=1)
     top_k: int = Field(5, description="How many chunks to return (1..vector.max_top_k).")
     filter: dict[MetaKey, MetaValue] | None = Field(
         None, description="Metadata equality; every key must match. Bounded like a document's metadata, and may "
         "match at most vector.max_filter_documents documents.")
-    score_threshold: float | None = Field(None, ge=-1.0, le=1.0, description="Drop hits scoring lower (cosine).")
+    score_threshold: float | None = Field(None, ge=-1.0, le=1.0, description="Drop hits scoring lower (cosine; "
+                                          "dense mode only).")
+    mode: SearchMode | None = Field(None, description="'dense' (the embedder), 'keyword' (BM25) or 'hybrid' (both, "
+                                    "fused by reciprocal rank); default: vector.search_mode.")
 
     @field_validator("query")
     @classmethod
@@ -68,8 +74,9 @@ class SearchRequest(_Model):
 class SearchHit(BaseModel):
     document_id: str
     chunk_id: str
+    position: int = Field(..., description="The chunk's position in its document (0 first).")
     text: str
-    score: float
+    score: float = Field(..., description="Cosine similarity (dense), BM25 (keyword) or the fused rank score (hybrid).")
     metadata: dict[str, Any]
 
 

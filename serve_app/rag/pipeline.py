@@ -1,11 +1,13 @@
-"""RAG: the parallel plan, prompt assembly and citations. Pure asyncio over two injected callables (an LLM
-client and a search function), so the plan is the same whichever deployment runs it.
+"""RAG: retrieval, prompt assembly and citations. Pure asyncio over two injected callables (an LLM client and a
+search function), so the plan is the same whichever deployment runs it.
 
-Plan (the system's sequence diagram): the raw question is searched while the LLM drafts a short answer
-from its own knowledge; both are merged into the final prompt (numbered sources + the draft, which the
-model is told to correct from the sources); the answer cites sources by number. The search branch has its
-own deadline: past it, or when the vector tier fails, the answer is given without sources and marked
-``degraded``. A ``sequential`` plan runs the same steps one after the other (for measurement only).
+Plan: the question is searched inside the app (one call to the vector tier, which embeds it in-process and runs
+dense and keyword retrieval as one Qdrant query), then the answer is streamed from a prompt whose stable part
+(system prompt, the start of the user turn) comes first, so vLLM's prefix cache holds it across requests. No
+client round trip sits between the search and the generation, and sources are merged per document: chunks of
+one document that follow each other are one source, their shared overlap written once (fewer prompt tokens: a
+faster prefill and decode). The search has its own deadline: past it, or when the vector tier fails, the answer
+is given without sources and marked ``degraded``.
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ from typing import Any
 
 from serve_app.config.prompts import PromptSettings
 from serve_app.config.settings import RagSettings
-from serve_app.errors import AppError, InvalidRequest
+from serve_app.errors import AppError, Conflict, InvalidRequest
 from serve_app.llm.client import LLMClient
 from serve_app.observability.tracing import span
+from serve_app.vector.documents import rejoin
 
 logger = logging.getLogger("ray.serve")
 
-Search = Callable[[str, int, dict[str, Any] | None], Awaitable[list[dict[str, Any]]]]
+# (question, top_k, filter, mode) -> hits as /v1/search returns them (with each chunk's position).
+Search = Callable[[str, int, dict[str, Any] | None, str | None], Awaitable[list[dict[str, Any]]]]
 _CITATION = re.compile(r"\[(\d{1,3})\]")
 _WORD = re.compile(r"[^\W_]{4,}")
 _OVERLAP = 3
@@ -42,14 +46,14 @@ def _ms(start: float) -> float:
 
 @dataclass
 class Prepared:
-    """Outcome of the parallel stage: what the final prompt is built from."""
+    """Outcome of retrieval: what the prompt is built from."""
 
     question: str
-    hits: list[dict[str, Any]]
-    draft: str | None
+    hits: list[dict[str, Any]]  # sources: merged hits, best first
     degraded_reason: str | None
     timings: dict[str, Any]
     started: float
+    mode: str | None = None
     messages: list[dict[str, str]] = field(default_factory=list)
 
 
@@ -57,80 +61,53 @@ class RagPipeline:
     def __init__(self, llm: LLMClient, search: Search | None, settings: RagSettings, prompts: PromptSettings):
         self.llm, self.search, self.s, self.p = llm, search, settings, prompts
 
-    # -- the parallel stage ---------------------------------------------------------------------------
+    # -- retrieval ----------------------------------------------------------------------------------
 
-    async def _retrieve(self, question: str, top_k: int, filter_: dict | None) -> tuple[list, str | None, float | None]:
-        with span("rag.retrieval", top_k=top_k) as s:
-            hits, reason, ms = await self._search_hits(question, top_k, filter_)
+    async def _retrieve(self, question: str, top_k: int, filter_: dict | None,
+                        mode: str | None) -> tuple[list, str | None, float | None]:
+        with span("rag.retrieval", top_k=top_k, mode=mode or "default") as s:
+            hits, reason, ms = await self._search_hits(question, top_k, filter_, mode)
             s.set_attribute("hits", len(hits))
             if reason is not None:
                 s.set_attribute("degraded_reason", reason)
             return hits, reason, ms
 
-    async def _search_hits(self, question: str, top_k: int, filter_: dict | None) -> tuple[list, str | None, float | None]:
+    async def _search_hits(self, question: str, top_k: int, filter_: dict | None,
+                           mode: str | None) -> tuple[list, str | None, float | None]:
         if self.search is None:
             return [], "the retrieval tier is disabled", None
         start = time.perf_counter()
         try:
-            hits = await asyncio.wait_for(self.search(question, top_k, filter_), self.s.retrieval_timeout_s)
+            hits = await asyncio.wait_for(self.search(question, top_k, filter_, mode), self.s.retrieval_timeout_s)
             return hits, None, _ms(start)
         except asyncio.TimeoutError:
             reason = f"document search did not answer within {self.s.retrieval_timeout_s:g}s"
-        except InvalidRequest:
-            raise  # the request's own fault (e.g. its filter): an error, not a degradation
+        except (InvalidRequest, Conflict):
+            # The request's own fault (its filter, a stop-words-only keyword query, a keyword search of a collection
+            # without its keyword index): an error, not a degradation.
+            raise
         except Exception as exc:  # noqa: BLE001 - any other failure of the vector tier degrades the answer
             reason = f"document search failed: {exc if isinstance(exc, AppError) else type(exc).__name__}"
         logger.warning("RAG answers without retrieval: %s", reason)
         return [], reason, None
 
-    async def _draft(self, question: str) -> tuple[str | None, float | None]:
-        if not self.s.draft:
-            return None, None
-        with span("rag.draft", max_tokens=self.s.draft_max_tokens):
-            return await self._draft_text(question)
-
-    async def _draft_text(self, question: str) -> tuple[str | None, float | None]:
-        start = time.perf_counter()
-        messages = [
-            {"role": "system", "content": self.p.rag_draft_system},
-            {"role": "user", "content": self.p.rag_draft_user.format(question=question)},
-        ]
-        text = await self.llm.complete(messages, self.s.draft_max_tokens, self.s.temperature)
-        return text.strip(), _ms(start)
-
-    async def prepare(self, question: str, top_k: int, filter_: dict | None, plan: str = "parallel") -> Prepared:
-        # Both branches run as tasks created inside this span, so theirs are its children.
-        with span("rag.prepare", plan=plan):
-            return await self._prepare(question, top_k, filter_, plan)
-
-    async def _prepare(self, question: str, top_k: int, filter_: dict | None, plan: str) -> Prepared:
-        started = time.perf_counter()
-        if plan == "parallel":
-            retrieval = asyncio.ensure_future(self._retrieve(question, top_k, filter_))
-            draft = asyncio.ensure_future(self._draft(question))
-            try:
-                (hits, reason, retrieval_ms), (text, draft_ms) = await asyncio.gather(retrieval, draft)
-            finally:
-                # One branch failed (or the caller was cancelled): the other one's work is dropped.
-                retrieval.cancel()
-                draft.cancel()
-        else:
-            hits, reason, retrieval_ms = await self._retrieve(question, top_k, filter_)
-            text, draft_ms = await self._draft(question)
-        timings = {"retrieval_ms": retrieval_ms, "draft_ms": draft_ms, "parallel_ms": _ms(started)}
-        prepared = Prepared(question, self._budget(hits), text, reason, timings, started)
-        prepared.messages = self._messages(prepared)
-        return prepared
+    async def prepare(self, question: str, top_k: int, filter_: dict | None, mode: str | None = None) -> Prepared:
+        with span("rag.prepare", mode=mode or "default"):
+            started = time.perf_counter()
+            hits, reason, retrieval_ms = await self._retrieve(question, top_k, filter_, mode)
+            prepared = Prepared(question, self._budget(merge_hits(hits)), reason, {"retrieval_ms": retrieval_ms},
+                                started, mode)
+            prepared.messages = self._messages(prepared)
+            return prepared
 
     # -- merging ------------------------------------------------------------------------------------
 
-    def _budget(self, hits: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Best hits first, each chunk once, cut to the context budget."""
-        out, seen, left = [], set(), self.s.max_context_chars
-        for h in hits:
-            if h["chunk_id"] in seen or left <= 0:
-                continue
-            seen.add(h["chunk_id"])
+    def _budget(self, sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Best sources first, cut to the context budget."""
+        out, left = [], self.s.max_context_chars
+        for h in sources:
+            if left <= 0:
+                break
             text = h["text"][:left]
             left -= len(text)
             out.append({**h, "text": text})
@@ -144,11 +121,9 @@ class RagPipeline:
             )
         else:
             sources = self.p.rag_no_sources
-        # Without sources the draft adds nothing the answer will not say itself: leave it out.
-        draft = self.p.rag_draft.format(draft=prep.draft) if prep.draft and prep.hits else ""
         return [
             {"role": "system", "content": self.p.rag_answer_system},
-            {"role": "user", "content": self.p.rag_answer_user.format(sources=sources, draft=draft, question=prep.question)},
+            {"role": "user", "content": self.p.rag_answer_user.format(sources=sources, question=prep.question)},
         ]
 
     def sources(self, prep: Prepared, answer: str) -> list[dict[str, Any]]:
@@ -165,8 +140,8 @@ class RagPipeline:
                 by = "overlap"
             else:
                 by = None
-            out.append({"index": i, "document_id": h["document_id"], "chunk_id": h["chunk_id"], "score": h["score"],
-                        "cited": by is not None, "cited_by": by})
+            out.append({"index": i, "document_id": h["document_id"], "chunk_id": h["chunk_id"],
+                        "chunk_ids": h["chunk_ids"], "score": h["score"], "cited": by is not None, "cited_by": by})
         return out
 
     def finish(self, prep: Prepared, answer: str, answer_ms: float, ttft_ms: float | None) -> dict[str, Any]:
@@ -174,15 +149,11 @@ class RagPipeline:
         return {
             "answer": answer,
             "sources": self.sources(prep, answer),
-            "timings": {
-                **t,
-                "llm_ms": round((t["draft_ms"] or 0) + answer_ms, 2),
-                "ttft_ms": ttft_ms,
-                "total_ms": _ms(prep.started),
-            },
+            "timings": {**t, "llm_ms": answer_ms, "ttft_ms": ttft_ms, "total_ms": _ms(prep.started)},
             "degraded": prep.degraded_reason is not None,
             "degraded_reason": prep.degraded_reason,
             "prompts_version": self.p.version,
+            "mode": prep.mode,
         }
 
     # -- the final generation -----------------------------------------------------------------------
@@ -215,3 +186,30 @@ class RagPipeline:
             await deltas.aclose()  # abandoned by the client: abort the generation now, not at GC
         final = self.finish(prep, "".join(parts).strip(), _ms(start), ttft)
         yield {"type": "done", **{k: v for k, v in final.items() if k != "answer"}}
+
+
+def merge_hits(hits: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One source per run of consecutive chunks of a document among the hits, best run first. A run's text is its
+    chunks rejoined in position order (consecutive chunks overlap: the overlap is written once), its score and
+    ``chunk_id`` its best chunk's. Hits without a position (or repeated chunks) are kept as they are, once each."""
+    by_doc: dict[str, list[dict[str, Any]]] = {}
+    seen: set[str] = set()
+    for h in hits:
+        if h["chunk_id"] not in seen:
+            seen.add(h["chunk_id"])
+            by_doc.setdefault(h["document_id"], []).append(h)
+    runs: list[list[dict[str, Any]]] = []
+    for doc_hits in by_doc.values():
+        ordered = sorted(doc_hits, key=lambda h: (h.get("position") is None, h.get("position") or 0))
+        for h in ordered:
+            last = runs[-1][-1] if runs else None
+            if (last is not None and last["document_id"] == h["document_id"] and h.get("position") is not None
+                    and last.get("position") is not None and h["position"] == last["position"] + 1):
+                runs[-1].append(h)
+            else:
+                runs.append([h])
+    sources = []
+    for run in runs:
+        best = max(run, key=lambda h: h["score"])
+        sources.append({**best, "text": rejoin([h["text"] for h in run]), "chunk_ids": [h["chunk_id"] for h in run]})
+    return sorted(sources, key=lambda h: -h["score"])

@@ -1,8 +1,10 @@
 """Serve deployments of the retrieval tier.
 
 ``Embedder`` holds the sentence embedder and batches concurrent requests into shared forward passes
-(``@serve.batch``); it scales with replicas. ``VectorStore`` owns the store: chunking, embedding through the
-Embedder's handle, writes and searches. With an embedded backend it has exactly one replica (the config
+(``@serve.batch``); it scales with replicas. ``VectorStore`` owns the store: chunking, embedding documents through
+the Embedder's handle, BM25 keyword vectors, writes and searches. A search embeds its query with a copy of the
+embedder inside the VectorStore replica: a query is one short text, and the round trip to the Embedder
+deployment cost more than the forward pass. With an embedded backend it has exactly one replica (the config
 loader refuses more); with the remote backend it scales too.
 """
 
@@ -22,7 +24,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.config.parts import code_actor_options, deployment_settings
 from serve_app.config.settings import VectorSettings
 from serve_app.calls.handles import call
-from serve_app.errors import NotFound
+from serve_app.errors import InvalidRequest, NotFound
 from serve_app.llm.cpus import share_engine_cpus
 from serve_app.observability.genai import vector_search
 from serve_app.observability.metrics import metric
@@ -30,6 +32,7 @@ from serve_app.observability.tracing import span
 from serve_app.vector.chunker import Chunk, chunk_text
 from serve_app.vector.documents import document_view
 from serve_app.vector.embedder import Embedder, resolve_embedder
+from serve_app.vector.keywords import KeywordEncoder
 from serve_app.vector.limits import check_documents, check_filter, check_write_budget
 from serve_app.vector.store import StoredChunk, VectorStore
 
@@ -41,18 +44,21 @@ _PASS = 128
 _INGEST_SLICE = 16
 
 
-def make_store(s: VectorSettings, dim: int) -> VectorStore:
+def make_store(s: VectorSettings, dim: int, keywords: KeywordEncoder | None = None) -> VectorStore:
+    """The configured backend. ``keywords``: the encoder of the deployment's writes, which the store also uses to
+    give an older collection its keyword vectors (one configuration for both)."""
     if s.backend == "edge":
         from serve_app.vector.edge_store import QdrantEdgeStore
 
-        return QdrantEdgeStore(s.storage_path() / s.collection, dim, hnsw_ef=s.hnsw_ef)
+        return QdrantEdgeStore(s.storage_path() / s.collection, dim, hnsw_ef=s.hnsw_ef, keywords=keywords)
     from serve_app.vector.qdrant_client_store import QdrantClientStore
 
     if s.backend == "local":
         path = s.storage_path()
         path.mkdir(parents=True, exist_ok=True)
-        return QdrantClientStore(s.collection, dim, path=str(path))
-    return QdrantClientStore(s.collection, dim, url=s.url, api_key=os.environ.get(s.api_key_env) or None)
+        return QdrantClientStore(s.collection, dim, path=str(path), keywords=keywords)
+    return QdrantClientStore(s.collection, dim, url=s.url, api_key=os.environ.get(s.api_key_env) or None,
+                             keywords=keywords)
 
 
 @serve.deployment(name="Embedder", max_ongoing_requests=128, ray_actor_options=code_actor_options("Embedder"))
@@ -112,11 +118,18 @@ class VectorStoreServer:
 
         share_engine_cpus()
         self.s = deployment_settings(settings, "Embedder").vector
+        # Torch here embeds only queries, one short text each: one thread is as fast in-process, and a parallel
+        # region of two threads waits for whichever one a busier process preempted (replicas run niced).
+        import torch
+
+        torch.set_num_threads(1)
         self.embedder = embedder
-        info = await call(embedder, "info")
-        self.dim = info["dim"]
+        # Queries are embedded here (the module docstring says why); documents through the Embedder deployment.
+        self.query_embedder = await asyncio.to_thread(Embedder, self.s.embedder)
+        self.dim = self.query_embedder.dim
+        self.keywords = KeywordEncoder()
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_embedder(self.s.embedder))
-        self.store = make_store(self.s, self.dim)
+        self.store = make_store(self.s, self.dim, self.keywords)
         self._unindexed = 0
         self._index_task: asyncio.Task | None = None
         # Writes one at a time: a document's replacement (upsert, then drop the tail) must not interleave
@@ -139,12 +152,15 @@ class VectorStoreServer:
         check_write_budget([len(chunks) for chunks in per_doc], self.s)
         texts = [c.text for chunks in per_doc for c in chunks]
         vectors = await self._embed_in_slices(texts)
+        # Keyword vectors of every chunk before the first write: a failure here writes nothing.
+        sparse = await asyncio.to_thread(self.keywords.documents, texts)
         out, i = [], 0
         for d, chunks in zip(documents, per_doc):
             stored = [StoredChunk(c.id, c.document_id, c.position, c.text) for c in chunks]
+            end = i + len(chunks)
             async with self._write_lock:
-                await asyncio.to_thread(self.store.replace_document, d["id"], stored, vectors[i : i + len(chunks)],
-                                        d.get("metadata") or {})
+                await asyncio.to_thread(self.store.replace_document, d["id"], stored, vectors[i:end],
+                                        d.get("metadata") or {}, sparse[i:end])
             i += len(chunks)
             out.append({"id": d["id"], "chunks": len(chunks)})
         self._unindexed += len(texts)
@@ -210,21 +226,35 @@ class VectorStoreServer:
             self.store.delete_document(document_id)
         return n
 
+    # Concurrent queries share forward passes; the first one does not wait for company (a batch forms from the
+    # queries that arrive while one runs). One batch at a time: the tokenizer refuses use from two threads.
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
+    async def _embed_queries(self, queries: list[str]) -> list[np.ndarray]:
+        return list(await asyncio.to_thread(self.query_embedder.encode, queries, _PASS))
+
     async def search(
-        self, query: str, top_k: int, filter: dict[str, Any] | None = None, score_threshold: float | None = None
+        self, query: str, top_k: int, filter: dict[str, Any] | None = None, score_threshold: float | None = None,
+        mode: str | None = None,
     ) -> list[dict[str, Any]]:
         check_filter(filter, self.s)  # RAG and the agent search through this handle too
+        mode = mode or ("dense" if score_threshold is not None else self.s.search_mode)
+        if score_threshold is not None and mode != "dense":
+            raise InvalidRequest("score_threshold applies to dense search only", "score_threshold")
         started = time.perf_counter()
         name, attributes = vector_search(self.s.collection, top_k=top_k, filtered=filter is not None)
-        with span(name, SpanKind.CLIENT, **attributes) as s:
-            vec = (await call(self.embedder, "embed", [query]))[0]
+        with span(name, SpanKind.CLIENT, mode=mode, **attributes) as s:
+            # Keyword search needs no embedding; BM25 of a query is microseconds of Rust.
+            vec = await self._embed_queries(query) if mode != "keyword" else None
+            sparse = self.keywords.query(query) if mode != "dense" else None
             hits = await asyncio.to_thread(self.store.search, vec, top_k, filter, score_threshold,
-                                           max_filter_documents=self.s.max_filter_documents)
+                                           max_filter_documents=self.s.max_filter_documents, mode=mode,
+                                           sparse=sparse, candidates=max(top_k, self.s.hybrid_candidates))
             s.set_attribute("hits", len(hits))
         metric("serve_app_vector_search_duration_seconds").observe(time.perf_counter() - started)
         metric("serve_app_vector_search_hits").observe(len(hits))
         return [
-            {"document_id": h.document_id, "chunk_id": h.id, "text": h.text, "score": h.score, "metadata": h.metadata}
+            {"document_id": h.document_id, "chunk_id": h.id, "position": h.position, "text": h.text, "score": h.score,
+             "metadata": h.metadata}
             for h in hits
         ]
 

@@ -1,6 +1,7 @@
 """Vector store on Qdrant Edge (qdrant-edge-py): the Qdrant engine in-process, with HNSW, payload indexes
 and a write-ahead log. One process per storage folder (single writer). Chunks live in the shard at ``path``,
-document records in a second shard next to it (``<path>_documents``)."""
+document records in a second shard next to it (``<path>_documents``). A chunks shard made before keyword search
+is migrated when the store opens (serve_app/vector/edge_migration.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from serve_app.vector.store import (DocumentRecord, StoredChunk, VectorStore, chunk_from_point, chunk_payload,
-                                    record_from_payload, record_id, record_payload, records_name)
+from serve_app.vector import edge_migration
+from serve_app.vector.keywords import KeywordEncoder, Sparse
+from serve_app.vector.store import (RRF_K, SPARSE_NAME, DocumentRecord, StoredChunk, VectorStore, chunk_from_point,
+                                    chunk_payload, hybrid_candidates, record_from_payload, record_id, record_payload,
+                                    records_name)
 
 # Qdrant Edge refuses a shard without any vector, and records need none: their shard declares one named
 # vector that no point carries. (Qdrant server and qdrant-client's local mode take vectorless collections.)
@@ -19,21 +23,30 @@ _NO_VECTOR = "unused"
 
 
 class QdrantEdgeStore(VectorStore):
-    def __init__(self, path: str | Path, dim: int, hnsw_ef: int = 128, indexing_threshold: int | None = None):
+    def __init__(self, path: str | Path, dim: int, hnsw_ef: int = 128, indexing_threshold: int | None = None,
+                 keywords: KeywordEncoder | None = None):
         import qdrant_edge as qe
 
         self._qe = qe
         self.path = Path(path)
         self.hnsw_ef = hnsw_ef
+        self.encoder = keywords or KeywordEncoder()
         # Qdrant Edge calls are synchronous and the shard is single-writer: serialize access from the
         # deployment's threads.
         self._lock = threading.RLock()
         optimizers = qe.EdgeOptimizersConfig(indexing_threshold=indexing_threshold) if indexing_threshold else None
         vectors = qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)
-        chunks = qe.EdgeConfig(vectors=vectors, optimizers=optimizers)
+        # Keyword vectors: IDF applied by the engine at query time, from the shard's live statistics.
+        sparse = {SPARSE_NAME: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)}
+        chunks = qe.EdgeConfig(vectors=vectors, sparse_vectors=sparse, optimizers=optimizers)
         records = qe.EdgeConfig(vectors={_NO_VECTOR: qe.EdgeVectorParams(size=1, distance=qe.Distance.Dot)})
-        self._shard = self._open(self.path, chunks, {"document_id": qe.PayloadSchemaType.Keyword,
-                                                     "position": qe.PayloadSchemaType.Integer})
+        chunk_indexes = {"document_id": qe.PayloadSchemaType.Keyword, "position": qe.PayloadSchemaType.Integer}
+        edge_migration.recover(self.path)
+        self._shard = self._open(self.path, chunks, chunk_indexes)
+        if not edge_migration.has_keywords(qe, self._shard):
+            edge_migration.migrate(qe, self.path, self._shard, lambda p: self._open(p, chunks, chunk_indexes),
+                                   self.encoder)
+            self._shard = qe.EdgeShard.load(str(self.path))
         self._records = self._open(self.path.with_name(records_name(self.path.name)), records,
                                    {"document_id": qe.PayloadSchemaType.Keyword})
 
@@ -66,18 +79,26 @@ class QdrantEdgeStore(VectorStore):
                 must.append(qe.FieldCondition(key=f"metadata.{key}", match=qe.MatchValue(value)))
         return qe.Filter(must=must) if must else None
 
-    def upsert(self, chunks: list[StoredChunk], vectors: np.ndarray) -> None:
+    @property
+    def keywords(self) -> bool:
+        return True  # an old-layout shard is migrated when it opens
+
+    def name(self) -> str:
+        return self.path.name
+
+    def _sparse(self, s: Sparse):
+        return self._qe.SparseVector(s.indices, s.values)
+
+    def upsert(self, chunks: list[StoredChunk], vectors: np.ndarray, sparse: list[Sparse] | None = None) -> None:
         if not chunks:
             return
         qe = self._qe
-        points = [
-            qe.Point(
-                c.id,
-                np.asarray(v, dtype=np.float32).tolist(),
-                chunk_payload(c),
-            )
-            for c, v in zip(chunks, vectors)
-        ]
+        points = []
+        for c, v, kw in zip(chunks, vectors, self.sparse_of(chunks, sparse)):
+            vector = {"": self._dense(v)}
+            if kw:  # only stop words: no keyword vector (store.py's docstring says why)
+                vector[SPARSE_NAME] = self._sparse(kw)
+            points.append(qe.Point(c.id, vector, chunk_payload(c)))
         with self._lock:
             # Written to the write-ahead log before update() returns: an acknowledged write survives a
             # crash of this process.
@@ -100,19 +121,35 @@ class QdrantEdgeStore(VectorStore):
                     break
         return sorted(out, key=lambda c: c.position)
 
-    def search_chunks(self, vector, top_k, document_ids=None, score_threshold=None, exact=False) -> list[StoredChunk]:
+    def search_chunks(self, vector, top_k, document_ids=None, score_threshold=None, exact=False, *, mode="dense",
+                      sparse=None, candidates=None) -> list[StoredChunk]:
         qe = self._qe
-        req = qe.QueryRequest(
-            limit=top_k,
-            query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist()),
-            filter=self._filter(document_ids=document_ids),
-            score_threshold=score_threshold,
-            with_payload=True,
-            params=qe.SearchParams(hnsw_ef=self.hnsw_ef, exact=exact),
-        )
+        self.check_mode(mode, vector, sparse)
+        flt = self._filter(document_ids=document_ids)
+        params = qe.SearchParams(hnsw_ef=self.hnsw_ef, exact=exact)
+        if mode == "keyword":
+            if not sparse:
+                return []
+            req = qe.QueryRequest(limit=top_k, query=qe.Query.Nearest(self._sparse(sparse), using=SPARSE_NAME),
+                                  filter=flt, with_payload=True)
+        elif mode == "hybrid":
+            n = hybrid_candidates(top_k, candidates)
+            # The filter goes on each prefetch: the fusion only ranks what the prefetches bring.
+            prefetches = [qe.Prefetch(limit=n, query=qe.Query.Nearest(self._dense(vector)), filter=flt, params=params)]
+            if sparse:
+                prefetches.append(qe.Prefetch(limit=n, query=qe.Query.Nearest(self._sparse(sparse), using=SPARSE_NAME),
+                                              filter=flt))
+            req = qe.QueryRequest(limit=top_k, prefetches=prefetches, query=qe.Fusion.Rrf(k=RRF_K), with_payload=True)
+        else:
+            req = qe.QueryRequest(limit=top_k, query=qe.Query.Nearest(self._dense(vector)), filter=flt,
+                                  score_threshold=score_threshold, with_payload=True, params=params)
         with self._lock:
             points = self._shard.query(req)
         return [chunk_from_point(p.id, p.payload, p.score) for p in points]
+
+    @staticmethod
+    def _dense(vector) -> list[float]:
+        return np.asarray(vector, dtype=np.float32).tolist()
 
     def put_record(self, record: DocumentRecord) -> None:
         point = self._qe.Point(record_id(record.document_id), {}, record_payload(record))

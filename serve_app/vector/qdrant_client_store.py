@@ -1,18 +1,34 @@
 """Vector store on qdrant-client: a Qdrant server or cluster by URL (``remote``), or qdrant-client's local
 mode on a folder (``local``: pure Python, exact search, SQLite persistence). Both speak the same client API,
 so one class serves both. Chunks live in ``collection``, document records in ``<collection>_documents``, a
-collection without vectors."""
+collection without vectors.
+
+A chunks collection made before keyword search (dense vector only) gets its keyword vector when the store opens:
+``update_collection`` cannot add a vector (qdrant-client 1.20 refuses an unknown name, local mode and server
+alike), but ``create_vector_name`` can (qdrant-client 1.20 local mode, Qdrant server 1.18 and later). The chunks
+are then given the BM25 vectors of their payload texts (``update_vectors``: the dense vectors stay). That backfill
+takes only chunks still without one and writes only to chunks still without one, so it resumes after a crash,
+and on a server that several replicas open at once it never overwrites a newer write. A server that cannot
+add the vector (older than 1.18) keeps the collection dense-only: ``keywords`` is False, and keyword or hybrid
+searches answer NoKeywordIndex (409: re-ingest into a new collection)."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from typing import Any
 
 import numpy as np
 
-from serve_app.vector.store import (DocumentRecord, StoredChunk, VectorStore, chunk_from_point, chunk_payload,
-                                    record_from_payload, record_id, record_payload, records_name)
+from serve_app.vector.keywords import KeywordEncoder, Sparse
+from serve_app.vector.store import (RRF_K, SPARSE_NAME, DocumentRecord, StoredChunk, VectorStore, chunk_from_point,
+                                    chunk_payload, hybrid_candidates, record_from_payload, record_id, record_payload,
+                                    records_name)
+
+logger = logging.getLogger("ray.serve")
+
+_PAGE = 256  # chunks per scroll page and per write of the keyword backfill
 
 
 def _payload_filter(models, document_id: str | None = None, metadata: dict[str, Any] | None = None,
@@ -43,6 +59,7 @@ class QdrantClientStore(VectorStore):
         url: str | None = None,
         api_key: str | None = None,
         timeout_s: float = 10.0,
+        keywords: KeywordEncoder | None = None,
     ):
         from qdrant_client import QdrantClient, models
 
@@ -50,6 +67,7 @@ class QdrantClientStore(VectorStore):
             raise ValueError("give exactly one of path (local mode) or url (server)")
         self._m = models
         self.collection = collection
+        self.encoder = keywords or KeywordEncoder()
         # Local mode is in-process Python state plus SQLite: one call at a time. A server client is
         # thread-safe and needs no lock.
         self._local = path is not None
@@ -61,30 +79,89 @@ class QdrantClientStore(VectorStore):
         else:
             self._client = QdrantClient(url=url, api_key=api_key, timeout=int(timeout_s))
         self.records = records_name(collection)
+        # Keyword vectors: IDF applied by Qdrant at query time, from the collection's live statistics.
         self._create(collection, models.VectorParams(size=dim, distance=models.Distance.COSINE),
-                     {"document_id": models.PayloadSchemaType.KEYWORD, "position": models.PayloadSchemaType.INTEGER})
+                     {"document_id": models.PayloadSchemaType.KEYWORD, "position": models.PayloadSchemaType.INTEGER},
+                     {SPARSE_NAME: models.SparseVectorParams(modifier=models.Modifier.IDF)})
+        self._keywords = self._add_keywords()
         # Records carry no vector: a collection without any (Qdrant takes it; points then have vector={}).
         self._create(self.records, {}, {"document_id": models.PayloadSchemaType.KEYWORD})
 
-    def _create(self, name: str, vectors_config, indexes: dict[str, Any]) -> None:
+    def _create(self, name: str, vectors_config, indexes: dict[str, Any], sparse_config=None) -> None:
         if self._client.collection_exists(name):
             return
-        self._client.create_collection(name, vectors_config=vectors_config)
+        self._client.create_collection(name, vectors_config=vectors_config, sparse_vectors_config=sparse_config)
         if not self._local:  # local mode has no payload indexes
             for key, kind in indexes.items():
                 self._client.create_payload_index(name, key, kind)
 
-    def upsert(self, chunks: list[StoredChunk], vectors: np.ndarray) -> None:
+    def _add_keywords(self) -> bool:
+        """Give an old-layout chunks collection its keyword vector and backfill it (module docstring)."""
+        m = self._m
+        with self._lock:
+            sparse = self._client.get_collection(self.collection).config.params.sparse_vectors or {}
+            if SPARSE_NAME not in sparse:
+                try:
+                    # Idempotent on the server and in local mode: replicas opening together all succeed.
+                    self._client.create_vector_name(self.collection, SPARSE_NAME, m.SparseVectorNameConfig(
+                        sparse=m.SparseVectorConfig(modifier=m.Modifier.IDF)))
+                except Exception as e:  # a server without the endpoint (older than 1.18): stay dense-only
+                    logger.warning("vector store: cannot add keyword vectors to %s (%s): keyword and hybrid "
+                                   "search refused until its documents are re-ingested into a new collection",
+                                   self.collection, e)
+                    return False
+            self._backfill()
+        return True
+
+    def _backfill(self) -> None:
+        """BM25 vectors for the chunks without one. Chunks whose text is only stop words stay without one and
+        are read again at every open: few, and cheaper than remembering them."""
+        from qdrant_client.http.exceptions import UnexpectedResponse
+
+        m = self._m
+        missing = m.Filter(must_not=[m.HasVectorCondition(has_vector=SPARSE_NAME)])
+        offset, written = None, 0
+        while True:
+            points, offset = self._client.scroll(self.collection, scroll_filter=missing, limit=_PAGE, offset=offset,
+                                                 with_payload=["text"])
+            sparse = self.encoder.documents([(p.payload or {}).get("text", "") for p in points])
+            updates = [m.PointVectors(id=p.id, vector={SPARSE_NAME: self._sparse(kw)})
+                       for p, kw in zip(points, sparse) if kw]
+            if updates:
+                try:
+                    # update_filter: a chunk rewritten meanwhile (with its own keyword vector) is left alone.
+                    self._client.update_vectors(self.collection, updates, wait=True, update_filter=missing)
+                except (KeyError, UnexpectedResponse) as e:
+                    # A chunk deleted since the scroll: the others of the page are written all the same.
+                    if isinstance(e, UnexpectedResponse) and e.status_code != 404:
+                        raise
+                written += len(updates)
+            if offset is None:
+                break
+        if written:
+            logger.warning("vector store: keyword vectors added to %d chunks of %s", written, self.collection)
+
+    @property
+    def keywords(self) -> bool:
+        return self._keywords
+
+    def name(self) -> str:
+        return self.collection
+
+    def _sparse(self, s: Sparse):
+        return self._m.SparseVector(indices=s.indices, values=s.values)
+
+    def upsert(self, chunks: list[StoredChunk], vectors: np.ndarray, sparse: list[Sparse] | None = None) -> None:
         if not chunks:
             return
-        points = [
-            self._m.PointStruct(
-                id=c.id,
-                vector=v.tolist(),
-                payload=chunk_payload(c),
-            )
-            for c, v in zip(chunks, vectors)
-        ]
+        # Dense-only when the collection has no keyword vector (a server that could not add it).
+        keywords = self.sparse_of(chunks, sparse) if self._keywords else [None] * len(chunks)
+        points = []
+        for c, v, kw in zip(chunks, vectors, keywords):
+            vector = {"": np.asarray(v, dtype=np.float32).tolist()}
+            if kw:  # only stop words: no keyword vector (store.py's docstring says why)
+                vector[SPARSE_NAME] = self._sparse(kw)
+            points.append(self._m.PointStruct(id=c.id, vector=vector, payload=chunk_payload(c)))
         # wait=True: acknowledged only once the server (or local SQLite) has applied the write.
         with self._lock:
             self._client.upsert(self.collection, points=points, wait=True)
@@ -105,18 +182,29 @@ class QdrantClientStore(VectorStore):
                 break
         return sorted(out, key=lambda c: c.position)
 
-    def search_chunks(self, vector, top_k, document_ids=None, score_threshold=None, exact=False) -> list[StoredChunk]:
+    def search_chunks(self, vector, top_k, document_ids=None, score_threshold=None, exact=False, *, mode="dense",
+                      sparse=None, candidates=None) -> list[StoredChunk]:
+        m = self._m
+        self.check_mode(mode, vector, sparse)
+        flt = _payload_filter(m, document_ids=document_ids)
+        # Local mode is always exact.
+        params = m.SearchParams(exact=True) if exact and not self._local else None
+        dense = np.asarray(vector, dtype=np.float32).tolist() if vector is not None else None
+        if mode == "keyword":
+            if not sparse:
+                return []
+            query = dict(query=self._sparse(sparse), using=SPARSE_NAME, query_filter=flt)
+        elif mode == "hybrid":
+            n = hybrid_candidates(top_k, candidates)
+            # The filter goes on each prefetch: the fusion only ranks what the prefetches bring.
+            prefetch = [m.Prefetch(query=dense, limit=n, filter=flt, params=params)]
+            if sparse:
+                prefetch.append(m.Prefetch(query=self._sparse(sparse), using=SPARSE_NAME, limit=n, filter=flt))
+            query = dict(prefetch=prefetch, query=m.RrfQuery(rrf=m.Rrf(k=RRF_K)))
+        else:
+            query = dict(query=dense, query_filter=flt, score_threshold=score_threshold, search_params=params)
         with self._lock:
-            res = self._client.query_points(
-                self.collection,
-                query=np.asarray(vector, dtype=np.float32).tolist(),
-                limit=top_k,
-                query_filter=_payload_filter(self._m, document_ids=document_ids),
-                score_threshold=score_threshold,
-                with_payload=True,
-                # Local mode is always exact.
-                search_params=self._m.SearchParams(exact=True) if exact and not self._local else None,
-            )
+            res = self._client.query_points(self.collection, limit=top_k, with_payload=True, **query)
         return [chunk_from_point(p.id, p.payload, p.score) for p in res.points]
 
     def put_record(self, record: DocumentRecord) -> None:

@@ -59,7 +59,21 @@ def test_search_ranks_relevant_first(http, ingested):
     hits = r.json()["results"]
     assert len(hits) == 2 and hits[0]["document_id"] == "paris"
     assert hits[0]["score"] >= hits[1]["score"]
-    assert set(hits[0]) == {"document_id", "chunk_id", "text", "score", "metadata"}
+    assert set(hits[0]) == {"document_id", "chunk_id", "position", "text", "score", "metadata"}
+
+
+def test_search_modes_dense_keyword_and_hybrid(http, ingested):
+    # "lactic" appears in one document only: keyword search (BM25) finds it by the word; every mode ranks it first
+    # for a question about it, and the filter applies to every mode.
+    for mode in ("dense", "keyword", "hybrid"):
+        r = http.post("/v1/search", json={"query": "lactic acid in bread", "top_k": 3, "mode": mode})
+        assert r.status_code == 200, (mode, r.text)
+        assert r.json()["results"][0]["document_id"] == "bread", mode
+        r = http.post("/v1/search", json={"query": "lactic acid in bread", "top_k": 3, "mode": mode,
+                                          "filter": {"topic": "geo"}})
+        assert {h["document_id"] for h in r.json()["results"]} <= {"paris"}, mode
+    keyword = http.post("/v1/search", json={"query": "lactic", "top_k": 5, "mode": "keyword"}).json()["results"]
+    assert [h["document_id"] for h in keyword] == ["bread"]  # BM25 scores only documents with the word
 
 
 def test_search_filter_and_threshold(http, ingested):
@@ -114,6 +128,9 @@ BAD = [
     ("filter-not-object", "/v1/search", {"query": "q", "filter": "topic=geo"}, 400),
     ("blank-query", "/v1/search", {"query": "   "}, 400),
     ("threshold-out-of-range", "/v1/search", {"query": "q", "score_threshold": 7}, 400),
+    ("unknown-mode", "/v1/search", {"query": "q", "mode": "fuzzy"}, 400),
+    ("stop-words-only-keyword-query", "/v1/search", {"query": "the of and", "mode": "keyword"}, 400),
+    ("threshold-in-hybrid-mode", "/v1/search", {"query": "q", "mode": "hybrid", "score_threshold": 0.5}, 400),
     ("embeddings-empty", "/v1/embeddings", {"input": []}, 400),
     ("embeddings-empty-string", "/v1/embeddings", {"input": ""}, 400),
     ("embeddings-unknown-model", "/v1/embeddings", {"input": "x", "model": "nope"}, 404),

@@ -1,13 +1,13 @@
-"""RAG's plan and merge, and the prompt configuration.
+"""RAG's retrieval, source merging and prompt, and the prompt configuration.
 
-Invariants: in the parallel plan the search and the draft are in flight at the same time (proved by each
-branch waiting for the other to start, which would deadlock one after the other); a slow or failing vector
-tier degrades the answer instead of failing it, while the request's own errors still fail it; the sources
-fit the context budget, appear once and carry their citation; prompt templates with unknown or missing
-placeholders are refused when the configuration loads.
+Invariants: the search gets the request's mode; a slow or failing vector tier degrades the answer instead of
+failing it, while the request's own errors (400, 409) still fail it; consecutive chunks of one document become one
+source with their overlap written once, sources are ordered best first, fit the context budget, appear once and
+carry their citation; the prompt puts what every request shares first; prompt templates with unknown or missing
+placeholders are refused when the configuration loads, and the removed draft setting is refused by name.
 
-The LLM and the search are scripted callables here: the plan's ordering and the vector tier's faults are
-what is under test, and the real parts are exercised end to end in tests/integration/test_rag_agent.py.
+The LLM and the search are scripted callables here: the vector tier's faults are what is under test, and the
+real parts are exercised end to end in tests/integration/test_rag_agent.py.
 """
 
 import asyncio
@@ -18,35 +18,25 @@ from pydantic import ValidationError
 from serve_app.config.loader import ConfigError, validate_app_args
 from serve_app.config.prompts import PromptSettings
 from serve_app.config.settings import RagSettings
-from serve_app.errors import InvalidRequest, ServiceUnavailable
-from serve_app.rag.pipeline import RagPipeline
+from serve_app.errors import Conflict, InvalidRequest, ServiceUnavailable
+from serve_app.rag.pipeline import RagPipeline, merge_hits
 
 pytestmark = pytest.mark.unit
 
 HITS = [
-    {"document_id": "a", "chunk_id": "a1", "text": "Paris is the capital of France; the tower is tall.", "score": 0.9},
-    {"document_id": "a", "chunk_id": "a1", "text": "duplicate", "score": 0.8},
-    {"document_id": "b", "chunk_id": "b1", "text": "Rome is the capital of Italy.", "score": 0.5},
+    {"document_id": "a", "chunk_id": "a1", "position": 0, "text": "Paris is the capital of France; the tower is tall.",
+     "score": 0.9},
+    {"document_id": "a", "chunk_id": "a1", "position": 0, "text": "duplicate", "score": 0.8},
+    {"document_id": "b", "chunk_id": "b1", "position": 3, "text": "Rome is the capital of Italy.", "score": 0.5},
 ]
 
 
-class Rendezvous:
-    """Each branch signals that it started and waits for the other one."""
-
-    def __init__(self):
-        self.search_started, self.draft_started = asyncio.Event(), asyncio.Event()
-
-
 class FakeLLM:
-    def __init__(self, rv=None, answer="Paris is the capital [1]. Its tower is tall."):
-        self.rv, self.answer, self.prompts = rv, answer, []
+    def __init__(self, answer="Paris is the capital [1]. Its tower is tall."):
+        self.answer, self.prompts = answer, []
 
     async def complete(self, messages, max_tokens, temperature=0.0, json_schema=None):
         self.prompts.append(messages)
-        if self.rv is not None and len(self.prompts) == 1:
-            self.rv.draft_started.set()
-            await asyncio.wait_for(self.rv.search_started.wait(), 2)
-            return "a draft"
         return self.answer
 
     async def stream(self, messages, max_tokens, temperature=0.0):
@@ -58,42 +48,58 @@ class FakeLLM:
         return deltas()
 
 
-def _search(rv=None, fail=None, delay=0.0):
-    async def search(q, k, f):
-        if rv is not None:
-            rv.search_started.set()
-            await asyncio.wait_for(rv.draft_started.wait(), 2)
+def _search(fail=None, delay=0.0, hits=HITS, seen=None):
+    async def search(q, k, f, mode):
+        if seen is not None:
+            seen.append(mode)
         if delay:
             await asyncio.sleep(delay)
         if fail is not None:
             raise fail
-        return HITS[:k]
+        return hits[:k]
 
     return search
 
 
-async def _answer(pipe, plan="parallel", top_k=3):
-    prep = await pipe.prepare("What is the capital of France?", top_k, None, plan)
+async def _answer(pipe, mode=None, top_k=3):
+    prep = await pipe.prepare("What is the capital of France?", top_k, None, mode)
     return await pipe.answer(prep, 64), prep
 
 
-def test_parallel_plan_runs_draft_and_search_at_the_same_time():
-    rv = Rendezvous()
-    llm = FakeLLM(rv)
-    out, prep = asyncio.run(_answer(RagPipeline(llm, _search(rv), RagSettings(), PromptSettings())))
-    assert not out["degraded"] and prep.draft == "a draft"
-    assert out["timings"]["retrieval_ms"] is not None and out["timings"]["draft_ms"] is not None
-    # The final prompt merges both branches.
-    final = llm.prompts[-1][-1]["content"]
-    assert "a draft" in final and "[1] Paris" in final and "[2] Rome" in final
+def test_the_search_gets_the_mode_and_the_prompt_puts_the_shared_part_first():
+    llm, seen = FakeLLM(), []
+    out, _ = asyncio.run(_answer(RagPipeline(llm, _search(seen=seen), RagSettings(), PromptSettings()), "keyword"))
+    assert seen == ["keyword"] and out["mode"] == "keyword" and not out["degraded"]
+    assert out["timings"]["retrieval_ms"] is not None and out["timings"]["llm_ms"] is not None
+    system, user = llm.prompts[-1]
+    assert system["content"] == PromptSettings().rag_answer_system
+    assert user["content"].startswith("Sources:\n[1] Paris") and "[2] Rome" in user["content"]
+    assert user["content"].index("[2] Rome") < user["content"].index("Question: What is the capital")
 
 
-def test_sequential_plan_runs_one_after_the_other():
-    # The search runs first and never sees the draft start: it gives up waiting, so the answer degrades.
-    rv = Rendezvous()
-    pipe = RagPipeline(FakeLLM(rv), _search(rv), RagSettings(retrieval_timeout_s=5), PromptSettings())
-    out, prep = asyncio.run(_answer(pipe, plan="sequential"))
-    assert out["degraded"] and prep.draft == "a draft"
+def test_consecutive_chunks_of_a_document_are_one_source_with_the_overlap_once():
+    hits = [
+        {"document_id": "d", "chunk_id": "d2", "position": 2, "text": "gamma delta epsilon", "score": 0.7},
+        {"document_id": "e", "chunk_id": "e0", "position": 0, "text": "other text", "score": 0.8},
+        {"document_id": "d", "chunk_id": "d1", "position": 1, "text": "alpha beta gamma delta", "score": 0.6},
+        {"document_id": "d", "chunk_id": "d5", "position": 5, "text": "far away", "score": 0.1},
+    ]
+    sources = merge_hits(hits)
+    assert [s["chunk_ids"] for s in sources] == [["e0"], ["d1", "d2"], ["d5"]]
+    assert sources[1]["text"] == "alpha beta gamma delta epsilon"
+    assert sources[1]["chunk_id"] == "d2" and sources[1]["score"] == 0.7  # its best chunk's
+
+
+@pytest.mark.parametrize("error", [InvalidRequest("only stop words", "query"), Conflict("no keyword index")])
+def test_the_requests_own_search_errors_fail_the_answer(error):
+    with pytest.raises(type(error)):
+        asyncio.run(_answer(RagPipeline(FakeLLM(), _search(fail=error), RagSettings(), PromptSettings()), "keyword"))
+
+
+def test_the_removed_draft_setting_is_refused_by_name_and_false_still_loads():
+    with pytest.raises(ValidationError, match="rag.draft was removed"):
+        RagSettings(draft=True)
+    assert RagSettings(draft=False, draft_max_tokens=48).default_top_k == 4
 
 
 @pytest.mark.parametrize("fault", ["slow", "down"])
@@ -104,12 +110,6 @@ def test_vector_tier_faults_degrade_the_answer(fault):
     assert out["degraded"] and out["sources"] == []
     assert ("0.1s" if fault == "slow" else "store down") in out["degraded_reason"]
     assert PromptSettings().rag_no_sources in llm.prompts[-1][-1]["content"]
-
-
-def test_the_requests_own_error_is_not_a_degradation():
-    pipe = RagPipeline(FakeLLM(), _search(fail=InvalidRequest("bad filter", "filter")), RagSettings(), PromptSettings())
-    with pytest.raises(InvalidRequest):
-        asyncio.run(_answer(pipe))
 
 
 def test_sources_are_deduplicated_budgeted_and_cited():
@@ -136,7 +136,7 @@ def test_stream_sends_sources_then_tokens_then_timings():
 
 @pytest.mark.parametrize(
     "override, message",
-    [({"rag_draft_user": "{q}"}, "unknown placeholder"), ({"rag_answer_user": "{sources}"}, "missing placeholder"),
+    [({"rag_answer_system": "{q}"}, "unknown placeholder"), ({"rag_answer_user": "{sources}"}, "missing placeholder"),
      ({"agent_system": "{tools} {"}, "not a valid template"), ({"agent_task": "{0} {task}"}, "must be named")],
 )
 def test_bad_prompt_templates_are_refused(override, message):

@@ -2,7 +2,9 @@
 same filters, replacement without duplicates or leftovers, deletion, and data that survives reopening. And
 the same layout: a document's metadata is stored once, in its record, never in its chunks' payloads; hits
 and reads get it from the record; a filter is resolved against the records (bounded), then the chunks are
-searched; replacing or deleting a document keeps its record consistent.
+searched; replacing or deleting a document keeps its record consistent. Keyword (BM25) and hybrid (RRF of a
+dense and a keyword prefetch, in one query) searches rank alike on every backend, filters restrict both
+prefetches, and a keyword query of stop words alone is refused (400, param "query").
 The remote backend shares its code with 'local' (both are qdrant-client); a Qdrant server is never
 mocked: set SERVE_APP_TEST_QDRANT_URL to a server to run these tests on it too."""
 
@@ -15,7 +17,9 @@ import pytest
 from serve_app.vector.chunker import chunk_id
 from serve_app.vector.edge_store import QdrantEdgeStore
 from serve_app.vector.qdrant_client_store import QdrantClientStore
-from serve_app.vector.store import FilterTooBroad, StoredChunk
+from serve_app.errors import InvalidRequest
+from serve_app.vector.keywords import KeywordEncoder
+from serve_app.vector.store import RRF_K, FilterTooBroad, StoredChunk
 
 pytestmark = pytest.mark.unit
 
@@ -208,3 +212,188 @@ def test_concurrent_threads(store):
     with ThreadPoolExecutor(8) as pool:
         assert set(pool.map(work, range(64))) == {PER_DOC}
     assert store.count() == N_DOCS * PER_DOC
+
+
+# -- keyword and hybrid search -----------------------------------------------------------------------------
+
+ENC = KeywordEncoder()
+# One chunk per text; "zeppelin" is in one document only, "harbour" in several.
+KW_TEXTS = {
+    "kw0": ["The harbour was quiet at dawn", "Fishing boats left the harbour early"],
+    "kw1": ["A zeppelin drifted over the harbour", "Airships need hydrogen or helium"],
+    "kw2": ["Bread rises when the yeast is warm", "Sourdough needs a starter and patience"],
+    "kw3": ["The harbour master counted the boats", "Boats and ships and more boats"],
+    "kw4": ["Helium is lighter than air", "Balloons rise in cold morning air"],
+    "kw5": ["Patience is a virtue of bakers", "Warm bread at dawn in the harbour town"],
+}
+
+
+def _kw_data():
+    rng = np.random.default_rng(7)
+    chunks = [StoredChunk(chunk_id(d, p), d, p, t) for d, texts in KW_TEXTS.items() for p, t in enumerate(texts)]
+    vecs = rng.normal(size=(len(chunks), DIM))
+    return chunks, (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _kw_meta(d):
+    return {"parity": "odd" if int(d.removeprefix("kw")) % 2 else "even"}
+
+
+@pytest.fixture(params=KINDS)
+def kw_store(request, tmp_path):
+    s = _open(request.param, tmp_path)
+    _kw_load(s)
+    yield s
+    _drop(s)
+
+
+def _kw_load(s):
+    chunks, vecs = _kw_data()
+    for i, d in enumerate(KW_TEXTS):  # two chunks per document
+        picked = chunks[2 * i : 2 * i + 2]
+        s.replace_document(d, picked, vecs[2 * i : 2 * i + 2], _kw_meta(d), ENC.documents([c.text for c in picked]))
+
+
+def _keyword(store, text, k=20, **kw):
+    return store.search(None, k, mode="keyword", sparse=ENC.query(text), **kw)
+
+
+def _rrf(*rankings):
+    """Reference reciprocal rank fusion (score = sum of 1 / (k + rank), rank from 0) of id rankings."""
+    scores = {}
+    for ranking in rankings:
+        for rank, i in enumerate(ranking):
+            scores[i] = scores.get(i, 0.0) + 1.0 / (RRF_K + rank)
+    return scores
+
+
+def _groups(hits):
+    """Hits as the sequence of their sets of equal score: the order that is defined whatever the backend
+    does with ties."""
+    out = []
+    for h in hits:
+        if out and abs(out[-1][0] - h.score) < 1e-5:
+            out[-1][1].add(h.id)
+        else:
+            out.append((h.score, {h.id}))
+    return [ids for _, ids in out]
+
+
+def test_keyword_search_ranks_the_rare_word_first(kw_store):
+    chunks, _ = _kw_data()
+    hits = _keyword(kw_store, "zeppelin")
+    assert [h.id for h in hits] == [chunk_id("kw1", 0)]  # the only chunk with the word
+    assert hits[0].metadata == _kw_meta("kw1") and hits[0].text.startswith("A zeppelin")
+    # A common word and a rare one: the chunk with both first, then the chunks with the common word only.
+    hits = _keyword(kw_store, "zeppelin harbour")
+    assert hits[0].id == chunk_id("kw1", 0)
+    assert {h.id for h in hits} == {c.id for c in chunks if "harbour" in c.text.lower()}
+    assert all(a.score >= b.score > 0 for a, b in zip(hits, hits[1:]))
+    # Stemming: "boat" finds "boats"; a chunk saying it three times ranks first.
+    assert _keyword(kw_store, "boat")[0].id == chunk_id("kw3", 1)
+
+
+def test_keyword_search_of_stop_words_is_refused(kw_store):
+    with pytest.raises(InvalidRequest) as err:
+        _keyword(kw_store, "the and of it")
+    assert err.value.param == "query" and "only stop words" in err.value.message
+    # The primitive answers empty; search (every caller's way in) refuses.
+    assert kw_store.search_chunks(None, 5, mode="keyword", sparse=ENC.query("the")) == []
+    refused = ({"mode": "semantic"}, "mode"), ({"mode": "keyword", "score_threshold": 0.1}, "score_threshold")
+    for wrong, param in refused:
+        with pytest.raises(InvalidRequest) as err:
+            kw_store.search(None, 5, sparse=ENC.query("boat"), **wrong)
+        assert err.value.param == param
+
+
+def test_hybrid_is_the_rank_fusion_of_dense_and_keyword(kw_store):
+    chunks, vecs = _kw_data()
+    q, text, n = vecs[6], "harbour patience", 5  # vecs[6]: a chunk of kw3, far from "patience"
+    dense_ids, _ = _exact(vecs, chunks, q, n)
+    keyword_ids = [h.id for h in _keyword(kw_store, text, n)]
+    hits = kw_store.search(q, n, mode="hybrid", sparse=ENC.query(text), candidates=n, exact=True)
+    # The top of the union of the two prefetches (each `candidates` long), ranked by the fused score.
+    _assert_fused(hits, _rrf(dense_ids, keyword_ids), n)
+    # In both lists beats either list alone.
+    both = set(dense_ids) & set(keyword_ids)
+    assert both and {h.id for h in hits[: len(both)]} == both
+    assert all(h.metadata == _kw_meta(h.document_id) for h in hits)
+    # top_k cuts the fused ranking.
+    assert [h.id for h in kw_store.search(q, 3, mode="hybrid", sparse=ENC.query(text), candidates=n,
+                                          exact=True)] == [h.id for h in hits[:3]]
+    # Each prefetch is never shorter than top_k: asking for more hits than candidates fuses longer lists.
+    wide = kw_store.search(q, 2 * n, mode="hybrid", sparse=ENC.query(text), candidates=n, exact=True)
+    dense_ids, _ = _exact(vecs, chunks, q, 2 * n)
+    _assert_fused(wide, _rrf(dense_ids, [h.id for h in _keyword(kw_store, text, 2 * n)]), 2 * n)
+
+
+def _assert_fused(hits, expected, k):
+    """``hits`` are the top ``k`` of the reference fusion ``expected`` (by score: ties come in any order)."""
+    assert len(hits) == min(k, len(expected)) and {h.id for h in hits} <= set(expected)
+    assert [h.score for h in hits] == pytest.approx(sorted(expected.values(), reverse=True)[:k], abs=1e-6)
+    assert all(h.score == pytest.approx(expected[h.id], abs=1e-6) for h in hits)
+
+
+def test_hybrid_of_stop_words_is_dense_alone(kw_store):
+    chunks, vecs = _kw_data()
+    dense_ids, _ = _exact(vecs, chunks, vecs[3], 4)
+    hits = kw_store.search(vecs[3], 4, mode="hybrid", sparse=ENC.query("the of"), exact=True)
+    assert [h.id for h in hits] == dense_ids
+    assert [h.score for h in hits] == pytest.approx([1.0 / (RRF_K + r) for r in range(4)], abs=1e-6)
+
+
+def test_dense_search_is_unchanged_by_keyword_vectors(kw_store):
+    chunks, vecs = _kw_data()
+    for q in vecs[:4]:
+        hits = kw_store.search(q, 5, exact=True)
+        ids, scores = _exact(vecs, chunks, q, 5)
+        assert [h.id for h in hits] == ids and np.allclose([h.score for h in hits], scores, atol=1e-4)
+        assert [h.id for h in kw_store.search(q, 5, mode="dense", exact=True)] == ids
+
+
+def test_filters_restrict_keyword_and_hybrid(kw_store):
+    chunks, vecs = _kw_data()
+    even = {"parity": "even"}
+    # "zeppelin" is only in kw1 (odd): nothing among the even documents.
+    assert _keyword(kw_store, "zeppelin", filter=even) == []
+    hits = _keyword(kw_store, "harbour", filter=even)
+    keep = lambda c: _kw_meta(c.document_id) == even
+    assert {h.id for h in hits} == {c.id for c in chunks if "harbour" in c.text.lower() and keep(c)}
+    # Hybrid: both prefetches filtered, so every hit is an even document's, fused from the filtered rankings.
+    q, text, n = vecs[2], "harbour boats", 4
+    dense_ids, _ = _exact(vecs, chunks, q, n, keep=keep)
+    keyword_ids = [h.id for h in _keyword(kw_store, text, n, filter=even)]
+    hits = kw_store.search(q, n, filter=even, mode="hybrid", sparse=ENC.query(text), candidates=n, exact=True)
+    assert all(h.metadata == even for h in hits)
+    _assert_fused(hits, _rrf(dense_ids, keyword_ids), n)
+    assert kw_store.search(q, 5, filter={"parity": "none"}, mode="hybrid", sparse=ENC.query(text)) == []
+
+
+def test_keyword_search_follows_replacement_and_deletion(kw_store):
+    chunks, vecs = _kw_data()
+    new = [StoredChunk(chunk_id("kw4", 0), "kw4", 0, "A second zeppelin landed")]
+    kw_store.replace_document("kw4", new, vecs[:1], _kw_meta("kw4"))  # keyword vectors computed by the store
+    assert {h.document_id for h in _keyword(kw_store, "zeppelin")} == {"kw1", "kw4"}
+    assert not any(h.document_id == "kw4" for h in _keyword(kw_store, "balloons"))  # the old chunk 1 is gone
+    kw_store.delete_document("kw1")
+    assert [h.document_id for h in _keyword(kw_store, "zeppelin")] == ["kw4"]
+
+
+def test_keyword_and_hybrid_agree_across_backends(tmp_path):
+    """Same corpus, same queries: the same hits in the same order, with the same scores (IDF from Qdrant's
+    live statistics on each backend); where scores tie, the same set at that rank."""
+    _, vecs = _kw_data()
+    stores = [_open(kind, tmp_path / kind) for kind in ("edge", "local")]
+    try:
+        for s in stores:
+            _kw_load(s)
+        for text in ("zeppelin harbour", "boats", "warm bread at dawn", "helium air balloons", "patience"):
+            runs = [_keyword(s, text) for s in stores]
+            assert _groups(runs[0]) == _groups(runs[1]) and runs[0]
+            assert [h.score for h in runs[0]] == pytest.approx([h.score for h in runs[1]], rel=1e-5)
+            runs = [s.search(vecs[5], 6, mode="hybrid", sparse=ENC.query(text), exact=True) for s in stores]
+            assert _groups(runs[0]) == _groups(runs[1])
+            assert [h.score for h in runs[0]] == pytest.approx([h.score for h in runs[1]], abs=1e-6)
+    finally:
+        for s in stores:
+            _drop(s)

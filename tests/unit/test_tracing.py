@@ -60,8 +60,8 @@ class LLM:
         return "Paris is the capital [1]."
 
 
-def test_a_rag_answer_is_one_trace_with_both_branches_under_prepare():
-    async def search(q, k, f):
+def test_a_rag_answer_is_one_trace_with_the_retrieval_under_prepare():
+    async def search(q, k, f, mode):
         return [{"document_id": "a", "chunk_id": "a1", "text": "Paris is the capital of France.", "score": 0.9}]
 
     async def run():
@@ -77,7 +77,7 @@ def test_a_rag_answer_is_one_trace_with_both_branches_under_prepare():
     tree = _tree(spans)
     assert tree[None] == ["POST /v1/rag"]
     assert tree["POST /v1/rag"] == ["rag.answer", "rag.prepare"]
-    assert tree["rag.prepare"] == ["rag.draft", "rag.retrieval"]
+    assert tree["rag.prepare"] == ["rag.retrieval"]
     retrieval = next(s for s in spans if s.name == "rag.retrieval")
     assert retrieval.attributes["hits"] == 1 and retrieval.attributes["top_k"] == 2
 

@@ -184,10 +184,12 @@ class _Embedder:
 def server(tmp_path, tokenizer):
     """A VectorStore replica's object without Ray: the class under the Serve decorator, on an edge store."""
     from serve_app.vector.deployment import VectorStoreServer, make_store
+    from serve_app.vector.keywords import KeywordEncoder
 
     s = VectorSettings(path=tmp_path, chunk_tokens=20, chunk_overlap=5, max_ingest_chunks_per_request=8)
     obj = VectorStoreServer.func_or_class.__new__(VectorStoreServer.func_or_class)
     obj.s, obj.dim, obj.tokenizer, obj.embedder = s, 8, tokenizer, _Embedder(8)
+    obj.keywords = KeywordEncoder()
     obj.store = make_store(s, obj.dim)
     obj._unindexed, obj._index_task = 0, None
     obj._write_lock, obj._chunk_lock = asyncio.Lock(), asyncio.Lock()
@@ -206,6 +208,22 @@ def test_ingest_over_the_budget_writes_nothing(server):
     assert err.value.param == "documents.1.text"
     assert server.embedder.texts == 0 and server.store.count() == 0
     assert server.store.get_records(["small", "big"]) == {}
+
+
+def test_a_failure_building_keyword_vectors_writes_nothing(server):
+    class Broken:
+        def documents(self, texts):
+            raise RuntimeError("tokenizer failed")
+
+    asyncio.run(server.ingest([{"id": "old", "text": _words(10), "metadata": {"v": 1}}]))
+    before = server.store.count()
+    server.keywords = Broken()
+    with pytest.raises(RuntimeError):
+        asyncio.run(server.ingest([{"id": "old", "text": _words(30), "metadata": {"v": 2}},
+                                   {"id": "new", "text": _words(10), "metadata": {}}]))
+    # The old version of "old" is whole, "new" was never written.
+    assert server.store.count() == before and server.store.get_records(["old"])["old"].metadata == {"v": 1}
+    assert server.store.get_records(["new"]) == {} and asyncio.run(server.get_document("old"))["text"] == _words(10)
 
 
 def test_ingest_stores_metadata_once_and_reads_it_back(server):

@@ -27,32 +27,32 @@ async def rag_answer(body: RagRequest, request: Request, ctx: IngressContext = D
     s = ctx.settings.rag
     top_k = bounded(body.top_k, s.default_top_k, s.max_top_k, "top_k")
     max_tokens = bounded(body.max_tokens, s.answer_max_tokens, s.answer_max_tokens, "max_tokens")
-    charge_tokens(request, max_tokens + (s.draft_max_tokens if s.draft else 0))
+    charge_tokens(request, max_tokens)
     if not body.stream:
         async def whole() -> dict[str, Any]:
-            prep = await rag.prepare(body.question, top_k, body.filter, body.plan)
+            prep = await rag.prepare(body.question, top_k, body.filter, body.mode)
             return await rag.answer(prep, max_tokens)
 
         out = await deadline(whole(), s.timeout_s, "the RAG answer")
-        return {"object": "rag.answer", **out, "plan": body.plan, "release": ctx.release}
+        return {"object": "rag.answer", **out, "release": ctx.release}
 
     async def first() -> AsyncIterator[dict[str, Any]]:
         # Everything up to the first answer token happens before the response starts, so a failure
         # there still gets its own status code instead of an in-band error.
-        prep = await rag.prepare(body.question, top_k, body.filter, body.plan)
+        prep = await rag.prepare(body.question, top_k, body.filter, body.mode)
         return await rag.open_stream(prep, max_tokens)
 
     events = await deadline(first(), s.timeout_s, "the RAG answer")
     ingress = ctx.settings.ingress
-    lines = sse_events(_tag(events, body.plan, ctx.release), ingress.stream_idle_timeout_s, ingress.stream_keepalive_s)
+    lines = sse_events(_tag(events, ctx.release), ingress.stream_idle_timeout_s, ingress.stream_keepalive_s)
     return StreamingResponse(lines, media_type="text/event-stream")
 
 
-async def _tag(events: AsyncIterator[dict[str, Any]], plan: str, release: str) -> AsyncIterator[dict[str, Any]]:
+async def _tag(events: AsyncIterator[dict[str, Any]], release: str) -> AsyncIterator[dict[str, Any]]:
     try:
         async for e in events:
             if e["type"] == "done":
-                e = {**e, "plan": plan, "release": release}
+                e = {**e, "release": release}
             yield e
     finally:
         await events.aclose()

@@ -18,5 +18,10 @@ async def search(body: SearchRequest, ctx: IngressContext = Depends(context)):
     if not 1 <= body.top_k <= s.max_top_k:
         raise InvalidRequest(f"top_k must be between 1 and {s.max_top_k}", "top_k")
     check_filter(body.filter, s)
-    hits = await ctx.vector_call("search", body.query, body.top_k, body.filter, body.score_threshold)
+    # A threshold is a cosine similarity: a request with one and no mode is searched dense (as before modes
+    # existed); one that names another mode is refused.
+    if body.score_threshold is not None and body.mode not in (None, "dense"):
+        raise InvalidRequest("score_threshold is a cosine similarity: it applies to dense search only "
+                             "(set mode to dense, or leave score_threshold out)", "score_threshold")
+    hits = await ctx.vector_call("search", body.query, body.top_k, body.filter, body.score_threshold, body.mode)
     return {"object": "search.result", "results": hits}

@@ -1,0 +1,256 @@
+"""RAG against what a user writes instead, side by side in one run, on the same app.
+
+1. ``POST /v1/rag`` (streamed) against the plain pipeline a user writes with the app's other routes:
+   ``POST /v1/search``, then a streamed ``/v1/chat/completions`` with the hits in the prompt (the same system
+   prompt and source format as the app's default prompt set, hits in score order). Ten questions over five
+   ingested documents (benchmarks/data/rag_corpus.json), the two alternated request by request (which one
+   goes first flips every round), so both see the same drift of a shared machine. Client clock: time to the
+   first answer token and end to end; tokens per answer (both stream one event per engine delta).
+2. Search speed: ``POST /v1/search`` through the app against the same search in-process (the app's embedder
+   and Qdrant Edge store in this process, the same chunks), one query at a time.
+
+    python -m benchmarks.rag [--rounds 4] [--max-tokens 128] [--concurrency 1] [--url URL]
+
+Without ``--url`` the app is started the way `make serve` starts it, on a temporary data directory. Writes
+benchmarks/results/rag.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from benchmarks._servers import ROOT, serve_app
+
+RESULTS = ROOT / "benchmarks" / "results"
+CORPUS = ROOT / "benchmarks" / "data" / "rag_corpus.json"
+
+
+def pct(xs: list[float], p: float) -> float | None:
+    return float(np.percentile(np.asarray(xs), p)) if xs else None
+
+
+def load_corpus() -> dict:
+    return json.loads(CORPUS.read_text())
+
+
+def default_prompts() -> dict:
+    from serve_app.config.prompts import PromptSettings
+
+    return PromptSettings().model_dump()
+
+
+# ------------------------------------------------------------------------------------- the two pipelines
+
+
+async def rag_once(c: httpx.AsyncClient, question: str, top_k: int, max_tokens: int, mode: str | None) -> dict:
+    body = {"question": question, "stream": True, "max_tokens": max_tokens, "top_k": top_k}
+    if mode:
+        body["mode"] = mode
+    t0 = time.perf_counter()
+    ttft, tokens, done = None, 0, None
+    async with c.stream("POST", "/v1/rag", json=body) as r:
+        if r.status_code != 200:
+            return {"ok": False, "status": r.status_code, "body": (await r.aread()).decode()[:300]}
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if event.get("type") == "token" and event.get("text"):
+                tokens += 1
+                ttft = ttft if ttft is not None else (time.perf_counter() - t0) * 1000
+            elif event.get("type") == "done":
+                done = event
+            elif "error" in event:
+                return {"ok": False, "error": event["error"]}
+    return {"ok": True, "e2e_ms": (time.perf_counter() - t0) * 1000, "ttft_ms": ttft, "tokens": tokens,
+            "degraded": bool(done and done.get("degraded"))}
+
+
+async def plain_once(c: httpx.AsyncClient, question: str, top_k: int, max_tokens: int, prompts: dict,
+                     model: str) -> dict:
+    """What a user writes: search, put the hits in the prompt, stream the chat answer."""
+    t0 = time.perf_counter()
+    r = await c.post("/v1/search", json={"query": question, "top_k": top_k})
+    if r.status_code != 200:
+        return {"ok": False, "status": r.status_code}
+    hits = r.json()["results"]
+    sources = "\n".join(f"[{i}] {h['text']}" for i, h in enumerate(hits, 1))
+    messages = [{"role": "system", "content": prompts["rag_answer_system"]},
+                {"role": "user", "content": f"Sources:\n{sources}\n\nQuestion: {question}\nAnswer (cite sources "
+                                            "like [1]):"}]
+    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    ttft, tokens = None, 0
+    async with c.stream("POST", "/v1/chat/completions", json=body) as r:
+        if r.status_code != 200:
+            return {"ok": False, "status": r.status_code}
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            for choice in event.get("choices") or ():
+                if (choice.get("delta") or {}).get("content"):
+                    tokens += 1
+                    ttft = ttft if ttft is not None else (time.perf_counter() - t0) * 1000
+    return {"ok": True, "e2e_ms": (time.perf_counter() - t0) * 1000, "ttft_ms": ttft, "tokens": tokens,
+            "degraded": False}
+
+
+def summary(rows: list[dict]) -> dict:
+    ok = [r for r in rows if r["ok"]]
+    return {
+        "requests": len(rows),
+        "failed": len(rows) - len(ok),
+        "failures": [r for r in rows if not r["ok"]][:3],
+        "degraded": sum(r["degraded"] for r in ok),
+        "ttft_p50_ms": pct([r["ttft_ms"] for r in ok if r["ttft_ms"] is not None], 50),
+        "ttft_p90_ms": pct([r["ttft_ms"] for r in ok if r["ttft_ms"] is not None], 90),
+        "e2e_p50_ms": pct([r["e2e_ms"] for r in ok], 50),
+        "e2e_p90_ms": pct([r["e2e_ms"] for r in ok], 90),
+        "tokens_mean": float(np.mean([r["tokens"] for r in ok])) if ok else None,
+    }
+
+
+async def side_by_side(url: str, questions: list[str], rounds: int, top_k: int, max_tokens: int,
+                       concurrency: int, modes: list[str | None]) -> dict:
+    prompts = default_prompts()
+    async with httpx.AsyncClient(base_url=url, timeout=300) as c:
+        model = (await c.get("/v1/models")).json()["data"][0]["id"]
+        arms = {"plain": lambda q: plain_once(c, q, top_k, max_tokens, prompts, model)}
+        for mode in modes:
+            arms[f"rag_{mode or 'default'}"] = lambda q, m=mode: rag_once(c, q, top_k, max_tokens, m)
+        for q in questions:  # warm-up: every arm once per question (engine, caches, code paths)
+            for arm in arms.values():
+                await arm(q)
+        names = list(arms)
+        jobs = []
+        for k in range(rounds):
+            for i, q in enumerate(questions):
+                order = names if (k + i) % 2 == 0 else names[::-1]  # who goes first flips
+                jobs.extend((name, q) for name in order)
+        rows: dict[str, list[dict]] = {n: [] for n in names}
+        sem = asyncio.Semaphore(concurrency)
+
+        async def run(name: str, q: str) -> None:
+            async with sem:
+                rows[name].append(await arms[name](q))
+
+        if concurrency == 1:
+            for name, q in jobs:
+                await run(name, q)
+        else:
+            await asyncio.gather(*(run(n, q) for n, q in jobs))
+    out = {n: summary(r) for n, r in rows.items()}
+    base = out["plain"]
+    for n in names[1:]:
+        out[n]["ttft_p50_over_plain"] = out[n]["ttft_p50_ms"] / base["ttft_p50_ms"]
+        out[n]["e2e_p50_over_plain"] = out[n]["e2e_p50_ms"] / base["e2e_p50_ms"]
+    return {"model": model, "concurrency": concurrency, "rounds": rounds, "questions": len(questions),
+            "top_k": top_k, "max_tokens": max_tokens, "arms": out}
+
+
+# ------------------------------------------------------------------------------------------- search speed
+
+
+def search_speed(url: str, corpus: dict, queries: list[str], repeats: int, top_k: int) -> dict:
+    """/v1/search through the app against the same embedder and store in this process."""
+    import yaml
+    from transformers import AutoTokenizer
+
+    from serve_app.vector.chunker import chunk_text
+    from serve_app.vector.edge_store import QdrantEdgeStore
+    from serve_app.vector.embedder import Embedder, resolve_embedder
+    from serve_app.vector.keywords import KeywordEncoder
+    from serve_app.vector.store import StoredChunk
+
+    args = yaml.safe_load((ROOT / "configs/dev-cpu.yaml").read_text())["applications"][0]["args"]
+    v = args["vector"]
+    embedder = Embedder("default")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_embedder("default"))
+    keywords = KeywordEncoder()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = QdrantEdgeStore(Path(tmp) / "documents", embedder.dim)
+        try:
+            for d in corpus["documents"]:
+                chunks = chunk_text(d["id"], d["text"], tokenizer, v["chunk_tokens"], v["chunk_overlap"])
+                stored = [StoredChunk(c.id, c.document_id, c.position, c.text) for c in chunks]
+                texts = [c.text for c in chunks]
+                store.replace_document(d["id"], stored, embedder.encode(texts), {}, keywords.documents(texts))
+            local, app = [], []
+            with httpx.Client(base_url=url, timeout=60) as c:
+                for q in queries:  # warm-up of both
+                    store.search(embedder.encode([q])[0], top_k)
+                    c.post("/v1/search", json={"query": q, "top_k": top_k}).raise_for_status()
+                for _ in range(repeats):
+                    for q in queries:
+                        t0 = time.perf_counter()
+                        store.search(embedder.encode([q])[0], top_k)
+                        local.append((time.perf_counter() - t0) * 1000)
+                        t0 = time.perf_counter()
+                        c.post("/v1/search", json={"query": q, "top_k": top_k}).raise_for_status()
+                        app.append((time.perf_counter() - t0) * 1000)
+        finally:
+            store.close()
+    return {"queries": len(local), "inprocess_p50_ms": pct(local, 50), "inprocess_p90_ms": pct(local, 90),
+            "app_p50_ms": pct(app, 50), "app_p90_ms": pct(app, 90),
+            "app_p50_over_inprocess": pct(app, 50) / pct(local, 50)}
+
+
+# ---------------------------------------------------------------------------------------------------- main
+
+
+def run(url: str, args) -> dict:
+    corpus = load_corpus()
+    with httpx.Client(base_url=url, timeout=600) as c:
+        c.post("/v1/documents", json={"documents": corpus["documents"]}).raise_for_status()
+    result = {"command": "python -m benchmarks.rag " + " ".join(args.argv), "rag": []}
+    for conc in args.concurrency:
+        r = asyncio.run(side_by_side(url, corpus["questions"], args.rounds, args.top_k, args.max_tokens, conc,
+                                     args.modes))
+        print(json.dumps(r, indent=1))
+        result["rag"].append(r)
+    if not args.skip_search:
+        result["search"] = search_speed(url, corpus, corpus["questions"], args.search_repeats, args.top_k)
+        print(json.dumps(result["search"], indent=1))
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="configs/dev-cpu.yaml")
+    ap.add_argument("--url", help="an app already running (its store gets the corpus ingested)")
+    ap.add_argument("--rounds", type=int, default=4, help="each question this many times per arm")
+    ap.add_argument("--top-k", type=int, default=4)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1])
+    ap.add_argument("--modes", nargs="+", default=["default"],
+                    help="RAG arms by search mode ('default': the request names none)")
+    ap.add_argument("--search-repeats", type=int, default=10)
+    ap.add_argument("--skip-search", action="store_true")
+    ap.add_argument("--out", default=str(RESULTS / "rag.json"))
+    args, argv = ap.parse_args(), None
+    import sys
+
+    args.argv = sys.argv[1:]
+    args.modes = [None if m == "default" else m for m in args.modes]
+    with tempfile.TemporaryDirectory() as data:
+        started = nullcontext((args.url, None)) if args.url else serve_app(
+            args.config, Path(data) / "app.log", env={"SERVE_APP_DATA_DIR": data})
+        with started as (url, ready_s):
+            result = run(url, args)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
