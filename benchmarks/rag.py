@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import tempfile
 import time
 from contextlib import nullcontext
@@ -116,6 +117,10 @@ def summary(rows: list[dict]) -> dict:
         "e2e_p50_ms": pct([r["e2e_ms"] for r in ok], 50),
         "e2e_p90_ms": pct([r["e2e_ms"] for r in ok], 90),
         "tokens_mean": float(np.mean([r["tokens"] for r in ok])) if ok else None,
+        # Answers differ in length between the arms (different prompts): the time per token after the first
+        # compares the decode itself.
+        "decode_ms_per_token_p50": pct([(r["e2e_ms"] - r["ttft_ms"]) / (r["tokens"] - 1) for r in ok
+                                        if r["ttft_ms"] is not None and r["tokens"] > 1], 50),
     }
 
 
@@ -212,7 +217,7 @@ def run(url: str, args) -> dict:
     with httpx.Client(base_url=url, timeout=600) as c:
         c.post("/v1/documents", json={"documents": corpus["documents"]}).raise_for_status()
     result = {"command": "python -m benchmarks.rag " + " ".join(args.argv), "rag": []}
-    for conc in args.concurrency:
+    for conc in [] if args.skip_rag else args.concurrency:
         r = asyncio.run(side_by_side(url, corpus["questions"], args.rounds, args.top_k, args.max_tokens, conc,
                                      args.modes))
         print(json.dumps(r, indent=1))
@@ -235,10 +240,9 @@ def main() -> None:
                     help="RAG arms by search mode ('default': the request names none)")
     ap.add_argument("--search-repeats", type=int, default=10)
     ap.add_argument("--skip-search", action="store_true")
+    ap.add_argument("--skip-rag", action="store_true", help="only the search speed")
     ap.add_argument("--out", default=str(RESULTS / "rag.json"))
-    args, argv = ap.parse_args(), None
-    import sys
-
+    args = ap.parse_args()
     args.argv = sys.argv[1:]
     args.modes = [None if m == "default" else m for m in args.modes]
     with tempfile.TemporaryDirectory() as data:
