@@ -24,7 +24,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.config.parts import code_actor_options, deployment_settings
 from serve_app.config.settings import VectorSettings
 from serve_app.calls.handles import call
-from serve_app.errors import InvalidRequest, NotFound
+from serve_app.errors import NotFound
 from serve_app.llm.cpus import share_engine_cpus
 from serve_app.observability.genai import vector_search
 from serve_app.observability.metrics import metric
@@ -237,9 +237,9 @@ class VectorStoreServer:
         mode: str | None = None,
     ) -> list[dict[str, Any]]:
         check_filter(filter, self.s)  # RAG and the agent search through this handle too
+        # A threshold is a cosine similarity: with one and no mode, the search is dense (the store refuses a
+        # threshold in the other modes).
         mode = mode or ("dense" if score_threshold is not None else self.s.search_mode)
-        if score_threshold is not None and mode != "dense":
-            raise InvalidRequest("score_threshold applies to dense search only", "score_threshold")
         started = time.perf_counter()
         name, attributes = vector_search(self.s.collection, top_k=top_k, filtered=filter is not None)
         with span(name, SpanKind.CLIENT, mode=mode, **attributes) as s:
