@@ -19,9 +19,10 @@ import argparse
 import json
 import re
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 # Role of a process, by its command line; first match wins.
 ROLES = [

@@ -74,9 +74,9 @@ def bench_app(tmp: Path, out: Path, n_texts: int, clients: int, per_request: int
               n_queries: int = 200) -> dict:
     import httpx
 
+    from serve_app.config.settings import VectorSettings
     from serve_app.vector.chunker import chunk_text
     from serve_app.vector.deployment import make_store
-    from serve_app.config.settings import VectorSettings
     from serve_app.vector.embedder import Embedder
     from serve_app.vector.store import StoredChunk
 

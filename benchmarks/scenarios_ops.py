@@ -11,7 +11,6 @@ import httpx
 
 from benchmarks.context import Context, deploy, pyplot, replicas
 
-
 # ------------------------------------------------------------------------------------------ autoscaling
 
 
@@ -97,7 +96,8 @@ def autoscaling(ctx: Context) -> dict:
 
 
 def rollout(ctx: Context) -> dict:
-    from benchmarks.releases import plot, rollout as one_rollout
+    from benchmarks.releases import plot
+    from benchmarks.releases import rollout as one_rollout
 
     app = ctx.app()
     admin, url, model = app["admin"], app["url"], app["model"]

@@ -13,7 +13,6 @@ from benchmarks._servers import bare_vllm, engine_setup, serve_app
 from benchmarks.context import Context, pyplot, ratio
 from serve_app.llm import engine_args
 
-
 # -------------------------------------------------------------------------------------------------- cpu
 
 SHARED = "serve_app_without_split"

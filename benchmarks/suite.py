@@ -38,19 +38,18 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import httpx
 
 from benchmarks._servers import bare_vllm, engine_setup, serve_app
-from benchmarks.context import Context, RESULTS, SLO, pyplot, ratio
+from benchmarks.context import RESULTS, SLO, Context, pyplot, ratio
 from benchmarks.report import machine, report, versions, write_csv
 from benchmarks.scenarios_ops import autoscaling, rollout
 from benchmarks.scenarios_profile import SHARED, cpu, overhead
 from serve_app.cli import HelpFormatter
 from serve_app.llm import engine_args
-
 
 # ------------------------------------------------------------------------------------------------- chat
 

@@ -121,7 +121,7 @@ class AgentLoop:
                                           self._final_schema if last else self._schema),
                         remaining,
                     )
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     step_span.set_attribute("status", "deadline")
                     reason = "deadline"
                     break
@@ -172,7 +172,7 @@ class AgentLoop:
                 except Exception:
                     tool_span.set_attribute("status", "error")
                     raise
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return {"tool": name, "input": parsed.model_dump(), "output": f"error: {name} did not answer within {timeout:.3g}s",
                     "status": "error", "tool_ms": ms()}
         except Exception as exc:  # noqa: BLE001 - a failing tool is an observation; the loop goes on

@@ -45,7 +45,7 @@ async def call(handle, method: str, *args, timeout_s: float = DEFAULT_TIMEOUT_S,
     response = getattr(handle, method).remote(*args, **kwargs)
     try:
         return await asyncio.wait_for(awaited(response), timeout_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise UpstreamTimeout(f"{method} did not answer within {timeout_s:g}s") from None
 
 
@@ -69,7 +69,7 @@ async def open_call(method, args: tuple, settings: IngressSettings) -> tuple[dic
         try:
             head = await asyncio.wait_for(gen.__anext__(), settings.request_timeout_s)
             return head, gen
-        except asyncio.TimeoutError:
+        except TimeoutError:
             gen.cancel()
             raise UpstreamTimeout(f"no answer within {settings.request_timeout_s:g}s") from None
         except RETRYABLE as exc:

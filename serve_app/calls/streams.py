@@ -40,7 +40,7 @@ async def relay_stream(gen, idle_timeout_s: float = IDLE_TIMEOUT_S) -> AsyncGene
                 line = await asyncio.wait_for(gen.__anext__(), idle_timeout_s)
             except StopAsyncIteration:
                 break
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 gen.cancel()  # the replica stops before the error event goes out
                 raise _idle(idle_timeout_s) from None
             if is_done(line):

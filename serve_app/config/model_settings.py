@@ -11,8 +11,7 @@ from pydantic import Field, field_validator
 
 from serve_app.config import paths
 from serve_app.config.base import Strict as _Strict
-from serve_app.config.names import DEFAULT_MODEL, DEFAULT_MODEL_NAME, SERVED_NAME_PATTERN, SERVED_NAMES, \
-    TINY_MODEL_NAME
+from serve_app.config.names import DEFAULT_MODEL, DEFAULT_MODEL_NAME, SERVED_NAME_PATTERN, SERVED_NAMES, TINY_MODEL_NAME
 
 
 class ModelSettings(_Strict):

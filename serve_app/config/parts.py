@@ -39,10 +39,17 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from serve_app.config.loader import APP_IMPORT_PATH, deployment_names, validate_app_args
-from serve_app.config.prompts import PromptSettings
 from serve_app.config.names import LLM_DEPLOYMENT, is_llm_deployment
-from serve_app.config.settings import (AgentSettings, AppSettings, IngressSettings, ModelSettings, ServedModel,
-                                       VectorSettings, _Strict)
+from serve_app.config.prompts import PromptSettings
+from serve_app.config.settings import (
+    AgentSettings,
+    AppSettings,
+    IngressSettings,
+    ModelSettings,
+    ServedModel,
+    VectorSettings,
+    _Strict,
+)
 
 ENV = "SERVE_APP_DEPLOYMENT_SETTINGS"
 # Marks ray_actor_options that ``split`` wrote for an entry that had none (``join`` removes them again).

@@ -59,7 +59,7 @@ class PromptSettings(BaseModel):
     agent_last_step: str = _field("agent_last_step")
 
     @model_validator(mode="after")
-    def _check_placeholders(self) -> "PromptSettings":
+    def _check_placeholders(self) -> PromptSettings:
         for name, (allowed, required) in PLACEHOLDERS.items():
             template = getattr(self, name)
             try:

@@ -14,10 +14,10 @@ from pydantic import Field, model_validator
 
 from serve_app.config import paths
 from serve_app.config.base import Strict as _Strict
+
 # The served model's and the release's settings live in modules of their own; importable from here too.
-from serve_app.config.model_settings import EngineSettings, LoraSettings, ModelSettings, ServedModel  # noqa: F401
-from serve_app.config.names import DEFAULT_TOOLS, FINAL, LLM_DEPLOYMENT, SERVED_NAME_PATTERN, TOOLS, \
-    llm_deployment_name
+from serve_app.config.model_settings import EngineSettings, LoraSettings, ModelSettings, ServedModel
+from serve_app.config.names import DEFAULT_TOOLS, FINAL, LLM_DEPLOYMENT, SERVED_NAME_PATTERN, TOOLS, llm_deployment_name
 from serve_app.config.prompts import PromptSettings
 from serve_app.config.release_settings import CanarySettings, ReleaseSettings  # noqa: F401
 
@@ -161,7 +161,7 @@ class VectorSettings(_Strict):
     timeout_s: float = Field(30.0, gt=0, description="Deadline for one vector-tier call from the ingress.")
 
     @model_validator(mode="after")
-    def _check(self) -> "VectorSettings":
+    def _check(self) -> VectorSettings:
         if self.chunk_overlap >= self.chunk_tokens:
             raise ValueError("chunk_overlap must be smaller than chunk_tokens")
         if self.backend == "remote" and not self.url:
@@ -208,7 +208,7 @@ class RagSettings(_Strict):
         return data
 
     @model_validator(mode="after")
-    def _check(self) -> "RagSettings":
+    def _check(self) -> RagSettings:
         if self.default_top_k > self.max_top_k:
             raise ValueError("default_top_k must not exceed max_top_k")
         return self
@@ -239,7 +239,7 @@ class AgentSettings(_Strict):
     temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature of tool calls.")
 
     @model_validator(mode="after")
-    def _check(self) -> "AgentSettings":
+    def _check(self) -> AgentSettings:
         unknown = [t for t in self.tools if t not in TOOLS]
         if unknown:
             raise ValueError(f"unknown tool(s) {unknown} in tools; known tools: {sorted(TOOLS)}")
@@ -279,7 +279,7 @@ class AppSettings(_Strict):
     )
 
     @model_validator(mode="after")
-    def _check(self) -> "AppSettings":
+    def _check(self) -> AppSettings:
         if not self.model.enabled and not self.vector.enabled:
             raise ValueError("nothing to serve: model.enabled and vector.enabled are both false")
         if self.models and not self.model.enabled:

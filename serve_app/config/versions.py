@@ -19,7 +19,8 @@ this code cannot know what the newer shape means.
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from serve_app.config.loader import ConfigError
 

@@ -98,7 +98,7 @@ class IngressContext:
             if data is not None:
                 try:
                     await call(self.release_controller(), "canary_report", router.release, data, timeout_s=10)
-                except Exception:  # noqa: BLE001 - the counts of one interval are lost; serving goes on
+                except Exception:
                     logger.warning("could not report canary counts to the release controller", exc_info=True)
             if self.router is not router:
                 router = self.router
@@ -207,7 +207,7 @@ def context(request: Request) -> IngressContext:
 async def deadline(coro, seconds: float, what: str):
     try:
         return await asyncio.wait_for(coro, seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise UpstreamTimeout(f"{what} did not finish within {seconds:g}s") from None
 
 

@@ -59,7 +59,7 @@ class HealthMonitor:
         self.start()
         try:
             await asyncio.wait_for(self._first_round.wait(), within_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     def stop(self) -> None:
@@ -70,7 +70,7 @@ class HealthMonitor:
         try:
             detail = await asyncio.wait_for(self.probes[name](), self.timeout_s)
             return {"status": "ok", **(detail or {})}
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return {"status": "unhealthy", "error": f"health probe timed out after {self.timeout_s:g}s"}
         except asyncio.CancelledError:
             raise
@@ -88,7 +88,7 @@ class HealthMonitor:
             if self._on_result is not None:
                 try:
                     self._on_result(name, record)
-                except Exception:  # noqa: BLE001 - a listener's failure must not stop the probing
+                except Exception:
                     logger.exception("health listener failed for %s", name)
             await asyncio.sleep(max(0.0, self.period_s - (self._clock() - began)))
 

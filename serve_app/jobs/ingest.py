@@ -86,7 +86,7 @@ def send_with_retry(send, batch: list[Document], attempts: int, backoff_s: float
     for attempt in range(1, attempts + 1):
         try:
             return send(payload)
-        except Exception as exc:  # noqa: BLE001 - any failure but a refusal is retried, then reported
+        except Exception as exc:
             if attempt == attempts or _client_error(exc) is not None:
                 raise
             wait = backoff_s * 2 ** (attempt - 1)
@@ -118,7 +118,7 @@ class Ingest:
             return
         try:
             result = send_with_retry(self.send, batch, self.attempts, self.backoff_s)
-        except Exception as exc:  # noqa: BLE001 - only the deployment's refusals are handled here
+        except Exception as exc:
             refused = _client_error(exc)
             if refused is None:
                 raise

@@ -225,5 +225,5 @@ class LLMServer:
         if engine is not None:
             try:
                 engine.shutdown()
-            except Exception:  # noqa: BLE001 - shutdown must not raise from __del__
+            except Exception:
                 logger.exception("engine shutdown failed")

@@ -12,13 +12,11 @@ from __future__ import annotations
 import abc
 import json
 import logging
-import os
-from collections.abc import AsyncGenerator
-from typing import Any
-
 import logging.handlers
-from collections.abc import Iterator
+import os
+from collections.abc import AsyncGenerator, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from serve_app.errors import EngineError, InvalidRequest, NotFound, ServiceUnavailable, error_body, status_of
 from serve_app.llm.errors import from_vllm

@@ -58,8 +58,7 @@ def _progress(msg: str) -> None:
 
 def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     import torch
-    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     src, name = str(gguf.parent), gguf.name
     t0 = time.monotonic()

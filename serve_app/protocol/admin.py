@@ -32,7 +32,7 @@ class ScaleRequest(_Request):
     factor: float | None = Field(None, gt=0, le=100, description="Multiply replicas or autoscaling bounds.")
 
     @model_validator(mode="after")
-    def _one(self) -> "ScaleRequest":
+    def _one(self) -> ScaleRequest:
         if (self.replicas is None) == (self.factor is None):
             raise ValueError("give exactly one of replicas or factor")
         return self

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import model_validator
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest as _VllmChat
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest as _VllmCompletion
+
 # /tokenize and /detokenize take vLLM's own request models as they are (the first is a union: a prompt or messages).
 from vllm.entrypoints.serve.tokenize.protocol import DetokenizeRequest, TokenizeRequest  # noqa: F401
 

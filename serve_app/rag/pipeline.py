@@ -80,7 +80,7 @@ class RagPipeline:
         try:
             hits = await asyncio.wait_for(self.search(question, top_k, filter_, mode), self.s.retrieval_timeout_s)
             return hits, None, _ms(start)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             reason = f"document search did not answer within {self.s.retrieval_timeout_s:g}s"
         except (InvalidRequest, Conflict):
             # The request's own fault (its filter, a stop-words-only keyword query, a keyword search of a collection

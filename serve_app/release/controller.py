@@ -43,8 +43,20 @@ from serve_app.release.canary import CANARY, PRIMARY
 from serve_app.release.gateway import RayServeGateway, ServeGateway
 from serve_app.release.guard import check_release
 from serve_app.release.history import History
-from serve_app.release.plan import adapter_list, app_entry, app_settings, canary_name, canary_settings, changed, \
-    deployed_config, release_config, scaled, stored_config, with_adapter, without_adapter
+from serve_app.release.plan import (
+    adapter_list,
+    app_entry,
+    app_settings,
+    canary_name,
+    canary_settings,
+    changed,
+    deployed_config,
+    release_config,
+    scaled,
+    stored_config,
+    with_adapter,
+    without_adapter,
+)
 from serve_app.release.rollout import CanaryRollout, Clock, ReleaseState, Rollout, Sleep
 
 logger = logging.getLogger("ray.serve")
@@ -95,7 +107,7 @@ class Releases:
         try:
             await self.canary_rollout.remove(self._last_good())
             logger.info("removed a canary left by an earlier release controller")
-        except Exception:  # noqa: BLE001 - retried on the next call
+        except Exception:
             logger.exception("removing a leftover canary failed; retrying on the next call")
             self.state.leftover_canary = True
 

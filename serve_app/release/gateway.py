@@ -15,7 +15,8 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
-from typing import Any, Awaitable
+from collections.abc import Awaitable
+from typing import Any
 
 from serve_app.calls.handles import call
 from serve_app.config.parts import split

@@ -11,8 +11,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from serve_app.config.loader import APP_IMPORT_PATH, LLM_IMPORT_PATH, ConfigError, deployment_names, \
-    validate_serve_config
+from serve_app.config.loader import (
+    APP_IMPORT_PATH,
+    LLM_IMPORT_PATH,
+    ConfigError,
+    deployment_names,
+    validate_serve_config,
+)
 from serve_app.config.model_settings import check_folder_name
 from serve_app.config.names import is_llm_deployment
 from serve_app.config.parts import adapters_by_model, join

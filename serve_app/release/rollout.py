@@ -12,16 +12,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from serve_app.config.loader import deployment_names
 from serve_app.config.settings import AppSettings, CanarySettings
+from serve_app.errors import unwrap
 from serve_app.release.canary import CANARY, PRIMARY, ArmStats, judge
 from serve_app.release.history import History
-from serve_app.errors import unwrap
-from serve_app.release.plan import app_settings, canary_application, canary_name, drain_bound_s, label, \
-    new_adapters, probe_method
+from serve_app.release.plan import (
+    app_settings,
+    canary_application,
+    canary_name,
+    drain_bound_s,
+    label,
+    new_adapters,
+    probe_method,
+)
 
 if TYPE_CHECKING:
     from serve_app.release.gateway import ServeGateway

@@ -21,9 +21,9 @@ from opentelemetry.trace import SpanKind
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serve_app.calls.handles import call
 from serve_app.config.parts import code_actor_options, deployment_settings
 from serve_app.config.settings import VectorSettings
-from serve_app.calls.handles import call
 from serve_app.errors import NotFound
 from serve_app.llm.cpus import share_engine_cpus
 from serve_app.observability.genai import vector_search
@@ -270,5 +270,5 @@ class VectorStoreServer:
         if store is not None:
             try:
                 store.close()
-            except Exception:  # noqa: BLE001 - shutdown must not raise from __del__
+            except Exception:
                 logger.exception("vector store close failed")

@@ -13,9 +13,20 @@ import numpy as np
 
 from serve_app.vector import edge_migration
 from serve_app.vector.keywords import KeywordEncoder, Sparse
-from serve_app.vector.store import (RRF_K, SPARSE_NAME, DocumentRecord, StoredChunk, VectorStore, chunk_from_point,
-                                    chunk_payload, hybrid_candidates, record_from_payload, record_id, record_payload,
-                                    records_name)
+from serve_app.vector.store import (
+    RRF_K,
+    SPARSE_NAME,
+    DocumentRecord,
+    StoredChunk,
+    VectorStore,
+    chunk_from_point,
+    chunk_payload,
+    hybrid_candidates,
+    record_from_payload,
+    record_id,
+    record_payload,
+    records_name,
+)
 
 # Qdrant Edge refuses a shard without any vector, and records need none: their shard declares one named
 # vector that no point carries. (Qdrant server and qdrant-client's local mode take vectorless collections.)

@@ -22,9 +22,20 @@ from typing import Any
 import numpy as np
 
 from serve_app.vector.keywords import KeywordEncoder, Sparse
-from serve_app.vector.store import (RRF_K, SPARSE_NAME, DocumentRecord, StoredChunk, VectorStore, chunk_from_point,
-                                    chunk_payload, hybrid_candidates, record_from_payload, record_id, record_payload,
-                                    records_name)
+from serve_app.vector.store import (
+    RRF_K,
+    SPARSE_NAME,
+    DocumentRecord,
+    StoredChunk,
+    VectorStore,
+    chunk_from_point,
+    chunk_payload,
+    hybrid_candidates,
+    record_from_payload,
+    record_id,
+    record_payload,
+    records_name,
+)
 
 logger = logging.getLogger("ray.serve")
 

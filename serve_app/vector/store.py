@@ -75,7 +75,7 @@ class NoKeywordIndex(Conflict):
     constructor stays AppError's (message, param), which is what unpickling calls."""
 
     @classmethod
-    def of(cls, collection: str) -> "NoKeywordIndex":
+    def of(cls, collection: str) -> NoKeywordIndex:
         return cls(f"the collection {collection!r} has no keyword index (it was created before keyword search "
                    "and the vector backend cannot add one): re-ingest its documents into a new collection, or "
                    "search with mode 'dense'", "mode")

@@ -7,9 +7,9 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from tests.chaos.faults import current_config, deploy, wait_healthy
-import pytest
 
 pytestmark = pytest.mark.chaos
 

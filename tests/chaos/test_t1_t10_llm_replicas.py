@@ -21,8 +21,16 @@ import psutil
 import pytest
 
 from benchmarks.load import Load
-from tests.chaos.faults import (HealthSampler, gone, llm_replica_pids, running_replicas, scale, scale_together,
-                               wait_healthy, wait_replicas)
+from tests.chaos.faults import (
+    HealthSampler,
+    gone,
+    llm_replica_pids,
+    running_replicas,
+    scale,
+    scale_together,
+    wait_healthy,
+    wait_replicas,
+)
 
 pytestmark = pytest.mark.chaos
 

@@ -7,10 +7,10 @@ import signal
 import time
 
 import psutil
+import pytest
 
 from benchmarks.load import Load
 from tests.chaos.faults import HEALTHZ_CONTRACT_S, HealthSampler, llm_replica_pids, wait_healthy
-import pytest
 
 pytestmark = pytest.mark.chaos
 

@@ -8,8 +8,9 @@ import os
 import signal
 import time
 
-from tests.chaos.faults import wait_healthy
 import pytest
+
+from tests.chaos.faults import wait_healthy
 
 pytestmark = pytest.mark.chaos
 

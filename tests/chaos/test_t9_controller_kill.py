@@ -5,9 +5,10 @@ Serve's status through it) answers again without manual action."""
 import signal
 import time
 
+import pytest
+
 from benchmarks.load import Load
 from tests.chaos.faults import titled, wait_healthy
-import pytest
 
 pytestmark = pytest.mark.chaos
 

@@ -10,7 +10,8 @@ lists; the configs it is given and reports back are plain (the real gateway spli
 from __future__ import annotations
 
 import copy
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from serve_app.release.gateway import ServeGateway
 from tests.fakes.clock import FakeClock

@@ -2,6 +2,7 @@
 included, carries X-Request-Id (the client's, or a generated one)."""
 
 import uuid
+
 import pytest
 
 pytestmark = pytest.mark.app

@@ -2,6 +2,7 @@
 not, and response_format json_schema output that parses and matches the schema."""
 
 import json
+
 import pytest
 
 from serve_app.errors import status_of

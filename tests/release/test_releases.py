@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 
 # The same bounded load the release benchmark uses: non-streaming chat and streams, every request recorded.
 from benchmarks.load import Load
 from tests.chaos.faults import follow as _follow
-import pytest
 
 pytestmark = pytest.mark.release
 

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import openai
-
 import pytest
 import torch
 from safetensors.torch import save_file

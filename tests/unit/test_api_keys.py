@@ -7,7 +7,6 @@ digests; a key file with a problem is refused naming it; admin-scope keys open /
 """
 
 import hashlib
-
 import re
 
 import pytest

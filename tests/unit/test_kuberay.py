@@ -4,13 +4,13 @@ is refused before anything is written; the manifest checked into cluster/kuberay
 
 from pathlib import Path
 
+import pytest
 import ray
 import yaml
 
 from serve_app.cli import main
 from serve_app.config.kuberay import serve_config_of
 from serve_app.config.loader import validate_serve_config
-import pytest
 
 pytestmark = pytest.mark.unit
 

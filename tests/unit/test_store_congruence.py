@@ -14,11 +14,11 @@ import uuid
 import numpy as np
 import pytest
 
+from serve_app.errors import InvalidRequest
 from serve_app.vector.chunker import chunk_id
 from serve_app.vector.edge_store import QdrantEdgeStore
-from serve_app.vector.qdrant_client_store import QdrantClientStore
-from serve_app.errors import InvalidRequest
 from serve_app.vector.keywords import KeywordEncoder
+from serve_app.vector.qdrant_client_store import QdrantClientStore
 from serve_app.vector.store import RRF_K, FilterTooBroad, StoredChunk
 
 pytestmark = pytest.mark.unit

@@ -8,7 +8,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serve_app.ingress.middleware.common import refuse
 
-
 OPEN_PATHS = frozenset({"/healthz", "/livez"})
 
 

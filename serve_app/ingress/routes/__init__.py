@@ -2,8 +2,19 @@
 through the call layer (serve_app/calls), answer. What a route needs comes from the replica's
 IngressContext (serve_app/ingress/context.py) through FastAPI's dependency injection."""
 
-from serve_app.ingress.routes import (admin, agent, chat, completions, documents, embeddings, health, models, rag,
-                                      search, tokens)
+from serve_app.ingress.routes import (
+                                      admin,
+                                      agent,
+                                      chat,
+                                      completions,
+                                      documents,
+                                      embeddings,
+                                      health,
+                                      models,
+                                      rag,
+                                      search,
+                                      tokens,
+)
 
 ROUTERS = [health.router, models.router, chat.router, completions.router, tokens.router, embeddings.router,
            documents.router, search.router, rag.router, agent.router, admin.router]
