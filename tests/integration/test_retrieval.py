@@ -110,7 +110,7 @@ def test_embeddings_match_in_process_encoder(http):
 
     served = http.post("/v1/embeddings", json={"input": ["a quiet lake"], "encoding_format": "float"}).json()["data"][0]["embedding"]
     local = Embedder().encode(["a quiet lake"])[0]
-    assert max(abs(a - b) for a, b in zip(served, local)) < 1e-4
+    assert max(abs(a - b) for a, b in zip(served, local, strict=True)) < 1e-4
 
 
 BAD = [

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-pytestmark = pytest.mark.unit
-
 from serve_app.config.settings import AppSettings
 from serve_app.errors import InvalidRequest
 from serve_app.ingress.chat_checks import check_messages, check_tools
 from serve_app.protocol.openai import ChatCompletionRequest
+
+pytestmark = pytest.mark.unit
 
 SETTINGS = AppSettings.model_validate({"ingress": {"max_tools": 3, "max_tools_bytes": 2048}})
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {

@@ -1,6 +1,8 @@
 """Chunking invariants: chunks cover the text in order within the token budget, consecutive chunks
 overlap, ids depend only on document id and position, blank text gives no chunk."""
 
+from itertools import pairwise
+
 import pytest
 
 from serve_app.vector.chunker import chunk_id, chunk_text
@@ -27,7 +29,7 @@ def test_windows_and_overlap(tokenizer):
         assert c.metadata == {"k": 1}
     assert [c.position for c in chunks] == list(range(len(chunks)))
     assert chunks[0].text.startswith("word0") and chunks[-1].text.endswith("word399")
-    for a, b in zip(chunks, chunks[1:]):
+    for a, b in pairwise(chunks):
         assert a.text.split()[-1] in b.text  # overlap
 
 

@@ -253,4 +253,4 @@ def test_the_public_names_resolve():
     assert serve_app.AdminClient is AdminClient and serve_app.AdminError is AdminError
     assert set(serve_app.__all__) <= set(dir(serve_app))
     with pytest.raises(AttributeError):
-        serve_app.nothing_here
+        _ = serve_app.nothing_here

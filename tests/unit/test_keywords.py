@@ -35,11 +35,11 @@ def test_documents_and_queries_share_tokens(enc):
 def test_document_weights_saturate_and_follow_length(enc):
     once, thrice, long = enc.documents(["zeppelin hangar", "zeppelin zeppelin zeppelin hangar",
                                         "zeppelin " + " ".join(f"word{i}" for i in range(400))])
-    w = {i: v for i, v in zip(thrice.indices, thrice.values)}
+    w = dict(zip(thrice.indices, thrice.values, strict=True))
     z = enc.query("zeppelin").indices[0]
-    one = dict(zip(once.indices, once.values))[z]
+    one = dict(zip(once.indices, once.values, strict=True))[z]
     assert one < w[z] < 3 * one  # more occurrences weigh more, but not linearly (k saturation)
-    assert dict(zip(long.indices, long.values))[z] < one  # the same count weighs less in a longer text (b)
+    assert dict(zip(long.indices, long.values, strict=True))[z] < one  # the same count weighs less in a longer text (b)
 
 
 def test_encoders_agree_across_instances_and_threads(enc):

@@ -10,6 +10,7 @@ mocked: set SERVE_APP_TEST_QDRANT_URL to a server to run these tests on it too."
 
 import os
 import uuid
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -288,7 +289,7 @@ def test_keyword_search_ranks_the_rare_word_first(kw_store):
     hits = _keyword(kw_store, "zeppelin harbour")
     assert hits[0].id == chunk_id("kw1", 0)
     assert {h.id for h in hits} == {c.id for c in chunks if "harbour" in c.text.lower()}
-    assert all(a.score >= b.score > 0 for a, b in zip(hits, hits[1:]))
+    assert all(a.score >= b.score > 0 for a, b in pairwise(hits))
     # Stemming: "boat" finds "boats"; a chunk saying it three times ranks first.
     assert _keyword(kw_store, "boat")[0].id == chunk_id("kw3", 1)
 
@@ -357,7 +358,10 @@ def test_filters_restrict_keyword_and_hybrid(kw_store):
     # "zeppelin" is only in kw1 (odd): nothing among the even documents.
     assert _keyword(kw_store, "zeppelin", filter=even) == []
     hits = _keyword(kw_store, "harbour", filter=even)
-    keep = lambda c: _kw_meta(c.document_id) == even
+
+    def keep(c):
+        return _kw_meta(c.document_id) == even
+
     assert {h.id for h in hits} == {c.id for c in chunks if "harbour" in c.text.lower() and keep(c)}
     # Hybrid: both prefetches filtered, so every hit is an even document's, fused from the filtered rankings.
     q, text, n = vecs[2], "harbour boats", 4

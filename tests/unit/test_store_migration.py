@@ -51,7 +51,7 @@ def _old_edge(path: Path):
     shard = qe.EdgeShard.create(str(path), qe.EdgeConfig(vectors=dense))
     shard.update(qe.UpdateOperation.create_field_index("document_id", qe.PayloadSchemaType.Keyword))
     shard.update(qe.UpdateOperation.create_field_index("position", qe.PayloadSchemaType.Integer))
-    points = [qe.Point(c.id, v.tolist(), chunk_payload(c)) for c, v in zip(chunks, vecs)]
+    points = [qe.Point(c.id, v.tolist(), chunk_payload(c)) for c, v in zip(chunks, vecs, strict=True)]
     shard.update(qe.UpdateOperation.upsert_points(points))
     unused = {"unused": qe.EdgeVectorParams(size=1, distance=qe.Distance.Dot)}
     records = qe.EdgeShard.create(str(path.with_name(path.name + "_documents")), qe.EdgeConfig(vectors=unused))
@@ -191,7 +191,7 @@ def _old_local(path: Path):
     client.create_collection("docs", vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE))
     client.create_collection("docs_documents", vectors_config={})
     client.upsert("docs", [models.PointStruct(id=c.id, vector=v.tolist(), payload=chunk_payload(c))
-                           for c, v in zip(chunks, vecs)])
+                           for c, v in zip(chunks, vecs, strict=True)])
     client.upsert("docs_documents", [models.PointStruct(id=record_id(f"doc{d}"), vector={}, payload=record_payload(
         DocumentRecord(f"doc{d}", _meta(d), 4))) for d in range(12)])
     client.close()

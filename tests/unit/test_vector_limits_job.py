@@ -31,7 +31,7 @@ class _Deployment:
         counts = [len(d["text"].split()) for d in payload]
         check_write_budget(counts, S)
         self.written.update({d["id"]: d for d in payload})
-        return [{"id": d["id"], "chunks": n} for d, n in zip(payload, counts)]
+        return [{"id": d["id"], "chunks": n} for d, n in zip(payload, counts, strict=True)]
 
 
 def _doc(i, words=1, **meta):
