@@ -1,17 +1,19 @@
-"""Failing fast while the LLM has no healthy replica.
+"""Failing fast while a model has no healthy replica.
 
-When every LLM replica is gone and none can be placed (its node lost, its GPUs taken), Serve keeps
-requests waiting for a replica; a client would see nothing until the request deadline. The ingress probes
-the LLM deployment in the background instead and, once no replica has answered for ``fail_fast_after_s``,
-answers LLM requests at once with 503 and Retry-After. The first successful probe lifts it.
+When every replica of a model is gone and none can be placed (its node lost, its GPUs taken), Serve keeps
+requests waiting for a replica; a client would see nothing until the request deadline. The Ingress replica's
+health monitor (serve_app/ingress/health_monitor.py) probes every model in the background anyway; each of its
+records about a model is handed to that model's ``Availability``. Once no probe has reached a replica for
+``fail_fast_after_s``, the model's requests are answered at once with 503 and Retry-After; the first
+successful probe lifts it. There is one probing loop per component, the monitor's: this object only keeps
+the verdict.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from serve_app.errors import ServiceUnavailable
 
@@ -19,42 +21,27 @@ logger = logging.getLogger("ray.serve")
 
 
 class Availability:
-    def __init__(self, probe: Callable[[], Awaitable], period_s: float, timeout_s: float,
-                 fail_fast_after_s: float | None, clock: Callable[[], float] = time.monotonic):
-        self._probe, self.period_s, self.timeout_s = probe, period_s, timeout_s
+    def __init__(self, fail_fast_after_s: float | None, clock: Callable[[], float] = time.monotonic):
+        """``fail_fast_after_s``: how long the model may go unanswered before its requests are refused
+        (None: never refuse; requests wait for a replica up to their deadline)."""
         self.fail_fast_after_s, self._clock = fail_fast_after_s, clock
         self.down_since: float | None = None
-        self._task: asyncio.Task | None = None
+
+    def record(self, ok: bool) -> None:
+        """One health probe's outcome (the monitor's record of the model)."""
+        if ok:
+            if self.down_since is not None:
+                logger.warning("the model answers its health probe again")
+            self.down_since = None
+        elif self.down_since is None:
+            logger.warning("the model did not answer its health probe")
+            self.down_since = self._clock()
 
     def check(self) -> None:
-        """Raise ServiceUnavailable while the LLM has been unreachable for too long; start probing on first use."""
-        if self.fail_fast_after_s is None:
-            return
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        """Raise ServiceUnavailable while the model has been unreachable for too long."""
         since = self.down_since
-        if since is not None and self._clock() - since >= self.fail_fast_after_s:
-            raise ServiceUnavailable(f"the model has had no healthy replica for {self._clock() - since:.0f}s; retry later")
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await asyncio.wait_for(self._probe(), self.timeout_s)
-                if self.down_since is not None:
-                    logger.warning("the LLM answers again")
-                self.down_since = None
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any failure counts as unavailable
-                if self.down_since is None:
-                    logger.warning("the LLM did not answer its health probe: %s", type(exc).__name__)
-                    self.down_since = self._clock()
-            await asyncio.sleep(self.period_s)
-
-    def mark_up(self) -> None:
-        """Another probe (e.g. /healthz) reached a healthy LLM replica: lift the refusal at once."""
-        self.down_since = None
-
-    def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        if self.fail_fast_after_s is None or since is None:
+            return
+        down_s = self._clock() - since
+        if down_s >= self.fail_fast_after_s:
+            raise ServiceUnavailable(f"the model has had no healthy replica for {down_s:.0f}s; retry later")

@@ -13,15 +13,15 @@ import logging
 import os
 from typing import Any
 
+from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config.parts import code_actor_options, deployment_settings
-from serve_app.ingress.admin_gate import AdminGate, admin_key_digest
+from serve_app.ingress.admin_gate import admin_key_digest
 from serve_app.ingress.context import IngressContext
 from serve_app.ingress.fastapi_app import create_app
-from serve_app.ingress.limits import RateLimiter, load_keys
-from serve_app.ingress.routes.health import health_monitor
+from serve_app.ingress.limits import load_keys
 
 logger = logging.getLogger("ray.serve")
 
@@ -44,45 +44,38 @@ class Ingress:
         agent: DeploymentHandle | None = None,
     ):
         s = self.settings = deployment_settings(settings, "Ingress")
-        self.context = IngressContext(s, llms, vector, embedder, agent, controller_lookup=_find_release_controller)
         # API keys of the public API: off unless a key file is given (ingress/limits.py). An unreadable or
         # invalid file fails the replica's start with the reason, so a release carrying it is rolled back.
         keys_file = os.environ.get("SERVE_APP_API_KEYS_FILE")
-        self._api_keys = load_keys(keys_file) if keys_file else None
-        served = set(self.context.models) | set(self.context.adapters) | {self.context.embedder_name()}
-        for entry in (self._api_keys or {}).values():
+        api_keys = load_keys(keys_file) if keys_file else None
+        self.context = IngressContext.build(s, llms, vector, embedder, agent, api_keys=api_keys,
+                                            admin_digest=admin_key_digest(),
+                                            controller_lookup=_find_release_controller)
+        models = self.context.models
+        served = set(models.models) | set(models.adapters) | {models.embedder_name}
+        for entry in (api_keys or {}).values():
             unknown = sorted(set(entry.models or ()) - served)
             if unknown:  # not fatal: the key file outlives releases that add and remove models
                 logger.warning("API key %s allows model(s) this release does not serve: %s", entry.name, unknown)
-        self._admin = AdminGate(admin_key_digest(), self.context.release_controller)
-        self._app = None
+        self._app: FastAPI | None = None
 
-    def __serve_build_asgi_app__(self):
-        """The replica's FastAPI app, with what its routes (``context``) and middleware read in its state."""
-        app = self._app = create_app()
-        app.state.context = self.context
-        app.state.max_body_bytes = self.settings.ingress.max_body_bytes
-        app.state.api_keys = self._api_keys
-        app.state.limiter = RateLimiter()
-        app.state.admin = self._admin
-        app.state.admin_gate = self._admin.check_scope
-        app.state.health = health_monitor(self.context, self._admin.digest is not None)
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        """The replica's FastAPI app, its state the replica's context."""
+        app = self._app = create_app(self.context)
         try:
             # Serve builds the app on the replica's event loop: probing starts with the replica, so its first
             # /healthz finds records. (Without a running loop, the first /healthz starts it.)
-            app.state.health.start()
+            self.context.health.start()
         except RuntimeError:
             pass
-        app.state.release = self.context.release
         return app
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         # Set by the release controller through user_config, so no restart (release/controller.py): the release
         # number, while a canary is out its application and share of LLM traffic (ingress/canary.py), and the
         # LoRA adapters.
-        self.context.set_release(str(user_config.get("release") or self.settings.release))
-        if self._app is not None:
-            self._app.state.release = self.context.release
-        self.context.set_canary(user_config.get("canary"), lambda name: serve.get_deployment_handle("LLMServer", name))
+        releases = self.context.releases
+        releases.set_release(str(user_config.get("release") or self.settings.release))
+        releases.set_canary(user_config.get("canary"), lambda name: serve.get_deployment_handle("LLMServer", name))
         # The LoRA adapters of every model (serve_app/config/parts.py): requests may name them from now on.
-        self.context.set_adapters(user_config.get("adapters"))
+        self.context.models.set_adapters(user_config.get("adapters"))

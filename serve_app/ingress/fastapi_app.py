@@ -4,18 +4,30 @@ builds its own (serve_app/ingress/deployment.py), after its constructor, with it
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fastapi import FastAPI
 
 from serve_app.ingress import middleware
 from serve_app.ingress.errors import install_error_handlers
 from serve_app.ingress.routes import ROUTERS
 
+if TYPE_CHECKING:
+    from serve_app.ingress.context import IngressContext
 
-def create_app() -> FastAPI:
+
+def create_app(context: IngressContext | None = None) -> FastAPI:
+    """The app over ``context`` (None: no state, e.g. to read the OpenAPI schema)."""
     app = FastAPI(title="serve_app", version="0.1.0",
                   description="OpenAI-compatible LLM serving and retrieval on Ray Serve.")
     for router in ROUTERS:
         app.include_router(router)
     middleware.install(app)
     install_error_handlers(app)
+    if context is not None:
+        app.state.context = context
+        # TRANSITIONAL: read by the middleware until it reads the context.
+        app.state.max_body_bytes = context.settings.ingress.max_body_bytes
+        app.state.api_keys, app.state.limiter = context.api_keys, context.limiter
+        app.state.admin, app.state.admin_gate = context.admin, context.admin.check_scope
     return app

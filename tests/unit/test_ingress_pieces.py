@@ -185,53 +185,56 @@ def test_lazily_validated_message_content_is_made_picklable():
 def test_llm_requests_fail_fast_once_no_replica_answered_for_a_while():
     from serve_app.ingress.availability import Availability
 
+    now = [1000.0]  # the gate's clock, moved by the test instead of waiting for it
+    gate = Availability(fail_fast_after_s=30, clock=lambda: now[0])
+    gate.check()  # nothing recorded yet: not refused
+    gate.record(ok=False)
+    gate.check()  # down, but not for long enough
+    now[0] += 29
+    gate.record(ok=False)  # a second failed probe does not restart the count
+    gate.check()
+    now[0] += 1
+    with pytest.raises(ServiceUnavailable, match="no healthy replica for 30s"):
+        gate.check()
+    gate.record(ok=True)  # one good probe lifts it
+    gate.check()
+
+    off = Availability(fail_fast_after_s=None, clock=lambda: now[0])
+    off.record(ok=False)
+    now[0] += 3600
+    off.check()  # disabled: never refuses
+
+
+def test_the_health_monitors_records_feed_each_models_gate():
+    """One probing loop per component: the gate has none of its own, it reads the monitor's records."""
+    from serve_app.config.settings import AppSettings
+    from serve_app.ingress.context import IngressContext
+    from tests.fakes.handles import Method
+
     state = {"up": False}
 
-    async def probe():
+    def health():
         if not state["up"]:
             raise RuntimeError("no replica")
+        return {}
 
-    now = [1000.0]  # the gate's clock, moved by the test instead of waiting for it
+    class _LLM:
+        def __init__(self):
+            self.health = Method(health)
+
+    settings = AppSettings.model_validate({"ingress": {"llm_fail_fast_s": 0.01, "health_period_s": 0.01}})
+    ctx = IngressContext.build(settings, {"LLMServer": _LLM()})
+    model = next(iter(ctx.models.models))
 
     async def scenario():
-        gate = Availability(probe, period_s=0.01, timeout_s=1, fail_fast_after_s=30, clock=lambda: now[0])
-        gate.check()  # starts probing; not refused yet
+        ctx.health.start()
+        await ctx.health.first_round(1.0)
         await asyncio.sleep(0.05)
-        gate.check()  # down, but not for long enough
-        now[0] += 29
-        gate.check()
-        now[0] += 1
         with pytest.raises(ServiceUnavailable):
-            gate.check()
+            ctx.models.gate(model)
         state["up"] = True
         await asyncio.sleep(0.05)
-        gate.check()  # one good probe lifts it
-        gate.close()
-
-        off = Availability(probe, period_s=0.01, timeout_s=1, fail_fast_after_s=None)
-        state["up"] = False
-        off.check()
-        await asyncio.sleep(0.05)
-        off.check()  # disabled: never refuses, never probes
-        assert off.down_since is None
-
-    asyncio.run(scenario())
-
-
-def test_a_healthy_probe_elsewhere_lifts_the_refusal_at_once():
-    from serve_app.ingress.availability import Availability
-
-    async def down():
-        raise RuntimeError("no replica")
-
-    async def scenario():
-        gate = Availability(down, period_s=10, timeout_s=1, fail_fast_after_s=0.01)
-        gate.check()
-        await asyncio.sleep(0.05)
-        with pytest.raises(ServiceUnavailable):
-            gate.check()
-        gate.mark_up()  # /healthz reached a healthy replica
-        gate.check()
-        gate.close()
+        ctx.models.gate(model)  # the next probe lifted it
+        ctx.health.stop()
 
     asyncio.run(scenario())

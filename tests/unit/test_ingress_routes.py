@@ -9,7 +9,6 @@ from fastapi.testclient import TestClient
 from serve_app.config.settings import AppSettings
 from serve_app.ingress.context import IngressContext
 from serve_app.ingress.fastapi_app import create_app
-from serve_app.ingress.limits import RateLimiter
 from tests.fakes.handles import Method
 
 pytestmark = pytest.mark.unit
@@ -24,11 +23,8 @@ class _VectorStore:
 
 
 def _client(llm=None, vector=None) -> TestClient:
-    app = create_app()
     settings = AppSettings.model_validate({"model": {"enabled": llm is not None}})
-    app.state.context = IngressContext(settings, llm, vector)
-    app.state.max_body_bytes, app.state.api_keys, app.state.limiter = 1 << 20, None, RateLimiter()
-    return TestClient(app)
+    return TestClient(create_app(IngressContext.build(settings, llm, vector)))
 
 
 @pytest.mark.parametrize("method, path, body", [
@@ -69,8 +65,8 @@ def test_requests_are_routed_by_model_and_the_allow_list_hides_the_others():
 
     settings = AppSettings.model_validate({"models": [{"model": {"source": "tiny"}}]})
     first, tiny = object(), object()
-    ctx = IngressContext(settings, {"LLMServer": first, "LLMServer-tiny-random-llama": tiny}, _VectorStore(),
-                         embedder=object())
+    ctx = IngressContext.build(settings, {"LLMServer": first, "LLMServer-tiny-random-llama": tiny}, _VectorStore(),
+                               embedder=object()).models
     assert ctx.chat_model(None) == ("SmolLM2-135M-Instruct", first)
     assert ctx.chat_model("tiny-random-llama") == ("tiny-random-llama", tiny)
     with pytest.raises(InvalidRequest, match="embedding model"):
@@ -97,7 +93,8 @@ def test_adapters_route_to_their_model_as_the_multiplexed_id_and_need_naming_in_
     settings = AppSettings.model_validate({"lora": {"adapters": {"support": "support/v1"}},
                                            "models": [{"model": {"source": "tiny"}}]})
     first = _Handle()
-    ctx = IngressContext(settings, {"LLMServer": first, "LLMServer-tiny-random-llama": _Handle()}, _VectorStore())
+    ctx = IngressContext.build(settings, {"LLMServer": first, "LLMServer-tiny-random-llama": _Handle()},
+                               _VectorStore()).models
     name, handle = ctx.chat_model("support")
     assert name == "support" and handle.model_id == "support"  # Serve routes it to a replica holding it
     ctx.set_adapters({"SmolLM2-135M-Instruct": {"billing": "billing/v2"}})  # a release's user_config

@@ -15,7 +15,6 @@ from serve_app.config.settings import AppSettings, VectorSettings
 from serve_app.errors import InvalidRequest, NotFound, PayloadTooLarge
 from serve_app.ingress.context import IngressContext
 from serve_app.ingress.fastapi_app import create_app
-from serve_app.ingress.limits import RateLimiter
 from serve_app.vector.documents import rejoin
 from serve_app.vector.limits import check_documents, check_filter, check_metadata, check_write_budget, metadata_bytes
 from tests.fakes.handles import Method, Response
@@ -97,11 +96,9 @@ class _VectorStore:
 
 
 def _client(vector, **limits) -> TestClient:
-    app = create_app()
-    settings = AppSettings.model_validate({"model": {"enabled": False}, "vector": limits})
-    app.state.context = IngressContext(settings, None, vector)
-    app.state.max_body_bytes, app.state.api_keys, app.state.limiter = 4 << 20, None, RateLimiter()
-    return TestClient(app)
+    settings = AppSettings.model_validate({"model": {"enabled": False}, "vector": limits,
+                                           "ingress": {"max_body_bytes": 4 << 20}})
+    return TestClient(create_app(IngressContext.build(settings, None, vector)))
 
 
 def _error(r, status):

@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Depends, Request
 
-from serve_app.errors import InvalidRequest, ModelNotFound, NotFound
-from serve_app.ingress.context import IngressContext, context
+from serve_app.errors import InvalidRequest, ModelNotFound
+from serve_app.ingress.context import IngressContext, api_key, context
+from serve_app.ingress.routing import key_allows
 from serve_app.protocol.retrieval import EmbeddingRequest
 
 router = APIRouter()
@@ -18,11 +19,10 @@ router = APIRouter()
 @router.post("/v1/embeddings")
 async def embeddings(body: EmbeddingRequest, request: Request, ctx: IngressContext = Depends(context)):
     s = ctx.settings.vector
-    if ctx.embedder is None:
-        raise NotFound("the retrieval tier is disabled in this deployment")
-    key = getattr(request.state, "api_key", None)
-    if body.model is not None and body.model != s.embedder_name or not ctx.key_allows(key, s.embedder_name):
-        if body.model in ctx.allowed_models(key):
+    embedder = ctx.retrieval.require_embedder()
+    key = api_key(request)
+    if body.model is not None and body.model != s.embedder_name or not key_allows(key, s.embedder_name):
+        if body.model in ctx.models.allowed_models(key):
             raise InvalidRequest(f"`{body.model}` is a chat model: use it with /v1/chat/completions or "
                                  f"/v1/completions (embedding model: {s.embedder_name})", "model")
         raise ModelNotFound(f"The model `{body.model or s.embedder_name}` does not exist.", "model")
@@ -31,7 +31,7 @@ async def embeddings(body: EmbeddingRequest, request: Request, ctx: IngressConte
         raise InvalidRequest("input must be a non-empty string or a list of non-empty strings", "input")
     if len(texts) > s.max_embedding_inputs:
         raise InvalidRequest(f"at most {s.max_embedding_inputs} inputs per request", "input")
-    vecs, tokens = await ctx.vector_call("embed_with_usage", texts, handle=ctx.embedder)
+    vecs, tokens = await ctx.retrieval.call("embed_with_usage", texts, handle=embedder)
     if body.dimensions is not None and body.dimensions != vecs.shape[1]:
         raise InvalidRequest(f"{s.embedder_name} only produces {vecs.shape[1]} dimensions", "dimensions")
     data = []

@@ -9,11 +9,10 @@ import asyncio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from serve_app.calls.handles import call
 from serve_app.errors import Forbidden, ServiceUnavailable, Unauthorized
 from serve_app.ingress.admin_gate import check_admin
 from serve_app.ingress.context import IngressContext, context
-from serve_app.ingress.health_monitor import HealthMonitor, public
+from serve_app.ingress.health_monitor import public
 
 router = APIRouter()
 
@@ -22,40 +21,6 @@ router = APIRouter()
 # this long for the first probes: well within the 1 s a readiness probe allows; components that answer at
 # once are reported on that first call, the others as not probed yet (503) until they answer.
 FIRST_ROUND_S = 0.3
-
-
-def health_monitor(ctx: IngressContext, admin_on: bool) -> HealthMonitor:
-    """The Ingress replica's monitor of every component it depends on (serve_app/ingress/health_monitor.py)."""
-    timeout = ctx.settings.ingress.health_timeout_s
-    probes = {}
-    # One component per served model: "llm" for the first, "llm:<served name>" for each other.
-    llm_components = {"llm" if i == 0 else f"llm:{name}": name for i, name in enumerate(ctx.models)}
-    for component, name in llm_components.items():
-        probes[component] = lambda h=ctx.models[name]: call(h, "health", timeout_s=timeout)
-    if ctx.vector is not None:
-        probes["vector"] = lambda: call(ctx.vector, "health", timeout_s=timeout)
-        probes["embedder"] = lambda: call(ctx.embedder, "info", timeout_s=timeout)
-    if ctx.agent is not None:
-        probes["agent"] = lambda: call(ctx.agent, "health", timeout_s=timeout)
-
-    async def release_controller() -> dict:
-        # Looking the actor up (or starting it) is a blocking Ray call: off the event loop.
-        handle = await asyncio.to_thread(ctx.release_controller)
-        try:
-            return await call(handle, "health", timeout_s=timeout)
-        except BaseException:
-            ctx.forget_release_controller()  # look it up (or start it) again on the next probe
-            raise
-
-    if admin_on:
-        # The release controller is required once the admin API is on (it watches and rolls back releases).
-        probes["release_controller"] = release_controller
-
-    def on_result(component: str, record: dict) -> None:
-        if component in llm_components and record["status"] == "ok":
-            ctx.availability[llm_components[component]].mark_up()
-
-    return HealthMonitor(probes, ctx.settings.ingress.health_period_s, timeout, on_result)
 
 
 def _full_view(request: Request) -> bool:
@@ -73,17 +38,18 @@ def _full_view(request: Request) -> bool:
 @router.get("/healthz")
 async def healthz(request: Request, ctx: IngressContext = Depends(context)):
     """Readiness: every component's last probe (``age_s`` old), 503 when one is down. Answers from memory."""
-    monitor: HealthMonitor = request.app.state.health
+    monitor = ctx.health
     if not monitor.first_round_done():
         await monitor.first_round(FIRST_ROUND_S)
     components = monitor.snapshot()
     healthy = all(c["status"] == "ok" for c in components.values())
     if "release_controller" not in components:
         components["release_controller"] = {"status": "disabled", "detail": "no admin key: the admin API is off"}
-    ctx.set_release(ctx.release)
+    release = ctx.releases.release
+    ctx.releases.set_release(release)
     status = "ok" if healthy else "unhealthy"
     if _full_view(request):
-        body = {"status": status, "release": ctx.release, "components": components}
+        body = {"status": status, "release": release, "components": components}
     else:
         body = {"status": status, "components": public(components)}
     return JSONResponse(body, status_code=200 if healthy else 503)
@@ -110,7 +76,7 @@ async def metrics(ctx: IngressContext = Depends(context)):
     Serve's and vLLM's, as Ray's metrics agent exports them. A multi-node cluster is scraped per node."""
     import httpx
 
-    ctx.set_release(ctx.release)
+    ctx.releases.set_release(ctx.releases.release)
     if ctx.metrics_url is None:
         ctx.metrics_url = await asyncio.to_thread(_node_metrics_url)
     try:

@@ -12,7 +12,8 @@ from fastapi import APIRouter, Depends, Request
 
 from serve_app.calls.handles import call
 from serve_app.errors import ModelNotFound
-from serve_app.ingress.context import IngressContext, context
+from serve_app.ingress.context import IngressContext, api_key, context
+from serve_app.ingress.routing import key_allows
 
 router = APIRouter()
 # The ``created`` of a model whose engine did not answer, and of the embedder: when this ingress started.
@@ -40,14 +41,14 @@ async def _chat_cards(ctx: IngressContext, name: str, handle) -> list[dict[str, 
 
 
 async def _cards(ctx: IngressContext, request: Request) -> list[dict[str, Any]]:
-    key = getattr(request.state, "api_key", None)
-    names = ctx.allowed_models(key)
-    lists = await asyncio.gather(*(_chat_cards(ctx, name, ctx.models[name]) for name in names))
+    key, models = api_key(request), ctx.models
+    names = models.allowed_models(key)
+    lists = await asyncio.gather(*(_chat_cards(ctx, name, models.models[name]) for name in names))
     cards = [card for cards in lists for card in cards]
     # Each LoRA adapter the key may use, with its model as ``parent`` (as `vllm serve` lists its adapters).
-    cards += [{**_card(a), "parent": ctx.adapters[a]} for a in ctx.allowed_adapters(key)]
-    embedder = ctx.embedder_name()
-    if embedder is not None and ctx.key_allows(key, embedder):
+    cards += [{**_card(a), "parent": models.adapters[a]} for a in models.allowed_adapters(key)]
+    embedder = models.embedder_name
+    if embedder is not None and key_allows(key, embedder):
         cards.append(_card(embedder))
     return cards
 

@@ -8,15 +8,15 @@ from fastapi import APIRouter, Depends, Request
 
 from serve_app.calls.handles import call
 from serve_app.ingress.chat_checks import check_messages, check_tools
-from serve_app.ingress.context import IngressContext, context
+from serve_app.ingress.context import IngressContext, api_key, context
 from serve_app.protocol.openai import DetokenizeRequest, TokenizeRequest
 
 router = APIRouter()
 
 
 async def _run(ctx: IngressContext, request: Request, kind: str, body):
-    model, handle = ctx.chat_model(body.model, getattr(request.state, "api_key", None))
-    ctx.llm_gate(model)
+    model, handle = ctx.models.chat_model(body.model, api_key(request))
+    ctx.models.gate(model)
     return await call(handle, "tokens", kind, body, timeout_s=ctx.settings.ingress.request_timeout_s)
 
 
