@@ -15,7 +15,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export VLLM_NO_USAGE_STATS ?= 1
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install install-bench serve test test-fast test-unit test-app test-release test-chaos test-cluster \
+.PHONY: install install-bench serve lint test test-fast test-unit test-app test-release test-chaos test-cluster \
 	fuzz bench lock check-gpu-build clean test-tools
 
 install: $(STAMP)
@@ -45,12 +45,18 @@ test-tools:
 	@command -v prometheus >/dev/null || { $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus; }
 
+# The lint and type gate, first in `make test` and `make test-fast`: ruff over the repository, mypy over
+# serve_app/ (configuration in pyproject.toml; a few seconds from a cold cache).
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
 # Every tier (tests/README.md): unit, cluster, app, release, chaos. CI runs this; nothing is deselected.
-test: install test-tools
+test: install test-tools lint
 	$(BIN)/python -m pytest tests
 
-# The inner loop: the unit tier and one smoke test against a started app.
-test-fast: install
+# The inner loop: the gate, the unit tier and one smoke test against a started app.
+test-fast: install lint
 	$(BIN)/python -m pytest -m "unit or smoke" tests
 
 test-unit: install
