@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from serve_app.admin_client import AdminClient
+from tests.polling import WaitTimeout, wait_until
 from tests.procs import stop_tree
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -127,19 +128,17 @@ def app_proc(tmp_path_factory, trace_dir, serve_logs_dir, data_dir):
            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"serve-app exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+        return httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"serve-app exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"serve-app not ready in {START_TIMEOUT_S}s:\n{log_path.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(2)
+        try:
+            wait_until(ready, START_TIMEOUT_S, interval_s=2, what="serve-app ready", ignore=(httpx.HTTPError,))
+        except WaitTimeout:
+            raise RuntimeError(f"serve-app not ready in {START_TIMEOUT_S}s:\n{log_path.read_text()[-4000:]}") from None
         proc.url, proc.log_path = url, log_path
         yield proc
     finally:

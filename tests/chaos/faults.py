@@ -1,6 +1,7 @@
-"""What the fault-injection tests share: waiting for the app, following releases (through the admin client,
-serve_app/admin_client.py), finding the process of a Serve component in the session app's process tree
-(ended by process id, never by name)."""
+"""What the fault-injection tests share: following releases (through the admin client,
+serve_app/admin_client.py), waiting for a deployment's replicas (polled with tests/polling.py), finding the
+process of a Serve component in the session app's process tree (ended by process id, never by name), and
+/healthz's 1 s contract sampled through a fault."""
 
 from __future__ import annotations
 
@@ -12,19 +13,7 @@ import httpx
 import psutil
 
 from serve_app.admin_client import AdminClient, AdminError
-
-
-def wait_healthy(http: httpx.Client, timeout_s: float = 300) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            r = http.get("/healthz", timeout=10)
-            if r.status_code == 200:
-                return r.json()
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"the app was not healthy again within {timeout_s:g}s")
+from tests.polling import WaitTimeout, wait_until
 
 
 def follow(admin: AdminClient, n: int, timeout_s: float = 600) -> dict:
@@ -79,28 +68,25 @@ def running_replicas(admin: AdminClient, deployment: str) -> int:
 
 def wait_replicas(admin: AdminClient, deployment: str, n: int, timeout_s: float = 300) -> float:
     """Wait until the deployment is HEALTHY with n running replicas; returns the time it happened."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if running_replicas(admin, deployment) == n:
-                return time.time()
-        except (httpx.HTTPError, KeyError, ValueError):  # AdminError is an httpx.HTTPError
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"{deployment} did not reach {n} healthy replicas within {timeout_s:g}s")
+    wait_until(lambda: running_replicas(admin, deployment), timeout_s, until=lambda running: running == n,
+               what=f"{deployment} HEALTHY with {n} running replicas (-1: not HEALTHY)",
+               ignore=(httpx.HTTPError, KeyError, ValueError))  # AdminError is an httpx.HTTPError
+    return time.time()
 
 
 def llm_replica_pids(http: httpx.Client, n: int, timeout_s: float = 60) -> dict[str, int]:
     """{replica id: pid} of the LLM replicas, from /healthz (which reaches a replica at random)."""
     seen: dict[str, int] = {}
-    deadline = time.monotonic() + timeout_s
-    while len(seen) < n and time.monotonic() < deadline:
+
+    def look() -> dict[str, int]:
         llm = http.get("/healthz").json()["components"]["llm"]
         if llm.get("status") == "ok":
             seen[llm["replica"]] = llm["pid"]
-        time.sleep(0.2)  # each Ingress replica probes a replica of the LLM every health period
-    assert len(seen) >= n, f"saw {len(seen)} LLM replicas, expected {n}"
-    return seen
+        return seen
+
+    # Each Ingress replica probes a replica of the LLM every health period: looked at often.
+    return wait_until(look, timeout_s, interval_s=0.2, until=lambda replicas: len(replicas) >= n,
+                      what=f"{n} LLM replicas seen through /healthz")
 
 
 def titled(root_pid: int, title: str) -> list[psutil.Process]:
@@ -117,12 +103,12 @@ def titled(root_pid: int, title: str) -> list[psutil.Process]:
 
 
 def gone(pids: list[int], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not any(_alive(p) for p in pids):
-            return True
-        time.sleep(0.5)
-    return False
+    """Whether every process of ``pids`` has exited (or is a zombie) within ``timeout_s``."""
+    try:
+        wait_until(lambda: not any(_alive(p) for p in pids), timeout_s, what=f"processes {pids} gone")
+    except WaitTimeout:
+        return False
+    return True
 
 
 def _alive(pid: int) -> bool:

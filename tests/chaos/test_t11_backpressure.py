@@ -9,7 +9,8 @@ import time
 import httpx
 import pytest
 
-from tests.chaos.faults import current_config, deploy, wait_healthy
+from tests.chaos.faults import current_config, deploy
+from tests.polling import wait_healthy
 
 pytestmark = pytest.mark.chaos
 

@@ -28,9 +28,9 @@ from tests.chaos.faults import (
     running_replicas,
     scale,
     scale_together,
-    wait_healthy,
     wait_replicas,
 )
+from tests.polling import wait_healthy, wait_until
 
 pytestmark = pytest.mark.chaos
 
@@ -133,10 +133,9 @@ def test_t10_scale_down_while_streams_are_open_cuts_no_stream(two_llm_replicas, 
     threads = _streams(app_url, model_name, 6, TOKENS, results, opened)
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 60
-    while len(opened) < 6 and time.monotonic() < deadline:  # every stream open and generating when the
-        time.sleep(0.2)                                       # replicas it may be on are told to stop
-    assert len(opened) == 6, f"only {len(opened)} of 6 streams started within 60 s"
+    # Every stream open and generating when the replicas it may be on are told to stop.
+    wait_until(lambda: len(opened), 60, interval_s=0.2, until=lambda n: n >= 6, what="all 6 streams open")
+    assert len(opened) == 6, f"{len(opened)} streams started, 6 expected"
     scale_down_at = time.time()
     scale_together(admin, {"LLMServer": 1, "Ingress": 1})  # both drain at once, with the streams open
     for t in threads:

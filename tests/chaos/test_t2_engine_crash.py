@@ -10,7 +10,8 @@ import psutil
 import pytest
 
 from benchmarks.load import Load
-from tests.chaos.faults import HEALTHZ_CONTRACT_S, HealthSampler, llm_replica_pids, wait_healthy
+from tests.chaos.faults import HEALTHZ_CONTRACT_S, HealthSampler, llm_replica_pids
+from tests.polling import wait_healthy, wait_until
 
 pytestmark = pytest.mark.chaos
 
@@ -26,15 +27,21 @@ def _replaced(http, old_pid, timeout_s=300):
     """Wait for /healthz to be 200 with an LLM replica other than ``old_pid``; returns (health, when the
     app first reported itself unhealthy)."""
     unhealthy_at = None
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    def look():
+        nonlocal unhealthy_at
         r = http.get("/healthz")
         if r.status_code != 200 and unhealthy_at is None:
             unhealthy_at = time.time()
-        if r.status_code == 200 and r.json()["components"]["llm"]["pid"] != old_pid:
-            return r.json(), unhealthy_at
-        time.sleep(0.5)
-    raise AssertionError("the LLM replica with the dead engine was not replaced")
+        return r.status_code, r.json() if r.status_code == 200 else r.text[:1000]
+
+    def replaced(answer) -> bool:
+        status, health = answer
+        return status == 200 and health["components"]["llm"]["pid"] != old_pid
+
+    _, health = wait_until(look, timeout_s, until=replaced,
+                           what="the LLM replica with the dead engine replaced (/healthz 200, another pid)")
+    return health, unhealthy_at
 
 
 def test_t2_engine_crash_ends_streams_in_band_and_the_replica_is_replaced(app_url, http, model_name, reliability):

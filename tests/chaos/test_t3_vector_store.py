@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.chaos.faults import wait_healthy
+from tests.polling import wait_healthy
 
 pytestmark = pytest.mark.chaos
 

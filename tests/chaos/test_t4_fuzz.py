@@ -15,6 +15,7 @@ The admin routes are fuzzed without the admin key (a generated release must neve
 import json
 import os
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import schemathesis
@@ -23,7 +24,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from serve_app.errors import status_of
-from tests.chaos.faults import wait_healthy
+from tests.polling import wait_healthy
 
 pytestmark = pytest.mark.chaos
 
@@ -71,6 +72,33 @@ def is_error_body(response) -> bool:
             and status_of(err) == response.status_code)
 
 
+def _fuzzer(op, mode, examples: int, app_url: str, statuses: Counter, bad: list[str], failures: Path):
+    """The property test of one operation (one function per operation, bound to it): ``examples`` generated
+    cases sent to the app, each status counted; a 5xx, or a 4xx without an OpenAI error body, added to ``bad``
+    and written whole to ``failures``."""
+
+    @given(case=op.as_strategy(generation_mode=mode))
+    @settings(max_examples=examples, deadline=None, derandomize=not LONG, database=None,
+              suppress_health_check=list(HealthCheck))
+    def run(case):
+        if isinstance(case.body, dict):
+            case.body = bounded(op.path, case.body)
+        response = case.call(base_url=app_url, timeout=120)
+        statuses[response.status_code] += 1
+        if response.status_code >= 500 or (response.status_code >= 400 and not is_error_body(response)):
+            rid = response.headers.get("x-request-id")
+            sent = json.dumps(case.body, default=repr) if case.body is not None else ""
+            # Whole, for replaying; the request id finds the cause in the replicas' logs.
+            with open(failures, "a") as fh:
+                fh.write(json.dumps({"route": op.label, "status": response.status_code, "request_id": rid,
+                                     "answer": response.text[:2000], "body": sent, "query": case.query,
+                                     "path": case.path_parameters}, default=repr) + "\n")
+            bad.append(f"{op.label} -> {response.status_code} (request id {rid}) {response.text[:300]!r} for "
+                       f"{sent[:1000]} query={case.query} path={case.path_parameters}")
+
+    return run
+
+
 @pytest.fixture(scope="module")
 def schema(app_url):
     return schemathesis.openapi.from_url(f"{app_url}/openapi.json")
@@ -89,26 +117,7 @@ def test_t4_fuzzed_requests_get_no_5xx_and_openai_error_bodies(schema, app_url, 
 
     for op in operations:
         examples = min(EXAMPLES, POSITIVE_CAP.get(op.path, EXAMPLES)) if mode == GenerationMode.POSITIVE else EXAMPLES
-
-        @given(case=op.as_strategy(generation_mode=mode))
-        @settings(max_examples=examples, deadline=None, derandomize=not LONG, database=None,
-                  suppress_health_check=list(HealthCheck))
-        def run(case):
-            if isinstance(case.body, dict):
-                case.body = bounded(op.path, case.body)
-            response = case.call(base_url=app_url, timeout=120)
-            statuses[response.status_code] += 1
-            if response.status_code >= 500 or (response.status_code >= 400 and not is_error_body(response)):
-                rid = response.headers.get("x-request-id")
-                sent = json.dumps(case.body, default=repr) if case.body is not None else ""
-                # Whole, for replaying; the request id finds the cause in the replicas' logs.
-                with open(failures, "a") as fh:
-                    fh.write(json.dumps({"route": op.label, "status": response.status_code, "request_id": rid,
-                                         "answer": response.text[:2000], "body": sent, "query": case.query,
-                                         "path": case.path_parameters}, default=repr) + "\n")
-                bad.append(f"{op.label} -> {response.status_code} (request id {rid}) {response.text[:300]!r} for "
-                           f"{sent[:1000]} query={case.query} path={case.path_parameters}")
-
+        run = _fuzzer(op, mode, examples, app_url, statuses, bad, failures)
         try:
             run()
         except Unsatisfiable:

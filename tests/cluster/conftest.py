@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -20,6 +19,7 @@ import psutil
 import pytest
 import yaml
 
+from tests.polling import WaitTimeout, wait_until
 from tests.procs import stop_tree, stop_trees
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,17 +50,13 @@ def _worker(gcs: int, tmp: Path, env, n: int):
 
 
 def _wait(what: str, check, timeout_s: float, logs: list[Path]):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-            if value:
-                return value
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    tails = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in logs if p.exists())
-    raise AssertionError(f"{what} within {timeout_s:g}s\n{tails}")
+    """``check``'s first truthy value (polled every second; an HTTP error is a "not yet"); past ``timeout_s``
+    a failure saying ``what`` did not happen, with the tails of the cluster's ``logs``."""
+    try:
+        return wait_until(check, timeout_s, interval_s=1, ignore=(httpx.HTTPError,))
+    except WaitTimeout as exc:
+        tails = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in logs if p.exists())
+        raise AssertionError(f"{what} within {timeout_s:g}s (last: {exc.last!r})\n{tails}") from None
 
 
 def _tree(proc) -> set[int]:

@@ -2,6 +2,7 @@
 middle of an ingest; after Serve replaces it, every acknowledged document is present with all its chunks,
 nothing is duplicated or half-written, and fixed queries return the same top-k as before the kill."""
 
+import contextlib
 import os
 import signal
 import threading
@@ -10,24 +11,13 @@ import time
 import httpx
 import pytest
 
+from tests.polling import WaitTimeout, wait_healthy, wait_until
+
 pytestmark = pytest.mark.app
 
 
 def _vector_health(http):
     return http.get("/healthz").json()["components"]["vector"]
-
-
-def _wait_healthy(http, timeout_s=180):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            r = http.get("/healthz")
-            if r.status_code == 200:
-                return r.json()
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise AssertionError("app did not become healthy again")
 
 
 def _doc(phase, i):
@@ -75,16 +65,17 @@ def test_acknowledged_chunks_survive_kill_9(app_url, http, reliability):
     t = threading.Thread(target=writer)
     t.start()
     try:
-        deadline = time.monotonic() + 60
-        while sum(k.startswith("dur-B") for k in acked) < 6 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # The kill comes once some phase-B writes are acknowledged, or after 60 s regardless.
+        with contextlib.suppress(WaitTimeout):
+            wait_until(lambda: sum(k.startswith("dur-B") for k in acked), 60, interval_s=0.05, until=lambda n: n >= 6,
+                       what="6 phase-B documents acknowledged")
         os.kill(pid, signal.SIGKILL)
         killed_at = time.time()
         time.sleep(3)
     finally:
         stop.set()
         t.join(120)
-    _wait_healthy(http)
+    wait_healthy(http, timeout_s=180, interval_s=1)
     back_after = time.time() - killed_at
     assert _vector_health(http)["pid"] != pid, "the store process was not replaced"
     assert all(code in (-1, 500, 503) for code in errors), errors

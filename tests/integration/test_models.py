@@ -3,10 +3,10 @@
 streamed and not, from its own engine; /v1/models lists both and the embedder; a model named for the wrong
 task, or not served, is a clear 4xx; health and metrics are per model."""
 
-import time
-
 import openai
 import pytest
+
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.app
 
@@ -72,16 +72,15 @@ def test_health_is_per_model_and_each_engine_has_its_own_core(http, model_name):
 def test_metrics_are_labelled_by_served_model(http, client):
     client.completions.create(model=TINY, prompt="one two", max_tokens=3)
     needle = f'model="{TINY}"'
-    deadline = time.monotonic() + 60
-    lines: list[str] = []
 
-    def counted() -> bool:  # this request's series (the model's chat series may be there from earlier tests)
+    def output_token_lines() -> list[str]:
+        return [x for x in http.get("/metrics").text.splitlines() if x.startswith("ray_serve_app_llm_output_tokens")]
+
+    # This request's series (the model's chat series may be there from earlier tests).
+    def counted(lines: list[str]) -> bool:
         return any(needle in x and 'route="/v1/completions"' in x for x in lines)
 
-    while time.monotonic() < deadline:  # Ray's agent exports what replicas recorded every few seconds
-        lines = [x for x in http.get("/metrics").text.splitlines() if x.startswith("ray_serve_app_llm_output_tokens")]
-        if counted():
-            break
-        time.sleep(1)
-    assert counted(), lines
+    # Ray's agent exports what replicas recorded every few seconds.
+    lines = wait_until(output_token_lines, 60, interval_s=1, until=counted,
+                       what=f"/metrics counting {TINY}'s /v1/completions output tokens")
     assert all('model="' in x for x in lines), "every LLM metric line names its model"

@@ -1,10 +1,11 @@
 """Metrics scraped by a real Prometheus (the project's scrape config, cluster/prometheus/prometheus.yml), the
 app's /metrics relay, bounded labels, and the Grafana dashboard's queries against what is exported.
 
-Ray's metrics agent exports what the replicas recorded every few seconds, so values are polled for (bounded),
-never assumed after a fixed sleep.
+Ray's metrics agent exports what the replicas recorded every few seconds, so values are polled for (bounded,
+tests/polling.py), never assumed after a fixed sleep.
 """
 
+import contextlib
 import json
 import re
 import shutil
@@ -18,6 +19,7 @@ import pytest
 import yaml
 
 from serve_app.observability.metrics import DEFINITIONS, exported_name
+from tests.polling import WaitTimeout, wait_until
 
 pytestmark = pytest.mark.app
 
@@ -49,15 +51,20 @@ def prometheus(app_url, tmp_path_factory):
         [binary, f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}",
          f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, (work / "prometheus.log").read_text()[-2000:]
+        return False
+
     try:
-        for _ in range(60):
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, (work / "prometheus.log").read_text()[-2000:]
-            time.sleep(0.5)
+        # Not ready within 30 s: the tests go on regardless (their queries then fail on what does not answer).
+        with contextlib.suppress(WaitTimeout):
+            wait_until(ready, 30, interval_s=0.5, what="Prometheus ready")
         yield url
     finally:
         proc.terminate()
@@ -76,30 +83,28 @@ def _query(prom: str, expr: str) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
-def _wait_for(prom: str, expr: str, predicate, timeout_s: float = 120.0) -> float | None:
-    deadline = time.monotonic() + timeout_s
-    value = None
-    while time.monotonic() < deadline:
-        value = _query(prom, expr)
-        if value is not None and predicate(value):
-            return value
-        time.sleep(1)
-    raise AssertionError(f"{expr} = {value} after {timeout_s:g}s")
+def _wait_for(prom: str, expr: str, predicate, timeout_s: float = 120.0) -> float:
+    """The value of ``expr`` once there is one and ``predicate`` holds for it."""
+    return wait_until(lambda: _query(prom, expr), timeout_s, interval_s=1,
+                      until=lambda value: value is not None and predicate(value), what=expr)
 
 
 def _stable(prom: str, *exprs: str) -> list[float]:
     """The values once none of them has moved for a while (replicas export every few seconds); watched
     together, so the wait is one settling period, not one per expression."""
     last, same_since = None, time.monotonic()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+
+    def look() -> tuple[list[float | None], bool]:
+        """The values, and whether they have settled."""
+        nonlocal last, same_since
         values = [_query(prom, e) for e in exprs]
         if values != last:
             last, same_since = values, time.monotonic()
-        elif None not in values and time.monotonic() - same_since > SETTLED_S:
-            return values
-        time.sleep(1)
-    raise AssertionError(f"{exprs} never settled (last {last})")
+            return values, False
+        return values, None not in values and time.monotonic() - same_since > SETTLED_S
+
+    values, _ = wait_until(look, 120, interval_s=1, until=lambda seen: seen[1], what=f"{exprs} settled")
+    return values
 
 
 def test_prometheus_sees_the_request_counter_and_ttft_histogram(prometheus, http, model_name):
@@ -134,13 +139,16 @@ def test_labels_never_carry_request_content(http):
     secret = "label-must-not-carry-this-3f9c"
     assert http.get(f"/v1/documents/{secret}").status_code == 404
     assert http.post("/v1/search", json={"query": secret, "top_k": 1}).status_code == 200
-    deadline = time.monotonic() + 60
-    text = ""
-    while time.monotonic() < deadline:
-        text = http.get("/metrics").text
-        if 'route="/v1/documents/{document_id:path}"' in text and 'route="/v1/search"' in text:
-            break
-        time.sleep(2)
+
+    def both_routes(text: str) -> bool:
+        return 'route="/v1/documents/{document_id:path}"' in text and 'route="/v1/search"' in text
+
+    # Both routes' series are waited for (60 s); only the documents route is required, in the last scrape.
+    try:
+        text = wait_until(lambda: http.get("/metrics").text, 60, interval_s=2, until=both_routes,
+                          what="both routes in /metrics")
+    except WaitTimeout as exc:
+        text = exc.last
     assert 'route="/v1/documents/{document_id:path}"' in text, "the route template is the label"
     assert secret not in text
 
@@ -179,9 +187,7 @@ def test_grafana_dashboard_queries_name_exported_metrics(http):
 
 
 def _spans(trace_dir: Path, tid: str, want: set[str], timeout_s: float = 60.0) -> list[dict]:
-    deadline = time.monotonic() + timeout_s
-    spans: list[dict] = []
-    while time.monotonic() < deadline:
+    def look() -> list[dict]:
         spans = []
         for path in trace_dir.glob("*.jsonl"):
             for line in path.read_text().splitlines():
@@ -191,11 +197,17 @@ def _spans(trace_dir: Path, tid: str, want: set[str], timeout_s: float = 60.0) -
                     continue  # a line being written
                 if s["context"]["trace_id"] == f"0x{tid}":
                     spans.append({**s, "file": path.name})
+        return spans
+
+    def complete(spans: list[dict]) -> bool:
+        """Every wanted span, and every parent exported (Serve's own spans end last)."""
         ids = {s["context"]["span_id"] for s in spans}
-        # Complete: every wanted span, and every parent exported (Serve's own spans end last).
-        if want <= {s["name"] for s in spans} and sum(1 for s in spans if s["parent_id"] not in ids) == 1:
-            return spans
-        time.sleep(1)
+        return want <= {s["name"] for s in spans} and sum(1 for s in spans if s["parent_id"] not in ids) == 1
+
+    try:
+        return wait_until(look, timeout_s, interval_s=1, until=complete, what=f"trace {tid} complete")
+    except WaitTimeout as exc:
+        spans = exc.last
     ids = {s["context"]["span_id"] for s in spans}
     raise AssertionError(f"trace {tid}: missing spans {sorted(want - {s['name'] for s in spans})}; have "
                          f"{sorted((s['name'], s['parent_id'] in ids) for s in spans)} (name, parent exported)")
@@ -258,27 +270,25 @@ def test_access_log_lines_are_json_with_request_id_release_route_status_latency(
     r = http.post(CHAT, headers={"X-Request-Id": request_id},
                   json={"model": model_name, "max_tokens": 4, "messages": [{"role": "user", "content": secret}]})
     assert r.status_code == 200 and r.headers["x-request-id"] == request_id
-    deadline = time.monotonic() + 30
-    line = None
-    while time.monotonic() < deadline and line is None:
+
+    def access_line() -> dict | None:
+        line = None
         for path in serve_logs_dir.rglob("replica_*Ingress*.log"):
             for raw in path.read_text().splitlines():
                 if request_id in raw and '"http_route"' in raw:
                     line = json.loads(raw)
-        time.sleep(1)
-    assert line is not None, "no access-log line for the request"
+        return line
+
+    line = wait_until(access_line, 30, interval_s=1, until=lambda line: line is not None,
+                      what="an access-log line for the request")
     assert line["request_id"] == request_id and line["levelname"] == "INFO" and line["asctime"]
     assert line["http_route"] == CHAT and line["status_code"] == 200 and line["latency_ms"] > 0
     assert line["release"] and line["http_method"] == "POST"
     # The LLM replica logs the call under the same request id: its log outlives the engine's start (vLLM's
     # logging setup closes every handler of the process; serve_app/llm/engine.py puts Serve's back).
-    deadline = time.monotonic() + 30
-    llm_lines: list[str] = []
-    while time.monotonic() < deadline and not llm_lines:
-        llm_lines = [raw for path in serve_logs_dir.rglob("replica_*LLMServer_*.log")
-                     for raw in path.read_text().splitlines() if request_id in raw and "CALL generate" in raw]
-        time.sleep(1)
-    assert llm_lines, "the LLM replica's log has no line for the request"
+    wait_until(lambda: [raw for path in serve_logs_dir.rglob("replica_*LLMServer_*.log")
+                        for raw in path.read_text().splitlines() if request_id in raw and "CALL generate" in raw],
+               30, interval_s=1, what="a line for the request in the LLM replica's log")
     # Prompt and answer text are not logged at the default level, by any component.
     for path in serve_logs_dir.rglob("*.log"):
         assert secret not in path.read_text(), path.name

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from serve_app.config.names import DEFAULT_TOOLS
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.app
 
@@ -50,13 +51,8 @@ def _running(http):
 
 
 def _wait_running_zero(http, timeout_s=20):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        n = _running(http)
-        if n == 0:
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"the engine still holds {n} request(s)")
+    wait_until(lambda: _running(http), timeout_s, interval_s=0.25, until=lambda n: n == 0,
+               what="the engine holding no request (its running requests)")
 
 
 # -- RAG -------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import yaml
 # The same bounded load the release benchmark uses: non-streaming chat and streams, every request recorded.
 from benchmarks.load import Load
 from tests.chaos.faults import follow as _follow
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.release
 
@@ -171,22 +172,14 @@ def test_autoscaling_adds_a_replica_under_a_spike_and_removes_it_after(app_url, 
     for t in threads:
         t.start()
     try:
-        saw_two = False
-        for _ in range(120):
-            if _agent_replicas(admin) >= 2:
-                saw_two = True
-                break
-            time.sleep(1)
+        wait_until(lambda: _agent_replicas(admin), 120, interval_s=1, until=lambda n: n >= 2,
+                   what="a replica added under the spike (Agent's running replicas)")
     finally:
         stop.set()
         for t in threads:
             t.join(300)
-    assert saw_two, "no replica was added under the spike"
-    for _ in range(180):
-        if _agent_replicas(admin) == 1:
-            break
-        time.sleep(1)
-    assert _agent_replicas(admin) == 1, "the added replica was not removed after the load stopped"
+    wait_until(lambda: _agent_replicas(admin), 180, interval_s=1, until=lambda n: n == 1,
+               what="the added replica removed after the load stopped (Agent's running replicas)")
 
 
 def _canary_release(admin, engine_change, canary, note):
@@ -200,13 +193,10 @@ def _canary_release(admin, engine_change, canary, note):
 
 
 def _wait_for_window(admin, n, timeout_s=300):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        canary = admin.get("/admin/status").json()["canary"]
-        if canary is None or canary["phase"] != "starting":
-            return canary
-        time.sleep(0.5)
-    raise AssertionError(f"canary {n} never left its start")
+    """The canary's status once it has left its start (None: it is already over)."""
+    return wait_until(lambda: admin.get("/admin/status").json()["canary"], timeout_s,
+                      until=lambda canary: canary is None or canary["phase"] != "starting",
+                      what=f"canary {n} out of its start")
 
 
 def test_canary_that_fails_requests_is_rolled_back_and_the_current_release_is_untouched(app_url, http, admin,

@@ -10,7 +10,6 @@ fixed seed: the same adapter the benchmark made)."""
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import openai
@@ -22,6 +21,7 @@ from benchmarks._adapters import MAX_TOKENS, PROMPT, make_adapter
 from serve_app.errors import status_of
 from serve_app.llm.model import prepare_default_model
 from tests.chaos.faults import follow
+from tests.polling import WaitTimeout, wait_until
 
 pytestmark = pytest.mark.release
 
@@ -48,13 +48,14 @@ def _engines(http) -> dict:
 
 def _llm_adapters(http, expected: dict, timeout_s: float = 15) -> dict:
     """The first model's adapters as /healthz shows them, once they are ``expected`` (polled: /healthz answers
-    from its background probe, taken every ingress.health_period_s)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        adapters = http.get("/healthz").json()["components"]["llm"]["adapters"]
-        if all(adapters.get(k) == v for k, v in expected.items()) or time.monotonic() > deadline:
-            return adapters
-        time.sleep(0.2)
+    from its background probe, taken every ingress.health_period_s); past ``timeout_s``, as they are then (the
+    caller's assertion shows them)."""
+    try:
+        return wait_until(lambda: http.get("/healthz").json()["components"]["llm"]["adapters"], timeout_s,
+                          interval_s=0.2, until=lambda adapters: all(adapters.get(k) == v for k, v in expected.items()),
+                          what=f"the first model's adapters {expected}")
+    except WaitTimeout as exc:
+        return exc.last
 
 
 def _chat(client, model: str) -> str:

@@ -237,9 +237,9 @@ def test_a_release_failing_its_watch_is_rolled_back_to_the_last_good_one(tmp_pat
     assert c.state.serving == 3 and c.history.last_good()["n"] == 3
 
 
-def _wait_ready(state_dir, healthy_after, graceful_s):
+def _time_to_ready(state_dir, healthy_after, graceful_s):
     """Serve's details while a release's old replica drains: UPDATING until ``healthy_after`` seconds after
-    the apply. Returns how long the wait took on the injected clock."""
+    the apply. Returns how long the rollout's own wait took on the injected clock (nothing is polled here)."""
     clock = FakeClock()
     gw = FakeServeGateway({"serve_app": APP}, clock, ready_after_s=healthy_after, graceful_shutdown_s=graceful_s)
     rollout = Rollout("serve_app", gw, History(state_dir), ReleaseState(serving=1), clock, clock.sleep)
@@ -251,13 +251,13 @@ def _wait_ready(state_dir, healthy_after, graceful_s):
 
 def test_a_release_is_given_its_replicas_drain_time_on_top_of_its_start_deadline(tmp_path):
     # Still draining after the start deadline, within the replicas' graceful_shutdown_timeout_s: ready.
-    assert _wait_ready(tmp_path, healthy_after=1.5, graceful_s=3) == 1.5
+    assert _time_to_ready(tmp_path, healthy_after=1.5, graceful_s=3) == 1.5
     # The same without drain time (graceful_shutdown_timeout_s 0): the deadline holds as before.
     with pytest.raises(ReleaseFailed, match="within 0.5s"):
-        _wait_ready(tmp_path, healthy_after=1.5, graceful_s=0)
+        _time_to_ready(tmp_path, healthy_after=1.5, graceful_s=0)
     # Past both: failed, and the message says how long was allowed.
     with pytest.raises(ReleaseFailed, match=r"within 0.5s \(\+1s for replicas to drain\)"):
-        _wait_ready(tmp_path, healthy_after=30, graceful_s=1)
+        _time_to_ready(tmp_path, healthy_after=30, graceful_s=1)
 
 
 def test_only_the_gateway_talks_to_serve():
