@@ -158,28 +158,33 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
 
 def status_of(error: dict[str, Any]) -> int:
     """The HTTP status an error body stands for (an in-stream error event carries none of its own)."""
-    code = error.get("code")
+    code, err_type = error.get("code"), error.get("type")
     if isinstance(code, int):  # vLLM's own bodies carry the status as the code
         return code
-    return _STATUS_OF_CODE.get(code) or _STATUS_OF_TYPE.get(error.get("type")) or 500
+    by_code = _STATUS_OF_CODE.get(code) if isinstance(code, str) else None
+    by_type = _STATUS_OF_TYPE.get(err_type) if isinstance(err_type, str) else None
+    return by_code or by_type or 500
 
 
-def _ray_unavailable() -> tuple[type[BaseException], ...]:
-    from ray import exceptions as ray_exc
-    from ray.serve import exceptions as serve_exc
+# Ray's errors for a replica that died or is overloaded, by the qualified name of their class, matched along the
+# MRO (so their subclasses too: ActorDiedError, a RayTaskError wrapping one). Names, not classes: this bottom
+# layer of the app depends on no runtime, Ray included; these are Ray's public exception classes.
+_RAY_UNAVAILABLE = frozenset({
+    "ray.exceptions.RayActorError",
+    "ray.exceptions.ActorUnavailableError",
+    "ray.serve.exceptions.BackPressureError",
+    "ray.serve.exceptions.DeploymentUnavailableError",
+})
 
-    return (
-        ray_exc.RayActorError,
-        ray_exc.ActorUnavailableError,
-        serve_exc.BackPressureError,
-        serve_exc.DeploymentUnavailableError,
-    )
+
+def _qualified_names(exc: BaseException) -> set[str]:
+    return {f"{cls.__module__}.{cls.__qualname__}" for cls in type(exc).__mro__}
 
 
 def status_for(exc: BaseException) -> int | None:
     if isinstance(exc, EngineError):
         return exc.status
-    if isinstance(exc, _ray_unavailable()):
+    if not _qualified_names(exc).isdisjoint(_RAY_UNAVAILABLE):
         # A replica died or is overloaded: the client may retry.
         return 503
     for cls in type(exc).__mro__:
@@ -189,9 +194,14 @@ def status_for(exc: BaseException) -> int | None:
 
 
 def unwrap(exc: BaseException) -> BaseException:
-    """The original exception behind a Ray task error raised by a replica."""
-    from ray.exceptions import RayTaskError
+    """The original exception behind a Ray task error raised by a replica.
 
-    while isinstance(exc, RayTaskError) and getattr(exc, "cause", None) is not None:
-        exc = exc.cause
+    Ray's RayTaskError is recognised by what it has, not imported (see ``_RAY_UNAVAILABLE``): its class
+    defines ``as_instanceof_cause`` and the instance holds the replica's exception as ``cause``. The class is
+    asked, not the instance: the instance Ray raises forwards unknown attributes to its cause."""
+    while callable(getattr(type(exc), "as_instanceof_cause", None)):
+        cause = getattr(exc, "cause", None)
+        if not isinstance(cause, BaseException):
+            break
+        exc = cause
     return exc
