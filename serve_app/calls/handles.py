@@ -3,23 +3,23 @@ a deadline, so that cancelling the caller cancels the call on the replica too; t
 with a deadline and retries before its first item. Every call has a deadline: a replica that never answers
 (wedged, or a request queued behind a deployment that has no replica) must not hold its caller forever.
 
-The retry loop is written out rather than taken from tenacity: what may be retried is decided per attempt by
-where the failure happened (before the stream's first item, on a replica that died) and every failed attempt
-must cancel its own stream; as a loop this is a dozen lines, as tenacity's AsyncRetrying the same conditions
-would be spread over callbacks. The backoff doubles per attempt with "equal jitter" (half fixed, half random),
-so callers that failed together do not all come back at the same instant."""
+A streaming call's start is retried under the app's retry policy (calls/retry.py, run by tenacity). The
+decision of what may be retried stays here, in the attempt: a failure before the stream's first item on a
+replica that died is raised as one of ``RETRYABLE``, everything else (its deadline, an overloaded deployment,
+the application's own error) as something the policy does not retry; and every failed attempt cancels its
+own stream before the policy sees its failure."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from typing import Any
 
 from ray import exceptions as ray_exc
 from ray.serve import exceptions as serve_exc
 
-from serve_app.config.settings import IngressSettings
+from serve_app.calls.retry import RetryPolicy
+from serve_app.config.settings import IngressSettings, RetrySettings
 from serve_app.errors import ServiceUnavailable, UpstreamTimeout
 
 logger = logging.getLogger("ray.serve")
@@ -30,8 +30,10 @@ logger = logging.getLogger("ray.serve")
 RETRYABLE = (ray_exc.ActorDiedError, ray_exc.ActorUnavailableError, ray_exc.RayActorError)
 
 
-def jittered(delay_s: float) -> float:
-    return delay_s / 2 + random.uniform(0, delay_s / 2)
+def replica_policy(s: RetrySettings) -> RetryPolicy:
+    """``ingress.retry`` for calls whose replica died before answering: jittered, since every request on that
+    replica fails at once."""
+    return RetryPolicy(s.attempts, s.backoff_s, s.max_backoff_s, jitter=True, retry_on=RETRYABLE)
 
 
 # The deadline of a call whose caller names none: the default request deadline, long enough for the longest
@@ -62,30 +64,32 @@ def call_blocking(handle, method: str, *args, timeout_s: float, **kwargs) -> Any
 
 async def open_call(method, args: tuple, settings: IngressSettings) -> tuple[dict[str, Any], Any]:
     """Start a streaming handle call and wait for its head. Returns (head, response generator)."""
-    retry = settings.retry
-    delay = retry.backoff_s
-    for attempt in range(1, retry.attempts + 1):
-        gen = method.options(stream=True).remote(*args)
-        try:
-            head = await asyncio.wait_for(gen.__anext__(), settings.request_timeout_s)
-            return head, gen
-        except TimeoutError:
-            gen.cancel()
-            raise UpstreamTimeout(f"no answer within {settings.request_timeout_s:g}s") from None
-        except RETRYABLE as exc:
-            gen.cancel()
-            if attempt == retry.attempts:
-                raise ServiceUnavailable("the model replica is unavailable; retry later") from exc
-            logger.warning("replica failed before answering (attempt %d/%d): %s", attempt, retry.attempts, exc)
-            await asyncio.sleep(jittered(min(delay, retry.max_backoff_s)))
-            delay *= 2
-        except (serve_exc.BackPressureError, serve_exc.DeploymentUnavailableError) as exc:
-            gen.cancel()
-            raise ServiceUnavailable("the model deployment is overloaded or unavailable; retry later") from exc
-        except BaseException:
-            gen.cancel()
-            raise
-    raise AssertionError("unreachable")
+    policy = replica_policy(settings.retry)
+
+    def log(attempt: int, exc: BaseException, _wait_s: float) -> None:
+        logger.warning("replica failed before answering (attempt %d/%d): %s", attempt, policy.attempts, exc)
+
+    try:
+        return await policy.run_async(lambda: _start(method, args, settings.request_timeout_s), on_retry=log)
+    except RETRYABLE as exc:  # the last attempt's
+        raise ServiceUnavailable("the model replica is unavailable; retry later") from exc
+
+
+async def _start(method, args: tuple, timeout_s: float) -> tuple[dict[str, Any], Any]:
+    """One attempt: the call started and its head awaited. A failed attempt cancels its own stream."""
+    gen = method.options(stream=True).remote(*args)
+    try:
+        head = await asyncio.wait_for(gen.__anext__(), timeout_s)
+        return head, gen
+    except TimeoutError:
+        gen.cancel()
+        raise UpstreamTimeout(f"no answer within {timeout_s:g}s") from None
+    except (serve_exc.BackPressureError, serve_exc.DeploymentUnavailableError) as exc:
+        gen.cancel()
+        raise ServiceUnavailable("the model deployment is overloaded or unavailable; retry later") from exc
+    except BaseException:
+        gen.cancel()
+        raise
 
 
 async def awaited(response):

@@ -8,9 +8,10 @@ holds one {"id", "text", "metadata"} object per line. Documents are validated wi
 POST /v1/documents and against the same limits (serve_app/vector/limits.py, with the running app's
 settings): a document over a limit, or whose id came before, is refused and reported, never written, and
 the others go on. Documents are sent in batches to the app's VectorStore deployment through its Serve
-handle; a failed batch is retried with exponential backoff, and a batch the deployment refuses (over its
-write budget) is split until each refused document stands alone. Ingest is idempotent by id: running the
-job again changes nothing. Exit status 2 when a document was refused.
+handle; a failed batch is retried with exponential backoff (the app's retry policy, serve_app/calls/retry.py),
+and a batch the deployment refuses (over its write budget; never retried) is split until each refused
+document stands alone. Ingest is idempotent by id: running the job again changes nothing. Exit status 2
+when a document was refused.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from serve_app.calls.handles import call_blocking
+from serve_app.calls.retry import RetryPolicy
 from serve_app.config.settings import VectorSettings
 from serve_app.errors import AppError, status_for, unwrap
 from serve_app.protocol.retrieval import Document
@@ -81,25 +83,26 @@ def _client_error(exc: BaseException) -> AppError | None:
     return cause if isinstance(cause, AppError) and status is not None and 400 <= status < 500 else None
 
 
-def send_with_retry(send, batch: list[Document], attempts: int, backoff_s: float) -> list[dict]:
+def send_with_retry(send, batch: list[Document], attempts: int, backoff_s: float,
+                    sleep: Callable[[float], None] = time.sleep) -> list[dict]:
+    """``send(batch)``, retried with exponential backoff unless the deployment refused the batch (a 4xx)."""
     payload = [d.model_dump() for d in batch]
-    for attempt in range(1, attempts + 1):
-        try:
-            return send(payload)
-        except Exception as exc:
-            if attempt == attempts or _client_error(exc) is not None:
-                raise
-            wait = backoff_s * 2 ** (attempt - 1)
-            print(f"batch failed ({type(exc).__name__}: {exc}); retry {attempt}/{attempts - 1} in {wait:.1f}s", file=sys.stderr)
-            time.sleep(wait)
-    raise AssertionError("unreachable")
+    policy = RetryPolicy(attempts, backoff_s, give_up=lambda exc: _client_error(exc) is not None)
+
+    def log(attempt: int, exc: BaseException, wait_s: float) -> None:
+        print(f"batch failed ({type(exc).__name__}: {exc}); retry {attempt}/{attempts - 1} in {wait_s:.1f}s",
+              file=sys.stderr)
+
+    return policy.run(lambda: send(payload), on_retry=log, sleep=sleep)
 
 
 class Ingest:
     """Checks, sends and counts documents: ``send(payload)`` is the VectorStore deployment's ``ingest``."""
 
-    def __init__(self, send, s: VectorSettings, attempts: int = 4, backoff_s: float = 1.0, report=print):
+    def __init__(self, send, s: VectorSettings, attempts: int = 4, backoff_s: float = 1.0, report=print,
+                 sleep: Callable[[float], None] = time.sleep):
         self.send, self.s, self.attempts, self.backoff_s, self.report = send, s, attempts, backoff_s, report
+        self.sleep = sleep  # between two tries of a batch
         self.documents = self.chunks = 0
         self.refused: list[tuple[str, str]] = []  # (document id, why), in input order
         self._seen: set[str] = set()
@@ -117,7 +120,7 @@ class Ingest:
         if not batch:
             return
         try:
-            result = send_with_retry(self.send, batch, self.attempts, self.backoff_s)
+            result = send_with_retry(self.send, batch, self.attempts, self.backoff_s, self.sleep)
         except Exception as exc:
             refused = _client_error(exc)
             if refused is None:

@@ -1,7 +1,8 @@
 """The batch-ingest job goes through the API's limits: a document over a limit (with the running app's
 settings) is refused and reported by id with the same message, never sent; a repeated id is refused; a batch
 the deployment refuses (its write budget) is split until the refused document stands alone, and the others
-are written; a refusal is not retried, a transient failure is; the summary counts what was refused."""
+are written; a refusal is not retried, a transient failure is (after a doubling backoff, each retry said on
+stderr); the summary counts what was refused."""
 
 import pytest
 
@@ -97,3 +98,13 @@ def test_the_deployments_refusal_arrives_wrapped():
 
     job, _ = _run([_doc(0)], send)
     assert job.refused == [("d0", "documents.0 would be stored as 20 chunks")]
+
+
+def test_a_failed_batch_is_retried_after_a_doubling_backoff_and_said_so(capsys):
+    slept = []
+    job = Ingest(_Deployment(fail_first=2), S, attempts=4, backoff_s=1.5, report=print, sleep=slept.append)
+    job.batch([_doc(0, 2)])
+    assert slept == [1.5, 3.0] and job.summary()["documents"] == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "batch failed (ServiceUnavailable: replica restarting); retry 1/3 in 1.5s",
+        "batch failed (ServiceUnavailable: replica restarting); retry 2/3 in 3.0s"]
