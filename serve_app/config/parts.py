@@ -71,7 +71,7 @@ class AgentServerSettings(_Strict):
     """The Agent deployment's part of the settings."""
 
     model: ModelSettings = Field(default_factory=ModelSettings, description="The model it uses (agent.model).")
-    llm_deployment: str = Field(LLM_DEPLOYMENT, description="The LLM deployment serving that model.")
+    llm_deployment: str = Field(default=LLM_DEPLOYMENT, description="The LLM deployment serving that model.")
     ingress: IngressSettings = Field(default_factory=IngressSettings, description="Deadlines and retries of its calls.")
     agent: AgentSettings = Field(default_factory=AgentSettings, description="The tool-using agent.")
     prompts: PromptSettings = Field(default_factory=PromptSettings, description="Prompt templates (versioned).")
@@ -157,8 +157,8 @@ def _with_adapters(args: dict[str, Any], by_model: dict[str, dict[str, str]]) ->
 
 
 def _set_user_config(entry: dict[str, Any], adapters: Any) -> None:
-    user_config = entry.get("user_config") if isinstance(entry.get("user_config"), dict) else {}
-    entry["user_config"] = {**user_config, ADAPTERS: adapters}
+    user_config = entry.get("user_config")
+    entry["user_config"] = {**(user_config if isinstance(user_config, dict) else {}), ADAPTERS: adapters}
 
 
 def _pop_user_config(entry: dict[str, Any]) -> Any:

