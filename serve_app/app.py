@@ -4,12 +4,19 @@ as a separate application for a canary (serve_app/release/canary.py)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from ray.serve import Application
+from ray.serve import Application, Deployment
 
 from serve_app.config.loader import validate_app_args
 from serve_app.config.names import LLM_DEPLOYMENT
+
+
+def _deployment(cls: type) -> Deployment:
+    """A class decorated with ``@serve.deployment`` as what the decorator made it, a Serve ``Deployment``
+    (``.options``, ``.bind``). mypy ignores class decorators and sees the plain class; this is the one place
+    that says otherwise."""
+    return cast(Deployment, cls)
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
@@ -20,7 +27,8 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     from serve_app.ingress.deployment import Ingress
     from serve_app.llm.deployment import LLMServer
 
-    split = (args or {}).get(SPLIT_KEY)
+    args = args or {}  # what validate_app_args reads None as
+    split = args.get(SPLIT_KEY)
     if split is not None:
         keys = {"model", "vector", "agent"}
         if set(args) != {SPLIT_KEY} or not keys <= set(split) <= keys | {"llm_deployments"}:
@@ -35,19 +43,19 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         model_on, vector_on, agent_on = settings.model.enabled, settings.vector.enabled, settings.agent.enabled
         llm_names = list(settings.served_models())
     # One LLM deployment per served model, each with its own replicas and autoscaling.
-    llms = {name: LLMServer.options(name=name).bind(plain, name) for name in llm_names}
+    llms = {name: _deployment(LLMServer).options(name=name).bind(plain, name) for name in llm_names}
     vector = embedder = None
     if vector_on:
         from serve_app.vector.deployment import EmbedderServer, VectorStoreServer
 
-        embedder = EmbedderServer.bind(plain)
-        vector = VectorStoreServer.bind(plain, embedder)
+        embedder = _deployment(EmbedderServer).bind(plain)
+        vector = _deployment(VectorStoreServer).bind(plain, embedder)
     agent = None
     if llms and agent_on:
         from serve_app.agent.deployment import AgentServer
 
-        agent = AgentServer.bind(plain, llms, vector)
-    return Ingress.bind(llms, plain, vector, embedder, agent)
+        agent = _deployment(AgentServer).bind(plain, llms, vector)
+    return _deployment(Ingress).bind(llms, plain, vector, embedder, agent)
 
 
 def build_llm(args: dict[str, Any] | None = None) -> Application:
@@ -59,4 +67,4 @@ def build_llm(args: dict[str, Any] | None = None) -> Application:
         from serve_app.config.loader import ConfigError
 
         raise ConfigError("invalid config: args.model.enabled: an LLM application needs the model enabled")
-    return LLMServer.bind(settings.model_dump(mode="json"), LLM_DEPLOYMENT)
+    return _deployment(LLMServer).bind(settings.model_dump(mode="json"), LLM_DEPLOYMENT)

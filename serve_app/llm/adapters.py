@@ -84,8 +84,9 @@ def check_adapter(path: Path, folder: str, base_names: set[str], max_rank: int) 
         raise InvalidRequest(f"{folder!r} is not a LoRA adapter (peft_type {kind!r})", "path")
     if not (path / WEIGHTS).is_file():
         raise InvalidRequest(f"{folder!r} has no {WEIGHTS}: only safetensors weights are loaded", "path")
-    ranks = [config.get("r")] + list((config.get("rank_pattern") or {}).values())
-    if not all(isinstance(r, int) and r >= 1 for r in ranks):
+    given = [config.get("r"), *(config.get("rank_pattern") or {}).values()]
+    ranks = [r for r in given if isinstance(r, int) and r >= 1]
+    if len(ranks) != len(given):
         raise InvalidRequest(f"{folder}/{CONFIG}: 'r' must be a positive integer", "path")
     rank = max(ranks)
     if rank > max_rank:

@@ -9,7 +9,7 @@ which aborts the request inside the engine.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from opentelemetry.trace import SpanKind
@@ -19,7 +19,7 @@ from serve_app.config.settings import IngressSettings
 from serve_app.errors import EngineError, status_of
 from serve_app.observability.genai import llm_call, record_response
 from serve_app.observability.tracing import span
-from serve_app.protocol.stream import DONE_DATA, StreamHead, data_of
+from serve_app.protocol.stream import DONE_DATA, data_of
 
 
 def chat_request(body: dict[str, Any]):
@@ -62,7 +62,8 @@ class LLMClient:
         return _deltas(head, gen)
 
 
-async def _deltas(head: StreamHead, gen) -> AsyncIterator[str]:
+async def _deltas(head: Mapping[str, Any], gen) -> AsyncIterator[str]:
+    # ``head`` is a StreamHead (serve_app/protocol/stream.py); open_call hands it over as a plain dict.
     try:
         if not head.get("stream"):
             yield head["body"]["choices"][0]["message"]["content"] or ""

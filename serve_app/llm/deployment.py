@@ -60,8 +60,10 @@ class HeldAdapter:
 
 @serve.deployment(name="LLMServer", max_ongoing_requests=64, health_check_period_s=10)
 class LLMServer:
-    async def __init__(self, settings: dict[str, Any] | None, deployment: str = LLM_DEPLOYMENT,
-                       engine_factory: EngineFactory | None = None):
+    async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor; mypy allows only None
+        self, settings: dict[str, Any] | None, deployment: str = LLM_DEPLOYMENT,
+        engine_factory: EngineFactory | None = None,
+    ):
         """``deployment``: which LLM deployment this is (``LLMServer``, ``LLMServer-<name>``), so which model."""
         # Serve awaits an async constructor: the replica is routable only once the engine has started.
         self._settings = deployment_settings(settings, deployment)
@@ -97,6 +99,13 @@ class LLMServer:
         for folder in self._catalog.values():
             await self.trial_adapter(folder)
 
+    @property
+    def _live_engine(self) -> LLMEngine:
+        """The engine, for a request: ``_engine`` is None only before it has started and after ``__del__``."""
+        if self._engine is None:
+            raise RuntimeError("the engine is not running")
+        return self._engine
+
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """The adapters of a release that changed only them (serve_app/config/parts.py): no restart. One that
         is gone, or now names another folder, is no longer servable here at once."""
@@ -107,7 +116,7 @@ class LLMServer:
         old, self._catalog = self._catalog, dict(adapters)
         for name, folder in old.items():
             if self._catalog.get(name) != folder:
-                await self._engine.unload_adapter(name)
+                await self._live_engine.unload_adapter(name)
         if starting:  # a running replica's new adapters were tried by the release controller already
             for name, folder in self._catalog.items():
                 if old.get(name) != folder:
@@ -127,16 +136,16 @@ class LLMServer:
         """Serve's multiplexed loader: make the adapter ``name`` of the catalog servable on this replica."""
         await self._ensure_adapter(name)
         async def let_go():
-            await self._engine.unload_adapter(name)
+            await self._live_engine.unload_adapter(name)
 
         return HeldAdapter(name, let_go)
 
     async def _ensure_adapter(self, name: str) -> None:
         if name not in self._catalog:
             raise ModelNotFound(f"The model `{name}` does not exist.", "model")
-        if not self._engine.has_adapter(name):  # new, or unloaded by a release while Serve still counted it held
+        if not self._live_engine.has_adapter(name):  # new, or unloaded by a release while Serve still counted it held
             path, _ = self._adapter_folder(self._catalog[name])
-            await self._engine.load_adapter(name, str(path))
+            await self._live_engine.load_adapter(name, str(path))
 
     async def trial_adapter(self, folder: str) -> dict[str, Any]:
         """Check an adapter folder and load it into this replica's engine once (then out again): what the release
@@ -145,7 +154,7 @@ class LLMServer:
             raise InvalidRequest(f"LoRA is off for the model {self._settings.model.name!r}: set its lora section "
                                  "(a release that restarts its engine) to serve adapters", "model")
         path, info = self._adapter_folder(folder)
-        await self._engine.try_adapter(str(path))
+        await self._live_engine.try_adapter(str(path))
         return info
 
     async def _watch_engine(self) -> None:
@@ -165,9 +174,9 @@ class LLMServer:
         lines when streaming."""
         await self._use_adapter()
         if kind == "chat":
-            result = await self._engine.chat(request)
+            result = await self._live_engine.chat(request)
         elif kind == "completion":
-            result = await self._engine.completion(request)
+            result = await self._live_engine.completion(request)
         else:
             raise ValueError(f"unknown request kind {kind!r}")
         if isinstance(result, dict):
@@ -191,17 +200,17 @@ class LLMServer:
         template, to token ids) or /detokenize (token ids to text)."""
         await self._use_adapter()
         if kind == "tokenize":
-            return await self._engine.tokenize(request)
+            return await self._live_engine.tokenize(request)
         if kind == "detokenize":
-            return await self._engine.detokenize(request)
+            return await self._live_engine.detokenize(request)
         raise ValueError(f"unknown request kind {kind!r}")
 
     async def models(self) -> dict[str, Any]:
-        return await self._engine.models()
+        return await self._live_engine.models()
 
     async def health(self) -> dict[str, Any]:
         """Health detail for /healthz. Raises when the engine cannot serve."""
-        await self._engine.check_health()
+        await self._live_engine.check_health()
         return {
             "model": self._settings.model.name,
             "cpus": os.environ.get(BIND_ENV, "auto"),
@@ -209,15 +218,15 @@ class LLMServer:
             "engine_start_s": round(self._start_s, 1),
             "replica": self._replica,
             "pid": os.getpid(),
-            "running_requests": self._engine.running_requests(),
+            "running_requests": self._live_engine.running_requests(),
             **({"adapters": {"configured": len(self._catalog),
-                             "held": sorted(n for n in self._catalog if self._engine.has_adapter(n))}}
+                             "held": sorted(n for n in self._catalog if self._live_engine.has_adapter(n))}}
                if self._hold is not None else {}),
         }
 
     async def check_health(self) -> None:
         # Called by Serve's controller; raising marks the replica unhealthy and Serve replaces it.
-        await self._engine.check_health()
+        await self._live_engine.check_health()
 
     def __del__(self):
         # Serve calls __del__ on graceful replica shutdown: stop the engine-core process with it.

@@ -48,7 +48,7 @@ def _shipped_gguf() -> Path:
         ) from exc
     for f in dist.files or ():
         if f.name == _GGUF_NAME:
-            return Path(dist.locate_file(f))
+            return Path(str(dist.locate_file(f)))  # typed as a SimplePath: a Path for an installed distribution
     raise ModelPreparationError(f"'{_DIST}' is installed but does not contain {_GGUF_NAME}")
 
 

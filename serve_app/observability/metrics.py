@@ -17,9 +17,9 @@ from __future__ import annotations
 import functools
 
 # Seconds; from a cached answer to a long agent run.
-LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]
-TTFT_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
-COUNT_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+LATENCY_BUCKETS: list[float] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]
+TTFT_BUCKETS: list[float] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
+COUNT_BUCKETS: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
 # name (as declared; exported with the ray_ prefix) → (type, help, tag keys, buckets)
 DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {

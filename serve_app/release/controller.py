@@ -32,11 +32,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 import ray
 
 from serve_app.config import paths
+from serve_app.config.release_settings import CanarySettings
 from serve_app.config.secrets import redacted
 from serve_app.errors import AppError, Conflict, NotFound, ServiceUnavailable, unwrap
 from serve_app.release.canary import CANARY, PRIMARY
@@ -86,7 +87,9 @@ class Releases:
             self.history.add(actor="bootstrap", kind="initial", note="the release running when the controller started",
                              config=config, changed=["everything"], status="good")
             logger.info("release controller: recorded the running application as release 1")
-        self.state = ReleaseState(serving=self.history.last_good()["n"])
+        first = self.history.last_good()
+        assert first is not None  # recorded just above if there was none
+        self.state = ReleaseState(serving=first["n"])
         self.rollout = Rollout(app_name, gateway, history, self.state, clock, sleep)
         self.canary_rollout = CanaryRollout(self.rollout)
         # A canary left behind by a controller that died mid-window is removed on the first call.
@@ -97,6 +100,20 @@ class Releases:
         r = self.history.last_good(before=before)
         return r and {**r, "config": stored_config(r)}
 
+    def _current(self) -> dict[str, Any]:
+        """The last good release, its config migrated. There always is one once the constructor has run (it
+        records what Serve runs as release 1 if there is none), and a good release stays good."""
+        current = self._last_good()
+        if current is None:
+            raise ServiceUnavailable("the release history holds no good release")
+        return current
+
+    def _get(self, n: int) -> dict[str, Any]:
+        r = self.history.get(n)
+        if r is None:
+            raise NotFound(f"release {n} does not exist", "release")
+        return r
+
     def _clean_up(self) -> None:
         """Start removing a canary left behind (called from every async entry point, /healthz included)."""
         if self.state.leftover_canary and (self.background is None or self.background.done()):
@@ -105,7 +122,7 @@ class Releases:
 
     async def _remove_leftover(self) -> None:
         try:
-            await self.canary_rollout.remove(self._last_good())
+            await self.canary_rollout.remove(self._current())
             logger.info("removed a canary left by an earlier release controller")
         except Exception:
             logger.exception("removing a leftover canary failed; retrying on the next call")
@@ -165,17 +182,15 @@ class Releases:
         return [{k: v for k, v in r.items() if k != "config"} for r in self.history.list()]
 
     def release(self, n: int) -> dict[str, Any]:
-        r = self.history.get(n)
-        if r is None:
-            raise NotFound(f"release {n} does not exist", "release")
+        r = self._get(n)
         # Rows written before configs had to name their secrets may hold values: never served back.
         return {**r, "config": redacted(r["config"])}
 
     def audit(self, actor: str, action: str, allowed: bool, detail: str | None = None) -> None:
         current = self.history.last_good()
         keep = app_settings(current["config"], self.app).releases if current else None
-        self.history.audit(actor, action, allowed, detail, max_rows=keep and keep.audit_max_rows,
-                           max_age_s=keep and keep.audit_max_age_days * 86400)
+        self.history.audit(actor, action, allowed, detail, max_rows=keep.audit_max_rows if keep else None,
+                           max_age_s=keep.audit_max_age_days * 86400 if keep else None)
 
     def audit_log(self) -> list[dict[str, Any]]:
         return self.history.audit_log()
@@ -200,20 +215,22 @@ class Releases:
             await asyncio.to_thread(Releases.audit, self, actor, f"{kind} refused", False, exc.message[:500])
             raise
         what = changed(app_entry(base, self.app) if current else None, app_entry(full, self.app))
+        against: tuple[dict[str, Any], CanarySettings] | None = None  # a canary's current release and settings
         if canary is not None:
             cs = canary_settings(canary, new_settings, current["config"] if current else None, self.app)
-            kind = "canary"
+            assert current is not None  # canary_settings refuses a canary without a current release
+            against, kind = (current, cs), "canary"
         n = await asyncio.to_thread(self.history.add, actor=actor, kind=kind, note=note, config=full, changed=what,
                                     status="deploying")
         self.state.deploying = n
-        if canary is not None:
-            work = self.canary_rollout.run(n, full, new_settings, current, cs)
+        if against is not None:
+            work = self.canary_rollout.run(n, full, new_settings, *against)
         else:
             work = self.rollout.run(n, full, new_settings, current)
         self.background = asyncio.get_running_loop().create_task(work)
         out = {"release": n, "status": "deploying", "changed": what}
-        if canary is not None:
-            out["canary"] = cs.model_dump()
+        if against is not None:
+            out["canary"] = against[1].model_dump()
         return out
 
     async def rollback(self, actor: str, to: int | None = None) -> dict[str, Any]:
@@ -223,16 +240,14 @@ class Releases:
             n = self.state.canary.n
             task.cancel()
             await asyncio.wait([task])
-            return {"release": n, "status": self.history.get(n)["status"], "changed": [], "aborted_canary": True}
+            return {"release": n, "status": self._get(n)["status"], "changed": [], "aborted_canary": True}
         if to is None:
             current = self.history.last_good()
             target = self.history.last_good(before=current["n"]) if current else None
             if target is None:
                 raise NotFound("there is no earlier good release to roll back to", "release")
         else:
-            target = self.history.get(to)
-            if target is None:
-                raise NotFound(f"release {to} does not exist", "release")
+            target = self._get(to)
         return await self.deploy(stored_config(target), actor, note=f"rollback to release {target['n']}",
                                  kind="rollback")
 
@@ -245,7 +260,7 @@ class Releases:
     async def load_adapter(self, model: str | None, name: str, folder: str, actor: str) -> dict[str, Any]:
         """Add an adapter to a model: checked and loaded once on one of its replicas first (a bad one is
         refused with the reason and nothing is recorded), then deployed as a release."""
-        current = self._last_good()
+        current = self._current()
         new_app, model = with_adapter(current["config"], self.app, model, name, folder)
         _, settings = release_config(current["config"], {"applications": [new_app]}, self.app)  # names, counts
         deployment = next(d for d, m in settings.served_models().items() if m.model.name == model)
@@ -262,14 +277,14 @@ class Releases:
         return {**out, "adapter": {"name": name, "model": model, "folder": folder, **trial}}
 
     async def unload_adapter(self, name: str, actor: str) -> dict[str, Any]:
-        current = self._last_good()
+        current = self._current()
         new_app, model = without_adapter(current["config"], self.app, name)
         out = await self.deploy({"applications": [new_app]}, actor, note=f"unload adapter {name} from {model}",
                                 kind="adapter-unload")
         return {**out, "adapter": {"name": name, "model": model}}
 
     async def scale(self, deployment: str, replicas: int | None, factor: float | None, actor: str) -> dict[str, Any]:
-        new_app, what = scaled(self._last_good()["config"], self.app, deployment, replicas, factor)
+        new_app, what = scaled(self._current()["config"], self.app, deployment, replicas, factor)
         return await self.deploy({"applications": [new_app]}, actor, note=f"scale {what}", kind="scale")
 
 
@@ -281,25 +296,31 @@ class ReleaseController(Releases):
         super().__init__(app_name, History(state_dir or paths.state_dir()), RayServeGateway())
 
     # An async actor runs its plain methods on its event loop: those that read or write SQLite run in a
-    # thread instead, so a slow disk never holds up /healthz's probe or a canary's counts.
-    async def releases(self) -> list[dict[str, Any]]:
+    # thread instead, so a slow disk never holds up /healthz's probe or a canary's counts. They become async,
+    # which ``Releases`` does not promise: the actor is called only through its handle (every call is
+    # awaited there), and ``Releases`` itself calls them on the class (``Releases.audit``), never on self.
+    async def releases(self) -> list[dict[str, Any]]:  # type: ignore[override]  # async on the actor: above
         return await asyncio.to_thread(Releases.releases, self)
 
-    async def release(self, n: int) -> dict[str, Any]:
+    async def release(self, n: int) -> dict[str, Any]:  # type: ignore[override]  # async on the actor: above
         return await asyncio.to_thread(Releases.release, self, n)
 
-    async def audit(self, actor: str, action: str, allowed: bool, detail: str | None = None) -> None:
+    async def audit(  # type: ignore[override]  # async on the actor: above
+        self, actor: str, action: str, allowed: bool, detail: str | None = None
+    ) -> None:
         await asyncio.to_thread(Releases.audit, self, actor, action, allowed, detail)
 
-    async def audit_log(self) -> list[dict[str, Any]]:
+    async def audit_log(self) -> list[dict[str, Any]]:  # type: ignore[override]  # async on the actor: above
         return await asyncio.to_thread(Releases.audit_log, self)
 
-    async def adapters(self) -> list[dict[str, str]]:
+    async def adapters(self) -> list[dict[str, str]]:  # type: ignore[override]  # async on the actor: above
         return await asyncio.to_thread(Releases.adapters, self)
 
 
 def get_controller(app_name: str):
     """The cluster's release controller, created on first use."""
-    return ReleaseController.options(
+    # mypy ignores class decorators: it sees the plain class where @ray.remote made an actor class.
+    actor_class = cast("ray.actor.ActorClass", ReleaseController)
+    return actor_class.options(
         name=CONTROLLER_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
     ).remote(app_name)

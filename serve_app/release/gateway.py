@@ -83,9 +83,12 @@ class RayServeGateway(ServeGateway):
     def probe(self, app: str, deployment: str) -> Awaitable[Any]:
         from ray import serve
 
+        method = probe_method(deployment)
+        if method is None:  # the watch probes only deployments that have a probe
+            raise ValueError(f"{deployment} has no health probe")
         handle = serve.get_deployment_handle(deployment, app)
 
-        return call(handle, probe_method(deployment), timeout_s=CALLER_BOUND_S)
+        return call(handle, method, timeout_s=CALLER_BOUND_S)
 
     def call(self, app: str, deployment: str, method: str, *args) -> Awaitable[Any]:
         from ray import serve

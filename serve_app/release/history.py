@@ -55,6 +55,8 @@ _COLUMNS = ["n", "created_at", "finished_at", "actor", "kind", "note", "config",
 # nothing per call.
 PRUNE_EVERY = 64
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM releases"
+# Rows as dicts. A name of its own: inside History, ``list`` is the method.
+Records = list[dict[str, Any]]
 
 
 class History:
@@ -81,7 +83,7 @@ class History:
                     self._db.execute(f"ALTER TABLE releases ADD COLUMN {name} {decl}")
 
     def _row(self, row) -> dict[str, Any]:
-        d = dict(zip(_COLUMNS, row))
+        d = dict(zip(_COLUMNS, row, strict=True))
         d["config"] = json.loads(d["config"])
         d["changed"] = json.loads(d["changed"])
         return d
@@ -96,7 +98,9 @@ class History:
                  CURRENT_VERSION),
             )
             self._last_good = None
-            return int(cur.lastrowid)
+            # sqlite3 leaves lastrowid None only when no row was inserted, and the INSERT either inserts or raises.
+            assert cur.lastrowid is not None
+            return cur.lastrowid
 
     def finish(self, n: int, status: str, outcome: str, rolled_back_to: int | None = None) -> None:
         with self._lock:
@@ -110,7 +114,7 @@ class History:
         row = self._db.execute(f"{_SELECT} WHERE n=?", (n,)).fetchone()
         return self._row(row) if row else None
 
-    def list(self, limit: int = 100) -> list[dict[str, Any]]:
+    def list(self, limit: int = 100) -> Records:
         rows = self._db.execute(f"{_SELECT} ORDER BY n DESC LIMIT ?", (limit,)).fetchall()
         return [self._row(r) for r in rows]
 
@@ -123,7 +127,8 @@ class History:
         return self._read_last_good(before)
 
     def _read_last_good(self, before: int | None) -> dict[str, Any] | None:
-        q, args = f"{_SELECT} WHERE status='good'", ()
+        q = f"{_SELECT} WHERE status='good'"
+        args: tuple[int, ...] = ()
         if before is not None:
             q, args = q + " AND n<?", (before,)
         row = self._db.execute(q + " ORDER BY n DESC LIMIT 1", args).fetchone()
@@ -148,7 +153,7 @@ class History:
         if max_rows is not None:
             self._db.execute("DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - ?", (max_rows,))
 
-    def audit_log(self, limit: int = 200) -> list[dict[str, Any]]:
+    def audit_log(self, limit: int = 200) -> Records:
         rows = self._db.execute("SELECT at, actor, action, allowed, detail FROM audit ORDER BY id DESC LIMIT ?",
                                 (limit,)).fetchall()
         return [{"at": a, "actor": b, "action": c, "allowed": bool(d), "detail": e} for a, b, c, d, e in rows]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from pydantic import ValidationError
+
 from serve_app.config.loader import (
     APP_IMPORT_PATH,
     LLM_IMPORT_PATH,
@@ -141,7 +143,7 @@ def canary_settings(overrides: dict[str, Any], new: AppSettings, current_config:
         raise InvalidRequest("a canary needs a current good release to compare with", "canary")
     try:
         cs = CanarySettings.model_validate({**new.releases.canary.model_dump(), **overrides})
-    except Exception as exc:  # pydantic ValidationError: name the field
+    except ValidationError as exc:  # its message names the field
         raise InvalidRequest(f"invalid canary settings: {exc}"[:600], "canary") from None
     old = app_settings(current_config, app)
     if not (new.model.enabled and old.model.enabled):
@@ -242,6 +244,8 @@ def scaled(config: dict, app: str, deployment: str, replicas: int | None,
     elif replicas is not None:
         entry["num_replicas"] = replicas
         what = f"{deployment} to {replicas} replicas"
+    elif factor is None:  # the admin request allows exactly one of the two
+        raise InvalidRequest("give exactly one of replicas or factor")
     elif isinstance(auto, dict):
         lo = max(0, math.floor(auto.get("min_replicas", 1) * factor))
         hi = max(1, math.ceil(auto.get("max_replicas", 1) * factor))
@@ -278,8 +282,8 @@ def canary_application(config: dict, app: str, share: float) -> dict:
     for d in llm:
         # Sized to its share of the traffic, not to the whole load: a fixed replica count (at least one).
         auto = d.pop("autoscaling_config", None)
-        base = d.get("num_replicas") if isinstance(d.get("num_replicas"), int) else \
-            (auto or {}).get("min_replicas", 1) if isinstance(auto, dict) else 1
+        n = d.get("num_replicas")
+        base = n if isinstance(n, int) else auto.get("min_replicas", 1) if isinstance(auto, dict) else 1
         d["num_replicas"] = max(1, math.ceil(max(base, 1) * share))
     out = {"name": canary_name(app), "import_path": LLM_IMPORT_PATH, "route_prefix": None,
            "args": entry.get("args") or {}, "deployments": llm}

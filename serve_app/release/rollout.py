@@ -177,10 +177,11 @@ class Rollout:
                 try:
                     await asyncio.wait_for(call, settings.ingress.health_timeout_s)
                     failures[name] = 0
-                except Exception as exc:  # noqa: BLE001 - any failure of a probe counts
+                except Exception as exc:  # any failure of a probe counts (and is chained to the ReleaseFailed)
                     failures[name] += 1
                     if failures[name] >= settings.releases.health_failures:
-                        raise ReleaseFailed(f"{name} failed its health check: {type(exc).__name__}: {str(exc)[:300]}")
+                        raise ReleaseFailed(
+                            f"{name} failed its health check: {type(exc).__name__}: {str(exc)[:300]}") from exc
             if self.clock() >= end:
                 return
             await self.sleep(1.0)
