@@ -2,30 +2,32 @@
 
 Authorization: ``Authorization: Bearer <key>`` where the key is ``$SERVE_APP_ADMIN_KEY`` or the content of
 the file ``$SERVE_APP_ADMIN_KEY_FILE`` in the ingress's environment, or an API key with the ``admin`` scope
-(ingress/limits.py). Only SHA-256 digests are kept in memory. No admin key and no admin-scope API key → every
-admin route answers 403 (the admin API is off). Every admin call, allowed or not, is written to the audit
-log (never the key itself).
+(ingress/limits.py, whose ``bearer`` and ``digest`` read and hash the key here too). Only SHA-256 digests are
+kept in memory. No admin key and no admin-scope API key → every admin route answers 403 (the admin API is
+off). Every admin call, allowed or not, is written to the audit log (never the key itself).
 
-The auth middleware runs ``AdminGate.check_scope`` for every ``/admin`` request before routing, so an unknown
-caller's body is never read; the route then records the call under the caller the gate named.
+Two steps, one decision: the auth middleware runs ``AdminGate.check_scope`` for every ``/admin`` request
+before routing, so an unknown caller's body is never read (and its refusal is audited there); each admin
+route then depends on ``authorized(action)``, which records the call under the caller the gate named and
+hands the route the release controller.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from serve_app.calls.handles import call
 from serve_app.errors import Forbidden, Unauthorized
+from serve_app.ingress.limits import KeyEntry, bearer, digest
 
 
-def admin_key_digest() -> bytes | None:
+def admin_key_digest() -> str | None:
     key = os.environ.get("SERVE_APP_ADMIN_KEY")
     path = os.environ.get("SERVE_APP_ADMIN_KEY_FILE")
     if not key and path:
@@ -34,39 +36,43 @@ def admin_key_digest() -> bytes | None:
                 key = fh.read().strip()
         except OSError:
             key = None
-    return hashlib.sha256(key.encode()).digest() if key else None
+    return digest(key) if key else None
 
 
-def check_admin(authorization: str | None, digest: bytes | None, api_keys: dict | None = None) -> str:
-    """Who is calling: "admin" for the admin key, the key's name for an API key with the admin scope."""
-    scheme, _, token = (authorization or "").partition(" ")
-    if api_keys and scheme.lower() == "bearer" and token.strip():
-        from serve_app.ingress.limits import digest as key_digest
-
-        entry = api_keys.get(key_digest(token.strip()))
-        if entry is not None and "admin" in entry.scopes:
-            return entry.name
-    if digest is None and not any("admin" in e.scopes for e in (api_keys or {}).values()):
+def check_admin(headers: Iterable[tuple[bytes, bytes]], admin_digest: str | None,
+                api_keys: Mapping[str, KeyEntry] | None = None) -> str:
+    """Who is calling, from a request's raw headers: "admin" for the admin key, the key's name for an API key
+    with the admin scope. Raises Forbidden when the admin API is off, Unauthorized for any other key or none."""
+    token = bearer(headers)
+    presented = digest(token) if token else None
+    entry = api_keys.get(presented) if api_keys and presented else None
+    if entry is not None and "admin" in entry.scopes:
+        return entry.name
+    if admin_digest is None and not any("admin" in e.scopes for e in (api_keys or {}).values()):
         raise Forbidden("the admin API is disabled: no admin key is configured (SERVE_APP_ADMIN_KEY)")
-    given = hashlib.sha256(token.strip().encode()).digest()
-    if digest is None or scheme.lower() != "bearer" or not token.strip() or not hmac.compare_digest(given, digest):
+    # The admin key is one secret compared as such: in constant time.
+    if admin_digest is None or presented is None or not hmac.compare_digest(presented, admin_digest):
         raise Unauthorized("missing or wrong admin key (Authorization: Bearer <key>)")
     return "admin"
 
 
 class AdminGate:
-    def __init__(self, digest: bytes | None, controller: Callable[[], Any]):
-        """``controller``: a callable returning the release controller's actor handle (the audit log's keeper)."""
+    def __init__(self, digest: str | None, controller: Callable[[], Any]):
+        """``digest``: the admin key's (``admin_key_digest``). ``controller``: a callable returning the release
+        controller's actor handle (the audit log's keeper)."""
         self.digest, self._controller = digest, controller
+
+    def caller(self, scope) -> str:
+        """``check_admin`` for the request of ``scope``, with the API keys of the app serving it."""
+        state = getattr(scope.get("app"), "state", None)
+        return check_admin(scope.get("headers", ()), self.digest, getattr(state, "api_keys", None))
 
     async def check_scope(self, scope) -> tuple[int, str] | None:
         """Run by the auth middleware for every ``/admin`` request before routing: (status, message) of the
         refusal, or None when the caller may go on. The caller's name is then left in the request's state
         (``admin_caller``): the route records the call under it without checking the key again."""
-        authorization = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"authorization"), None)
-        state = getattr(scope.get("app"), "state", None)  # the app serving the request, as in the routes
         try:
-            who = check_admin(authorization, self.digest, getattr(state, "api_keys", None))
+            who = self.caller(scope)
         except Forbidden as exc:
             return 403, exc.message
         except Unauthorized as exc:
@@ -83,11 +89,9 @@ class AdminGate:
         who = getattr(request.state, "admin_caller", None)
         if who is None:  # reached without the auth middleware's gate: check here
             try:
-                who = check_admin(request.headers.get("authorization"), self.digest,
-                                  getattr(request.app.state, "api_keys", None))
-            except (Forbidden, Unauthorized) as exc:
-                if isinstance(exc, Unauthorized):
-                    await self.audit(actor, action, False, "bad or missing key")
+                who = self.caller(request.scope)
+            except Unauthorized:
+                await self.audit(actor, action, False, "bad or missing key")
                 raise
         await self.audit(f"{who}@{actor}", action, True, None)
         return await self.controller_handle()
@@ -101,3 +105,18 @@ class AdminGate:
             await call(await self.controller_handle(), "audit", actor, action, allowed, detail, timeout_s=10)
         except Exception:  # noqa: BLE001 - the audit must not turn a refusal into a 500
             pass
+
+
+def authorized(action: str | Callable[..., str]) -> Any:
+    """The dependency of every admin route: the call authorized and recorded in the audit log as ``action``;
+    its value is the release controller to call.
+
+    ``action`` says what the route does: a string, or a function of the route's own parameters (the same names
+    and types as the route's: FastAPI fills both from the one request). Those parameters are validated before
+    the call is recorded, so a request the route refuses as invalid (400) is not audited as allowed."""
+    describe = action if callable(action) else lambda: action
+
+    async def dependency(request: Request, what: str = Depends(describe)) -> Any:
+        return await request.app.state.admin.authorize(request, what)
+
+    return Depends(dependency)

@@ -22,6 +22,7 @@ from serve_app.llm.errors import from_vllm
 
 logger = logging.getLogger("ray.serve")
 
+
 def error_response(status: int, message: str, param: str | None = None, headers=None,
                    code: str | None = None) -> JSONResponse:
     return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
@@ -96,8 +97,9 @@ async def _on_app_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(RequestValidationError, _on_validation)
-    app.add_exception_handler(HTTPException, _on_http)
+    app.add_exception_handler(
+        RequestValidationError, _on_validation)  # type: ignore[arg-type]  # Starlette passes it only this class
+    app.add_exception_handler(HTTPException, _on_http)  # type: ignore[arg-type]  # Starlette passes it only this class
     app.add_exception_handler(E.AppError, _on_app_error)
     # vLLM's protocol models raise vLLM's own validation errors while the body is parsed. A handler of its own
     # answers them inside the middleware stack; the catch-all below answers too, but Starlette re-raises past

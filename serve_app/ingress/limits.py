@@ -1,11 +1,13 @@
-"""API keys and per-key rate limits of the public API.
+"""API keys and per-key rate limits of the public API, and the one reading of a presented key.
 
 Keys are never stored: the key file holds each key's SHA-256 with its name, scopes and limits (``serve-app
-hash-key`` makes an entry). A presented key is hashed and looked up; the comparison is over digests of equal
-length. Rate limits are token buckets per key: one on requests, one on tokens (a request is charged its
-``max_tokens`` or the route's default before any engine work). A refused request gets 429 with
-``Retry-After``: the seconds until the bucket holds enough again (what the openai SDK's retry waits). Every
-answer to a keyed request carries OpenAI's ``x-ratelimit-*`` headers for the key's limits.
+hash-key`` makes an entry). A presented key (``bearer``: the one parser of the ``Authorization`` header, for
+API keys and the admin key alike) is hashed (``digest``: the one digest format, hex, the admin key's too) and
+looked up; the lookup is over digests of equal length. Rate limits are token buckets per key: one on
+requests, one on tokens (a request is charged its ``max_tokens`` or the route's default before any engine
+work). A refused request gets 429 with ``Retry-After``: the seconds until the bucket holds enough again (what
+the openai SDK's retry waits). Every answer to a keyed request carries OpenAI's ``x-ratelimit-*`` headers for
+the key's limits.
 
 Buckets live in each ingress replica: with N ingress replicas a key may get up to N times its limit.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -23,7 +26,18 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
+def bearer(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The key of ``Authorization: Bearer <key>`` among a request's raw headers (the ASGI scope's, or
+    ``request.headers.raw``), or None: no such header, another scheme, or no key."""
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return None
+
+
 def digest(key: str) -> str:
+    """SHA-256 of a key, hex: what the key file stores, and what a presented key is compared as."""
     return hashlib.sha256(key.encode()).hexdigest()
 
 

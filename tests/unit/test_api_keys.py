@@ -6,7 +6,6 @@ refills with time; a request over the token rate is refused before any work; key
 digests; a key file with a problem is refused naming it; admin-scope keys open /admin/*.
 """
 
-import hashlib
 import re
 
 import pytest
@@ -137,12 +136,15 @@ def test_admin_scope_keys_open_the_admin_api():
     admin = KeyEntry(name="ops", sha256=digest("sk-ops"), scopes=["public", "admin"])
     user = KeyEntry(name="app", sha256=digest("sk-app"))
     keys = {admin.sha256: admin, user.sha256: user}
-    assert check_admin("Bearer sk-ops", None, keys) == "ops"
+    def bearer(key):
+        return [(b"authorization", f"Bearer {key}".encode())]
+
+    assert check_admin(bearer("sk-ops"), None, keys) == "ops"
     with pytest.raises(Unauthorized):
-        check_admin("Bearer sk-app", None, keys)  # a key without the scope
-    assert check_admin("Bearer s3cret", hashlib.sha256(b"s3cret").digest(), keys) == "admin"
+        check_admin(bearer("sk-app"), None, keys)  # a key without the scope
+    assert check_admin(bearer("s3cret"), digest("s3cret"), keys) == "admin"
     with pytest.raises(Forbidden):
-        check_admin("Bearer sk-app", None, {user.sha256: user})  # no admin key, no admin-scope key: off
+        check_admin(bearer("sk-app"), None, {user.sha256: user})  # no admin key, no admin-scope key: off
 
 
 def test_rate_limited_maps_to_429_with_retry_after():
@@ -163,9 +165,8 @@ def test_the_admin_gate_refuses_before_the_body_is_read():
     reached, audited = [], []
 
     async def gate(scope):
-        headers = dict(scope["headers"])
         try:
-            check_admin(headers.get(b"authorization", b"").decode() or None, hashlib.sha256(b"s3cret").digest())
+            check_admin(scope["headers"], digest("s3cret"))
         except Unauthorized as exc:
             audited.append(f"{scope['method']} {scope['path']}")
             return 401, exc.message

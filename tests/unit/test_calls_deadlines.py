@@ -4,7 +4,6 @@ as UpstreamTimeout like an async one; an /admin route whose release controller d
 ``ingress.admin_timeout_s`` answers 504 and cancels the call."""
 
 import asyncio
-import hashlib
 import inspect
 
 import pytest
@@ -72,18 +71,14 @@ def test_a_blocking_call_past_its_deadline_is_cancelled_and_answered_as_a_timeou
 
 
 def test_an_admin_route_past_its_deadline_answers_504_and_cancels_the_call():
-    from serve_app.ingress.admin_gate import AdminGate
     from serve_app.ingress.context import IngressContext
     from serve_app.ingress.fastapi_app import create_app
-    from serve_app.ingress.limits import RateLimiter
+    from serve_app.ingress.limits import digest
 
     controller = _Handle(status=10)  # answers its audit calls at once, never its status in time
-    app = create_app()
     settings = AppSettings.model_validate({"model": {"enabled": False}, "ingress": {"admin_timeout_s": 0.1}})
-    app.state.context = IngressContext(settings, None)
-    app.state.max_body_bytes, app.state.api_keys, app.state.limiter = 1 << 20, None, RateLimiter()
-    app.state.admin = AdminGate(hashlib.sha256(b"s3cret").digest(), lambda: controller)
-    app.state.admin_gate = app.state.admin.check_scope
+    ctx = IngressContext.build(settings, admin_digest=digest("s3cret"), controller_lookup=lambda: controller)
+    app = create_app(ctx)
     r = TestClient(app).get("/admin/status", headers={"Authorization": "Bearer s3cret"})
     assert r.status_code == 504, r.text
     assert r.json()["error"]["type"] == "timeout_error" and "0.1s" in r.json()["error"]["message"]

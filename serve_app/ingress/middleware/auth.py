@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from serve_app.ingress.limits import bearer, digest, limit_headers
 from serve_app.ingress.middleware.common import refuse
 
 OPEN_PATHS = frozenset({"/healthz", "/livez"})
-
-
-def bearer(headers) -> str | None:
-    for key, value in headers:
-        if key == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-    return None
 
 
 class AuthMiddleware:
@@ -32,7 +26,7 @@ class AuthMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        state = getattr(scope.get("app"), "state", None)
+        state: Any = getattr(scope.get("app"), "state", None)  # Starlette's State: attributes set by the Ingress
         keys = getattr(state, "api_keys", None)
         path = scope.get("path", "")
         if scope["type"] == "http" and (path == "/admin" or path.startswith("/admin/")):
@@ -46,7 +40,6 @@ class AuthMiddleware:
         if scope["type"] != "http" or not keys or path in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        from serve_app.ingress.limits import digest, limit_headers
         from serve_app.observability.metrics import metric
 
         token = bearer(scope.get("headers", ()))

@@ -4,13 +4,14 @@ request method as a bounded label value."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 from starlette.types import Scope, Send
 
 from serve_app.errors import error_body
 
 
-async def refuse(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+async def refuse(send: Send, status: int, message: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
     body = json.dumps(error_body(status, message)).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),

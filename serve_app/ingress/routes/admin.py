@@ -1,26 +1,26 @@
-"""/admin: releases, rollback, scale, LoRA adapters, status, audit. Thin: the gate authorizes and audits
-(serve_app/ingress/admin_gate.py), then the release controller (serve_app/release/controller.py) acts. Each
-call on the controller has ``ingress.admin_timeout_s``: the controller answers a deploy or a rollback once it
-has started it, so a controller that does not answer within it is wedged or gone (504)."""
+"""/admin: releases, rollback, scale, LoRA adapters, status, audit. Thin: each route depends on the gate's
+``authorized(action)``, which authorizes and audits the call (serve_app/ingress/admin_gate.py) and gives it the
+release controller (serve_app/release/controller.py), which acts. Each call on the controller has
+``ingress.admin_timeout_s``: the controller answers a deploy or a rollback once it has started it, so a
+controller that does not answer within it is wedged or gone (504)."""
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: the routes' ``Annotated[..., authorized(...)]`` are built once,
+# when the module is imported, rather than evaluated from strings by FastAPI.
 
 import json
+from typing import Annotated, Any
 
 import yaml
 from fastapi import APIRouter, Request
+from pydantic import ValidationError
 
 from serve_app.calls.handles import call
 from serve_app.errors import InvalidRequest
-from serve_app.ingress.admin_gate import AdminGate
+from serve_app.ingress.admin_gate import authorized
 from serve_app.ingress.context import context
 from serve_app.protocol.admin import AdapterLoadRequest, DeployRequest, RollbackRequest, ScaleRequest
 
 router = APIRouter()
-
-
-def gate(request: Request) -> AdminGate:
-    return request.app.state.admin
 
 
 async def _act(request: Request, controller, method: str, *args, extra_s: float = 0.0, **kwargs):
@@ -29,27 +29,46 @@ async def _act(request: Request, controller, method: str, *args, extra_s: float 
     return await call(controller, method, *args, timeout_s=timeout_s, **kwargs)
 
 
+# What a route with parameters is recorded as, from those parameters: the same names and types as the route's,
+# so FastAPI validates them before the call is recorded, and an invalid request (400) is not audited as an
+# allowed call. The rollback's record names nothing; it takes the body for that ordering alone.
+def _get_release(n: int) -> str:
+    return f"get release {n}"
+
+
+def _rollback(body: RollbackRequest) -> str:
+    return "rollback"
+
+
+def _scale(body: ScaleRequest) -> str:
+    return f"scale {body.deployment}"
+
+
+def _load_adapter(body: AdapterLoadRequest) -> str:
+    return f"load adapter {body.name}"
+
+
+def _unload_adapter(name: str) -> str:
+    return f"unload adapter {name}"
+
+
 @router.get("/admin/status")
-async def admin_status(request: Request):
-    c = await gate(request).authorize(request, "status")
+async def admin_status(request: Request, c: Annotated[Any, authorized("status")]):
     return await _act(request, c, "status")
 
 
 @router.get("/admin/releases")
-async def admin_releases(request: Request):
-    c = await gate(request).authorize(request, "list releases")
+async def admin_releases(request: Request, c: Annotated[Any, authorized("list releases")]):
     return {"object": "list", "data": await _act(request, c, "releases")}
 
 
 @router.get("/admin/releases/{n}")
-async def admin_release(n: int, request: Request):
-    c = await gate(request).authorize(request, f"get release {n}")
+async def admin_release(n: int, request: Request, c: Annotated[Any, authorized(_get_release)]):
     return await _act(request, c, "release", n)
 
 
 @router.post("/admin/releases", status_code=202)
-async def admin_deploy(request: Request):
-    c = await gate(request).authorize(request, "deploy")
+async def admin_deploy(request: Request, c: Annotated[Any, authorized("deploy")]):
     raw = await request.body()
     ctype = request.headers.get("content-type", "")
     try:
@@ -60,34 +79,31 @@ async def admin_deploy(request: Request):
         data = {"config": data}
     try:
         body = DeployRequest.model_validate(data)
-    except Exception as exc:  # pydantic ValidationError
+    except ValidationError as exc:
         raise InvalidRequest(f"invalid release request: {exc}"[:1000], "config") from None
     actor = request.client.host if request.client else "?"
     return await _act(request, c, "deploy", body.config, f"admin@{actor}", body.note, canary=body.canary)
 
 
 @router.post("/admin/rollback", status_code=202)
-async def admin_rollback(body: RollbackRequest, request: Request):
-    c = await gate(request).authorize(request, "rollback")
+async def admin_rollback(body: RollbackRequest, request: Request, c: Annotated[Any, authorized(_rollback)]):
     return await _act(request, c, "rollback", f"admin@{request.client.host if request.client else '?'}", body.release)
 
 
 @router.post("/admin/scale", status_code=202)
-async def admin_scale(body: ScaleRequest, request: Request):
-    c = await gate(request).authorize(request, f"scale {body.deployment}")
+async def admin_scale(body: ScaleRequest, request: Request, c: Annotated[Any, authorized(_scale)]):
     actor = f"admin@{request.client.host if request.client else '?'}"
     return await _act(request, c, "scale", body.deployment, body.replicas, body.factor, actor)
 
 
 @router.get("/admin/adapters")
-async def admin_adapters(request: Request):
-    c = await gate(request).authorize(request, "list adapters")
+async def admin_adapters(request: Request, c: Annotated[Any, authorized("list adapters")]):
     return {"object": "list", "data": await _act(request, c, "adapters")}
 
 
 @router.post("/admin/adapters", status_code=202)
-async def admin_load_adapter(body: AdapterLoadRequest, request: Request):
-    c = await gate(request).authorize(request, f"load adapter {body.name}")
+async def admin_load_adapter(body: AdapterLoadRequest, request: Request,
+                             c: Annotated[Any, authorized(_load_adapter)]):
     actor = f"admin@{request.client.host if request.client else '?'}"
     # The controller loads the adapter on one replica first, within releases.ready_timeout_s, and only then
     # starts the release.
@@ -96,13 +112,11 @@ async def admin_load_adapter(body: AdapterLoadRequest, request: Request):
 
 
 @router.delete("/admin/adapters/{name:path}", status_code=202)
-async def admin_unload_adapter(name: str, request: Request):
-    c = await gate(request).authorize(request, f"unload adapter {name}")
+async def admin_unload_adapter(name: str, request: Request, c: Annotated[Any, authorized(_unload_adapter)]):
     actor = f"admin@{request.client.host if request.client else '?'}"
     return await _act(request, c, "unload_adapter", name, actor)
 
 
 @router.get("/admin/audit")
-async def admin_audit(request: Request):
-    c = await gate(request).authorize(request, "audit")
+async def admin_audit(request: Request, c: Annotated[Any, authorized("audit")]):
     return {"object": "list", "data": await _act(request, c, "audit_log")}
