@@ -102,7 +102,7 @@ def _plot(results: dict, names: list[str], levels: list[int], path: Path) -> Non
         ("median_itl_ms", "ITL p50 (ms)"),
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(14, 4))
-    for ax, (key, label) in zip(axes, panels):
+    for ax, (key, label) in zip(axes, panels, strict=True):
         for target in names:
             ys = [results[target][str(c)][key] for c in levels]
             style = "o--" if target == "vllm" else "s-"
@@ -157,7 +157,7 @@ def main() -> None:
                 results[name][str(c)] = run_load(url, settings.model.name, model_dir, c, n, ns)
 
     ours = [name for name, _ in targets if name != "vllm"]
-    ratios = {}
+    ratios: dict[str, dict[str, dict[str, float]]] = {}
     for name in ours:
         for c in ns.concurrency:
             a, b = results[name][str(c)], results["vllm"][str(c)]

@@ -19,7 +19,7 @@ import argparse
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -94,7 +94,7 @@ def measure(run: Callable[[], dict]) -> dict[str, Any]:
         if a["role"] == ENGINE:
             involuntary += a["involuntary"] - (b["involuntary"] if b else 0)
     busy = []
-    for c0, c1 in zip(cores0, cores1):
+    for c0, c1 in zip(cores0, cores1, strict=True):
         total = sum(c1) - sum(c0)
         idle = (c1.idle + getattr(c1, "iowait", 0.0)) - (c0.idle + getattr(c0, "iowait", 0.0))
         busy.append(round(100 * (1 - idle / total), 1) if total > 0 else None)
@@ -112,7 +112,7 @@ def measure(run: Callable[[], dict]) -> dict[str, Any]:
     }
 
 
-def compare(targets: list[tuple[str, Callable[[], AbstractContextManager]]], model: str, tokenizer: str,
+def compare(targets: Sequence[tuple[str, Callable[[], AbstractContextManager]]], model: str, tokenizer: str,
             prompts: int, note: Callable[[str], None] = print) -> dict[str, Any]:
     """Each target in turn (one engine at a time): warm it up, then measure the 8-client load."""
     from benchmarks.chat import run_load

@@ -74,7 +74,7 @@ def search_during_ingest(url: str, n: int, size: int) -> dict:
         with httpx.Client(base_url=url, timeout=600) as probe:
             i = 0
             while worker.is_alive() and len(busy) < n:
-                busy += _latencies(probe, 1, lambda c, _: _search(c, i))
+                busy += _latencies(probe, 1, lambda c, _, i=i: _search(c, i))
                 health_busy += _latencies(probe, 1, lambda c, _: c.get("/healthz"))
                 i += 1
         worker.join()

@@ -214,7 +214,7 @@ def build(sections: list[Section], embedder, encoder, store, chunk_tokens: int, 
     sparse = encoder.documents([c.text for c in flat])
     t_sparse = time.perf_counter()
     i = 0
-    for s, cs in zip(sections, chunks):
+    for s, cs in zip(sections, chunks, strict=True):
         stored = [StoredChunk(c.id, c.document_id, c.position, c.text) for c in cs]
         store.replace_document(s.key, stored, vectors[i:i + len(cs)], {}, sparse[i:i + len(cs)])
         i += len(cs)
@@ -244,7 +244,7 @@ def evaluate(queries: list[tuple[str, str]], embedder, encoder, store, candidate
     out = {}
     for mode in MODES:
         ranks, refused, started = [], 0, time.perf_counter()
-        for (_, relevant), vector, sparse in zip(queries, vectors, keywords):
+        for (_, relevant), vector, sparse in zip(queries, vectors, keywords, strict=True):
             try:
                 # exact: below the app's index threshold (vector.index_after_points) Edge searches exactly.
                 hits = store.search(vector if mode != "keyword" else None, HITS, exact=True, mode=mode,
@@ -282,7 +282,8 @@ def suggest(results: dict[str, dict]) -> dict:
     for k in kinds:
         for m in MODES:
             if m != best:
-                d = [a - b for a, b in zip(results[k][best]["reciprocal_ranks"], results[k][m]["reciprocal_ranks"])]
+                d = [a - b for a, b in zip(results[k][best]["reciprocal_ranks"], results[k][m]["reciprocal_ranks"],
+                                           strict=True)]
                 mean, se = _mean_se(d)
                 paired.setdefault(k, {})[f"{best}-{m}"] = {"mrr_diff": mean, "se": se}
     return {"mode": best, "max_mrr_loss": regret, "paired_mrr_difference": paired}

@@ -135,6 +135,8 @@ def main() -> None:
     ap.add_argument("--agent-requests", type=int, nargs="+", default=[8, 16, 32], help="answers per level")
     ap.add_argument("--out", default=str(RESULTS / "rag_agent.json"))
     args = ap.parse_args()
+    if len(args.agent_concurrency) != len(args.agent_requests):
+        ap.error("--agent-concurrency and --agent-requests pair up level by level: give as many of each")
     with tempfile.TemporaryDirectory() as data:
         log = Path(data) / "app.log"
         with serve_app(args.config, log, env={"SERVE_APP_DATA_DIR": data}) as (url, ready_s):
@@ -144,7 +146,7 @@ def main() -> None:
             # Warm the engine's grammar cache for the tool-call schema before measuring.
             httpx.post(f"{url}/v1/agent", json={"task": TASKS[0], "max_steps": 1}, timeout=600)
             agent = []
-            for c, n in zip(args.agent_concurrency, args.agent_requests):
+            for c, n in zip(args.agent_concurrency, args.agent_requests, strict=True):
                 a = asyncio.run(agent_bench(url, n, c))
                 print(json.dumps(a, indent=1))
                 agent.append(a)

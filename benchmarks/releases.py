@@ -79,7 +79,7 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(result["rollouts"]), 1, figsize=(11, 3.6 * len(result["rollouts"])))
-    for ax, ro in zip(axes, result["rollouts"]):
+    for ax, ro in zip(axes, result["rollouts"], strict=True):
         t0 = ro["deploy_at"] - 5
         recs = ro["records"]
         end = max(r["end"] for r in recs) - t0

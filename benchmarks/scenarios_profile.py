@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -32,7 +33,7 @@ def cpu(ctx: Context) -> dict:
     results = cpu_share.compare(targets, settings.model.name, str(model_dir), 48 if ctx.quick else 64, ctx.note)
     cpu_share.plot(results, ctx.out / "cpu.png")
     b = results["vllm"]
-    summary = {}
+    summary: dict[str, Any] = {}
     for name, suffix in (("serve_app", ""), (SHARED, "_without_split")):
         a = results[name]
         summary |= {f"throughput_ratio{suffix}": ratio(a["output_tok_per_s"], b["output_tok_per_s"]),
@@ -107,7 +108,8 @@ def overhead(ctx: Context) -> dict:
                     dataset_args=["--dataset-name", "random", "--random-input-len", "256", "--random-output-len", "64"])
     wall = time.time() - t0
     cpu_pct = {name: round(100 * sum((p.cpu_times().user + p.cpu_times().system) - (c.user + c.system)
-                                     for p, c in zip(ps, cpu[name])) / wall, 1) for name, ps in procs.items()}
+                                     for p, c in zip(ps, cpu[name], strict=True)) / wall, 1)
+               for name, ps in procs.items()}
     for spy_proc in spies:
         spy_proc.wait(duration + 60)
     counts: dict[str, int] = {}
@@ -120,7 +122,8 @@ def overhead(ctx: Context) -> dict:
                 part = _part(stack)
                 counts[part] = counts.get(part, 0) + int(n)
     total = sum(counts.values()) or 1
-    rows = [{"part": k, "samples": v, "share": round(v / total, 3)} for k, v in sorted(counts.items(), key=lambda kv: -kv[1])]
+    rows: list[dict[str, Any]] = [{"part": k, "samples": v, "share": round(v / total, 3)}
+                                  for k, v in sorted(counts.items(), key=lambda kv: -kv[1])]
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4))
     ax.barh([r["part"] for r in rows][::-1], [100 * r["share"] for r in rows][::-1])

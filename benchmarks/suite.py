@@ -113,7 +113,7 @@ def _plot_chat(rows, levels, datasets, path: Path) -> None:
             axes[i][1].plot([r["output_throughput"] for r in pts], [r["median_tpot_ms"] for r in pts], style, label=label)
             axes[i][2].plot(levels, [r["p99_ttft_ms"] for r in pts], style, label=label)
         for ax, title in zip(axes[i], ("TTFT p50 (ms) vs output tok/s", "TPOT p50 (ms) vs output tok/s",
-                                        "TTFT p99 (ms) by concurrency")):
+                                        "TTFT p99 (ms) by concurrency"), strict=True):
             ax.set_title(f"{ds}: {title}")
             ax.grid(alpha=0.3)
         axes[i][2].set_xscale("log", base=2)
