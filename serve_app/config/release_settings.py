@@ -24,6 +24,9 @@ class CanarySettings(_Strict):
                                       "multiple of the current release's (streamed requests)...")
     ttft_slack_ms: float = Field(default=250.0, ge=0, le=600_000, description="...or this much above it, whichever is "
                                  "larger (small p99s on a busy CPU vary by more than any ratio).")
+    report_period_s: float = Field(default=2.0, gt=0, le=60, description="How often each Ingress replica sends both "
+                                   "sides' counts to the release controller while a canary is out (a verdict can "
+                                   "come no sooner).")
 
 
 class ReleaseSettings(_Strict):

@@ -57,15 +57,16 @@ def check_admin(headers: Iterable[tuple[bytes, bytes]], admin_digest: str | None
 
 
 class AdminGate:
-    def __init__(self, digest: str | None, controller: Callable[[], Any]):
+    def __init__(self, digest: str | None, controller: Callable[[], Any],
+                 api_keys: Mapping[str, KeyEntry] | None = None):
         """``digest``: the admin key's (``admin_key_digest``). ``controller``: a callable returning the release
-        controller's actor handle (the audit log's keeper)."""
-        self.digest, self._controller = digest, controller
+        controller's actor handle (the audit log's keeper). ``api_keys``: the public API's keys (those with the
+        admin scope may call the admin API too)."""
+        self.digest, self._controller, self.api_keys = digest, controller, api_keys
 
     def caller(self, scope) -> str:
-        """``check_admin`` for the request of ``scope``, with the API keys of the app serving it."""
-        state = getattr(scope.get("app"), "state", None)
-        return check_admin(scope.get("headers", ()), self.digest, getattr(state, "api_keys", None))
+        """``check_admin`` for the request of ``scope``."""
+        return check_admin(scope.get("headers", ()), self.digest, self.api_keys)
 
     async def check_scope(self, scope) -> tuple[int, str] | None:
         """Run by the auth middleware for every ``/admin`` request before routing: (status, message) of the
@@ -117,6 +118,6 @@ def authorized(action: str | Callable[..., str]) -> Any:
     describe = action if callable(action) else lambda: action
 
     async def dependency(request: Request, what: str = Depends(describe)) -> Any:
-        return await request.app.state.admin.authorize(request, what)
+        return await request.app.state.context.admin.authorize(request, what)
 
     return Depends(dependency)

@@ -49,7 +49,7 @@ class IngressContext:
     def build(cls, settings: AppSettings, llms: dict[str, DeploymentHandle] | None = None,
               vector: DeploymentHandle | None = None, embedder: DeploymentHandle | None = None,
               agent: DeploymentHandle | None = None, *, api_keys: dict[str, KeyEntry] | None = None,
-              admin_digest: bytes | None = None, controller_lookup: Callable[[], Any] | None = None
+              admin_digest: str | None = None, controller_lookup: Callable[[], Any] | None = None
               ) -> IngressContext:
         """``llms``: the LLM deployments' handles by deployment name (one per served model).
         ``controller_lookup``: finds (or starts) the release controller's actor; called on first use."""
@@ -62,7 +62,7 @@ class IngressContext:
             name = models.rag_model
             rag = RagPipeline(LLMClient(models.models[name], name, settings.ingress),
                               retrieval.search if retrieval.enabled else None, settings.rag, settings.prompts)
-        admin = AdminGate(admin_digest, releases.controller)
+        admin = AdminGate(admin_digest, releases.controller, api_keys)
         health = health_monitor(settings, models, retrieval, agent, releases, admin_on=admin_digest is not None)
         return cls(settings, models, releases, retrieval, admin, health, agent, rag, api_keys)
 

@@ -1,6 +1,6 @@
 """The FastAPI app of the Ingress deployment: every resource's router, the middleware in their documented
 order (serve_app/ingress/middleware), and the error handlers (serve_app/ingress/errors.py). Each Ingress replica
-builds its own (serve_app/ingress/deployment.py), after its constructor, with its state in ``app.state``."""
+builds its own (serve_app/ingress/deployment.py), after its constructor, over its IngressContext."""
 
 from __future__ import annotations
 
@@ -25,9 +25,5 @@ def create_app(context: IngressContext | None = None) -> FastAPI:
     middleware.install(app)
     install_error_handlers(app)
     if context is not None:
-        app.state.context = context
-        # TRANSITIONAL: read by the middleware until it reads the context.
-        app.state.max_body_bytes = context.settings.ingress.max_body_bytes
-        app.state.api_keys, app.state.limiter = context.api_keys, context.limiter
-        app.state.admin, app.state.admin_gate = context.admin, context.admin.check_scope
+        app.state.context = context  # the app's only state: routes and middleware read what they need in it
     return app

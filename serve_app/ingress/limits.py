@@ -180,7 +180,8 @@ def charge_tokens(request, tokens: int, param: str = "max_tokens") -> None:
     entry = getattr(request.state, "api_key", None)
     if entry is None:
         return
-    kind, wait = request.app.state.limiter.admit(entry, tokens=tokens)
+    limiter = request.app.state.context.limiter
+    kind, wait = limiter.admit(entry, tokens=tokens)
     if kind is None:
         return
     if math.isinf(wait):

@@ -7,16 +7,20 @@ digests; a key file with a problem is refused naming it; admin-scope keys open /
 """
 
 import re
+from types import SimpleNamespace
 
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
+from serve_app.config.settings import AppSettings
 from serve_app.errors import Forbidden, InvalidRequest, RateLimited, Unauthorized
 from serve_app.ingress.admin_gate import check_admin
+from serve_app.ingress.context import IngressContext
 from serve_app.ingress.errors import install_error_handlers
 from serve_app.ingress.limits import KeyEntry, RateLimiter, TokenBucket, charge_tokens, digest, load_keys
 from serve_app.ingress.middleware import AuthMiddleware, BodyLimitMiddleware
+from tests.fakes.handles import Method
 
 pytestmark = pytest.mark.unit
 
@@ -61,12 +65,18 @@ def test_key_file_is_validated(tmp_path):
         load_keys(tmp_path / "missing.yaml")
 
 
+def _context(api_keys=None, admin_digest=None, controller=None) -> IngressContext:
+    settings = AppSettings.model_validate({"model": {"enabled": False}, "ingress": {"max_body_bytes": 1 << 20}})
+    return IngressContext.build(settings, api_keys=api_keys, admin_digest=admin_digest,
+                                controller_lookup=lambda: controller)
+
+
 def _app(keys):
     app = FastAPI()
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(AuthMiddleware)
     install_error_handlers(app)
-    app.state.api_keys, app.state.limiter, app.state.max_body_bytes = keys, RateLimiter(), 1 << 20
+    app.state.context = _context(keys)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
@@ -90,7 +100,8 @@ def test_every_route_but_health_needs_a_known_key_and_limits_apply():
     alice = KeyEntry(name="alice", sha256=digest("sk-alice"), requests_per_minute=3, tokens_per_minute=100)
     c = TestClient(_app({alice.sha256: alice}))
     assert c.get("/healthz").status_code == 200
-    assert c.get("/admin/status").status_code == 200  # the admin routes keep their own check
+    r = c.get("/admin/status", headers={"Authorization": "Bearer sk-alice"})
+    assert r.status_code == 403 and "admin API is disabled" in r.text  # the admin routes keep their own check
     for headers in ({}, {"Authorization": "Bearer sk-wrong"}, {"Authorization": "Basic sk-alice"}):
         r = c.post("/v1/chat/completions", json={}, headers=headers)
         assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
@@ -161,18 +172,9 @@ def test_the_admin_gate_refuses_before_the_body_is_read():
     app = FastAPI()
     app.add_middleware(AuthMiddleware)
     install_error_handlers(app)
-    app.state.api_keys = None
     reached, audited = [], []
-
-    async def gate(scope):
-        try:
-            check_admin(scope["headers"], digest("s3cret"))
-        except Unauthorized as exc:
-            audited.append(f"{scope['method']} {scope['path']}")
-            return 401, exc.message
-        return None
-
-    app.state.admin_gate = gate
+    controller = SimpleNamespace(audit=Method(lambda actor, action, allowed, detail: audited.append(action)))
+    app.state.context = _context(admin_digest=digest("s3cret"), controller=controller)
 
     @app.post("/admin/scale")
     async def scale(body: dict):

@@ -12,8 +12,9 @@ from ray import exceptions as ray_exc
 
 from serve_app.calls.handles import open_call
 from serve_app.calls.streams import relay_stream
-from serve_app.config.settings import IngressSettings
+from serve_app.config.settings import AppSettings, IngressSettings
 from serve_app.errors import ServiceUnavailable, UpstreamTimeout
+from serve_app.ingress.context import IngressContext
 from serve_app.ingress.errors import install_error_handlers
 from serve_app.ingress.middleware import BodyLimitMiddleware
 
@@ -28,7 +29,8 @@ def _client(limit=2048):
     app = FastAPI()
     app.add_middleware(BodyLimitMiddleware)
     install_error_handlers(app)
-    app.state.max_body_bytes = limit
+    settings = AppSettings.model_validate({"model": {"enabled": False}, "ingress": {"max_body_bytes": limit}})
+    app.state.context = IngressContext.build(settings)
 
     @app.post("/echo")
     async def echo(body: Body):

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serve_app.ingress.limits import bearer, digest, limit_headers
-from serve_app.ingress.middleware.common import refuse
+from serve_app.ingress.middleware.common import ingress_context, refuse
 
 OPEN_PATHS = frozenset({"/healthz", "/livez"})
 
 
 class AuthMiddleware:
-    """API keys of the public API (off unless ``app.state.api_keys`` holds keys; see ingress/limits.py).
+    """API keys of the public API (off unless the replica's context holds keys; see ingress/limits.py).
 
     Every route but ``/healthz`` and ``/livez`` then needs ``Authorization: Bearer <key>`` of a known key;
-    ``/admin/*`` has its own check (the admin key, or an API key with the admin scope): ``app.state.admin_gate``,
-    set by the Ingress, runs here too, so an unauthorized admin call is refused before its body is read or
+    ``/admin/*`` has its own check (the admin key, or an API key with the admin scope): the context's admin gate
+    (``AdminGate.check_scope``) runs here too, so an unauthorized admin call is refused before its body is read or
     validated. The key's request bucket is charged here; its token bucket by the routes that generate, which
     know ``max_tokens``. The key's entry is left in ``request.state.api_key``."""
 
@@ -26,18 +25,17 @@ class AuthMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        state: Any = getattr(scope.get("app"), "state", None)  # Starlette's State: attributes set by the Ingress
-        keys = getattr(state, "api_keys", None)
+        ctx = ingress_context(scope)
+        keys = ctx.api_keys if ctx is not None else None
         path = scope.get("path", "")
         if scope["type"] == "http" and (path == "/admin" or path.startswith("/admin/")):
-            gate = getattr(state, "admin_gate", None)
-            refusal = await gate(scope) if gate is not None else None
+            refusal = await ctx.admin.check_scope(scope) if ctx is not None else None
             if refusal is not None:
                 await refuse(send, *refusal)
                 return
             await self.app(scope, receive, send)
             return
-        if scope["type"] != "http" or not keys or path in OPEN_PATHS:
+        if scope["type"] != "http" or not keys or ctx is None or path in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         from serve_app.observability.metrics import metric
@@ -48,18 +46,19 @@ class AuthMiddleware:
             await refuse(send, 401, "missing or unknown API key (Authorization: Bearer <key>)")
             return
         scope.setdefault("state", {})["api_key"] = entry
-        kind, wait = state.limiter.admit(entry, requests=1)
+        limiter = ctx.limiter
+        kind, wait = limiter.admit(entry, requests=1)
         if kind is not None:
             metric("serve_app_rate_limited_requests").inc(tags={"limit": kind})
             await refuse(send, 429, f"rate limit of this API key reached ({entry.requests_per_minute:g} requests per "
                           "minute); retry later", [(b"retry-after", str(max(1, math.ceil(wait))).encode()),
-                                                   *limit_headers(state.limiter, entry)])
+                                                   *limit_headers(limiter, entry)])
             return
 
         async def with_limits(message) -> None:
             # The buckets as they stand when the answer starts: the route has charged its tokens by then.
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), *limit_headers(state.limiter, entry)]}
+                message = {**message, "headers": [*message.get("headers", ()), *limit_headers(limiter, entry)]}
             await send(message)
 
         await self.app(scope, receive, with_limits)

@@ -5,14 +5,14 @@ from __future__ import annotations
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serve_app.ingress.middleware.common import refuse
+from serve_app.ingress.middleware.common import ingress_context, refuse
 
 
 class BodyLimitMiddleware:
     """413 for bodies over the limit: early from Content-Length, else while the body streams in.
 
-    The limit is read from ``app.state.max_body_bytes`` (set by the Ingress replica from its settings), so
-    the module-level FastAPI app can carry the middleware before any settings exist.
+    The limit is the replica's ``ingress.max_body_bytes`` (read from the context of the app serving the
+    request), so the app can carry the middleware before any settings exist.
     """
 
     def __init__(self, app: ASGIApp, default_max_bytes: int = 4 * 1024 * 1024):
@@ -23,8 +23,8 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        state = getattr(scope.get("app"), "state", None)
-        max_bytes = getattr(state, "max_body_bytes", None) or self.default_max_bytes
+        ctx = ingress_context(scope)
+        max_bytes = ctx.settings.ingress.max_body_bytes if ctx is not None else self.default_max_bytes
         for key, value in scope.get("headers", ()):
             if key == b"content-length":
                 try:

@@ -8,7 +8,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serve_app.ingress.middleware.common import method_label
+from serve_app.ingress.middleware.common import ingress_context, method_label
 
 logger = logging.getLogger("ray.serve")
 
@@ -43,11 +43,11 @@ class MetricsMiddleware:
             elapsed = time.perf_counter() - started
             metric("serve_app_http_requests").inc(tags={"route": template, "method": method, "status": str(status)})
             metric("serve_app_http_request_duration_seconds").observe(elapsed, tags={"route": template, "method": method})
-            state = getattr(scope.get("app"), "state", None)
+            ctx = ingress_context(scope)
             # Serve's log filter adds request_id, application, deployment and replica to every line.
             logger.info("%s %s %s %.1fms", method, template, status, elapsed * 1000, extra={
                 "http_method": method, "http_route": template, "status_code": status,
-                "latency_ms": round(elapsed * 1000, 2), "release": getattr(state, "release", None),
+                "latency_ms": round(elapsed * 1000, 2), "release": ctx.releases.release if ctx is not None else None,
                 "trace_id": trace_id()})
 
         async def timed_send(message: Message) -> None:
