@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from serve_app.config.names import AGENT, EMBEDDER, INGRESS, LLM_DEPLOYMENT, VECTOR_STORE
 from serve_app.config.secrets import check_secrets
 from serve_app.config.settings import AppSettings
 
@@ -45,7 +46,7 @@ def _check_single_writer(settings: AppSettings, deployments, app_index: int) -> 
     if not settings.vector.enabled or settings.vector.backend == "remote":
         return
     for j, d in enumerate(deployments or ()):
-        if d.name != "VectorStore":
+        if d.name != VECTOR_STORE:
             continue
         replicas = d.num_replicas if isinstance(d.num_replicas, int) else 1
         auto = d.autoscaling_config or {}
@@ -60,12 +61,12 @@ def _check_single_writer(settings: AppSettings, deployments, app_index: int) -> 
 
 def deployment_names(settings: AppSettings) -> set[str]:
     """The deployments ``build_app`` creates for these settings."""
-    names = {"Ingress", *settings.served_models()}
+    names = {INGRESS, *settings.served_models()}
     if settings.model.enabled:
         if settings.agent.enabled:
-            names.add("Agent")
+            names.add(AGENT)
     if settings.vector.enabled:
-        names |= {"Embedder", "VectorStore"}
+        names |= {EMBEDDER, VECTOR_STORE}
     return names
 
 
@@ -126,7 +127,7 @@ def validate_serve_config(raw: Any, where: str = "config"):
                 raise ConfigError(f"invalid config: applications[{i}].args.model.enabled: {LLM_IMPORT_PATH} serves "
                                   "the model, it cannot be disabled")
             for j, d in enumerate(app.deployments or ()):
-                if d.name != "LLMServer":
+                if d.name != LLM_DEPLOYMENT:
                     raise ConfigError(f"invalid config: applications[{i}].deployments[{j}]: {LLM_IMPORT_PATH} has "
                                       f"only the deployment 'LLMServer', not {d.name!r}")
     if not settings:

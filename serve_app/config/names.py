@@ -15,9 +15,13 @@ SERVED_NAMES = {DEFAULT_MODEL: DEFAULT_MODEL_NAME, TINY_MODEL: TINY_MODEL_NAME}
 # What a served model name may be: what clients send in "model" and what metrics are labelled with.
 SERVED_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
 
-# Each served model is its own LLM deployment: the first one "LLMServer", every further one
-# "LLMServer-<served name>" (with the characters a deployment name cannot hold replaced).
+# The application's deployments. Each served model is its own LLM deployment: the first one "LLMServer", every
+# further one "LLMServer-<served name>" (with the characters a deployment name cannot hold replaced).
 LLM_DEPLOYMENT = "LLMServer"
+INGRESS = "Ingress"
+EMBEDDER = "Embedder"
+VECTOR_STORE = "VectorStore"
+AGENT = "Agent"
 
 
 def llm_deployment_name(served_name: str, first: bool = False) -> str:

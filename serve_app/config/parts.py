@@ -39,7 +39,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from serve_app.config.loader import APP_IMPORT_PATH, deployment_names, validate_app_args
-from serve_app.config.names import LLM_DEPLOYMENT, is_llm_deployment
+from serve_app.config.names import AGENT, EMBEDDER, INGRESS, LLM_DEPLOYMENT, VECTOR_STORE, is_llm_deployment
 from serve_app.config.prompts import PromptSettings
 from serve_app.config.settings import (
     AgentSettings,
@@ -81,10 +81,10 @@ class AgentServerSettings(_Strict):
 # deployment (``LLMServer``, ``LLMServer-<name>``) reads its model's.
 PART_TYPES: dict[str, type[BaseModel]] = {
     LLM_DEPLOYMENT: LLMServerSettings,
-    "Embedder": VectorTierSettings,
-    "VectorStore": VectorTierSettings,
-    "Agent": AgentServerSettings,
-    "Ingress": AppSettings,
+    EMBEDDER: VectorTierSettings,
+    VECTOR_STORE: VectorTierSettings,
+    AGENT: AgentServerSettings,
+    INGRESS: AppSettings,
 }
 
 
@@ -96,10 +96,10 @@ def part_type(deployment: str) -> type[BaseModel]:
 # replaces these (Serve does not merge them), so ``split`` starts from them when the entry has none.
 CODE_ACTOR_OPTIONS: dict[str, dict[str, Any]] = {
     LLM_DEPLOYMENT: {},
-    "Embedder": {"num_cpus": 0},
-    "VectorStore": {"num_cpus": 0},
-    "Agent": {"num_cpus": 0},
-    "Ingress": {"num_cpus": 0},
+    EMBEDDER: {"num_cpus": 0},
+    VECTOR_STORE: {"num_cpus": 0},
+    AGENT: {"num_cpus": 0},
+    INGRESS: {"num_cpus": 0},
 }
 
 
@@ -203,8 +203,8 @@ def split(config: dict[str, Any]) -> dict[str, Any]:
                 options["runtime_env"]["env_vars"] = {}
             # The Ingress gets the args as written (so ``join`` gives them back unchanged); the others their
             # sections with every default filled in (a default written out is no change).
-            value = app_args if name == "Ingress" else part(settings, name).model_dump(mode="json")
-            if by_model and name == "Ingress":
+            value = app_args if name == INGRESS else part(settings, name).model_dump(mode="json")
+            if by_model and name == INGRESS:
                 value = _without_adapters(app_args)
                 _set_user_config(entry, by_model)
             elif is_llm_deployment(name) and value.get("lora") is not None:
@@ -228,7 +228,7 @@ def join(config: dict[str, Any]) -> dict[str, Any]:
             env = (options.get("runtime_env") or {}).get("env_vars") or {}
             if ENV in env:
                 adapters = _pop_user_config(entry)
-            if entry.get("name") == "Ingress" and ENV in env:
+            if entry.get("name") == INGRESS and ENV in env:
                 app["args"] = json.loads(env[ENV])
                 if adapters:
                     _with_adapters(app["args"], adapters)

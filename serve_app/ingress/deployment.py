@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serve_app.config.names import INGRESS, LLM_DEPLOYMENT
 from serve_app.config.parts import code_actor_options, deployment_settings
 from serve_app.ingress.admin_gate import admin_key_digest
 from serve_app.ingress.context import IngressContext
@@ -32,7 +33,7 @@ def _find_release_controller():
     return get_controller(serve.get_replica_context().app_name)
 
 
-@serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options=code_actor_options("Ingress"))
+@serve.deployment(name=INGRESS, max_ongoing_requests=256, ray_actor_options=code_actor_options(INGRESS))
 @serve.ingress()
 class Ingress:
     def __init__(
@@ -43,7 +44,7 @@ class Ingress:
         embedder: DeploymentHandle | None = None,
         agent: DeploymentHandle | None = None,
     ):
-        s = self.settings = deployment_settings(settings, "Ingress")
+        s = self.settings = deployment_settings(settings, INGRESS)
         # API keys of the public API: off unless a key file is given (ingress/limits.py). An unreadable or
         # invalid file fails the replica's start with the reason, so a release carrying it is rolled back.
         keys_file = os.environ.get("SERVE_APP_API_KEYS_FILE")
@@ -76,6 +77,6 @@ class Ingress:
         # LoRA adapters.
         releases = self.context.releases
         releases.set_release(str(user_config.get("release") or self.settings.release))
-        releases.set_canary(user_config.get("canary"), lambda name: serve.get_deployment_handle("LLMServer", name))
+        releases.set_canary(user_config.get("canary"), lambda name: serve.get_deployment_handle(LLM_DEPLOYMENT, name))
         # The LoRA adapters of every model (serve_app/config/parts.py): requests may name them from now on.
         self.context.models.set_adapters(user_config.get("adapters"))

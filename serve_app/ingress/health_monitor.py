@@ -94,12 +94,14 @@ class HealthMonitor:
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Every component's last record with its age (``age_s``); never waits."""
-        now, out = self._clock(), {}
+        now = self._clock()
+        out: dict[str, dict[str, Any]] = {}
         for name in self.probes:
-            at, record = self._records.get(name, (None, None))
-            if record is None:
+            taken = self._records.get(name)
+            if taken is None:
                 out[name] = {"status": "unknown", "error": "not probed yet"}
                 continue
+            at, record = taken
             age = now - at
             out[name] = {**record, "age_s": round(age, 2)}
             if age > self.max_age_s:

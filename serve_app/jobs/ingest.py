@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from serve_app.calls.handles import call_blocking
 from serve_app.calls.retry import RetryPolicy
+from serve_app.config.names import VECTOR_STORE
 from serve_app.config.settings import VectorSettings
 from serve_app.errors import AppError, status_for, unwrap
 from serve_app.protocol.retrieval import Document
@@ -168,7 +169,7 @@ def run(ns: argparse.Namespace) -> int:
         print(f"no documents under {ns.path}")
         return 1
     ray.init(address=ns.address or "auto", namespace="serve", log_to_driver=False)
-    handle = serve.get_deployment_handle("VectorStore", app_name=ns.app)
+    handle = serve.get_deployment_handle(VECTOR_STORE, app_name=ns.app)
     # The running app's limits, not this machine's defaults: its config may set others.
     limits = VectorSettings.model_validate(call_blocking(handle, "limits", timeout_s=60))
     size = min(ns.batch_size, limits.max_documents_per_request)

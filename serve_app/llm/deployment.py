@@ -58,7 +58,7 @@ class HeldAdapter:
         self.__del__ = let_go
 
 
-@serve.deployment(name="LLMServer", max_ongoing_requests=64, health_check_period_s=10)
+@serve.deployment(name=LLM_DEPLOYMENT, max_ongoing_requests=64, health_check_period_s=10)
 class LLMServer:
     async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor; mypy allows only None
         self, settings: dict[str, Any] | None, deployment: str = LLM_DEPLOYMENT,

@@ -21,7 +21,7 @@ from serve_app.config.loader import (
     validate_serve_config,
 )
 from serve_app.config.model_settings import check_folder_name
-from serve_app.config.names import is_llm_deployment
+from serve_app.config.names import AGENT, EMBEDDER, INGRESS, LLM_DEPLOYMENT, VECTOR_STORE, is_llm_deployment
 from serve_app.config.parts import adapters_by_model, join
 from serve_app.config.secrets import refusal, secret_problems
 from serve_app.config.settings import AppSettings, CanarySettings
@@ -29,12 +29,12 @@ from serve_app.config.versions import migrate
 from serve_app.errors import Conflict, InvalidRequest, NotFound
 
 # The method of each deployment that answers a health probe (the watch after a rollout, a canary's window).
-PROBES = {"LLMServer": "health", "VectorStore": "health", "Embedder": "info", "Agent": "health"}
+PROBES = {LLM_DEPLOYMENT: "health", VECTOR_STORE: "health", EMBEDDER: "info", AGENT: "health"}
 
 
 def probe_method(deployment: str) -> str | None:
     """The health method a release's watch calls on ``deployment`` (every LLM deployment: ``health``)."""
-    return PROBES["LLMServer" if is_llm_deployment(deployment) else deployment] if (
+    return PROBES[LLM_DEPLOYMENT if is_llm_deployment(deployment) else deployment] if (
         is_llm_deployment(deployment) or deployment in PROBES) else None
 
 
@@ -264,9 +264,9 @@ def label(config: dict, app: str, n: int, canary: dict | None = None, canary_app
     # (reconfigure, no restart). ``canary_app`` is added as a second application.
     entry = app_entry(config, app)
     deps = [dict(d) for d in entry.get("deployments") or []]
-    ingress = next((d for d in deps if d["name"] == "Ingress"), None)
+    ingress = next((d for d in deps if d["name"] == INGRESS), None)
     if ingress is None:
-        ingress = {"name": "Ingress"}
+        ingress = {"name": INGRESS}
         deps.append(ingress)
     user_config = {k: v for k, v in (ingress.get("user_config") or {}).items() if k != "canary"}
     ingress["user_config"] = {**user_config, "release": str(n)} | ({"canary": canary} if canary else {})
@@ -278,7 +278,7 @@ def label(config: dict, app: str, n: int, canary: dict | None = None, canary_app
 def canary_application(config: dict, app: str, share: float) -> dict:
     """The new release's LLM deployment as an application of its own (no HTTP route)."""
     entry = app_entry(config, app)
-    llm = [dict(d) for d in entry.get("deployments") or [] if d["name"] == "LLMServer"]
+    llm = [dict(d) for d in entry.get("deployments") or [] if d["name"] == LLM_DEPLOYMENT]
     for d in llm:
         # Sized to its share of the traffic, not to the whole load: a fixed replica count (at least one).
         auto = d.pop("autoscaling_config", None)

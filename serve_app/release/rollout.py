@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from serve_app.config.loader import deployment_names
+from serve_app.config.names import LLM_DEPLOYMENT
 from serve_app.config.settings import AppSettings, CanarySettings
 from serve_app.errors import unwrap
 from serve_app.release.canary import CANARY, PRIMARY, ArmStats, judge
@@ -253,7 +254,7 @@ class CanaryRollout:
         while True:
             await sleep(1.0)
             try:
-                await asyncio.wait_for(self.gateway.probe(self.canary_app, "LLMServer"), settings.ingress.health_timeout_s)
+                await asyncio.wait_for(self.gateway.probe(self.canary_app, LLM_DEPLOYMENT), settings.ingress.health_timeout_s)
                 failures = 0
             except Exception as exc:  # noqa: BLE001 - any failure of a probe counts
                 failures += 1
