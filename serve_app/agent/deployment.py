@@ -23,6 +23,7 @@ from serve_app.config.parts import code_actor_options, deployment_settings
 from serve_app.errors import NotFound
 from serve_app.llm.client import LLMClient
 from serve_app.observability.metrics import metric
+from serve_app.protocol.retrieval import SearchHit
 
 logger = logging.getLogger("ray.serve")
 
@@ -42,12 +43,13 @@ class Tools:
         return self.vector
 
     async def search_documents(self, args) -> ToolResult:
-        hits = await call(self._store(), "search", args.query, args.top_k, None, None, timeout_s=self.timeout_s)
+        hits: list[SearchHit] = await call(self._store(), "search", args.query, args.top_k, None, None,
+                                           timeout_s=self.timeout_s)
         if not hits:
             return ToolResult("no matching passages")
         per_hit = max(80, self.chars // len(hits))
-        lines = [f"[{h['document_id']}] {h['text'][:per_hit]}" for h in hits]
-        sources = [{"document_id": h["document_id"], "chunk_id": h["chunk_id"], "score": h["score"]} for h in hits]
+        lines = [f"[{h.document_id}] {h.text[:per_hit]}" for h in hits]
+        sources = [{"document_id": h.document_id, "chunk_id": h.chunk_id, "score": h.score} for h in hits]
         return ToolResult("\n".join(lines), sources)
 
     async def get_document(self, args) -> ToolResult:

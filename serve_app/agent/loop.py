@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -26,7 +26,7 @@ from serve_app.agent.tools import REGISTRY, call_schema
 from serve_app.config.names import FINAL
 from serve_app.config.prompts import PromptSettings
 from serve_app.config.settings import AgentSettings
-from serve_app.errors import AppError
+from serve_app.errors import AppError, unwrap
 from serve_app.observability.genai import agent_run, tool_execution
 from serve_app.observability.tracing import span, tracer
 
@@ -60,7 +60,7 @@ class AgentLoop:
         tool_lines = "\n".join(self.p.agent_tool.format(name=n, description=REGISTRY[n].description) for n in self.allowed)
         self._system = self.p.agent_system.format(tools=tool_lines)
 
-    async def run(self, task: str, max_steps: int) -> AsyncIterator[dict[str, Any]]:
+    async def run(self, task: str, max_steps: int) -> AsyncGenerator[dict[str, Any], None]:
         """Events: ``start``, one ``step`` per tool call, then ``answer`` (always last)."""
         deadline = time.monotonic() + self.s.deadline_s
         messages = [{"role": "system", "content": self._system}, {"role": "user", "content": self.p.agent_task.format(task=task)}]
@@ -101,7 +101,8 @@ class AgentLoop:
             "prompts_version": self.p.version,
         }
 
-    async def _steps(self, messages, steps, sources, deadline, max_steps, run_span) -> AsyncIterator[dict[str, Any]]:
+    async def _steps(self, messages, steps, sources, deadline, max_steps,
+                     run_span) -> AsyncGenerator[dict[str, Any], None]:
         answer, reason = None, "max_steps"
         for i in range(max_steps):
             last = i == max_steps - 1
@@ -176,9 +177,8 @@ class AgentLoop:
             return {"tool": name, "input": parsed.model_dump(), "output": f"error: {name} did not answer within {timeout:.3g}s",
                     "status": "error", "tool_ms": ms()}
         except Exception as exc:  # noqa: BLE001 - a failing tool is an observation; the loop goes on
-            while getattr(exc, "cause", None) is not None:  # a Ray task error: the replica's own exception
-                exc = exc.cause
-            detail = str(exc) if isinstance(exc, AppError) else type(exc).__name__
+            cause = unwrap(exc)  # a Ray task error: the replica's own exception
+            detail = str(cause) if isinstance(cause, AppError) else type(cause).__name__
             return {"tool": name, "input": parsed.model_dump(), "output": f"error: {detail}"[:300], "status": "error",
                     "tool_ms": ms()}
         for src in result.sources:

@@ -12,12 +12,12 @@ own streams, and neither does the chat/completions relay."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from serve_app.config.settings import IngressSettings
 from serve_app.errors import UpstreamTimeout
-from serve_app.protocol.stream import DONE, KEEPALIVE, error_event, is_done, sse
+from serve_app.protocol.stream import DONE, KEEPALIVE, error_event, sse
 
 # For callers without settings at hand: the setting's default.
 IDLE_TIMEOUT_S: float = IngressSettings.model_fields["stream_idle_timeout_s"].default
@@ -43,7 +43,7 @@ async def relay_stream(gen, idle_timeout_s: float = IDLE_TIMEOUT_S) -> AsyncGene
             except TimeoutError:
                 gen.cancel()  # the replica stops before the error event goes out
                 raise _idle(idle_timeout_s) from None
-            if is_done(line):
+            if line == DONE:  # the terminator as vLLM and the engine write it
                 done = True
             yield line
     except asyncio.CancelledError:
@@ -57,7 +57,7 @@ async def relay_stream(gen, idle_timeout_s: float = IDLE_TIMEOUT_S) -> AsyncGene
         gen.cancel()
 
 
-async def sse_events(events: AsyncIterator[dict[str, Any]], idle_timeout_s: float = IDLE_TIMEOUT_S,
+async def sse_events(events: AsyncGenerator[dict[str, Any], None], idle_timeout_s: float = IDLE_TIMEOUT_S,
                      keepalive_s: float = 0.0) -> AsyncGenerator[str, None]:
     """Serve our own event stream (RAG, agent) as SSE: one JSON object per event, then ``[DONE]``. A
     failure mid-stream, or no event within ``idle_timeout_s`` of the last, becomes an in-band error event, as in
@@ -77,7 +77,7 @@ async def sse_events(events: AsyncIterator[dict[str, Any]], idle_timeout_s: floa
                 if done:
                     break
                 if wait >= left:  # the idle deadline was this wait's bound, not a keep-alive tick
-                    pending, waited = None, pending
+                    waited, pending = pending, None
                     await _cancel(waited)  # the producer stops before the error event goes out
                     raise _idle(idle_timeout_s)
                 yield KEEPALIVE

@@ -4,10 +4,10 @@ time to first token measured and its outcome counted for the canary."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
 from fastapi.responses import JSONResponse, StreamingResponse
 from opentelemetry import trace
@@ -20,7 +20,14 @@ from serve_app.ingress.context import IngressContext
 from serve_app.observability.genai import llm_call, record_response
 from serve_app.observability.metrics import metric
 from serve_app.observability.tracing import tracer
-from serve_app.protocol.stream import DONE_DATA, StreamHead, data_of
+from serve_app.protocol.stream import DONE, ErrorEvent, OutcomeChunk
+
+
+class Outcome(Protocol):
+    """Records a call's outcome on its side while a canary is out (CanaryRouter.record, its side given)."""
+
+    def __call__(self, ok: bool, ttft_ms: float | None = None) -> None: ...
+
 
 # OpenAI's documented range; vLLM alone would accept any non-negative temperature.
 _MAX_TEMPERATURE = 2.0
@@ -42,44 +49,43 @@ def check_sampling(req: Any, settings: AppSettings) -> None:
             raise InvalidRequest(f"{field} must be at most {cap}", field)
 
 
-async def _observed(lines: AsyncIterator[str], tags: dict[str, str], router, arm: str | None,
-                    t0: float, call_span: trace.Span) -> AsyncIterator[str]:
+async def _observed(lines: AsyncIterator[str], tags: dict[str, str], record: Outcome | None, t0: float,
+                    call_span: trace.Span) -> AsyncIterator[str]:
     """Relay a stream, recording the time to its first event (TTFT), its finish and usage on the call's span,
     and, while a canary is out, its side's outcome: whether it ended with [DONE] and no error event (a client
-    that leaves early records none)."""
+    that leaves early records none). Only the typed lines are looked into (serve_app/protocol/stream.py): the
+    others, one per token, pass untouched."""
     ttft = None
     ok = done = False
     ending: dict[str, Any] = {"choices": []}
     try:
         async for line in lines:
-            data = data_of(line)
-            if ttft is None and data is not None:
+            if ttft is None:  # every line of the relay is an event: vLLM's, an error, [DONE]
                 ttft = time.perf_counter() - t0
                 metric("serve_app_llm_time_to_first_token_seconds").observe(ttft, tags=tags)
-            if data is not None and data.startswith('{"error"'):
+            if isinstance(line, ErrorEvent):
                 ok, done = False, True
                 call_span.set_status(trace.Status(trace.StatusCode.ERROR, "error event"))
-            elif data == DONE_DATA and not done:
-                ok, done = True, True
-            elif data is not None and ('"usage":{' in data or '"finish_reason":"' in data):
-                # Only the chunks that end a choice or carry the usage are parsed (vLLM's compact JSON).
-                chunk = json.loads(data)
+            elif isinstance(line, OutcomeChunk):
+                chunk = line.body
                 ending.update(id=chunk.get("id"), model=chunk.get("model"), usage=chunk.get("usage"))
                 ending["choices"] += [c for c in chunk.get("choices") or () if c.get("finish_reason")]
+            elif line == DONE and not done:
+                ok, done = True, True
             yield line
     finally:
         record_response(call_span, ending)
         call_span.end()
-        if done and router is not None:
-            router.record(arm, ok, None if ttft is None else ttft * 1000)
+        if done and record is not None:
+            record(ok, None if ttft is None else ttft * 1000)
 
 
-def _served_by(head: StreamHead, model: str) -> dict[str, str]:
-    # Which model's deployment and which of its replicas answered: ties a client's request to the replica's
-    # logs and metrics.
+def _served_by(head: dict[str, Any], model: str) -> dict[str, str]:
+    # Which model's deployment and which of its replicas answered (the head's ``replica``, StreamHead): ties a
+    # client's request to the replica's logs and metrics.
     headers = {"X-Served-Model": model}
     if head.get("replica"):
-        headers["X-Served-By"] = head["replica"]
+        headers["X-Served-By"] = str(head["replica"])
     return headers
 
 
@@ -87,15 +93,18 @@ async def generate(ctx: IngressContext, kind: str, req: Any, model: str, handle)
     """Run a chat or completion request on ``model``'s LLM deployment (``handle``; for the first model while a
     canary is out, the canary's share of them on the canary): the whole answer as one JSON body, or the stream
     relayed as server-sent events."""
-    ctx.llm_gate(model)
+    ctx.models.gate(model)
     route = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
     tags = {"route": route, "model": model}
     # While a canary is out, a share of the first model's requests goes to its LLM and each side's outcome is
     # recorded (serve_app/ingress/canary.py).
-    router = ctx.router if handle is ctx.llm else None
-    arm, handle = router.pick() if router is not None else (None, handle)
+    releases = ctx.releases
+    router = releases.router if handle is ctx.models.first else None
+    record: Outcome | None = None
     if router is not None:
-        ctx.canary_reporter()
+        arm, handle = router.pick()
+        record = partial(router.record, arm)
+        releases.canary_reporter()
     # The model call's span (OpenTelemetry's GenAI conventions), from the call to the answer's last token.
     name, attributes = llm_call("chat" if kind == "chat" else "text_completion", model,
                                 getattr(req, "max_completion_tokens", None) or req.max_tokens, req.temperature,
@@ -109,14 +118,14 @@ async def generate(ctx: IngressContext, kind: str, req: Any, model: str, handle)
         call_span.record_exception(exc)
         call_span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
         call_span.end()
-        if router is not None and isinstance(exc, Exception):
-            router.record(arm, ok=False)
+        if record is not None and isinstance(exc, Exception):
+            record(False)
         raise
     if not head.get("stream"):
         record_response(call_span, head["body"])
         call_span.end()
-        if router is not None:
-            router.record(arm, ok=True)
+        if record is not None:
+            record(True)
         usage = head["body"].get("usage") or {}
         for field, name in (("prompt_tokens", "serve_app_llm_prompt_tokens"),
                             ("completion_tokens", "serve_app_llm_output_tokens")):
@@ -124,5 +133,5 @@ async def generate(ctx: IngressContext, kind: str, req: Any, model: str, handle)
                 metric(name).inc(usage[field], tags=tags)
         return JSONResponse(head["body"], headers=_served_by(head, model))
     lines = relay_stream(gen, ctx.settings.ingress.stream_idle_timeout_s)
-    return StreamingResponse(_observed(lines, tags, router, arm, t0, call_span), media_type="text/event-stream",
+    return StreamingResponse(_observed(lines, tags, record, t0, call_span), media_type="text/event-stream",
                              headers=_served_by(head, model))

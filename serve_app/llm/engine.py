@@ -10,21 +10,26 @@ sampling-parameter mapping, structured outputs and the SSE wire format are there
 from __future__ import annotations
 
 import abc
-import json
 import logging
 import logging.handlers
 import os
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import contextmanager
-from typing import Any
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from serve_app.errors import EngineError, InvalidRequest, NotFound, ServiceUnavailable, error_body, status_of
+from serve_app.errors import EngineError, InvalidRequest, NotFound, ServiceUnavailable, error_body
 from serve_app.llm.errors import from_vllm
-from serve_app.protocol.stream import data_of, sse
+from serve_app.protocol.stream import DONE, ErrorEvent, OutcomeChunk, sse
+
+if TYPE_CHECKING:
+    from starlette.datastructures import State
+    from vllm.v1.engine.async_llm import AsyncLLM
 
 logger = logging.getLogger(__name__)
 
-# What an engine call returns: a complete JSON body, or an async generator of SSE lines ("data: ...\n\n").
+# What an engine call returns: a complete JSON body, or an async generator of SSE lines ("data: ...\n\n"), typed
+# where their kind matters (serve_app/protocol/stream.py).
 EngineResult = dict[str, Any] | AsyncGenerator[str, None]
 
 
@@ -78,7 +83,7 @@ class LLMEngine(abc.ABC):
         """Make the adapter servable under ``name`` (requests naming it as their model use it)."""
         raise InvalidRequest("this model's engine serves no LoRA adapters", "model")
 
-    async def unload_adapter(self, name: str) -> None:
+    async def unload_adapter(self, name: str) -> None:  # noqa: B027 - not abstract: no LoRA, nothing to let go
         """Requests can no longer name it; the engine's own cache lets its weights go."""
 
     async def try_adapter(self, path: str) -> None:
@@ -86,28 +91,60 @@ class LLMEngine(abc.ABC):
         raise InvalidRequest("this model's engine serves no LoRA adapters", "model")
 
 
-def openai_errors(result: EngineResult) -> EngineResult:
-    """A vLLM stream with its in-stream error events in the app's error vocabulary: vLLM writes the HTTP status
-    as the code and its own exception names as the type, where OpenAI (and the app) write string codes and
-    OpenAI's types. A server error's detail stays in the log."""
-    if isinstance(result, dict):
-        return result
+# vLLM serializes its chunk objects inside its stream generators (``chat_completion_stream_generator``,
+# ``completion_stream_generator``), which hand over finished "data: ..." lines: the kind of a chunk is told
+# here, once, by its text. vLLM writes compact JSON (``model_dump_json``): a choice's finish reason is a string
+# only on its last chunk (``null`` before), and ``usage`` an object only on the chunks that carry the usage.
+_FINISHED = '"finish_reason":"'
+_USAGE = '"usage":{'
 
-    async def relay() -> AsyncGenerator[str, None]:
-        async for line in result:
-            data = data_of(line)
-            if data is not None and data.startswith('{"error"'):
-                err = json.loads(data)["error"]
-                status = status_of(err)
-                if status >= 500:
-                    logger.error("engine error in a stream: %s", err.get("message"))
-                    error = EngineError("the model engine failed to process the request", status)
-                else:
-                    error = EngineError(str(err.get("message")), status, err.get("param"))
-                line = sse(error_body(status, error.message, error.param, error.code))
-            yield line
 
-    return relay()
+async def typed_stream(lines: AsyncIterator[str]) -> AsyncGenerator[str, None]:
+    """vLLM's stream with its outcome chunks typed (``OutcomeChunk``), and its in-stream error, which
+    ``raise_stream_errors`` makes vLLM raise, as an ``ErrorEvent`` followed by [DONE]
+    (serve_app/protocol/stream.py). Every other line passes as it is."""
+    try:
+        async for line in lines:
+            yield OutcomeChunk(line) if _FINISHED in line or _USAGE in line else line
+    except EngineError as exc:
+        yield ErrorEvent(sse(error_body(exc.status, exc.message, exc.param, exc.code)))
+        yield DONE
+
+
+def _typed(result: EngineResult) -> EngineResult:
+    """A chat or completion answer: a whole body as it is, a stream typed."""
+    return result if isinstance(result, dict) else typed_stream(result)
+
+
+def _whole(result: EngineResult) -> dict[str, Any]:
+    """The body of an answer vLLM never streams (tokenize, detokenize)."""
+    if not isinstance(result, dict):
+        raise TypeError("vLLM answered a call that never streams with a stream")
+    return result
+
+
+def stream_error(message: str | Exception, err_type: str = "BadRequestError", status_code: int = 400,
+                 param: str | None = None) -> NoReturn:
+    """vLLM's ``create_streaming_error_response`` made to raise: the error a stream generator of vLLM reports
+    in-band, in vLLM's own mapping (status, sanitized message), as the app's EngineError. vLLM calls it
+    from the generator's exception handlers only; what it raises ends vLLM's stream, and ``typed_stream`` writes
+    the event and the [DONE] that vLLM would have written. A server error's detail stays in the log."""
+    from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+
+    err = create_error_response(message, err_type, HTTPStatus(status_code), param).error
+    status = int(err.code)
+    if status >= 500:
+        logger.error("engine error in a stream: %s", err.message)
+        raise EngineError("the model engine failed to process the request", status)
+    raise EngineError(err.message, status, err.param)
+
+
+def raise_stream_errors(serving: Any) -> None:
+    """Make a vLLM serving object (chat, completions) raise its in-stream errors (``stream_error``) instead of
+    writing them into the stream as JSON: the engine gets the error as an object, not as text to recognise.
+    Set on the instance: vLLM builds these objects itself (``init_app_state``), so no subclass can stand in.
+    Removed when vLLM's stream generators hand over their items as objects."""
+    serving.create_streaming_error_response = stream_error
 
 
 def vllm_serve_args(cli_args: list[str]):
@@ -145,8 +182,8 @@ class VLLMEngine(LLMEngine):
     def __init__(self, cli_args: list[str], env: dict[str, str] | None = None):
         self._cli_args = list(cli_args)
         self._env = dict(env or {})
-        self._engine = None
-        self._state = None
+        self._engine: AsyncLLM | None = None
+        self._state: State | None = None
 
     async def start(self) -> None:
         with serve_log_kept():
@@ -186,7 +223,23 @@ class VLLMEngine(LLMEngine):
             )
         state = State()
         await init_app_state(self._engine, state, args, await self._engine.get_supported_tasks())
+        for serving in (state.openai_serving_chat, state.openai_serving_completion):
+            if serving is not None:  # None: a model without text generation
+                raise_stream_errors(serving)
         self._state = state
+
+    @property
+    def _llm(self) -> AsyncLLM:
+        if self._engine is None:
+            raise RuntimeError("engine not started")
+        return self._engine
+
+    @property
+    def _serving(self) -> State:
+        """vLLM's serving objects (``init_app_state``), by the names vLLM's own server keeps them under."""
+        if self._state is None:
+            raise RuntimeError("engine not started")
+        return self._state
 
     @staticmethod
     def _unwrap(result: Any) -> EngineResult:
@@ -214,19 +267,19 @@ class VLLMEngine(LLMEngine):
             raise mapped from None
 
     async def chat(self, request: Any) -> EngineResult:
-        return openai_errors(await self._call(self._state.openai_serving_chat.create_chat_completion(request, None)))
+        return _typed(await self._call(self._serving.openai_serving_chat.create_chat_completion(request, None)))
 
     async def completion(self, request: Any) -> EngineResult:
-        return openai_errors(await self._call(self._state.openai_serving_completion.create_completion(request, None)))
+        return _typed(await self._call(self._serving.openai_serving_completion.create_completion(request, None)))
 
     async def tokenize(self, request: Any) -> dict[str, Any]:
-        return await self._call(self._state.serving_tokenization.create_tokenize(request, None))
+        return _whole(await self._call(self._serving.serving_tokenization.create_tokenize(request, None)))
 
     async def detokenize(self, request: Any) -> dict[str, Any]:
-        return await self._call(self._state.serving_tokenization.create_detokenize(request, None))
+        return _whole(await self._call(self._serving.serving_tokenization.create_detokenize(request, None)))
 
     async def models(self) -> dict[str, Any]:
-        listing = await self._state.openai_serving_models.show_available_models()
+        listing = await self._serving.openai_serving_models.show_available_models()
         return listing.model_dump(mode="json")
 
     async def check_health(self) -> None:
@@ -238,7 +291,7 @@ class VLLMEngine(LLMEngine):
         return self._engine.get_num_unfinished_requests() if self._engine is not None else 0
 
     def has_adapter(self, name: str) -> bool:
-        return name in self._state.openai_serving_models.lora_requests
+        return name in self._serving.openai_serving_models.lora_requests
 
     async def load_adapter(self, name: str, path: str) -> None:
         # vLLM's own dynamic loading (what its /v1/load_lora_adapter does): the adapter joins the name -> LoRA
@@ -246,7 +299,7 @@ class VLLMEngine(LLMEngine):
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
         from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest
 
-        result = await self._state.openai_serving_models.load_lora_adapter(
+        result = await self._serving.openai_serving_models.load_lora_adapter(
             LoadLoRAAdapterRequest(lora_name=name, lora_path=path))
         if isinstance(result, ErrorResponse):
             logger.error("loading adapter %s from %s failed: %s", name, path, result.error.message)
@@ -256,23 +309,23 @@ class VLLMEngine(LLMEngine):
         from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
 
         if self.has_adapter(name):
-            await self._state.openai_serving_models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=name))
+            await self._serving.openai_serving_models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=name))
 
     async def try_adapter(self, path: str) -> None:
         import uuid
 
         from vllm.lora.request import LoRARequest
 
-        models = self._state.openai_serving_models
+        models = self._serving.openai_serving_models
         request = LoRARequest(lora_name=f"trial-{uuid.uuid4().hex[:8]}", lora_int_id=models.lora_id_counter.inc(1),
                               lora_path=path)
         try:
-            await self._engine.add_lora(request)
+            await self._llm.add_lora(request)
         except Exception as exc:  # noqa: BLE001 - whatever the engine says, the adapter does not load
             logger.warning("trial load of %s failed: %s", path, exc)
             reason = str(exc).replace(path, "<adapter>")[:300]
             raise InvalidRequest(f"the adapter does not load into this model: {reason}", "path") from None
-        await self._engine.remove_lora(request.lora_int_id)
+        await self._llm.remove_lora(request.lora_int_id)
 
     def dead(self) -> bool:
         return self._engine is not None and self._engine.errored

@@ -9,9 +9,12 @@ models do.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from pydantic import model_validator
+from pydantic import GetJsonSchemaHandler, ModelWrapValidatorHandler, model_validator
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest as _VllmChat
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest as _VllmCompletion
 
@@ -55,7 +58,7 @@ def _with_limits(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def _guard(data: Any, handler):
+def _guard(data: Any, handler: Callable[[Any], Any]) -> Any:
     if isinstance(data, dict):
         for name in _OBJECT_FIELDS:
             value = data.get(name)
@@ -68,23 +71,24 @@ def _guard(data: Any, handler):
             from None
 
 
-class ChatCompletionRequest(_VllmChat):
+class _Guarded:
+    """What both request models add to vLLM's: the guard around validation and the limits in the schema.
+    Listed before vLLM's class in the bases, so that its schema hook is the one pydantic finds."""
+
     @model_validator(mode="wrap")
     @classmethod
-    def _malformed_values_are_invalid(cls, data: Any, handler):
+    def _malformed_values_are_invalid(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
         return _guard(data, handler)
 
     @classmethod
-    def __get_pydantic_json_schema__(cls, core_schema, handler):
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
         return _with_limits(handler.resolve_ref_schema(handler(core_schema)))
 
 
-class CompletionRequest(_VllmCompletion):
-    @model_validator(mode="wrap")
-    @classmethod
-    def _malformed_values_are_invalid(cls, data: Any, handler):
-        return _guard(data, handler)
+# No docstrings: pydantic would publish them as the models' descriptions in the OpenAPI schema.
+class ChatCompletionRequest(_Guarded, _VllmChat):
+    pass
 
-    @classmethod
-    def __get_pydantic_json_schema__(cls, core_schema, handler):
-        return _with_limits(handler.resolve_ref_schema(handler(core_schema)))
+
+class CompletionRequest(_Guarded, _VllmCompletion):
+    pass

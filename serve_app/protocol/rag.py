@@ -58,7 +58,7 @@ class RagResponse(BaseModel):
     timings: RagTimings
     degraded: bool = Field(..., description="True when the answer was given without retrieval.")
     degraded_reason: str | None = None
-    mode: str | None = Field(..., description="The search mode the request named (None: vector.search_mode).")
+    mode: SearchMode | None = Field(..., description="The search mode the request named (None: vector.search_mode).")
     prompts_version: str
     release: str
 

@@ -49,6 +49,7 @@ class IngestResponse(BaseModel):
     documents: list[IngestedDocument]
 
 
+# The search modes, declared once: the requests, the VectorStore deployment, the store and RAG take this type.
 SearchMode = Literal["dense", "keyword", "hybrid"]
 
 

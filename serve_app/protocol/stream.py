@@ -7,6 +7,12 @@ vLLM's own stream, the last one ``data: [DONE]``. A failure in the middle of a s
 error event (an OpenAI error body) and then ``[DONE]``, the way vLLM reports generation errors, so a client
 never sees a silently truncated stream.
 
+The lines are typed where their kind matters: an error event is an ``ErrorEvent`` and a chunk that ends a
+choice or carries the token usage an ``OutcomeChunk``, both ``str`` subclasses whose text is the line as sent.
+Whoever relays a stream recognises them by type and parses only those (``body``), once; every other line,
+one per token, stays a plain ``str`` that is relayed untouched. Being strings, they are read by a consumer that
+knows nothing of the types like any other line, and they cross Ray as pickled objects of their class.
+
 The SSE framing is written here rather than with sse-starlette: the lines vLLM produces are already framed
 (they are relayed as they are, with no re-encoding per token), and the app's own events need only the same
 ``data: <json>`` form. Its keep-alive pings are not taken up either: they run on a timer of their own, while
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import cached_property
 from typing import Any, TypedDict
 
 from serve_app.errors import AppError, error_body, status_for, unwrap
@@ -30,6 +37,23 @@ _PREFIX = "data: "
 # An SSE comment (a line that starts with a colon): clients ignore it (the openai SDK's decoder included);
 # proxies see traffic on a quiet stream and keep it.
 KEEPALIVE = ": keep-alive\n\n"
+
+
+class Event(str):
+    """An SSE ``data:`` line of a known kind; the string is the line as sent."""
+
+    @cached_property
+    def body(self) -> dict[str, Any]:
+        """The event's JSON payload, parsed on first use."""
+        return json.loads(self[len(_PREFIX):])
+
+
+class ErrorEvent(Event):
+    """An in-band error event: its body is an OpenAI error body (``{"error": {...}}``)."""
+
+
+class OutcomeChunk(Event):
+    """A chunk of vLLM's stream that ends a choice (a finish reason) or carries the token usage."""
 
 
 class StreamHead(TypedDict, total=False):
@@ -62,11 +86,11 @@ def is_done(line: str) -> bool:
     return data_of(line) == DONE_DATA
 
 
-def error_event(exc: BaseException, generic: str) -> str:
+def error_event(exc: BaseException, generic: str) -> ErrorEvent:
     """An exception raised mid-stream as one SSE error event; unexpected 5xx causes keep their details in the
     log, not in the stream."""
     cause = unwrap(exc)
     status = status_for(cause) or 503
     logger.warning("stream failed mid-way: %s", cause)
     msg = str(cause) if status < 500 or isinstance(cause, AppError) else generic
-    return sse(error_body(status, msg, getattr(cause, "param", None), getattr(cause, "code", None)))
+    return ErrorEvent(sse(error_body(status, msg, getattr(cause, "param", None), getattr(cause, "code", None))))

@@ -16,8 +16,8 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from serve_app.config.prompts import PromptSettings
@@ -25,12 +25,13 @@ from serve_app.config.settings import RagSettings
 from serve_app.errors import AppError, Conflict, InvalidRequest
 from serve_app.llm.client import LLMClient
 from serve_app.observability.tracing import span
+from serve_app.protocol.retrieval import SearchHit, SearchMode
 from serve_app.vector.documents import rejoin
 
 logger = logging.getLogger("ray.serve")
 
-# (question, top_k, filter, mode) -> hits as /v1/search returns them (with each chunk's position).
-Search = Callable[[str, int, dict[str, Any] | None, str | None], Awaitable[list[dict[str, Any]]]]
+# (question, top_k, filter, mode) -> hits as /v1/search returns them.
+Search = Callable[[str, int, dict[str, Any] | None, SearchMode | None], Awaitable[list[SearchHit]]]
 _CITATION = re.compile(r"\[(\d{1,3})\]")
 _WORD = re.compile(r"[^\W_]{4,}")
 _OVERLAP = 3
@@ -44,16 +45,27 @@ def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 2)
 
 
+@dataclass(frozen=True)
+class Source:
+    """One source of an answer: a run of consecutive chunks of one document among the hits (``merge_hits``)."""
+
+    document_id: str
+    chunk_id: str  # its best-scoring chunk
+    chunk_ids: list[str]  # its chunks, in position order
+    text: str  # its chunks rejoined
+    score: float  # its best chunk's
+
+
 @dataclass
 class Prepared:
     """Outcome of retrieval: what the prompt is built from."""
 
     question: str
-    hits: list[dict[str, Any]]  # sources: merged hits, best first
+    hits: list[Source]  # best first
     degraded_reason: str | None
     timings: dict[str, Any]
     started: float
-    mode: str | None = None
+    mode: SearchMode | None = None
     messages: list[dict[str, str]] = field(default_factory=list)
 
 
@@ -64,7 +76,7 @@ class RagPipeline:
     # -- retrieval ----------------------------------------------------------------------------------
 
     async def _retrieve(self, question: str, top_k: int, filter_: dict | None,
-                        mode: str | None) -> tuple[list, str | None, float | None]:
+                        mode: SearchMode | None) -> tuple[list[SearchHit], str | None, float | None]:
         with span("rag.retrieval", top_k=top_k, mode=mode or "default") as s:
             hits, reason, ms = await self._search_hits(question, top_k, filter_, mode)
             s.set_attribute("hits", len(hits))
@@ -73,7 +85,7 @@ class RagPipeline:
             return hits, reason, ms
 
     async def _search_hits(self, question: str, top_k: int, filter_: dict | None,
-                           mode: str | None) -> tuple[list, str | None, float | None]:
+                           mode: SearchMode | None) -> tuple[list[SearchHit], str | None, float | None]:
         if self.search is None:
             return [], "the retrieval tier is disabled", None
         start = time.perf_counter()
@@ -91,7 +103,8 @@ class RagPipeline:
         logger.warning("RAG answers without retrieval: %s", reason)
         return [], reason, None
 
-    async def prepare(self, question: str, top_k: int, filter_: dict | None, mode: str | None = None) -> Prepared:
+    async def prepare(self, question: str, top_k: int, filter_: dict | None,
+                      mode: SearchMode | None = None) -> Prepared:
         with span("rag.prepare", mode=mode or "default"):
             started = time.perf_counter()
             hits, reason, retrieval_ms = await self._retrieve(question, top_k, filter_, mode)
@@ -102,21 +115,21 @@ class RagPipeline:
 
     # -- merging ------------------------------------------------------------------------------------
 
-    def _budget(self, sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _budget(self, sources: list[Source]) -> list[Source]:
         """Best sources first, cut to the context budget."""
         out, left = [], self.s.max_context_chars
         for h in sources:
             if left <= 0:
                 break
-            text = h["text"][:left]
+            text = h.text[:left]
             left -= len(text)
-            out.append({**h, "text": text})
+            out.append(replace(h, text=text))
         return out
 
     def _messages(self, prep: Prepared) -> list[dict[str, str]]:
         if prep.hits:
             sources = "\n".join(
-                self.p.rag_source.format(n=i, text=h["text"], document_id=h["document_id"])
+                self.p.rag_source.format(n=i, text=h.text, document_id=h.document_id)
                 for i, h in enumerate(prep.hits, 1)
             )
         else:
@@ -136,12 +149,12 @@ class RagPipeline:
         for i, h in enumerate(prep.hits, 1):
             if i in marked:
                 by = "marker"
-            elif len(words & _content_words(h["text"])) >= _OVERLAP:
+            elif len(words & _content_words(h.text)) >= _OVERLAP:
                 by = "overlap"
             else:
                 by = None
-            out.append({"index": i, "document_id": h["document_id"], "chunk_id": h["chunk_id"],
-                        "chunk_ids": h["chunk_ids"], "score": h["score"], "cited": by is not None, "cited_by": by})
+            out.append({"index": i, "document_id": h.document_id, "chunk_id": h.chunk_id,
+                        "chunk_ids": list(h.chunk_ids), "score": h.score, "cited": by is not None, "cited_by": by})
         return out
 
     def finish(self, prep: Prepared, answer: str, answer_ms: float, ttft_ms: float | None) -> dict[str, Any]:
@@ -164,7 +177,7 @@ class RagPipeline:
             text = await self.llm.complete(prep.messages, max_tokens, self.s.temperature)
         return self.finish(prep, text.strip(), _ms(start), None)
 
-    async def open_stream(self, prep: Prepared, max_tokens: int) -> AsyncIterator[dict[str, Any]]:
+    async def open_stream(self, prep: Prepared, max_tokens: int) -> AsyncGenerator[dict[str, Any], None]:
         """Start the answer stream (errors before its first token raise here) and return its events:
         sources first, then tokens, then a final event with the timings."""
         start = time.perf_counter()
@@ -172,7 +185,8 @@ class RagPipeline:
             deltas = await self.llm.stream(prep.messages, max_tokens, self.s.temperature)
         return self._events(prep, deltas, start)
 
-    async def _events(self, prep: Prepared, deltas: AsyncIterator[str], start: float) -> AsyncIterator[dict[str, Any]]:
+    async def _events(self, prep: Prepared, deltas: AsyncIterator[str],
+                      start: float) -> AsyncGenerator[dict[str, Any], None]:
         yield {"type": "sources", "sources": self.sources(prep, ""), "degraded": prep.degraded_reason is not None}
         parts: list[str] = []
         ttft = None
@@ -183,33 +197,36 @@ class RagPipeline:
                 parts.append(text)
                 yield {"type": "token", "text": text}
         finally:
-            await deltas.aclose()  # abandoned by the client: abort the generation now, not at GC
+            # Abandoned by the client: abort the generation now, not at GC. (LLMClient.stream returns an async
+            # generator, annotated as the iterator it is used as.)
+            if isinstance(deltas, AsyncGenerator):
+                await deltas.aclose()
         final = self.finish(prep, "".join(parts).strip(), _ms(start), ttft)
         yield {"type": "done", **{k: v for k, v in final.items() if k != "answer"}}
 
 
-def merge_hits(hits: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def merge_hits(hits: list[SearchHit]) -> list[Source]:
     """One source per run of consecutive chunks of a document among the hits, best run first. A run's text is its
     chunks rejoined in position order (consecutive chunks overlap: the overlap is written once), its score and
-    ``chunk_id`` its best chunk's. Hits without a position (or repeated chunks) are kept as they are, once each."""
-    by_doc: dict[str, list[dict[str, Any]]] = {}
+    ``chunk_id`` its best chunk's. A chunk among the hits twice counts once, as its first hit (hits come best
+    first)."""
+    by_doc: dict[str, list[SearchHit]] = {}
     seen: set[str] = set()
     for h in hits:
-        if h["chunk_id"] not in seen:
-            seen.add(h["chunk_id"])
-            by_doc.setdefault(h["document_id"], []).append(h)
-    runs: list[list[dict[str, Any]]] = []
+        if h.chunk_id not in seen:
+            seen.add(h.chunk_id)
+            by_doc.setdefault(h.document_id, []).append(h)
+    runs: list[list[SearchHit]] = []
     for doc_hits in by_doc.values():
-        ordered = sorted(doc_hits, key=lambda h: (h.get("position") is None, h.get("position") or 0))
-        for h in ordered:
+        for h in sorted(doc_hits, key=lambda h: h.position):
             last = runs[-1][-1] if runs else None
-            if (last is not None and last["document_id"] == h["document_id"] and h.get("position") is not None
-                    and last.get("position") is not None and h["position"] == last["position"] + 1):
+            if last is not None and last.document_id == h.document_id and h.position == last.position + 1:
                 runs[-1].append(h)
             else:
                 runs.append([h])
     sources = []
     for run in runs:
-        best = max(run, key=lambda h: h["score"])
-        sources.append({**best, "text": rejoin([h["text"] for h in run]), "chunk_ids": [h["chunk_id"] for h in run]})
-    return sorted(sources, key=lambda h: -h["score"])
+        best = max(run, key=lambda h: h.score)
+        sources.append(Source(best.document_id, best.chunk_id, [h.chunk_id for h in run],
+                              rejoin([h.text for h in run]), best.score))
+    return sorted(sources, key=lambda s: -s.score)

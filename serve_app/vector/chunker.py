@@ -5,8 +5,7 @@ document id and the chunk's position, so re-ingesting a document overwrites its 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 # Fixed namespace: the same (document id, position) gives the same chunk id on every machine and run.
 _NAMESPACE = uuid.UUID("6f0c4a52-6a4e-4c8e-9a8e-2b1f1c0de001")
@@ -21,7 +20,6 @@ class Chunk:
     document_id: str
     position: int
     text: str
-    metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -34,16 +32,14 @@ def chunk_text(
     tokenizer,
     chunk_tokens: int,
     overlap_tokens: int,
-    metadata: dict[str, Any] | None = None,
 ) -> list[Chunk]:
     """Split ``text`` with a Hugging Face fast tokenizer (character offsets map tokens back to text)."""
     if overlap_tokens >= chunk_tokens:
         raise ValueError("overlap_tokens must be smaller than chunk_tokens")
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, truncation=False)
     offsets = [o for o in enc["offset_mapping"] if o[1] > o[0]]
-    meta = dict(metadata or {})
     if not offsets:
-        return [Chunk(document_id, 0, text.strip(), meta)] if text.strip() else []
+        return [Chunk(document_id, 0, text.strip())] if text.strip() else []
     chunks: list[Chunk] = []
     step = chunk_tokens - overlap_tokens
     start = 0
@@ -51,7 +47,7 @@ def chunk_text(
         window = offsets[start : start + chunk_tokens]
         piece = text[window[0][0] : window[-1][1]].strip()
         if piece:
-            chunks.append(Chunk(document_id, len(chunks), piece, meta))
+            chunks.append(Chunk(document_id, len(chunks), piece))
         if start + chunk_tokens >= len(offsets):
             break
         start += step

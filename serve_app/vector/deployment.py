@@ -29,6 +29,7 @@ from serve_app.llm.cpus import share_engine_cpus
 from serve_app.observability.genai import vector_search
 from serve_app.observability.metrics import metric
 from serve_app.observability.tracing import span
+from serve_app.protocol.retrieval import SearchHit, SearchMode
 from serve_app.vector.chunker import Chunk, chunk_text
 from serve_app.vector.documents import document_view
 from serve_app.vector.embedder import Embedder, resolve_embedder
@@ -113,7 +114,9 @@ class EmbedderServer:
 @serve.deployment(name="VectorStore", max_ongoing_requests=64,
                   ray_actor_options=code_actor_options("VectorStore"))
 class VectorStoreServer:
-    async def __init__(self, settings: dict[str, Any] | None, embedder: DeploymentHandle):
+    async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor; mypy allows only None
+        self, settings: dict[str, Any] | None, embedder: DeploymentHandle,
+    ):
         from transformers import AutoTokenizer
 
         share_engine_cpus()
@@ -155,7 +158,7 @@ class VectorStoreServer:
         # Keyword vectors of every chunk before the first write: a failure here writes nothing.
         sparse = await asyncio.to_thread(self.keywords.documents, texts)
         out, i = [], 0
-        for d, chunks in zip(documents, per_doc):
+        for d, chunks in zip(documents, per_doc, strict=True):
             stored = [StoredChunk(c.id, c.document_id, c.position, c.text) for c in chunks]
             end = i + len(chunks)
             async with self._write_lock:
@@ -178,7 +181,7 @@ class VectorStoreServer:
         return np.concatenate(parts)
 
     def _chunk(self, documents: list[dict[str, Any]]) -> list[list[Chunk]]:
-        # Chunks carry no metadata: it is stored once, in the document's record.
+        # Chunks carry no metadata: it is stored once, in the document's record (store.py).
         return [chunk_text(d["id"], d["text"], self.tokenizer, self.s.chunk_tokens, self.s.chunk_overlap)
                 for d in documents]
 
@@ -234,8 +237,8 @@ class VectorStoreServer:
 
     async def search(
         self, query: str, top_k: int, filter: dict[str, Any] | None = None, score_threshold: float | None = None,
-        mode: str | None = None,
-    ) -> list[dict[str, Any]]:
+        mode: SearchMode | None = None,
+    ) -> list[SearchHit]:
         check_filter(filter, self.s)  # RAG and the agent search through this handle too
         # A threshold is a cosine similarity: with one and no mode, the search is dense (the store refuses a
         # threshold in the other modes).
@@ -252,11 +255,8 @@ class VectorStoreServer:
             s.set_attribute("hits", len(hits))
         metric("serve_app_vector_search_duration_seconds").observe(time.perf_counter() - started)
         metric("serve_app_vector_search_hits").observe(len(hits))
-        return [
-            {"document_id": h.document_id, "chunk_id": h.id, "position": h.position, "text": h.text, "score": h.score,
-             "metadata": h.metadata}
-            for h in hits
-        ]
+        # Typed hits cross to the caller's process as they are (pydantic models pickle).
+        return [_hit(h) for h in hits]
 
     async def health(self) -> dict[str, Any]:
         count = await asyncio.to_thread(self.store.count)
@@ -272,3 +272,10 @@ class VectorStoreServer:
                 store.close()
             except Exception:
                 logger.exception("vector store close failed")
+
+
+def _hit(c: StoredChunk) -> SearchHit:
+    if c.score is None:  # every backend's search scores what it returns
+        raise ValueError(f"the store returned the unscored chunk {c.id} as a search hit")
+    return SearchHit(document_id=c.document_id, chunk_id=c.id, position=c.position, text=c.text, score=c.score,
+                     metadata=c.metadata)

@@ -41,7 +41,7 @@ def has_keywords(qe, shard) -> bool:
     without it refuses) rather than read from the shard's files, whose format is Edge's own business."""
     try:
         shard.query(qe.QueryRequest(limit=1, query=qe.Query.Nearest(qe.SparseVector([0], [1.0]), using=SPARSE_NAME)))
-    except Exception:  # Edge raises a plain Exception ("Not existing vector name"), no type to catch
+    except Exception:  # noqa: BLE001 - Edge raises a plain Exception ("Not existing vector name"), no type to catch
         return False
     return True
 
@@ -102,7 +102,7 @@ def migrate(qe, path: Path, old_shard, create, encoder: KeywordEncoder) -> None:
 def _with_keywords(qe, points, encoder: KeywordEncoder) -> list[Any]:
     sparse = encoder.documents([(p.payload or {}).get("text", "") for p in points])
     out = []
-    for p, kw in zip(points, sparse):
+    for p, kw in zip(points, sparse, strict=True):
         # An old-layout point's vector reads back as the bare list of its unnamed dense vector.
         dense = p.vector[""] if isinstance(p.vector, dict) else p.vector
         vector = {"": dense, SPARSE_NAME: qe.SparseVector(kw.indices, kw.values)} if kw else {"": dense}

@@ -105,7 +105,7 @@ class QdrantEdgeStore(VectorStore):
             return
         qe = self._qe
         points = []
-        for c, v, kw in zip(chunks, vectors, self.sparse_of(chunks, sparse)):
+        for c, v, kw in zip(chunks, vectors, self.sparse_of(chunks, sparse), strict=True):
             vector = {"": self._dense(v)}
             if kw:  # only stop words: no keyword vector (store.py's docstring says why)
                 vector[SPARSE_NAME] = self._sparse(kw)
@@ -122,7 +122,8 @@ class QdrantEdgeStore(VectorStore):
 
     def get_chunks(self, document_id: str) -> list[StoredChunk]:
         qe = self._qe
-        out, offset = [], None
+        out: list[StoredChunk] = []
+        offset = None
         with self._lock:
             while True:
                 req = qe.ScrollRequest(offset=offset, limit=256, filter=self._filter(document_id=document_id), with_payload=True)

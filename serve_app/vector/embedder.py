@@ -32,11 +32,17 @@ class Embedder:
             self.model.max_seq_length = max_seq_length
         self.tokenizer = self.model.tokenizer
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        self.dim = int(get_dim())
+        dim = get_dim()
+        if dim is None:  # sentence-transformers found no module that states it
+            raise ValueError(f"the embedding model {source!r} states no embedding dimension")
+        self.dim = int(dim)
 
     @property
     def max_tokens(self) -> int:
-        return int(self.model.max_seq_length)
+        n = self.model.max_seq_length
+        if n is None:  # the model's input module knows no length bound
+            raise ValueError("the embedding model states no maximum sequence length")
+        return int(n)
 
     def token_counts(self, texts: list[str]) -> list[int]:
         """Tokens the model reads per text (with special tokens, after truncation)."""

@@ -116,7 +116,7 @@ class QdrantClientStore(VectorStore):
                     # Idempotent on the server and in local mode: replicas opening together all succeed.
                     self._client.create_vector_name(self.collection, SPARSE_NAME, m.SparseVectorNameConfig(
                         sparse=m.SparseVectorConfig(modifier=m.Modifier.IDF)))
-                except Exception as e:  # a server without the endpoint (older than 1.18): stay dense-only
+                except Exception as e:  # noqa: BLE001 - a server without the endpoint (older than 1.18): stay dense-only
                     logger.warning("vector store: cannot add keyword vectors to %s (%s): keyword and hybrid "
                                    "search refused until its documents are re-ingested into a new collection",
                                    self.collection, e)
@@ -137,7 +137,7 @@ class QdrantClientStore(VectorStore):
                                                  with_payload=["text"])
             sparse = self.encoder.documents([(p.payload or {}).get("text", "") for p in points])
             updates = [m.PointVectors(id=p.id, vector={SPARSE_NAME: self._sparse(kw)})
-                       for p, kw in zip(points, sparse) if kw]
+                       for p, kw in zip(points, sparse, strict=True) if kw]
             if updates:
                 try:
                     # update_filter: a chunk rewritten meanwhile (with its own keyword vector) is left alone.
@@ -168,7 +168,7 @@ class QdrantClientStore(VectorStore):
         # Dense-only when the collection has no keyword vector (a server that could not add it).
         keywords = self.sparse_of(chunks, sparse) if self._keywords else [None] * len(chunks)
         points = []
-        for c, v, kw in zip(chunks, vectors, keywords):
+        for c, v, kw in zip(chunks, vectors, keywords, strict=True):
             vector = {"": np.asarray(v, dtype=np.float32).tolist()}
             if kw:  # only stop words: no keyword vector (store.py's docstring says why)
                 vector[SPARSE_NAME] = self._sparse(kw)
@@ -184,7 +184,8 @@ class QdrantClientStore(VectorStore):
 
     def get_chunks(self, document_id: str) -> list[StoredChunk]:
         flt = _payload_filter(self._m, document_id=document_id)
-        out, offset = [], None
+        out: list[StoredChunk] = []
+        offset = None
         while True:
             with self._lock:
                 points, offset = self._client.scroll(self.collection, scroll_filter=flt, limit=256, offset=offset, with_payload=True)
@@ -240,7 +241,7 @@ class QdrantClientStore(VectorStore):
         with self._lock:
             points, _ = self._client.scroll(self.records, scroll_filter=_payload_filter(self._m, metadata=filter),
                                             limit=limit, with_payload=["document_id"])
-        return [p.payload["document_id"] for p in points]
+        return [record_from_payload(p.payload).document_id for p in points]
 
     def count(self) -> int:
         with self._lock:

@@ -19,14 +19,15 @@ from __future__ import annotations
 import abc
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
 from serve_app.errors import Conflict, InvalidRequest
+from serve_app.protocol.retrieval import SearchMode
 from serve_app.vector.keywords import KeywordEncoder, Sparse
 
-SEARCH_MODES = ("dense", "keyword", "hybrid")
+SEARCH_MODES: tuple[SearchMode, ...] = get_args(SearchMode)
 # The keyword vector's name in every backend; the dense vector stays unnamed ("").
 SPARSE_NAME = "bm25"
 # k of reciprocal rank fusion, score = sum of 1 / (k + rank), rank from 0. 60 is the value of the RRF paper
@@ -148,7 +149,7 @@ class VectorStore(abc.ABC):
         score_threshold: float | None = None,
         exact: bool = False,
         *,
-        mode: str = "dense",
+        mode: SearchMode = "dense",
         sparse: Sparse | None = None,
         candidates: int | None = None,
     ) -> list[StoredChunk]:
@@ -212,7 +213,7 @@ class VectorStore(abc.ABC):
         exact: bool = False,
         max_filter_documents: int = 10_000,
         *,
-        mode: str = "dense",
+        mode: SearchMode = "dense",
         sparse: Sparse | None = None,
         candidates: int | None = None,
     ) -> list[StoredChunk]:
@@ -244,7 +245,7 @@ class VectorStore(abc.ABC):
             h.metadata = dict(record.metadata) if record else {}
         return hits
 
-    def check_mode(self, mode: str, vector: np.ndarray | None, sparse: Sparse | None) -> None:
+    def check_mode(self, mode: SearchMode, vector: np.ndarray | None, sparse: Sparse | None) -> None:
         """Refuse a search this collection or these arguments cannot answer (search and search_chunks)."""
         if mode not in SEARCH_MODES:
             raise InvalidRequest(f"mode must be one of {', '.join(SEARCH_MODES)}", "mode")

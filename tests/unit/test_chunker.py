@@ -21,12 +21,11 @@ def tokenizer():
 def test_windows_and_overlap(tokenizer):
     words = [f"word{i}" for i in range(400)]
     text = " ".join(words)
-    chunks = chunk_text("d", text, tokenizer, chunk_tokens=50, overlap_tokens=10, metadata={"k": 1})
+    chunks = chunk_text("d", text, tokenizer, chunk_tokens=50, overlap_tokens=10)
     assert len(chunks) > 5
     for c in chunks:
         n = len(tokenizer(c.text, add_special_tokens=False)["input_ids"])
         assert n <= 50 + 2  # re-tokenizing a cut can merge or split one token at the edges
-        assert c.metadata == {"k": 1}
     assert [c.position for c in chunks] == list(range(len(chunks)))
     assert chunks[0].text.startswith("word0") and chunks[-1].text.endswith("word399")
     for a, b in pairwise(chunks):

@@ -189,23 +189,40 @@ def test_an_unexpected_exception_inside_validation_becomes_a_value_error():
 
 
 def test_vllms_in_stream_errors_are_rewritten_into_the_apps_vocabulary():
+    """vLLM reports a failure inside a stream through its serving object; the engine makes that raise, and
+    writes the error event itself, typed, with OpenAI's string codes and types (a server error's detail hidden)."""
     import asyncio
 
-    from serve_app.llm.engine import openai_errors
+    from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
+    from vllm.exceptions import GenerationError, VLLMValidationError
 
-    async def vllm_stream():
+    from serve_app.llm.engine import raise_stream_errors, typed_stream
+    from serve_app.protocol.stream import ErrorEvent
+
+    serving = object.__new__(OpenAIServingChat)  # only its error reporting runs: no engine behind it
+    raise_stream_errors(serving)
+
+    async def vllm_stream(error):
+        # What vLLM's stream generators do with a failure: report it in-band, then [DONE].
         yield 'data: {"choices": []}\n\n'
-        yield 'data: {"error": {"message": "This model\'s maximum context length is 8 tokens", "type": "BadRequestError", "param": "input_tokens", "code": 400}}\n\n'
-        yield 'data: {"error": {"message": "/secret/path broke", "type": "InternalServerError", "param": null, "code": 500}}\n\n'
+        try:
+            raise error
+        except GenerationError as e:
+            yield f"data: {serving._convert_generation_error_to_streaming_response(e)}\n\n"
+        except VLLMValidationError as e:
+            yield f"data: {serving.create_streaming_error_response(e)}\n\n"
         yield "data: [DONE]\n\n"
 
-    async def run():
-        return [line async for line in openai_errors(vllm_stream())]
+    async def run(error):
+        return [line async for line in typed_stream(vllm_stream(error))]
 
-    lines = asyncio.run(run())
-    assert lines[0] == 'data: {"choices": []}\n\n' and lines[-1] == "data: [DONE]\n\n"
-    first, second = (json.loads(line[len("data: "):])["error"] for line in lines[1:3])
+    too_long = VLLMValidationError("This model's maximum context length is 8 tokens", parameter="input_tokens")
+    shown, hidden = (asyncio.run(run(e)) for e in (too_long, GenerationError("/secret/path broke")))
+    for lines in (shown, hidden):
+        assert lines[0] == 'data: {"choices": []}\n\n' and lines[-1] == "data: [DONE]\n\n" and len(lines) == 3
+        assert isinstance(lines[1], ErrorEvent) and lines[1].body == json.loads(lines[1][len("data: "):])
+    first = shown[1].body["error"]
     assert first["code"] == "context_length_exceeded" and first["type"] == "invalid_request_error"
     assert first["param"] == "input_tokens"
-    assert second == {"message": "the model engine failed to process the request", "type": "server_error",
-                      "param": None, "code": "server_error"}
+    assert hidden[1].body["error"] == {"message": "the model engine failed to process the request",
+                                       "type": "server_error", "param": None, "code": "server_error"}

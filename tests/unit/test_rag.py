@@ -19,15 +19,21 @@ from serve_app.config.loader import ConfigError, validate_app_args
 from serve_app.config.prompts import PromptSettings
 from serve_app.config.settings import RagSettings
 from serve_app.errors import Conflict, InvalidRequest, ServiceUnavailable
+from serve_app.protocol.retrieval import SearchHit
 from serve_app.rag.pipeline import RagPipeline, merge_hits
 
 pytestmark = pytest.mark.unit
 
+
+def _hit(document_id, chunk_id, position, text, score):
+    return SearchHit(document_id=document_id, chunk_id=chunk_id, position=position, text=text, score=score,
+                     metadata={})
+
+
 HITS = [
-    {"document_id": "a", "chunk_id": "a1", "position": 0, "text": "Paris is the capital of France; the tower is tall.",
-     "score": 0.9},
-    {"document_id": "a", "chunk_id": "a1", "position": 0, "text": "duplicate", "score": 0.8},
-    {"document_id": "b", "chunk_id": "b1", "position": 3, "text": "Rome is the capital of Italy.", "score": 0.5},
+    _hit("a", "a1", 0, "Paris is the capital of France; the tower is tall.", 0.9),
+    _hit("a", "a1", 0, "duplicate", 0.8),
+    _hit("b", "b1", 3, "Rome is the capital of Italy.", 0.5),
 ]
 
 
@@ -79,15 +85,15 @@ def test_the_search_gets_the_mode_and_the_prompt_puts_the_shared_part_first():
 
 def test_consecutive_chunks_of_a_document_are_one_source_with_the_overlap_once():
     hits = [
-        {"document_id": "d", "chunk_id": "d2", "position": 2, "text": "gamma delta epsilon", "score": 0.7},
-        {"document_id": "e", "chunk_id": "e0", "position": 0, "text": "other text", "score": 0.8},
-        {"document_id": "d", "chunk_id": "d1", "position": 1, "text": "alpha beta gamma delta", "score": 0.6},
-        {"document_id": "d", "chunk_id": "d5", "position": 5, "text": "far away", "score": 0.1},
+        _hit("d", "d2", 2, "gamma delta epsilon", 0.7),
+        _hit("e", "e0", 0, "other text", 0.8),
+        _hit("d", "d1", 1, "alpha beta gamma delta", 0.6),
+        _hit("d", "d5", 5, "far away", 0.1),
     ]
     sources = merge_hits(hits)
-    assert [s["chunk_ids"] for s in sources] == [["e0"], ["d1", "d2"], ["d5"]]
-    assert sources[1]["text"] == "alpha beta gamma delta epsilon"
-    assert sources[1]["chunk_id"] == "d2" and sources[1]["score"] == 0.7  # its best chunk's
+    assert [s.chunk_ids for s in sources] == [["e0"], ["d1", "d2"], ["d5"]]
+    assert sources[1].text == "alpha beta gamma delta epsilon"
+    assert sources[1].chunk_id == "d2" and sources[1].score == 0.7  # its best chunk's
 
 
 @pytest.mark.parametrize("error", [InvalidRequest("only stop words", "query"), Conflict("no keyword index")])
@@ -116,7 +122,7 @@ def test_sources_are_deduplicated_budgeted_and_cited():
     pipe = RagPipeline(FakeLLM(), _search(), RagSettings(max_context_chars=100), PromptSettings())
     out, prep = asyncio.run(_answer(pipe))
     assert [s["chunk_id"] for s in out["sources"]] == ["a1", "b1"]
-    assert sum(len(h["text"]) for h in prep.hits) <= 100
+    assert sum(len(h.text) for h in prep.hits) <= 100
     by_index = {s["index"]: s for s in out["sources"]}
     assert by_index[1]["cited"] and by_index[1]["cited_by"] == "marker"
     assert not by_index[2]["cited"]

@@ -19,6 +19,7 @@ from serve_app.config.prompts import PromptSettings
 from serve_app.config.settings import AgentSettings, IngressSettings, RagSettings
 from serve_app.llm.client import LLMClient
 from serve_app.observability.tracing import span, trace_id
+from serve_app.protocol.retrieval import SearchHit
 from serve_app.rag.pipeline import RagPipeline
 
 pytestmark = pytest.mark.unit
@@ -62,7 +63,8 @@ class LLM:
 
 def test_a_rag_answer_is_one_trace_with_the_retrieval_under_prepare():
     async def search(q, k, f, mode):
-        return [{"document_id": "a", "chunk_id": "a1", "text": "Paris is the capital of France.", "score": 0.9}]
+        return [SearchHit(document_id="a", chunk_id="a1", position=0, text="Paris is the capital of France.",
+                          score=0.9, metadata={})]
 
     async def run():
         rag = RagPipeline(LLM(), search, RagSettings(), PromptSettings())

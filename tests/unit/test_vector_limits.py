@@ -15,6 +15,7 @@ from serve_app.config.settings import AppSettings, VectorSettings
 from serve_app.errors import InvalidRequest, NotFound, PayloadTooLarge
 from serve_app.ingress.context import IngressContext
 from serve_app.ingress.fastapi_app import create_app
+from serve_app.protocol.retrieval import SearchHit
 from serve_app.vector.documents import rejoin
 from serve_app.vector.limits import check_documents, check_filter, check_metadata, check_write_budget, metadata_bytes
 from tests.fakes.handles import Method, Response
@@ -233,6 +234,9 @@ def test_ingest_stores_metadata_once_and_reads_it_back(server):
     assert doc["metadata"] == meta and doc["text"] == _words(40)
     hits = server.store.search(np.ones(8, np.float32), 3, filter={"topic": "geo"}, exact=True)
     assert hits and all(h.metadata == meta for h in hits)
+    # The deployment's search answers typed hits (they cross Ray as they are).
+    typed = asyncio.run(server.search("word3", 3, {"topic": "geo"}, mode="keyword"))
+    assert typed and all(isinstance(h, SearchHit) and h.metadata == meta for h in typed)
     assert asyncio.run(server.delete_document("a"))["chunks"] == n
     assert server.store.get_records(["a"]) == {}
     with pytest.raises(NotFound):

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from serve_app.calls.handles import open_call
 from serve_app.calls.streams import sse_events
 from serve_app.errors import NotFound, UpstreamTimeout
-from serve_app.ingress.context import IngressContext, bounded, context, deadline
+from serve_app.ingress.context import IngressContext, api_key, bounded, context, deadline
 from serve_app.ingress.limits import charge_tokens
 from serve_app.protocol.rag import AgentRequest, AgentResponse
 
@@ -23,7 +23,7 @@ router = APIRouter()
 async def agent_run(body: AgentRequest, request: Request, ctx: IngressContext = Depends(context)):
     if ctx.agent is None:
         raise NotFound("the agent is disabled in this deployment (it needs the model and agent.enabled)")
-    ctx.use_model(ctx.agent_model, request)
+    ctx.models.use_model(ctx.models.agent_model, api_key(request))
     s = ctx.settings.agent
     max_steps = bounded(body.max_steps, s.default_max_steps, s.max_steps, "max_steps")
     charge_tokens(request, max_steps * s.step_max_tokens, "max_steps")
@@ -35,7 +35,7 @@ async def agent_run(body: AgentRequest, request: Request, ctx: IngressContext = 
         # A step is one whole LLM call, which the agent bounds only by the run's deadline: a shorter idle
         # deadline would cut healthy runs whose step is slow. Keep-alives hold the stream open meanwhile.
         idle_s = max(ingress.stream_idle_timeout_s, budget)
-        lines = sse_events(_chain(head, gen, ctx.release), idle_s, ingress.stream_keepalive_s)
+        lines = sse_events(_chain(head, gen, ctx.releases.release), idle_s, ingress.stream_keepalive_s)
         return StreamingResponse(lines, media_type="text/event-stream")
 
     async def collect() -> dict[str, Any]:
@@ -48,10 +48,10 @@ async def agent_run(body: AgentRequest, request: Request, ctx: IngressContext = 
         raise UpstreamTimeout("the agent ended without an answer")
 
     final = await deadline(collect(), budget, "the agent")
-    return {"object": "agent.answer", **{k: v for k, v in final.items() if k != "type"}, "release": ctx.release}
+    return {"object": "agent.answer", **{k: v for k, v in final.items() if k != "type"}, "release": ctx.releases.release}
 
 
-async def _chain(head: dict[str, Any], gen, release: str) -> AsyncIterator[dict[str, Any]]:
+async def _chain(head: dict[str, Any], gen, release: str) -> AsyncGenerator[dict[str, Any], None]:
     try:
         yield head
         async for event in gen:

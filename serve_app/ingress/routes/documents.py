@@ -19,17 +19,17 @@ async def ingest_documents(body: IngestRequest, ctx: IngressContext = Depends(co
     # refuses the request, nothing half-written. The write budget needs the chunk counts: the VectorStore
     # deployment checks it after chunking, still before writing.
     check_documents(docs, ctx.settings.vector)
-    result = await ctx.vector_call("ingest", docs)
+    result = await ctx.retrieval.call("ingest", docs)
     return {"object": "ingest.result", "documents": result}
 
 
 @router.get("/v1/documents/{document_id:path}")
 async def get_document(document_id: str = PathParam(..., min_length=1, max_length=256),
                        ctx: IngressContext = Depends(context)):
-    return await ctx.vector_call("get_document", document_id)
+    return await ctx.retrieval.call("get_document", document_id)
 
 
 @router.delete("/v1/documents/{document_id:path}")
 async def delete_document(document_id: str = PathParam(..., min_length=1, max_length=256),
                           ctx: IngressContext = Depends(context)):
-    return await ctx.vector_call("delete_document", document_id)
+    return await ctx.retrieval.call("delete_document", document_id)

@@ -3,7 +3,7 @@ as server-sent events (sources, then tokens, then timings)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 
 from serve_app.calls.streams import sse_events
 from serve_app.errors import NotFound
-from serve_app.ingress.context import IngressContext, bounded, context, deadline
+from serve_app.ingress.context import IngressContext, api_key, bounded, context, deadline
 from serve_app.ingress.limits import charge_tokens
 from serve_app.protocol.rag import RagRequest, RagResponse
 
@@ -23,7 +23,7 @@ async def rag_answer(body: RagRequest, request: Request, ctx: IngressContext = D
     rag = ctx.rag
     if rag is None:
         raise NotFound("RAG is disabled in this deployment (it needs the model and rag.enabled)")
-    ctx.use_model(ctx.rag_model, request)
+    ctx.models.use_model(ctx.models.rag_model, api_key(request))
     s = ctx.settings.rag
     top_k = bounded(body.top_k, s.default_top_k, s.max_top_k, "top_k")
     max_tokens = bounded(body.max_tokens, s.answer_max_tokens, s.answer_max_tokens, "max_tokens")
@@ -34,9 +34,9 @@ async def rag_answer(body: RagRequest, request: Request, ctx: IngressContext = D
             return await rag.answer(prep, max_tokens)
 
         out = await deadline(whole(), s.timeout_s, "the RAG answer")
-        return {"object": "rag.answer", **out, "release": ctx.release}
+        return {"object": "rag.answer", **out, "release": ctx.releases.release}
 
-    async def first() -> AsyncIterator[dict[str, Any]]:
+    async def first() -> AsyncGenerator[dict[str, Any], None]:
         # Everything up to the first answer token happens before the response starts, so a failure
         # there still gets its own status code instead of an in-band error.
         prep = await rag.prepare(body.question, top_k, body.filter, body.mode)
@@ -44,11 +44,11 @@ async def rag_answer(body: RagRequest, request: Request, ctx: IngressContext = D
 
     events = await deadline(first(), s.timeout_s, "the RAG answer")
     ingress = ctx.settings.ingress
-    lines = sse_events(_tag(events, ctx.release), ingress.stream_idle_timeout_s, ingress.stream_keepalive_s)
+    lines = sse_events(_tag(events, ctx.releases.release), ingress.stream_idle_timeout_s, ingress.stream_keepalive_s)
     return StreamingResponse(lines, media_type="text/event-stream")
 
 
-async def _tag(events: AsyncIterator[dict[str, Any]], release: str) -> AsyncIterator[dict[str, Any]]:
+async def _tag(events: AsyncGenerator[dict[str, Any], None], release: str) -> AsyncGenerator[dict[str, Any], None]:
     try:
         async for e in events:
             if e["type"] == "done":

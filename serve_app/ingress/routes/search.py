@@ -23,5 +23,5 @@ async def search(body: SearchRequest, ctx: IngressContext = Depends(context)):
     if body.score_threshold is not None and body.mode not in (None, "dense"):
         raise InvalidRequest("score_threshold is a cosine similarity: it applies to dense search only "
                              "(set mode to dense, or leave score_threshold out)", "score_threshold")
-    hits = await ctx.vector_call("search", body.query, body.top_k, body.filter, body.score_threshold, body.mode)
-    return {"object": "search.result", "results": hits}
+    hits = await ctx.retrieval.call("search", body.query, body.top_k, body.filter, body.score_threshold, body.mode)
+    return SearchResponse(results=hits)
