@@ -1,8 +1,8 @@
 """The agent's tool registry: names, descriptions and pydantic argument schemas.
 
-Specs only (no Ray, no handles): the configuration validates its allow-list against the names in
-``serve_app.config.names`` (one spec here per name there) and the loop builds the JSON schema the engine
-enforces from it. The deployment binds the implementations.
+Specs only (no Ray, no handles): the names are declared in ``serve_app.config.names`` (the configuration
+validates its allow-list against them), one spec here under each; the loop builds the JSON schema the engine
+enforces from the specs. The deployment binds the implementations.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve_app.config.names import TOOLS
+from serve_app.config.names import CALCULATOR, DELETE_DOCUMENT, FINAL, GET_DOCUMENT, SEARCH_DOCUMENTS
 
 
 class _Args(BaseModel):
@@ -50,20 +50,17 @@ class ToolSpec:
 REGISTRY: dict[str, ToolSpec] = {
     t.name: t
     for t in (
-        ToolSpec("search_documents", "search the document store; returns passages with their document ids", SearchDocumentsArgs),
-        ToolSpec("get_document", "read a whole document by its id", GetDocumentArgs),
-        ToolSpec("calculator", "evaluate an arithmetic expression", CalculatorArgs),
-        ToolSpec("final_answer", "give the final answer and stop", FinalAnswerArgs),
+        ToolSpec(SEARCH_DOCUMENTS, "search the document store; returns passages with their document ids",
+                 SearchDocumentsArgs),
+        ToolSpec(GET_DOCUMENT, "read a whole document by its id", GetDocumentArgs),
+        ToolSpec(CALCULATOR, "evaluate an arithmetic expression", CalculatorArgs),
+        ToolSpec(FINAL, "give the final answer and stop", FinalAnswerArgs),
         # Registered so that a configuration may name it, never in the default allow-list: a tool that
         # changes data is only reachable when an operator allows it explicitly.
-        ToolSpec("delete_document", "delete a document by its id", DeleteDocumentArgs),
+        ToolSpec(DELETE_DOCUMENT, "delete a document by its id", DeleteDocumentArgs),
     )
 }
 
-
-# The configuration accepts exactly the names in TOOLS: a tool added on one side only fails here, at import.
-if set(REGISTRY) != set(TOOLS):
-    raise RuntimeError(f"agent tool specs {sorted(REGISTRY)} differ from config.names.TOOLS {sorted(TOOLS)}")
 
 
 def call_schema(names: list[str] | tuple[str, ...]) -> dict[str, Any]:

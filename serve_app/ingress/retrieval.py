@@ -10,6 +10,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.calls.handles import call
 from serve_app.config.settings import VectorSettings
 from serve_app.errors import NotFound, UpstreamTimeout
+from serve_app.protocol.retrieval import SearchHit, SearchMode
 
 
 class Retrieval:
@@ -44,7 +45,7 @@ class Retrieval:
             raise UpstreamTimeout(f"the vector tier did not answer within {timeout_s:g}s") from None
 
     async def search(self, query: str, top_k: int, filter_: dict[str, Any] | None,
-                     mode: str | None = None) -> list[dict[str, Any]]:
+                     mode: SearchMode | None = None) -> list[SearchHit]:
         # RAG bounds its search by rag.retrieval_timeout_s (and answers without sources past it); this is the
         # call's own bound.
         return await call(self.vector, "search", query, top_k, filter_, None, mode,

@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, StringConstraints, field_validator
 
+from serve_app.config.names import SearchMode
+
 # Metadata values are scalars so that a filter can match them exactly. Keys are plain names: the store
 # addresses them as payload paths, where a dot or bracket would mean nesting.
 # Integers are 64-bit in the store.
@@ -50,7 +52,6 @@ class IngestResponse(BaseModel):
 
 
 # The search modes, declared once: the requests, the VectorStore deployment, the store and RAG take this type.
-SearchMode = Literal["dense", "keyword", "hybrid"]
 
 
 class SearchRequest(_Model):

@@ -177,3 +177,10 @@ def test_sources_are_collected_once():
 def test_a_tool_without_implementation_is_refused_at_start():
     with pytest.raises(ValueError, match="no implementation"):
         AgentLoop(Scripted([]), {}, AgentSettings(), PromptSettings())
+
+
+def test_every_tool_name_the_configuration_accepts_has_one_spec():
+    from serve_app.agent.tools import REGISTRY
+    from serve_app.config.names import TOOLS
+
+    assert sorted(REGISTRY) == sorted(TOOLS) and all(REGISTRY[n].name == n for n in TOOLS)

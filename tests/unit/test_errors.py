@@ -226,3 +226,18 @@ def test_vllms_in_stream_errors_are_rewritten_into_the_apps_vocabulary():
     assert first["param"] == "input_tokens"
     assert hidden[1].body["error"] == {"message": "the model engine failed to process the request",
                                        "type": "server_error", "param": None, "code": "server_error"}
+
+
+def test_rays_unavailability_errors_are_named_as_ray_names_them():
+    """errors.py (the bottom layer) names Ray's classes instead of importing Ray: the names must stay true for the
+    installed Ray, and a replica's exception wrapped in Ray's task error is found again."""
+    import importlib
+
+    import ray.exceptions as ray_exc
+
+    for qualified in E._RAY_UNAVAILABLE:
+        module, _, name = qualified.rpartition(".")
+        assert isinstance(getattr(importlib.import_module(module), name), type), qualified
+    assert status_for(ray_exc.ActorDiedError()) == 503  # a subclass counts
+    wrapped = ray_exc.RayTaskError("generate", "traceback", E.InvalidRequest("bad", "x")).as_instanceof_cause()
+    assert isinstance(E.unwrap(wrapped), E.InvalidRequest) and status_for(wrapped) == 400
