@@ -36,10 +36,12 @@ class LLMClient:
         return {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature, **extra}
 
     async def complete(
-        self, messages: list[dict[str, str]], max_tokens: int, temperature: float = 0.0, json_schema: dict | None = None
+        self, messages: list[dict[str, str]], max_tokens: int, temperature: float = 0.0, json_schema: dict | None = None,
+        usage: dict[str, Any] | None = None, **options: Any,
     ) -> str:
-        """The whole answer text. With ``json_schema`` the engine constrains the output to the schema."""
-        extra: dict[str, Any] = {}
+        """The whole answer text. With ``json_schema`` the engine constrains the output to the schema. ``usage``
+        gets the answer's token counts; ``options`` are more of vLLM's sampling fields (``min_tokens``, ...)."""
+        extra: dict[str, Any] = dict(options)
         if json_schema is not None:
             extra["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": json_schema}}
         req = chat_request(self._body(messages, max_tokens, temperature, **extra))
@@ -49,23 +51,31 @@ class LLMClient:
             head, gen = await open_call(self.handle.generate, ("chat", req), self.settings)
             gen.cancel()  # a non-streaming answer is complete in the head
             record_response(s, head["body"])
+        if usage is not None:
+            usage.update(head["body"].get("usage") or {})
         return head["body"]["choices"][0]["message"]["content"] or ""
 
-    async def stream(self, messages: list[dict[str, str]], max_tokens: int, temperature: float = 0.0) -> AsyncIterator[str]:
+    async def stream(self, messages: list[dict[str, str]], max_tokens: int, temperature: float = 0.0,
+                     usage: dict[str, Any] | None = None, **options: Any) -> AsyncIterator[str]:
         """Open a streaming answer; returns an iterator of text deltas once the engine accepted the request
-        (errors before that raise here, with their status)."""
-        req = chat_request(self._body(messages, max_tokens, temperature, stream=True))
+        (errors before that raise here, with their status). ``usage`` gets the answer's token counts when the
+        stream ends (vLLM's usage chunk); ``options`` are more of vLLM's sampling fields."""
+        if usage is not None:
+            options["stream_options"] = {"include_usage": True}
+        req = chat_request(self._body(messages, max_tokens, temperature, stream=True, **options))
         # The span covers the call up to the engine's acceptance; the tokens follow on the stream.
         name, attributes = llm_call("chat", self.model, max_tokens, temperature, structured=False, stream=True)
         with span(name, SpanKind.CLIENT, **attributes):
             head, gen = await open_call(self.handle.generate, ("chat", req), self.settings)
-        return _deltas(head, gen)
+        return _deltas(head, gen, usage)
 
 
-async def _deltas(head: Mapping[str, Any], gen) -> AsyncIterator[str]:
+async def _deltas(head: Mapping[str, Any], gen, usage: dict[str, Any] | None = None) -> AsyncIterator[str]:
     # ``head`` is a StreamHead (serve_app/protocol/stream.py); open_call hands it over as a plain dict.
     try:
         if not head.get("stream"):
+            if usage is not None:
+                usage.update(head["body"].get("usage") or {})
             yield head["body"]["choices"][0]["message"]["content"] or ""
             return
         async for line in gen:
@@ -78,6 +88,8 @@ async def _deltas(head: Mapping[str, Any], gen) -> AsyncIterator[str]:
             if "error" in event:
                 err = event["error"]
                 raise EngineError(err.get("message", "generation failed"), status_of(err), err.get("param"))
+            if usage is not None and event.get("usage"):
+                usage.update(event["usage"])
             for choice in event.get("choices") or ():
                 text = (choice.get("delta") or {}).get("content")
                 if text:

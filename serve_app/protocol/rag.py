@@ -28,6 +28,12 @@ class RagRequest(_Request):
     max_tokens: int | None = Field(None, description="Answer length bound (1..rag.answer_max_tokens).")
     mode: SearchMode | None = Field(None, description="How sources are searched: 'dense', 'keyword' or 'hybrid' "
                                     "(default: vector.search_mode).")
+    # Benchmark options (vLLM's sampling fields of the same names): answers of a fixed length, so that RAG can
+    # be compared with another pipeline per answer rather than per answer length.
+    min_tokens: int | None = Field(None, ge=0, description="Benchmark option: generate at least this many tokens "
+                                   "(at most max_tokens).")
+    ignore_eos: StrictBool = Field(False, description="Benchmark option: keep generating past the end of the "
+                                   "answer, up to max_tokens.")
 
     _q = field_validator("question")(_not_blank)
 
@@ -51,6 +57,12 @@ class RagTimings(BaseModel):
     total_ms: float
 
 
+class RagUsage(BaseModel):
+    prompt_tokens: int = Field(..., description="Tokens of the prompt the engine answered (sources included).")
+    completion_tokens: int
+    total_tokens: int
+
+
 class RagResponse(BaseModel):
     object: Literal["rag.answer"] = "rag.answer"
     answer: str
@@ -60,6 +72,7 @@ class RagResponse(BaseModel):
     degraded_reason: str | None = None
     mode: SearchMode | None = Field(..., description="The search mode the request named (None: vector.search_mode).")
     prompts_version: str
+    usage: RagUsage | None = Field(None, description="The answer's token counts (None: the engine gave none).")
     release: str
 
 

@@ -67,6 +67,7 @@ class Prepared:
     started: float
     mode: SearchMode | None = None
     messages: list[dict[str, str]] = field(default_factory=list)
+    usage: dict[str, Any] = field(default_factory=dict)  # the answer's token counts, once generated
 
 
 class RagPipeline:
@@ -108,12 +109,15 @@ class RagPipeline:
         with span("rag.prepare", mode=mode or "default"):
             started = time.perf_counter()
             hits, reason, retrieval_ms = await self._retrieve(question, top_k, filter_, mode)
-            prepared = Prepared(question, self._budget(merge_hits(hits)), reason, {"retrieval_ms": retrieval_ms},
-                                started, mode)
-            prepared.messages = self._messages(prepared)
-            return prepared
+            sources = self.sources_of(hits)
+            return Prepared(question, sources, reason, {"retrieval_ms": retrieval_ms}, started, mode,
+                            self.messages(question, sources))
 
-    # -- merging ------------------------------------------------------------------------------------
+    # -- merging and the prompt (public: a client-side pipeline can build the very same prompt) ---------
+
+    def sources_of(self, hits: list[SearchHit]) -> list[Source]:
+        """The prompt's sources from search hits: merged per document (``merge_hits``), cut to the budget."""
+        return self._budget(merge_hits(hits))
 
     def _budget(self, sources: list[Source]) -> list[Source]:
         """Best sources first, cut to the context budget."""
@@ -126,17 +130,18 @@ class RagPipeline:
             out.append(replace(h, text=text))
         return out
 
-    def _messages(self, prep: Prepared) -> list[dict[str, str]]:
-        if prep.hits:
-            sources = "\n".join(
+    def messages(self, question: str, sources: list[Source]) -> list[dict[str, str]]:
+        """The answer's chat messages: the stable part (system prompt, the start of the user turn) first."""
+        if sources:
+            listed = "\n".join(
                 self.p.rag_source.format(n=i, text=h.text, document_id=h.document_id)
-                for i, h in enumerate(prep.hits, 1)
+                for i, h in enumerate(sources, 1)
             )
         else:
-            sources = self.p.rag_no_sources
+            listed = self.p.rag_no_sources
         return [
             {"role": "system", "content": self.p.rag_answer_system},
-            {"role": "user", "content": self.p.rag_answer_user.format(sources=sources, question=prep.question)},
+            {"role": "user", "content": self.p.rag_answer_user.format(sources=listed, question=question)},
         ]
 
     def sources(self, prep: Prepared, answer: str) -> list[dict[str, Any]]:
@@ -167,22 +172,24 @@ class RagPipeline:
             "degraded_reason": prep.degraded_reason,
             "prompts_version": self.p.version,
             "mode": prep.mode,
+            "usage": _usage(prep.usage),
         }
 
     # -- the final generation -----------------------------------------------------------------------
 
-    async def answer(self, prep: Prepared, max_tokens: int) -> dict[str, Any]:
+    async def answer(self, prep: Prepared, max_tokens: int, **options: Any) -> dict[str, Any]:
+        """The whole answer. ``options``: more of vLLM's sampling fields (``min_tokens``, ``ignore_eos``)."""
         start = time.perf_counter()
         with span("rag.answer", max_tokens=max_tokens, stream=False, sources=len(prep.hits)):
-            text = await self.llm.complete(prep.messages, max_tokens, self.s.temperature)
+            text = await self.llm.complete(prep.messages, max_tokens, self.s.temperature, usage=prep.usage, **options)
         return self.finish(prep, text.strip(), _ms(start), None)
 
-    async def open_stream(self, prep: Prepared, max_tokens: int) -> AsyncGenerator[dict[str, Any], None]:
+    async def open_stream(self, prep: Prepared, max_tokens: int, **options: Any) -> AsyncGenerator[dict[str, Any], None]:
         """Start the answer stream (errors before its first token raise here) and return its events:
-        sources first, then tokens, then a final event with the timings."""
+        sources first, then tokens, then a final event with the timings and token counts."""
         start = time.perf_counter()
         with span("rag.answer", max_tokens=max_tokens, stream=True, sources=len(prep.hits)):
-            deltas = await self.llm.stream(prep.messages, max_tokens, self.s.temperature)
+            deltas = await self.llm.stream(prep.messages, max_tokens, self.s.temperature, usage=prep.usage, **options)
         return self._events(prep, deltas, start)
 
     async def _events(self, prep: Prepared, deltas: AsyncIterator[str],
@@ -203,6 +210,13 @@ class RagPipeline:
                 await deltas.aclose()
         final = self.finish(prep, "".join(parts).strip(), _ms(start), ttft)
         yield {"type": "done", **{k: v for k, v in final.items() if k != "answer"}}
+
+
+def _usage(counts: dict[str, Any]) -> dict[str, int] | None:
+    """The answer's token counts as OpenAI names them (None when the engine reported none)."""
+    if not counts:
+        return None
+    return {k: int(counts.get(k) or 0) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
 
 
 def merge_hits(hits: list[SearchHit]) -> list[Source]:

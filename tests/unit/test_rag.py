@@ -39,18 +39,29 @@ HITS = [
 
 class FakeLLM:
     def __init__(self, answer="Paris is the capital [1]. Its tower is tall."):
-        self.answer, self.prompts = answer, []
+        self.answer, self.prompts, self.options = answer, [], []
 
-    async def complete(self, messages, max_tokens, temperature=0.0, json_schema=None):
+    def _count(self, messages, usage):
+        # What the engine reports: token counts once the answer is complete (words stand in for tokens here).
+        if usage is not None:
+            prompt = sum(len(m["content"].split()) for m in messages)
+            usage.update(prompt_tokens=prompt, completion_tokens=len(self.answer.split()),
+                         total_tokens=prompt + len(self.answer.split()))
+
+    async def complete(self, messages, max_tokens, temperature=0.0, json_schema=None, usage=None, **options):
         self.prompts.append(messages)
+        self.options.append(options)
+        self._count(messages, usage)
         return self.answer
 
-    async def stream(self, messages, max_tokens, temperature=0.0):
+    async def stream(self, messages, max_tokens, temperature=0.0, usage=None, **options):
         async def deltas():
             for word in self.answer.split(" "):
                 yield word + " "
+            self._count(messages, usage)
 
         self.prompts.append(messages)
+        self.options.append(options)
         return deltas()
 
 
@@ -157,3 +168,32 @@ def test_config_refuses_unknown_tools_and_names_the_field():
         validate_app_args({"agent": {"tools": ["calculator"]}})
     with pytest.raises(ConfigError, match=r"args\.prompts"):
         validate_app_args({"prompts": {"rag_source": "{n}"}})
+
+
+def test_benchmark_options_reach_the_engine_and_the_answer_reports_its_token_counts():
+    """min_tokens / ignore_eos (answers of equal length for benchmarks) go to the engine as they are; the final
+    event and the whole answer carry the engine's token counts, the prompt's included."""
+    async def run():
+        llm = FakeLLM()
+        pipe = RagPipeline(llm, _search(), RagSettings(), PromptSettings())
+        prep = await pipe.prepare("q?", 2, None)
+        events = [e async for e in await pipe.open_stream(prep, 16, min_tokens=16, ignore_eos=True)]
+        whole = await pipe.answer(await pipe.prepare("q?", 2, None), 16)
+        return llm, events[-1], whole
+
+    llm, done, whole = asyncio.run(run())
+    assert llm.options == [{"min_tokens": 16, "ignore_eos": True}, {}]
+    prompt, answer = sum(len(m["content"].split()) for m in llm.prompts[0]), len(llm.answer.split())
+    assert done["usage"] == {"prompt_tokens": prompt, "completion_tokens": answer, "total_tokens": prompt + answer}
+    assert whole["usage"]["prompt_tokens"] == prompt
+
+
+def test_a_client_side_pipeline_builds_the_same_prompt_from_the_same_hits():
+    """The public pieces (sources_of, messages) are what prepare uses: a baseline built from them sends the
+    engine exactly the prompt /v1/rag sends."""
+    async def run():
+        pipe = RagPipeline(FakeLLM(), _search(), RagSettings(max_context_chars=100), PromptSettings())
+        return pipe, await pipe.prepare("q?", 4, None)
+
+    pipe, prep = asyncio.run(run())
+    assert pipe.messages("q?", pipe.sources_of(list(HITS))) == prep.messages

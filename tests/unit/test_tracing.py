@@ -54,7 +54,7 @@ class LLM:
     def __init__(self, outputs=None):
         self.outputs = list(outputs or [])
 
-    async def complete(self, messages, max_tokens, temperature=0.0, json_schema=None):
+    async def complete(self, messages, max_tokens, temperature=0.0, json_schema=None, usage=None, **options):
         if self.outputs:
             out = self.outputs.pop(0)
             return out if isinstance(out, str) else json.dumps(out)

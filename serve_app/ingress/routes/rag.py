@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from serve_app.calls.streams import sse_events
-from serve_app.errors import NotFound
+from serve_app.errors import InvalidRequest, NotFound
 from serve_app.ingress.context import IngressContext, api_key, bounded, context, deadline
 from serve_app.ingress.limits import charge_tokens
 from serve_app.protocol.rag import RagRequest, RagResponse
@@ -28,10 +28,15 @@ async def rag_answer(body: RagRequest, request: Request, ctx: IngressContext = D
     top_k = bounded(body.top_k, s.default_top_k, s.max_top_k, "top_k")
     max_tokens = bounded(body.max_tokens, s.answer_max_tokens, s.answer_max_tokens, "max_tokens")
     charge_tokens(request, max_tokens)
+    # The benchmark options (protocol/rag.py), passed to the engine only when set.
+    if body.min_tokens is not None and body.min_tokens > max_tokens:
+        raise InvalidRequest(f"min_tokens must be at most max_tokens ({max_tokens})", "min_tokens")
+    options: dict[str, Any] = {k: v for k, v in (("min_tokens", body.min_tokens), ("ignore_eos", body.ignore_eos))
+                               if v}
     if not body.stream:
         async def whole() -> dict[str, Any]:
             prep = await rag.prepare(body.question, top_k, body.filter, body.mode)
-            return await rag.answer(prep, max_tokens)
+            return await rag.answer(prep, max_tokens, **options)
 
         out = await deadline(whole(), s.timeout_s, "the RAG answer")
         return {"object": "rag.answer", **out, "release": ctx.releases.release}
@@ -40,7 +45,7 @@ async def rag_answer(body: RagRequest, request: Request, ctx: IngressContext = D
         # Everything up to the first answer token happens before the response starts, so a failure
         # there still gets its own status code instead of an in-band error.
         prep = await rag.prepare(body.question, top_k, body.filter, body.mode)
-        return await rag.open_stream(prep, max_tokens)
+        return await rag.open_stream(prep, max_tokens, **options)
 
     events = await deadline(first(), s.timeout_s, "the RAG answer")
     ingress = ctx.settings.ingress
