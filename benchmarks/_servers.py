@@ -78,12 +78,12 @@ def bare_vllm(cli_args: list[str], env: dict[str, str], log: Path):
 
 @contextmanager
 def serve_app(config: str, log: Path, env: dict[str, str] | None = None):
-    """The app, started the way `make serve` starts it with the engine CPU split on (the throughput setting on
-    the CPU build; README, `serve-app run` options), plus ``env``, for variants."""
+    """The app, started the way `make serve` starts it (the engine CPU split on, its default on the CPU build;
+    docs/operations.md), plus ``env``, for variants."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "serve_app.cli", "run", "--config", config, "--port", str(port)]
-    with running(cmd, "/healthz", log, {"SERVE_APP_ISOLATE_ENGINE_CPUS": "1", **(env or {})}) as proc:
+    with running(cmd, "/healthz", log, env) as proc:
         ready_s = _wait_ready(proc, url, "/healthz", log, 600)
         yield url, ready_s
 

@@ -1,11 +1,15 @@
 """RAG against what a user writes instead, side by side in one run, on the same app.
 
 1. ``POST /v1/rag`` (streamed) against the plain pipeline a user writes with the app's other routes:
-   ``POST /v1/search``, then a streamed ``/v1/chat/completions`` with the hits in the prompt (the same system
-   prompt and source format as the app's default prompt set, hits in score order). Ten questions over five
-   ingested documents (benchmarks/data/rag_corpus.json), the two alternated request by request (which one
-   goes first flips every round), so both see the same drift of a shared machine. Client clock: time to the
-   first answer token and end to end; tokens per answer (both stream one event per engine delta).
+   ``POST /v1/search``, then a streamed ``/v1/chat/completions`` with the sources in the prompt. Two such
+   pipelines: ``plain`` pastes every hit whole (the app's system prompt, hits in score order), and
+   ``plain_budgeted`` is the careful one, whose prompt is the very prompt /v1/rag sends: hits merged per
+   document and cut to ``rag.max_context_chars``, in the app's source format (built with the app's own
+   ``RagPipeline.sources_of`` and ``messages``, from the config's settings). Ten questions over five ingested
+   documents (benchmarks/data/rag_corpus.json), the arms alternated request by request (which one goes first
+   flips every round), so all see the same drift of a shared machine. Every answer is ``--max-tokens`` long
+   (``ignore_eos``; /v1/rag's benchmark options), so end to end compares equal work. Client clock: time to the
+   first answer token and end to end; the engine's prompt and answer tokens of each arm (``usage``).
 2. Search speed: ``POST /v1/search`` through the app against the same search in-process (the app's embedder
    and Qdrant Edge store in this process, the same chunks), one query at a time.
 
@@ -52,11 +56,21 @@ def default_prompts() -> dict:
     return PromptSettings().model_dump()
 
 
+def app_pipeline(config: str):
+    """A RagPipeline over the rag and prompt settings of ``config``'s app, for its prompt methods only."""
+    from serve_app.config import load_serve_config
+    from serve_app.rag.pipeline import RagPipeline
+
+    _, apps = load_serve_config(str(ROOT / config) if not Path(config).is_absolute() else config)
+    settings = next(iter(apps.values()))
+    return RagPipeline(None, None, settings.rag, settings.prompts)  # type: ignore[arg-type]  # prompt methods only
+
+
 # ------------------------------------------------------------------------------------- the two pipelines
 
 
 async def rag_once(c: httpx.AsyncClient, question: str, top_k: int, max_tokens: int, mode: str | None) -> dict:
-    body = {"question": question, "stream": True, "max_tokens": max_tokens, "top_k": top_k}
+    body = {"question": question, "stream": True, "max_tokens": max_tokens, "top_k": top_k, "ignore_eos": True}
     if mode:
         body["mode"] = mode
     t0 = time.perf_counter()
@@ -75,24 +89,44 @@ async def rag_once(c: httpx.AsyncClient, question: str, top_k: int, max_tokens: 
                 done = event
             elif "error" in event:
                 return {"ok": False, "error": event["error"]}
+    usage = (done or {}).get("usage") or {}
     return {"ok": True, "e2e_ms": (time.perf_counter() - t0) * 1000, "ttft_ms": ttft, "tokens": tokens,
-            "degraded": bool(done and done.get("degraded"))}
+            "degraded": bool(done and done.get("degraded")), "prompt_tokens": usage.get("prompt_tokens"),
+            "completion_tokens": usage.get("completion_tokens"),
+            "server_ttft_ms": ((done or {}).get("timings") or {}).get("ttft_ms")}
+
+
+def whole_hits_prompt(question: str, hits: list[dict], prompts: dict) -> list[dict[str, str]]:
+    """The quick pipeline's prompt: every hit pasted whole, in score order."""
+    sources = "\n".join(f"[{i}] {h['text']}" for i, h in enumerate(hits, 1))
+    return [{"role": "system", "content": prompts["rag_answer_system"]},
+            {"role": "user", "content": f"Sources:\n{sources}\n\nQuestion: {question}\nAnswer (cite sources "
+                                        "like [1]):"}]
+
+
+def budgeted_prompt(pipeline) -> Callable[[str, list[dict], dict], list[dict[str, str]]]:
+    """The careful pipeline's prompt: the app's own source merging, budget and format (``pipeline`` is a
+    RagPipeline over the config's rag and prompt settings; only its pure prompt methods are used)."""
+    from serve_app.protocol.retrieval import SearchHit
+
+    def prompt(question: str, hits: list[dict], _prompts: dict) -> list[dict[str, str]]:
+        return pipeline.messages(question, pipeline.sources_of([SearchHit.model_validate(h) for h in hits]))
+
+    return prompt
 
 
 async def plain_once(c: httpx.AsyncClient, question: str, top_k: int, max_tokens: int, prompts: dict,
-                     model: str) -> dict:
-    """What a user writes: search, put the hits in the prompt, stream the chat answer."""
+                     model: str, build=whole_hits_prompt) -> dict:
+    """What a user writes: search, put the hits in the prompt (``build``), stream the chat answer."""
     t0 = time.perf_counter()
     r = await c.post("/v1/search", json={"query": question, "top_k": top_k})
     if r.status_code != 200:
         return {"ok": False, "status": r.status_code}
-    hits = r.json()["results"]
-    sources = "\n".join(f"[{i}] {h['text']}" for i, h in enumerate(hits, 1))
-    messages = [{"role": "system", "content": prompts["rag_answer_system"]},
-                {"role": "user", "content": f"Sources:\n{sources}\n\nQuestion: {question}\nAnswer (cite sources "
-                                            "like [1]):"}]
-    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    messages = build(question, r.json()["results"], prompts)
+    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "ignore_eos": True, "stream_options": {"include_usage": True}}
     ttft, tokens = None, 0
+    usage: dict[str, Any] = {}
     async with c.stream("POST", "/v1/chat/completions", json=body) as r:
         if r.status_code != 200:
             return {"ok": False, "status": r.status_code}
@@ -100,12 +134,19 @@ async def plain_once(c: httpx.AsyncClient, question: str, top_k: int, max_tokens
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             event = json.loads(line[6:])
+            usage = event.get("usage") or usage
             for choice in event.get("choices") or ():
                 if (choice.get("delta") or {}).get("content"):
                     tokens += 1
                     ttft = ttft if ttft is not None else (time.perf_counter() - t0) * 1000
     return {"ok": True, "e2e_ms": (time.perf_counter() - t0) * 1000, "ttft_ms": ttft, "tokens": tokens,
-            "degraded": False}
+            "degraded": False, "prompt_tokens": usage.get("prompt_tokens"),
+            "completion_tokens": usage.get("completion_tokens"), "server_ttft_ms": None}
+
+
+def _mean(xs: list[Any]) -> float | None:
+    values = [x for x in xs if x is not None]
+    return float(np.mean(values)) if values else None
 
 
 def summary(rows: list[dict]) -> dict:
@@ -120,6 +161,9 @@ def summary(rows: list[dict]) -> dict:
         "e2e_p50_ms": pct([r["e2e_ms"] for r in ok], 50),
         "e2e_p90_ms": pct([r["e2e_ms"] for r in ok], 90),
         "tokens_mean": float(np.mean([r["tokens"] for r in ok])) if ok else None,
+        "prompt_tokens_mean": _mean([r.get("prompt_tokens") for r in ok]),
+        "completion_tokens_mean": _mean([r.get("completion_tokens") for r in ok]),
+        "server_ttft_p50_ms": pct([r["server_ttft_ms"] for r in ok if r.get("server_ttft_ms") is not None], 50),
         # Answers differ in length between the arms (different prompts): the time per token after the first
         # compares the decode itself.
         "decode_ms_per_token_p50": pct([(r["e2e_ms"] - r["ttft_ms"]) / (r["tokens"] - 1) for r in ok
@@ -128,12 +172,14 @@ def summary(rows: list[dict]) -> dict:
 
 
 async def side_by_side(url: str, questions: list[str], rounds: int, top_k: int, max_tokens: int,
-                       concurrency: int, modes: list[str | None]) -> dict:
+                       concurrency: int, modes: list[str | None], config: str = "configs/dev-cpu.yaml") -> dict:
     prompts = default_prompts()
+    careful = budgeted_prompt(app_pipeline(config))
     async with httpx.AsyncClient(base_url=url, timeout=300) as c:
         model = (await c.get("/v1/models")).json()["data"][0]["id"]
         arms: dict[str, Callable[[str], Awaitable[dict]]] = {
-            "plain": lambda q: plain_once(c, q, top_k, max_tokens, prompts, model)}
+            "plain": lambda q: plain_once(c, q, top_k, max_tokens, prompts, model),
+            "plain_budgeted": lambda q: plain_once(c, q, top_k, max_tokens, prompts, model, careful)}
         for mode in modes:
             arms[f"rag_{mode or 'default'}"] = functools.partial(rag_once, c, top_k=top_k, max_tokens=max_tokens,
                                                                  mode=mode)
@@ -159,10 +205,10 @@ async def side_by_side(url: str, questions: list[str], rounds: int, top_k: int, 
         else:
             await asyncio.gather(*(run(n, q) for n, q in jobs))
     out = {n: summary(r) for n, r in rows.items()}
-    base = out["plain"]
-    for n in names[1:]:
-        out[n]["ttft_p50_over_plain"] = out[n]["ttft_p50_ms"] / base["ttft_p50_ms"]
-        out[n]["e2e_p50_over_plain"] = out[n]["e2e_p50_ms"] / base["e2e_p50_ms"]
+    for n in names[2:]:  # the RAG arms, over each pipeline
+        for base in ("plain", "plain_budgeted"):
+            out[n][f"ttft_p50_over_{base}"] = out[n]["ttft_p50_ms"] / out[base]["ttft_p50_ms"]
+            out[n][f"e2e_p50_over_{base}"] = out[n]["e2e_p50_ms"] / out[base]["e2e_p50_ms"]
     return {"model": model, "concurrency": concurrency, "rounds": rounds, "questions": len(questions),
             "top_k": top_k, "max_tokens": max_tokens, "arms": out}
 
@@ -225,7 +271,7 @@ def run(url: str, args) -> dict:
     result: dict[str, Any] = {"command": "python -m benchmarks.rag " + " ".join(args.argv), "rag": []}
     for conc in [] if args.skip_rag else args.concurrency:
         r = asyncio.run(side_by_side(url, corpus["questions"], args.rounds, args.top_k, args.max_tokens, conc,
-                                     args.modes))
+                                     args.modes, args.config))
         print(json.dumps(r, indent=1))
         result["rag"].append(r)
     if not args.skip_search:

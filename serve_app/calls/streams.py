@@ -17,7 +17,7 @@ from typing import Any
 
 from serve_app.config.settings import IngressSettings
 from serve_app.errors import UpstreamTimeout
-from serve_app.protocol.stream import DONE, KEEPALIVE, error_event, sse
+from serve_app.protocol.stream import DONE, KEEPALIVE, error_event, is_done, sse
 
 # For callers without settings at hand: the setting's default.
 IDLE_TIMEOUT_S: float = IngressSettings.model_fields["stream_idle_timeout_s"].default
@@ -43,7 +43,7 @@ async def relay_stream(gen, idle_timeout_s: float = IDLE_TIMEOUT_S) -> AsyncGene
             except TimeoutError:
                 gen.cancel()  # the replica stops before the error event goes out
                 raise _idle(idle_timeout_s) from None
-            if line == DONE:  # the terminator as vLLM and the engine write it
+            if is_done(line):
                 done = True
             yield line
     except asyncio.CancelledError:

@@ -234,11 +234,12 @@ def register(sub) -> None:
     run.add_argument("--port", type=int, help="override http_options.port")
     run.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance")
     run.add_argument("--dashboard", action="store_true", help="start Ray's dashboard with the local Ray")
-    run.add_argument("--isolate-engine-cpus", action="store_true",
-                     default=os.environ.get("SERVE_APP_ISOLATE_ENGINE_CPUS", "0") not in ("", "0"),
-                     help="CPU build: start the local Ray instance on the cores vLLM leaves free, off the engine "
-                     "worker's (more throughput, slower replica starts on small machines; also "
-                     "$SERVE_APP_ISOLATE_ENGINE_CPUS=1)")
+    run.add_argument("--isolate-engine-cpus", action=argparse.BooleanOptionalAction,
+                     default=os.environ.get("SERVE_APP_ISOLATE_ENGINE_CPUS", "1") not in ("", "0"),
+                     help="CPU build, one model: start the local Ray instance on the cores vLLM leaves free, off the "
+                     "engine worker's, so the app's processes never preempt it (on by default; "
+                     "--no-isolate-engine-cpus or $SERVE_APP_ISOLATE_ENGINE_CPUS=0 turns it off: more cores for "
+                     "replica starts and rollbacks, less chat throughput)")
     run.add_argument("--logs-dir", default=None, help="folder of the Serve components' log files (JSON lines with "
                      "the config's logging_config; default: Ray's session folder, logs/serve)")
     run.add_argument("--metrics-port", type=int, default=None, help="port of the local Ray's metrics endpoint "

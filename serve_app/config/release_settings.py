@@ -24,9 +24,6 @@ class CanarySettings(_Strict):
                                       "multiple of the current release's (streamed requests)...")
     ttft_slack_ms: float = Field(default=250.0, ge=0, le=600_000, description="...or this much above it, whichever is "
                                  "larger (small p99s on a busy CPU vary by more than any ratio).")
-    report_period_s: float = Field(default=2.0, gt=0, le=60, description="How often each Ingress replica sends both "
-                                   "sides' counts to the release controller while a canary is out (a verdict can "
-                                   "come no sooner).")
 
 
 class ReleaseSettings(_Strict):
@@ -41,6 +38,9 @@ class ReleaseSettings(_Strict):
                                  "count as a failed release (one may be a transient hiccup).")
     startup_failures: int = Field(default=1, ge=1, le=100, description="Replicas of the new release that may fail to "
                                   "start before it is rolled back (Serve itself retries much longer).")
+    canary_report_period_s: float = Field(
+        default=2.0, gt=0, le=60, description="How often each Ingress replica sends both sides' counts to the release "
+        "controller while a canary is out (a verdict can come no sooner). The running config's: not a canary's own.")
     canary: CanarySettings = Field(default_factory=CanarySettings, description="Canary share, window and the "
                                    "bounds it is judged by.")
     audit_max_rows: int = Field(default=100_000, ge=100, le=100_000_000, description="Admin audit records kept (the "

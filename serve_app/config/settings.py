@@ -27,7 +27,7 @@ from serve_app.config.names import (
     llm_deployment_name,
 )
 from serve_app.config.prompts import PromptSettings
-from serve_app.config.release_settings import CanarySettings, ReleaseSettings  # noqa: F401
+from serve_app.config.release_settings import CanarySettings, ReleaseSettings  # noqa: F401 - re-exported
 
 
 class RetrySettings(_Strict):

@@ -114,7 +114,8 @@ def authorized(action: str | Callable[..., str]) -> Any:
 
     ``action`` says what the route does: a string, or a function of the route's own parameters (the same names
     and types as the route's: FastAPI fills both from the one request). Those parameters are validated before
-    the call is recorded, so a request the route refuses as invalid (400) is not audited as allowed."""
+    the call is recorded, so a request the route refuses as invalid (400) is not audited as allowed; a deploy's
+    body (JSON or YAML) is the exception: the route reads it after the call is recorded."""
     describe = action if callable(action) else lambda: action
 
     async def dependency(request: Request, what: str = Depends(describe)) -> Any:

@@ -20,7 +20,7 @@ from serve_app.ingress.context import IngressContext
 from serve_app.observability.genai import llm_call, record_response
 from serve_app.observability.metrics import metric
 from serve_app.observability.tracing import tracer
-from serve_app.protocol.stream import DONE, ErrorEvent, OutcomeChunk
+from serve_app.protocol.stream import ErrorEvent, OutcomeChunk, is_done
 
 
 class Outcome(Protocol):
@@ -70,7 +70,7 @@ async def _observed(lines: AsyncIterator[str], tags: dict[str, str], record: Out
                 chunk = line.body
                 ending.update(id=chunk.get("id"), model=chunk.get("model"), usage=chunk.get("usage"))
                 ending["choices"] += [c for c in chunk.get("choices") or () if c.get("finish_reason")]
-            elif line == DONE and not done:
+            elif not done and is_done(line):
                 ok, done = True, True
             yield line
     finally:

@@ -38,7 +38,7 @@ class ModelRouting:
             self.rag_model = settings.served_model(settings.rag.model).model.name
             self.agent_model = settings.served_model(settings.agent.model).model.name
         # Per model: once none of its replicas has answered the health monitor for a while, its requests get
-        # 503 at once (fed by the monitor: serve_app/ingress/health.py).
+        # 503 at once (fed by the health monitor: serve_app/ingress/context.py, health_monitor).
         self.availability = {name: Availability(settings.ingress.llm_fail_fast_s) for name in self.models}
 
     def set_adapters(self, by_model: dict[str, dict[str, str]] | None) -> None:

@@ -41,11 +41,13 @@ class LLMEngine(abc.ABC):
 
     @abc.abstractmethod
     async def chat(self, request: Any) -> EngineResult:
-        """Run a ChatCompletionRequest. Raises EngineError for an error the engine reports."""
+        """Run a ChatCompletionRequest. Raises EngineError for an error the engine reports before answering.
+        A stream types the lines the ingress reads its outcome from (serve_app/protocol/stream.py): an error
+        event is an ``ErrorEvent``, a chunk that ends a choice or carries the usage an ``OutcomeChunk``."""
 
     @abc.abstractmethod
     async def completion(self, request: Any) -> EngineResult:
-        """Run a CompletionRequest. Raises EngineError for an error the engine reports."""
+        """Run a CompletionRequest; as ``chat``."""
 
     @abc.abstractmethod
     async def models(self) -> dict[str, Any]: ...

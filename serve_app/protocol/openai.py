@@ -19,7 +19,7 @@ from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionReque
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest as _VllmCompletion
 
 # /tokenize and /detokenize take vLLM's own request models as they are (the first is a union: a prompt or messages).
-from vllm.entrypoints.serve.tokenize.protocol import DetokenizeRequest, TokenizeRequest  # noqa: F401
+from vllm.entrypoints.serve.tokenize.protocol import DetokenizeRequest, TokenizeRequest  # noqa: F401 - re-exported
 
 # Fields that vLLM's validators read as objects (mappings) when present.
 _OBJECT_FIELDS = ("structured_outputs", "stream_options", "response_format")

@@ -88,7 +88,8 @@ class Releases:
                              config=config, changed=["everything"], status="good")
             logger.info("release controller: recorded the running application as release 1")
         first = self.history.last_good()
-        assert first is not None  # recorded just above if there was none
+        if first is None:  # recorded just above if there was none
+            raise RuntimeError("the release history has no good release")
         self.state = ReleaseState(serving=first["n"])
         self.rollout = Rollout(app_name, gateway, history, self.state, clock, sleep)
         self.canary_rollout = CanaryRollout(self.rollout)
@@ -218,7 +219,8 @@ class Releases:
         against: tuple[dict[str, Any], CanarySettings] | None = None  # a canary's current release and settings
         if canary is not None:
             cs = canary_settings(canary, new_settings, current["config"] if current else None, self.app)
-            assert current is not None  # canary_settings refuses a canary without a current release
+            if current is None:  # canary_settings refuses a canary without a current release
+                raise RuntimeError("a canary needs a current release")
             against, kind = (current, cs), "canary"
         n = await asyncio.to_thread(self.history.add, actor=actor, kind=kind, note=note, config=full, changed=what,
                                     status="deploying")

@@ -105,7 +105,7 @@ class Rollout:
                 await self.wait_ready(started, prev_settings)
                 self.history.finish(back, "good", f"release {previous['n']} serving again {self.clock() - t1:.1f}s "
                                     f"after the rollback started ({self.clock() - t0:.1f}s after the deploy)")
-            except Exception as exc2:  # noqa: BLE001
+            except Exception as exc2:  # noqa: BLE001 - any failure of the rollback is recorded as its outcome
                 self.history.finish(back, "failed", f"rollback failed: {exc2}")
         finally:
             self.state.deploying = None

@@ -71,12 +71,13 @@ def _context(api_keys=None, admin_digest=None, controller=None) -> IngressContex
                                 controller_lookup=lambda: controller)
 
 
-def _app(keys):
+def _app(keys, admin_digest=None):
     app = FastAPI()
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(AuthMiddleware)
     install_error_handlers(app)
-    app.state.context = _context(keys)
+    audited = SimpleNamespace(audit=Method(lambda *record: None))
+    app.state.context = _context(keys, admin_digest, audited)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
@@ -125,6 +126,16 @@ def test_every_route_but_health_needs_a_known_key_and_limits_apply():
     assert r.status_code == 429 and "requests per minute" in r.json()["error"]["message"]
     assert int(r.headers["retry-after"]) >= 1 and r.headers["x-ratelimit-remaining-requests"] == "0"
     assert "x-ratelimit-limit-requests" not in c.get("/healthz").headers  # no key, no limits to state
+
+
+def test_the_admin_key_opens_the_admin_routes_without_being_an_api_key():
+    """/admin/* is not under the public API's key check: with API keys on, the admin key (no API key) passes
+    and an API key without the admin scope does not."""
+    alice = KeyEntry(name="alice", sha256=digest("sk-alice"))
+    c = TestClient(_app({alice.sha256: alice}, admin_digest=digest("s3cret")))
+    assert c.get("/admin/status", headers={"Authorization": "Bearer s3cret"}).json() == {"admin": True}
+    assert c.get("/admin/status", headers={"Authorization": "Bearer sk-alice"}).status_code == 401
+    assert c.post("/v1/chat/completions", json={}, headers={"Authorization": "Bearer s3cret"}).status_code == 401
 
 
 def test_without_keys_nothing_is_required():

@@ -1,12 +1,11 @@
-"""Every vector-store backend behaves the same: same data gives the same exact top-k ids and scores, the
-same filters, replacement without duplicates or leftovers, deletion, and data that survives reopening. And
-the same layout: a document's metadata is stored once, in its record, never in its chunks' payloads; hits
-and reads get it from the record; a filter is resolved against the records (bounded), then the chunks are
-searched; replacing or deleting a document keeps its record consistent. Keyword (BM25) and hybrid (RRF of a
-dense and a keyword prefetch, in one query) searches rank alike on every backend, filters restrict both
-prefetches, and a keyword query of stop words alone is refused (400, param "query").
-The remote backend shares its code with 'local' (both are qdrant-client); a Qdrant server is never
-mocked: set SERVE_APP_TEST_QDRANT_URL to a server to run these tests on it too."""
+"""Every vector-store backend behaves the same: same data gives the same exact top-k ids and scores, the same filters,
+replacement without duplicates or leftovers, deletion, and data that survives reopening. And the same layout: a
+document's metadata is stored once, in its record, never in its chunks' payloads; hits and reads get it from the
+record; a filter is resolved against the records (bounded), then the chunks are searched; replacing or deleting a
+document keeps its record consistent. Keyword (BM25) and hybrid (RRF of a dense and a keyword prefetch, in one
+query) searches rank alike on every backend, filters restrict both prefetches, and a keyword query of stop words
+alone is refused (400, param "query"). The remote backend shares its code with 'local' (both are qdrant-client); a
+Qdrant server is never mocked: set SERVE_APP_TEST_QDRANT_URL to a server to run these tests on it too."""
 
 import os
 import uuid
@@ -230,9 +229,8 @@ KW_TEXTS = {
 
 
 def _kw_data():
-    rng = np.random.default_rng(7)
     chunks = [StoredChunk(chunk_id(d, p), d, p, t) for d, texts in KW_TEXTS.items() for p, t in enumerate(texts)]
-    vecs = rng.normal(size=(len(chunks), DIM))
+    vecs = np.random.default_rng(7).normal(size=(len(chunks), DIM))
     return chunks, (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -242,8 +240,7 @@ def _kw_meta(d):
 
 @pytest.fixture(params=KINDS)
 def kw_store(request, tmp_path):
-    s = _open(request.param, tmp_path)
-    _kw_load(s)
+    _kw_load(s := _open(request.param, tmp_path))
     yield s
     _drop(s)
 
@@ -358,7 +355,6 @@ def test_filters_restrict_keyword_and_hybrid(kw_store):
     # "zeppelin" is only in kw1 (odd): nothing among the even documents.
     assert _keyword(kw_store, "zeppelin", filter=even) == []
     hits = _keyword(kw_store, "harbour", filter=even)
-
     def keep(c):
         return _kw_meta(c.document_id) == even
 
