@@ -217,10 +217,14 @@ async def side_by_side(url: str, questions: list[str], rounds: int, top_k: int, 
 
 
 def search_speed(url: str, corpus: dict, queries: list[str], repeats: int, top_k: int) -> dict:
-    """/v1/search through the app against the same embedder and store in this process."""
+    """/v1/search through the app against the same search in this process: the same embedder and store, the
+    app's default search mode (``vector.search_mode``: hybrid, dense and BM25 fused over the same number of
+    candidates), one torch thread for the query as the VectorStore replica has."""
+    import torch
     import yaml
     from transformers import AutoTokenizer
 
+    from serve_app.config.settings import VectorSettings
     from serve_app.vector.chunker import chunk_text
     from serve_app.vector.edge_store import QdrantEdgeStore
     from serve_app.vector.embedder import Embedder, resolve_embedder
@@ -229,11 +233,14 @@ def search_speed(url: str, corpus: dict, queries: list[str], repeats: int, top_k
 
     args = yaml.safe_load((ROOT / "configs/dev-cpu.yaml").read_text())["applications"][0]["args"]
     v = args["vector"]
+    settings = VectorSettings.model_validate(v)
+    mode, candidates = settings.search_mode, max(top_k, settings.hybrid_candidates)
+    torch.set_num_threads(1)
     embedder = Embedder("default")
     tokenizer = AutoTokenizer.from_pretrained(resolve_embedder("default"))
     keywords = KeywordEncoder()
     with tempfile.TemporaryDirectory() as tmp:
-        store = QdrantEdgeStore(Path(tmp) / "documents", embedder.dim)
+        store = QdrantEdgeStore(Path(tmp) / "documents", embedder.dim, hnsw_ef=settings.hnsw_ef, keywords=keywords)
         try:
             for d in corpus["documents"]:
                 chunks = chunk_text(d["id"], d["text"], tokenizer, v["chunk_tokens"], v["chunk_overlap"])
@@ -242,13 +249,18 @@ def search_speed(url: str, corpus: dict, queries: list[str], repeats: int, top_k
                 store.replace_document(d["id"], stored, embedder.encode(texts), {}, keywords.documents(texts))
             local, app = [], []
             with httpx.Client(base_url=url, timeout=60) as c:
+                def search(q: str) -> None:  # what the VectorStore deployment does for a query
+                    vec = embedder.encode([q])[0] if mode != "keyword" else None
+                    sparse = keywords.query(q) if mode != "dense" else None
+                    store.search(vec, top_k, None, None, mode=mode, sparse=sparse, candidates=candidates)
+
                 for q in queries:  # warm-up of both
-                    store.search(embedder.encode([q])[0], top_k)
+                    search(q)
                     c.post("/v1/search", json={"query": q, "top_k": top_k}).raise_for_status()
                 for _ in range(repeats):
                     for q in queries:
                         t0 = time.perf_counter()
-                        store.search(embedder.encode([q])[0], top_k)
+                        search(q)
                         local.append((time.perf_counter() - t0) * 1000)
                         t0 = time.perf_counter()
                         c.post("/v1/search", json={"query": q, "top_k": top_k}).raise_for_status()
@@ -256,7 +268,7 @@ def search_speed(url: str, corpus: dict, queries: list[str], repeats: int, top_k
         finally:
             store.close()
     app_p50, local_p50 = pct(app, 50), pct(local, 50)
-    return {"queries": len(local), "inprocess_p50_ms": local_p50, "inprocess_p90_ms": pct(local, 90),
+    return {"queries": len(local), "mode": mode, "inprocess_p50_ms": local_p50, "inprocess_p90_ms": pct(local, 90),
             "app_p50_ms": app_p50, "app_p90_ms": pct(app, 90),
             "app_p50_over_inprocess": app_p50 / local_p50 if app_p50 is not None and local_p50 else None}
 

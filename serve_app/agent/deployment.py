@@ -18,8 +18,9 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.agent.calculator import calculate
 from serve_app.agent.loop import AgentLoop, ToolResult
 from serve_app.agent.tools import REGISTRY
-from serve_app.calls.handles import call
-from serve_app.config.parts import code_actor_options, deployment_settings
+from serve_app.calls.handles import call, handle_of
+from serve_app.config.components import AgentAppSettings
+from serve_app.config.names import AGENT, VECTOR_STORE
 from serve_app.errors import NotFound
 from serve_app.llm.client import LLMClient
 from serve_app.observability.metrics import metric
@@ -67,14 +68,14 @@ class Tools:
         return {n: getattr(self, n) for n in names if n != "final_answer"}
 
 
-@serve.deployment(name="Agent", max_ongoing_requests=32, ray_actor_options=code_actor_options("Agent"))
+@serve.deployment(name=AGENT, max_ongoing_requests=32, ray_actor_options={"num_cpus": 0})
 class AgentServer:
-    def __init__(self, settings: dict[str, Any] | None, llms: dict[str, DeploymentHandle],
-                 vector: DeploymentHandle | None = None):
-        """``llms``: every LLM deployment's handle, by deployment name; the agent calls its model's."""
-        s = deployment_settings(settings, "Agent")
-        self.settings = s
-        client = LLMClient(llms[s.llm_deployment], s.model.name, s.ingress)
+    def __init__(self, settings: dict[str, Any]):
+        """``settings``: its application's args (``AgentAppSettings``), which name the applications of its
+        model and of retrieval; it reaches them by handle."""
+        s = self.settings = AgentAppSettings.model_validate(settings)
+        client = LLMClient(handle_of(s.llm_deployment, s.llm_app), s.model.name, s.ingress)
+        vector = handle_of(VECTOR_STORE, s.retrieval_app) if s.retrieval_app else None
         tools = Tools(vector, s.agent.observation_chars, s.agent.tool_timeout_s).bound(s.agent.tools)
         self.loop = AgentLoop(client, tools, s.agent, s.prompts)
 

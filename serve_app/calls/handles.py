@@ -41,6 +41,16 @@ def replica_policy(s: RetrySettings) -> RetryPolicy:
 DEFAULT_TIMEOUT_S: float = IngressSettings.model_fields["request_timeout_s"].default
 
 
+def handle_of(deployment: str, app: str):
+    """A handle to ``deployment`` of the application ``app`` (another component's: serve_app/config/apps.py),
+    made without asking Serve's controller whether it exists yet: Serve builds the applications of a config
+    concurrently, and a lookup that checks raises while the other one is still being built. Calls through it
+    wait for a replica like any handle's, bounded by each call's own deadline."""
+    from ray import serve
+
+    return serve.get_deployment_handle(deployment, app, _check_exists=False)
+
+
 async def call(handle, method: str, *args, timeout_s: float = DEFAULT_TIMEOUT_S, **kwargs) -> Any:
     """``handle.method.remote(*args, **kwargs)`` awaited; past ``timeout_s`` the call is cancelled and
     UpstreamTimeout raised."""

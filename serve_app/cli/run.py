@@ -155,11 +155,16 @@ def cmd_run(ns: argparse.Namespace) -> int:
             controller_options=schema.controller_options,
             global_tracing_config=schema.tracing_config,
         )
-        # Split per deployment (config/parts.py): a later release restarts only what it changes.
-        from serve_app.config.parts import split_schema
+        # The config the app starts from is its release history's first release (or the next one, if the
+        # history holds an earlier run's): recorded before Serve gets it, so the release controller, which
+        # the ingress finds once it runs, never has to guess what runs.
+        _record_start(schema)
+        # One Serve application per component (config/apps.py): a later release rebuilds only those it changes.
+        from serve_app.config.apps import expand_schema
 
-        client.deploy_apps(split_schema(schema), _blocking=False)
-        names = [a.name for a in schema.applications]
+        expanded = expand_schema(schema)
+        client.deploy_apps(expanded, _blocking=False)
+        names = [a.name for a in expanded.applications]
         if not _wait_running(names, ns.start_timeout, stop):
             if stop.is_set():
                 return 0  # asked to stop while starting: a clean shutdown
@@ -183,6 +188,40 @@ def cmd_run(ns: argparse.Namespace) -> int:
         finally:
             ray.shutdown()
             say("stopped")
+
+
+def _record_start(schema) -> None:
+    """Record the plain config as a good release with the cluster's release controller (created here if it
+    does not run yet: serve_app/release/controller.py)."""
+    import ray
+
+    from serve_app.config.loader import APP_IMPORT_PATH
+    from serve_app.release.controller import get_controller
+
+    plain = schema.model_dump(mode="json", exclude_unset=True)
+    app = next(a["name"] for a in plain["applications"] if a.get("import_path") == APP_IMPORT_PATH)
+    n = ray.get(get_controller(app).started_from.remote(plain))
+    say(f"release {n}: the config this run started from")
+
+
+def cmd_expand(ns: argparse.Namespace) -> int:
+    import yaml
+
+    from serve_app.config.apps import expand
+    from serve_app.config.loader import ConfigError, load_serve_config
+
+    try:
+        schema, _ = load_serve_config(ns.config)
+        text = yaml.safe_dump(expand(schema.model_dump(mode="json", exclude_unset=True)), sort_keys=False)
+    except ConfigError as exc:
+        say(str(exc))
+        return 2
+    if ns.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(ns.output).write_text(text)
+        say(f"wrote {ns.output}")
+    return 0
 
 
 def cmd_prepare_model(ns: argparse.Namespace) -> int:
@@ -258,6 +297,13 @@ def register(sub) -> None:
     check = sub.add_parser("check-config", help=h, description=h)
     check.add_argument("config", help="Serve config file")
     check.set_defaults(func=cmd_check_config)
+
+    h = ("write the Serve config a config file runs as: one application per component (what `serve deploy` "
+         "takes; `serve-app run` and releases expand it themselves)")
+    ex = sub.add_parser("expand", help=h, description=h)
+    ex.add_argument("config", help="Serve config file (validated first)")
+    ex.add_argument("--output", "-o", default="-", help="file to write (default: stdout)")
+    ex.set_defaults(func=cmd_expand)
 
     h = "write a KubeRay RayService manifest whose serveConfigV2 is a Serve config file"
     kr = sub.add_parser("kuberay", help=h, description=h)

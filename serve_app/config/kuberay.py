@@ -1,7 +1,10 @@
-"""A KubeRay ``RayService`` manifest whose ``serveConfigV2`` is the app's own Serve config file.
+"""A KubeRay ``RayService`` manifest whose ``serveConfigV2`` is the app's own Serve config file, expanded.
 
-The Serve config is validated exactly as ``serve-app check-config`` validates it and embedded unchanged
-(as YAML text, which is what KubeRay expects), so the cluster runs the same release the file describes.
+The Serve config is validated exactly as ``serve-app check-config`` validates it and embedded expanded into
+one Serve application per component (serve_app/config/apps.py; as YAML text, which is what KubeRay expects),
+so the cluster runs the same release the file describes, with the same per-component versions. KubeRay
+applies ``serveConfigV2`` itself: the release controller's history starts with the first release submitted
+to the admin API (the plain file: ``serve-app deploy``).
 The Ray cluster around it: a CPU head that runs no replicas (``num-cpus: 0``) and one autoscaled worker
 group with a GPU each for the LLM replicas; the admin key comes from a Kubernetes secret.
 """
@@ -13,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from serve_app.config.apps import expand
 from serve_app.config.loader import load_serve_config
 
 
@@ -20,8 +24,8 @@ def rayservice(config_path: str | Path, *, name: str = "serve-app", image: str, 
                workers: tuple[int, int, int] = (1, 1, 8), gpus_per_worker: int = 1,
                admin_secret: str = "serve-app-admin") -> dict[str, Any]:
     """The manifest as a dict. ``workers`` is (replicas, min, max) of the GPU worker group."""
-    load_serve_config(config_path)  # refuse an invalid config before writing anything
-    serve_config = yaml.safe_load(Path(config_path).read_text())
+    schema, _ = load_serve_config(config_path)  # refuse an invalid config before writing anything
+    serve_config = expand(schema.model_dump(mode="json", exclude_unset=True))
     env = [{"name": "SERVE_APP_ADMIN_KEY",
             "valueFrom": {"secretKeyRef": {"name": admin_secret, "key": "admin-key", "optional": True}}}]
 

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from serve_app.config.names import AGENT, EMBEDDER, INGRESS, LLM_DEPLOYMENT, VECTOR_STORE
+from serve_app.config.components import LLMAppSettings
+from serve_app.config.names import AGENT, EMBEDDER, INGRESS, VECTOR_STORE
 from serve_app.config.secrets import check_secrets
 from serve_app.config.settings import AppSettings
 
+# What a config file names: the plain application, expanded into one Serve application per component
+# (serve_app/config/apps.py), each built by its own builder.
 APP_IMPORT_PATH = "serve_app.app:build_app"
-# The LLM deployment alone: a canary's application (deployed by the release controller).
-LLM_IMPORT_PATH = "serve_app.app:build_llm"
+INGRESS_IMPORT_PATH = "serve_app.app:build_ingress"
+LLM_IMPORT_PATH = "serve_app.app:build_llm"  # one per served model, and a canary's
+RETRIEVAL_IMPORT_PATH = "serve_app.app:build_retrieval"
+AGENT_IMPORT_PATH = "serve_app.app:build_agent"
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class ConfigError(ValueError):
@@ -37,6 +45,14 @@ def _describe(exc: ValidationError, prefix: str) -> str:
 def validate_app_args(args: dict[str, Any] | None, where: str = "args") -> AppSettings:
     try:
         return AppSettings.model_validate(args or {})
+    except ValidationError as exc:
+        raise ConfigError(f"invalid config: {_describe(exc, where)}") from None
+
+
+def validate_component_args(kind: type[M], args: dict[str, Any] | None, where: str = "args") -> M:
+    """One component application's args (serve_app/config/components.py) as its builder reads them."""
+    try:
+        return kind.model_validate(args or {})
     except ValidationError as exc:
         raise ConfigError(f"invalid config: {_describe(exc, where)}") from None
 
@@ -121,15 +137,15 @@ def validate_serve_config(raw: Any, where: str = "config"):
             settings[app.name] = s = validate_app_args(app.args, f"applications[{i}].args")
             _check_deployment_names(s, app.deployments, i)
             _check_single_writer(s, app.deployments, i)
-        elif app.import_path == LLM_IMPORT_PATH:
-            s = validate_app_args(app.args, f"applications[{i}].args")
-            if not s.model.enabled:
+        elif app.import_path == LLM_IMPORT_PATH:  # a canary's LLM, next to its plain application
+            llm = validate_component_args(LLMAppSettings, app.args, f"applications[{i}].args")
+            if not llm.model.enabled:
                 raise ConfigError(f"invalid config: applications[{i}].args.model.enabled: {LLM_IMPORT_PATH} serves "
                                   "the model, it cannot be disabled")
             for j, d in enumerate(app.deployments or ()):
-                if d.name != LLM_DEPLOYMENT:
+                if d.name != llm.deployment:
                     raise ConfigError(f"invalid config: applications[{i}].deployments[{j}]: {LLM_IMPORT_PATH} has "
-                                      f"only the deployment 'LLMServer', not {d.name!r}")
+                                      f"only the deployment {llm.deployment!r}, not {d.name!r}")
     if not settings:
         raise ConfigError(f"{where} has no application with import_path {APP_IMPORT_PATH}")
     return schema, settings

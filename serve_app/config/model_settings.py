@@ -1,5 +1,5 @@
 """Settings of one served model: which model, its vLLM engine's arguments, and its LoRA adapters (what its LLM
-deployment reads; serve_app/config/parts.py)."""
+deployment reads; serve_app/config/apps.py)."""
 
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ class EngineSettings(_Strict):
 class LoraSettings(_Strict):
     """LoRA adapters of one model. Setting this section turns LoRA on in the model's engine (an engine restart);
     its ``adapters`` change at run time without one (POST/DELETE /admin/adapters, or a release that changes only
-    them: serve_app/config/parts.py hands them to the replicas as ``user_config``). Left out, LoRA stays off, as
+    them: serve_app/config/apps.py hands them to the replicas as ``user_config``). Left out, LoRA stays off, as
     it costs every request of the model something (on CPU it also turns torch.compile off)."""
 
     root: Path | None = Field(

@@ -1,7 +1,8 @@
 """The Ingress deployment: the public HTTP API. It holds no routes of its own (they are one router per resource
 in serve_app/ingress/routes); its constructor builds what the routes and the middleware work with, from its
-part of the settings and the handles of the other deployments, and ``reconfigure`` applies what the release
-controller changes without a restart (the release number, a canary's traffic split).
+part of the settings and the handles of the other components' deployments (each in its own Serve
+application, serve_app/config/apps.py), and ``reconfigure`` applies what the release controller changes
+without a restart (the release number, a canary's traffic split, the LoRA adapters).
 
 The FastAPI app is built by the replica after its constructor (Serve's late-bound ingress,
 ``__serve_build_asgi_app__``), so the app that serves is the one whose ``state`` the replica fills: Serve
@@ -15,10 +16,12 @@ from typing import Any
 
 from fastapi import FastAPI
 from ray import serve
-from ray.serve.handle import DeploymentHandle
 
-from serve_app.config.names import INGRESS, LLM_DEPLOYMENT
-from serve_app.config.parts import code_actor_options, deployment_settings
+from serve_app.calls.handles import handle_of
+from serve_app.config.components import component_app
+from serve_app.config.loader import deployment_names
+from serve_app.config.names import AGENT, EMBEDDER, INGRESS, LLM_DEPLOYMENT, VECTOR_STORE
+from serve_app.config.settings import AppSettings
 from serve_app.ingress.admin_gate import admin_key_digest
 from serve_app.ingress.context import IngressContext
 from serve_app.ingress.fastapi_app import create_app
@@ -33,18 +36,22 @@ def _find_release_controller():
     return get_controller(serve.get_replica_context().app_name)
 
 
-@serve.deployment(name=INGRESS, max_ongoing_requests=256, ray_actor_options=code_actor_options(INGRESS))
+@serve.deployment(name=INGRESS, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
 @serve.ingress()
 class Ingress:
-    def __init__(
-        self,
-        llms: dict[str, DeploymentHandle] | None,
-        settings: dict[str, Any] | None,
-        vector: DeploymentHandle | None = None,
-        embedder: DeploymentHandle | None = None,
-        agent: DeploymentHandle | None = None,
-    ):
-        s = self.settings = deployment_settings(settings, INGRESS)
+    def __init__(self, settings: dict[str, Any]):
+        """``settings``: its application's args (the app's settings, each model's engine cut to what the
+        ingress reads). The application it runs in is named like the plain one; the other components'
+        applications are named after it (``component_app``), their handles made once, here."""
+        s = self.settings = AppSettings.model_validate(settings)
+        app = serve.get_replica_context().app_name
+        names = deployment_names(s)
+
+        def handle(deployment: str):
+            return handle_of(deployment, component_app(app, deployment)) if deployment in names else None
+
+        llms = {d: handle_of(d, component_app(app, d)) for d in s.served_models()}
+        vector, embedder, agent = handle(VECTOR_STORE), handle(EMBEDDER), handle(AGENT)
         # API keys of the public API: off unless a key file is given (ingress/limits.py). An unreadable or
         # invalid file fails the replica's start with the reason, so a release carrying it is rolled back.
         keys_file = os.environ.get("SERVE_APP_API_KEYS_FILE")
@@ -77,6 +84,6 @@ class Ingress:
         # LoRA adapters.
         releases = self.context.releases
         releases.set_release(str(user_config.get("release") or self.settings.release))
-        releases.set_canary(user_config.get("canary"), lambda name: serve.get_deployment_handle(LLM_DEPLOYMENT, name))
-        # The LoRA adapters of every model (serve_app/config/parts.py): requests may name them from now on.
+        releases.set_canary(user_config.get("canary"), lambda name: handle_of(LLM_DEPLOYMENT, name))
+        # The LoRA adapters of every model (serve_app/config/apps.py): requests may name them from now on.
         self.context.models.set_adapters(user_config.get("adapters"))

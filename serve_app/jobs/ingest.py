@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from serve_app.calls.handles import call_blocking
 from serve_app.calls.retry import RetryPolicy
+from serve_app.config.components import component_app
 from serve_app.config.names import VECTOR_STORE
 from serve_app.config.settings import VectorSettings
 from serve_app.errors import AppError, status_for, unwrap
@@ -151,7 +152,8 @@ class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpF
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The job's options, on its own parser and on `serve-app ingest`'s."""
     p.add_argument("path", type=Path, help="a folder of .txt/.md files, or a .jsonl file")
-    p.add_argument("--app", default="serve_app", help="Serve application name")
+    p.add_argument("--app", default="serve_app", help="the app's name in its config file; the job calls the "
+                   "VectorStore of its retrieval application, <app>-retrieval")
     p.add_argument("--batch-size", type=int, default=32, help="documents per call of the VectorStore deployment")
     p.add_argument("--attempts", type=int, default=4, help="tries of a batch before the job fails")
     p.add_argument("--backoff", type=float, default=1.0, help="seconds before the first retry (doubled each time)")
@@ -169,7 +171,7 @@ def run(ns: argparse.Namespace) -> int:
         print(f"no documents under {ns.path}")
         return 1
     ray.init(address=ns.address or "auto", namespace="serve", log_to_driver=False)
-    handle = serve.get_deployment_handle(VECTOR_STORE, app_name=ns.app)
+    handle = serve.get_deployment_handle(VECTOR_STORE, app_name=component_app(ns.app, VECTOR_STORE))
     # The running app's limits, not this machine's defaults: its config may set others.
     limits = VectorSettings.model_validate(call_blocking(handle, "limits", timeout_s=60))
     size = min(ns.batch_size, limits.max_documents_per_request)

@@ -17,8 +17,9 @@ from typing import Any
 
 from ray import serve
 
+from serve_app.config.components import LLMAppSettings
+from serve_app.config.model_settings import ServedModel
 from serve_app.config.names import LLM_DEPLOYMENT, SERVED_NAMES
-from serve_app.config.parts import LLMServerSettings, deployment_settings
 from serve_app.errors import InvalidRequest, ModelNotFound
 from serve_app.llm import engine_args
 from serve_app.llm.adapters import adapter_path, check_adapter, check_shapes, model_config
@@ -29,11 +30,11 @@ from serve_app.protocol.stream import head
 
 logger = logging.getLogger("ray.serve")
 
-EngineFactory = Callable[[LLMServerSettings], LLMEngine]
+EngineFactory = Callable[[ServedModel], LLMEngine]
 WATCHDOG_PERIOD_S = 1.0
 
 
-def vllm_engine_factory(settings: LLMServerSettings) -> LLMEngine:
+def vllm_engine_factory(settings: ServedModel) -> LLMEngine:
     model = resolve_model(settings.model.source, settings.model.cache_dir)
     env = {**engine_args.env(settings.engine), **placement_env(settings.engine.cpu_cores, settings.model.name)}
     return VLLMEngine(engine_args.cli_args(settings.engine, model, settings.model, settings.lora), env=env)
@@ -61,12 +62,12 @@ class HeldAdapter:
 @serve.deployment(name=LLM_DEPLOYMENT, max_ongoing_requests=64, health_check_period_s=10)
 class LLMServer:
     async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor; mypy allows only None
-        self, settings: dict[str, Any] | None, deployment: str = LLM_DEPLOYMENT,
-        engine_factory: EngineFactory | None = None,
+        self, settings: dict[str, Any], engine_factory: EngineFactory | None = None,
     ):
-        """``deployment``: which LLM deployment this is (``LLMServer``, ``LLMServer-<name>``), so which model."""
+        """``settings``: its application's args (``LLMAppSettings``: the model it serves, and which LLM
+        deployment it is)."""
         # Serve awaits an async constructor: the replica is routable only once the engine has started.
-        self._settings = deployment_settings(settings, deployment)
+        self._settings = LLMAppSettings.model_validate(settings)
         self._engine: LLMEngine | None = None
         engine = (engine_factory or _factory(self._settings.engine.factory))(self._settings)
         t0 = time.monotonic()
@@ -107,7 +108,7 @@ class LLMServer:
         return self._engine
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """The adapters of a release that changed only them (serve_app/config/parts.py): no restart. One that
+        """The adapters of a release that changed only them (serve_app/config/apps.py): no restart. One that
         is gone, or now names another folder, is no longer servable here at once."""
         adapters = (user_config or {}).get("adapters")
         starting, self._starting = self._starting, False
@@ -125,6 +126,8 @@ class LLMServer:
     def _adapter_folder(self, folder: str):
         """An adapter folder under the root, checked (serve_app/llm/adapters.py)."""
         lora = self._settings.lora
+        if lora is None:
+            raise InvalidRequest(f"LoRA is off for the model {self._settings.model.name!r}", "model")
         path = adapter_path(lora.root_dir(), folder)
         info = check_adapter(path, folder, self._model_names, lora.max_rank)
         if self._model_config is None:

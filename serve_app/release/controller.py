@@ -37,6 +37,8 @@ from typing import Any, cast
 import ray
 
 from serve_app.config import paths
+from serve_app.config.apps import code_version
+from serve_app.config.components import component_app
 from serve_app.config.release_settings import CanarySettings
 from serve_app.config.secrets import redacted
 from serve_app.errors import AppError, Conflict, NotFound, ServiceUnavailable, unwrap
@@ -51,7 +53,7 @@ from serve_app.release.plan import (
     canary_name,
     canary_settings,
     changed,
-    deployed_config,
+    first_release_baseline,
     release_config,
     scaled,
     stored_config,
@@ -81,16 +83,11 @@ class Releases:
             if r["status"] == "deploying":
                 # This actor restarted mid-deploy (Ray restarts it): the outcome was never observed.
                 self.history.finish(r["n"], "interrupted", "the release controller restarted during the deploy")
-        if self.history.last_good() is None:
-            # First start: what Serve runs now is release 1.
-            config = deployed_config(self.gateway.details(), self.app)
-            self.history.add(actor="bootstrap", kind="initial", note="the release running when the controller started",
-                             config=config, changed=["everything"], status="good")
-            logger.info("release controller: recorded the running application as release 1")
+        # The running config is the history's last good release: ``serve-app run`` records the config it started
+        # from (``started_from``). An app deployed another way (``serve deploy`` of the expanded form) has none
+        # until its first release; nothing is reconstructed from what Serve reports.
         first = self.history.last_good()
-        if first is None:  # recorded just above if there was none
-            raise RuntimeError("the release history has no good release")
-        self.state = ReleaseState(serving=first["n"])
+        self.state = ReleaseState(serving=first["n"] if first else None)
         self.rollout = Rollout(app_name, gateway, history, self.state, clock, sleep)
         self.canary_rollout = CanaryRollout(self.rollout)
         # A canary left behind by a controller that died mid-window is removed on the first call.
@@ -106,7 +103,8 @@ class Releases:
         records what Serve runs as release 1 if there is none), and a good release stays good."""
         current = self._last_good()
         if current is None:
-            raise ServiceUnavailable("the release history holds no good release")
+            raise ServiceUnavailable("the release history holds no release yet: deploy the app's plain config as its "
+                                     "first release (POST /admin/releases, or serve-app deploy CONFIG)")
         return current
 
     def _get(self, n: int) -> dict[str, Any]:
@@ -131,10 +129,27 @@ class Releases:
 
     # -- the public operations (called by the ingress's admin routes) --------------------------------
 
+    def started_from(self, config: dict, actor: str = "serve-app run") -> int:
+        """Record ``config`` (a whole plain config) as a good release, the one Serve was just started with,
+        unless it is the last good release already; returns its number."""
+        full, _ = release_config(None, config, self.app)
+        last = self._last_good()
+        if last is not None and last["config"] == full:
+            return last["n"]
+        what = changed(app_entry(last["config"], self.app) if last else None, app_entry(full, self.app))
+        n = self.history.add(actor=actor, kind="initial", note="the config the app was started from", config=full,
+                             changed=what, status="good")
+        self.state.serving = n
+        logger.info("release controller: recorded the config the app was started from as release %d", n)
+        return n
+
     async def status(self) -> dict[str, Any]:
         self._clean_up()
         details = await asyncio.to_thread(self.gateway.details)
-        app = details["applications"].get(self.app) or {}
+        # The release's applications: the ingress's (named like the release's application) and the other
+        # components' and a canary's, named after it (serve_app/config/apps.py).
+        apps = {name: a for name, a in details["applications"].items()
+                if name == self.app or name.startswith(self.app + "-")}
         current = self.history.last_good()
         deployments = {
             name: {
@@ -143,8 +158,19 @@ class Releases:
                 "message": d.get("message") or None,
                 "target_replicas": d.get("target_num_replicas"),
                 "running_replicas": sum(1 for r in d.get("replicas", []) if r.get("state") == "RUNNING"),
+                "application": app_name,
+                # Which replicas run: a release shows here what it replaced and what it left alone.
+                "replicas": [{"id": r.get("replica_id"), "state": r.get("state"), "pid": r.get("pid"),
+                              "started_at": r.get("start_time_s")} for r in d.get("replicas", [])],
             }
+            for app_name, app in apps.items() if app_name != self.canary_app
             for name, d in (app.get("deployments") or {}).items()
+        }
+        applications = {
+            name: {"status": a.get("status"), "version": code_version(a.get("deployed_app_config") or {}),
+                   "last_deployed_time_s": a.get("last_deployed_time_s"),
+                   "deployments": sorted(a.get("deployments") or {})}
+            for name, a in sorted(apps.items())
         }
         canary = None
         if self.state.canary is not None:
@@ -152,9 +178,12 @@ class Releases:
             canary = {"release": c.n, "application": self.canary_app, "share": c.settings.share,
                       "window_s": c.settings.window_s, "phase": c.phase, "window_started_at": c.window_started_at,
                       PRIMARY: c.stats[PRIMARY].summary(), CANARY: c.stats[CANARY].summary()}
+        statuses = [a.get("status") for name, a in apps.items() if name != self.canary_app]
         return {
             "application": self.app,
-            "status": app.get("status"),
+            # RUNNING when every application of the release runs, else the first that does not say so.
+            "status": next((st for st in statuses if st != "RUNNING"), "RUNNING") if statuses else None,
+            "applications": applications,
             # The release whose configuration Serve runs; last good is the one a rollback would go back to
             # (they differ while a release is deploying or after a failed rollback).
             "current_release": self.state.serving,
@@ -208,14 +237,16 @@ class Releases:
         if self.background is not None and not self.background.done():
             raise Conflict(f"release {self.state.deploying} is still being deployed", "release")
         current = self._last_good()
-        base = current["config"] if current else deployed_config(await asyncio.to_thread(self.gateway.details), self.app)
+        base = current["config"] if current else None
         full, new_settings = release_config(base, config, self.app)
         try:
-            check_release(base, full, self.app)  # data only, unless the running config allows code changes
+            # Data only, unless the running config allows code changes; with no release recorded yet, against
+            # the defaults (which allow none).
+            check_release(base or first_release_baseline(full, self.app), full, self.app)
         except AppError as exc:
             await asyncio.to_thread(Releases.audit, self, actor, f"{kind} refused", False, exc.message[:500])
             raise
-        what = changed(app_entry(base, self.app) if current else None, app_entry(full, self.app))
+        what = changed(app_entry(base, self.app) if base else None, app_entry(full, self.app))
         against: tuple[dict[str, Any], CanarySettings] | None = None  # a canary's current release and settings
         if canary is not None:
             cs = canary_settings(canary, new_settings, current["config"] if current else None, self.app)
@@ -267,7 +298,8 @@ class Releases:
         _, settings = release_config(current["config"], {"applications": [new_app]}, self.app)  # names, counts
         deployment = next(d for d, m in settings.served_models().items() if m.model.name == model)
         try:
-            trial = await asyncio.wait_for(self.gateway.call(self.app, deployment, "trial_adapter", folder),
+            trial = await asyncio.wait_for(self.gateway.call(component_app(self.app, deployment), deployment,
+                                                             "trial_adapter", folder),
                                            settings.releases.ready_timeout_s)
         except Exception as exc:  # noqa: BLE001 - the replica's own error (a 4xx) goes back to the caller
             cause = unwrap(exc)
@@ -317,6 +349,11 @@ class ReleaseController(Releases):
 
     async def adapters(self) -> list[dict[str, str]]:  # type: ignore[override]  # async on the actor: above
         return await asyncio.to_thread(Releases.adapters, self)
+
+    async def started_from(  # type: ignore[override]  # async on the actor: above
+        self, config: dict, actor: str = "serve-app run"
+    ) -> int:
+        return await asyncio.to_thread(Releases.started_from, self, config, actor)
 
 
 def get_controller(app_name: str):

@@ -6,8 +6,9 @@ and call one of its methods. ``RayServeGateway`` implements it with Serve's cont
 itself uses: Serve has no public call that applies a multi-application config in place); the unit tests
 implement it with a fake (tests/fakes/serve_gateway.py).
 
-Configs given to and read back from the gateway are plain (serve_app/config/parts.py): splitting the
-settings per deployment is how this app hands a config to Serve, so it happens here, on the way in.
+Configs given to the gateway are plain (serve_app/config/apps.py): expanding each into one Serve application
+per component is how this app hands a config to Serve, so it happens here, on the way in. What it reports
+(``details``, ``probe``, ``call``) is Serve's: application names are the components'.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from serve_app.calls.handles import call
-from serve_app.config.parts import split
+from serve_app.config.apps import expand
 from serve_app.release.plan import probe_method
 
 
@@ -36,8 +37,9 @@ class ServeGateway(abc.ABC):
 
     @abc.abstractmethod
     async def apply(self, config: dict[str, Any]) -> float:
-        """Start deploying the whole plain ``config`` in place (what ``serve deploy`` does) and return the
-        wall-clock time just before it was handed over, to compare with ``last_deployed_time_s``."""
+        """Start deploying the whole plain ``config`` in place, expanded (what ``serve deploy`` of the expanded
+        form does: every application it leaves out is deleted), and return the wall-clock time just before it
+        was handed over, to compare with ``last_deployed_time_s``."""
 
     @abc.abstractmethod
     def probe(self, app: str, deployment: str) -> Awaitable[Any]:
@@ -76,7 +78,7 @@ class RayServeGateway(ServeGateway):
         from ray.serve.schema import ServeDeploySchema
 
         started = time.time()
-        schema = ServeDeploySchema.model_validate(split(config))
+        schema = ServeDeploySchema.model_validate(expand(config))
         await asyncio.to_thread(_client().deploy_apps, schema, _blocking=False)
         return started
 

@@ -48,11 +48,11 @@ SAFE_VLLM_FLAGS: dict[str, bool] = {
 _PLAIN_VALUE = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
 
 # Environment variables that decide what code a process loads or runs (interpreter, loader, Ray's and
-# vLLM's hooks and plugins, remote-code switches), and the app's own settings channel.
+# vLLM's hooks and plugins, remote-code switches).
 CODE_ENV_PREFIXES = ("PYTHON", "LD_", "DYLD_", "RAY_", "VLLM_PLUGIN", "TRITON_", "TORCHINDUCTOR_")
 CODE_ENV = {"PATH", "BASH_ENV", "ENV", "SHELL", "PERL5LIB", "NODE_OPTIONS", "VLLM_PLUGINS",
             "VLLM_ALLOW_INSECURE_SERIALIZATION", "VLLM_USE_MODELSCOPE", "HF_HUB_TRUST_REMOTE_CODE",
-            "TRANSFORMERS_TRUST_REMOTE_CODE", "SERVE_APP_DEPLOYMENT_SETTINGS", "SERVE_APP_SPLIT_OPTIONS"}
+            "TRANSFORMERS_TRUST_REMOTE_CODE"}
 
 
 class CodeChangeRefused(Forbidden):

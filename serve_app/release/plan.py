@@ -13,16 +13,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from serve_app.config.loader import (
-    APP_IMPORT_PATH,
-    LLM_IMPORT_PATH,
-    ConfigError,
-    deployment_names,
-    validate_serve_config,
-)
+from serve_app.config.apps import adapters_by_model, llm_application
+from serve_app.config.loader import APP_IMPORT_PATH, ConfigError, deployment_names, validate_serve_config
 from serve_app.config.model_settings import check_folder_name
 from serve_app.config.names import AGENT, EMBEDDER, INGRESS, LLM_DEPLOYMENT, VECTOR_STORE, is_llm_deployment
-from serve_app.config.parts import adapters_by_model, join
 from serve_app.config.secrets import refusal, secret_problems
 from serve_app.config.settings import AppSettings, CanarySettings
 from serve_app.config.versions import migrate
@@ -93,21 +87,12 @@ def changed(old: dict | None, new: dict) -> list[str]:
     return out
 
 
-def deployed_config(details: dict[str, Any], app: str) -> dict[str, Any]:
-    """The plain config Serve runs, from Serve's details (its canary application left out)."""
-    apps = [a["deployed_app_config"] for name, a in details["applications"].items()
-            if a.get("deployed_app_config") and name != canary_name(app)]
-    config = {"applications": apps}
-    if details.get("proxy_location"):
-        config["proxy_location"] = details["proxy_location"]
-    if details.get("http_options"):
-        config["http_options"] = details["http_options"]
-    return validate_serve_config(join(config), "deployed config")[0].model_dump(mode="json", exclude_unset=True)
-
-
-def release_config(base: dict, config: dict, app: str) -> tuple[dict, AppSettings]:
-    """The whole config a submitted release deploys: ``base`` (what runs) with the release's application
-    replaced, validated exactly like a config file. Returns it with the application's settings."""
+def release_config(base: dict | None, config: dict, app: str) -> tuple[dict, AppSettings]:
+    """The whole config a submitted release deploys: ``base`` (what runs; None: the history holds no release
+    yet, and the submitted config is taken whole) with the release's application replaced, validated exactly
+    like a config file. Returns it with the application's settings."""
+    if base is None:
+        base = {**{k: v for k, v in config.items() if k != "applications"}, "applications": []}
     # Serve's global options stay as they run (they cannot change in place); the application is the release.
     new_app = None
     for a in (config.get("applications") or []):
@@ -133,6 +118,13 @@ def release_config(base: dict, config: dict, app: str) -> tuple[dict, AppSetting
     if app_entry(full, app).get("import_path") != APP_IMPORT_PATH:
         raise InvalidRequest(f"the application must use import_path {APP_IMPORT_PATH}", "import_path")
     return full, settings[app]
+
+
+def first_release_baseline(config: dict, app: str) -> dict:
+    """What a first release is checked against when the history holds none (release/guard.py): the
+    application with default settings, which allow no code change, under the release's own import path."""
+    entry = app_entry(config, app)
+    return {**config, "applications": [{"name": app, "import_path": entry.get("import_path"), "args": {}}]}
 
 
 def canary_settings(overrides: dict[str, Any], new: AppSettings, current_config: dict | None,
@@ -276,18 +268,14 @@ def label(config: dict, app: str, n: int, canary: dict | None = None, canary_app
 
 
 def canary_application(config: dict, app: str, share: float) -> dict:
-    """The new release's LLM deployment as an application of its own (no HTTP route)."""
-    entry = app_entry(config, app)
-    llm = [dict(d) for d in entry.get("deployments") or [] if d["name"] == LLM_DEPLOYMENT]
+    """The new release's first LLM as an application of its own (no HTTP route), built like the model's own
+    application (serve_app/config/apps.py)."""
+    out = llm_application(app_entry(config, app), LLM_DEPLOYMENT, canary_name(app))
+    llm = [dict(d) for d in out.get("deployments") or []] or [{"name": LLM_DEPLOYMENT}]
     for d in llm:
         # Sized to its share of the traffic, not to the whole load: a fixed replica count (at least one).
         auto = d.pop("autoscaling_config", None)
         n = d.get("num_replicas")
         base = n if isinstance(n, int) else auto.get("min_replicas", 1) if isinstance(auto, dict) else 1
         d["num_replicas"] = max(1, math.ceil(max(base, 1) * share))
-    out = {"name": canary_name(app), "import_path": LLM_IMPORT_PATH, "route_prefix": None,
-           "args": entry.get("args") or {}, "deployments": llm}
-    for key in ("runtime_env", "logging_config"):
-        if entry.get(key):
-            out[key] = entry[key]
-    return out
+    return {**out, "deployments": llm}

@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from serve_app.config.apps import component_apps
+from serve_app.config.components import component_app
 from serve_app.config.loader import deployment_names
 from serve_app.config.names import LLM_DEPLOYMENT
 from serve_app.config.settings import AppSettings, CanarySettings
@@ -61,7 +63,7 @@ class CanaryRun:
 class ReleaseState:
     """What the state machines change and the actor reports."""
 
-    serving: int  # the release whose configuration Serve runs
+    serving: int | None  # the release whose configuration Serve runs (None: the history holds none yet)
     deploying: int | None = None
     canary: CanaryRun | None = None
     leftover_canary: bool = False  # a canary application is still to be removed
@@ -111,28 +113,34 @@ class Rollout:
             self.state.deploying = None
 
     async def wait_ready(self, started: float, settings: AppSettings, app_name: str | None = None) -> None:
-        """Until the application applied at ``started`` is RUNNING with every deployment HEALTHY; raises
-        ReleaseFailed on a failure state, on replicas that cannot start, or past the deadline."""
+        """Until every application of the release applied at ``started`` (its components, or ``app_name``
+        alone) is RUNNING with every deployment HEALTHY; raises ReleaseFailed on a failure state, on replicas
+        that cannot start, or past the deadline."""
         t0 = self.clock()
+        names = [app_name] if app_name else list(component_apps(self.app, settings))
         drain_s = 0.0
         bad: dict[str, int] = {}
         armed: dict[str, bool] = {}
         fails: dict[str, int] = {}
         while True:
             details = await asyncio.to_thread(self.gateway.details)
-            app = details["applications"].get(app_name or self.app)
-            if app is not None and app.get("last_deployed_time_s", 0) >= started - 1:
-                drain_s = max(drain_s, drain_bound_s(app, self.gateway.default_graceful_shutdown_s))
+            apps = {n: details["applications"].get(n) for n in names}
+            # Serve stamps every application of an applied config with the apply's time.
+            if all(a is not None and a.get("last_deployed_time_s", 0) >= started - 1 for a in apps.values()):
+                live = {n: a for n, a in apps.items() if a is not None}
+                drain_s = max(drain_s, *(drain_bound_s(a, self.gateway.default_graceful_shutdown_s)
+                                         for a in live.values()))
+                deployments = {d: dep for a in live.values() for d, dep in (a.get("deployments") or {}).items()}
                 # Statuses can still show the previous rollout for a moment after the apply: a failure state
                 # counts once it has been seen on three polls in a row; a replica that died after the apply
                 # counts at once.
-                states = {"app": app["status"]} | {n: d["status"] for n, d in (app.get("deployments") or {}).items()}
+                states = {n: a["status"] for n, a in live.items()} | {d: dep["status"] for d, dep in deployments.items()}
                 for name, state in states.items():
                     bad[name] = bad.get(name, 0) + 1 if state in ("DEPLOY_FAILED", "UNHEALTHY") else 0
                     if bad[name] >= 3:
-                        msg = app.get("message") if name == "app" else app["deployments"][name].get("message")
+                        msg = live[name].get("message") if name in live else deployments[name].get("message")
                         raise ReleaseFailed(f"{name} is {state}: {(msg or '')[:500]}")
-                for name, d in (app.get("deployments") or {}).items():
+                for name, d in deployments.items():
                     # A replica of this release failed to start: Serve reports it as a transition of the
                     # deployment's trigger to REPLICA_STARTUP_FAILED (a stale one from the release before is
                     # ignored until the deployment has moved on). Serve would retry for minutes.
@@ -144,7 +152,8 @@ class Rollout:
                                 raise ReleaseFailed(f"{name}: a replica failed to start: {(d.get('message') or '')[:500]}")
                     else:
                         armed[name] = True
-                if app["status"] == "RUNNING" and all(d["status"] == "HEALTHY" for d in app["deployments"].values()):
+                if all(a["status"] == "RUNNING" for a in live.values()) and all(
+                        d["status"] == "HEALTHY" for d in deployments.values()):
                     return
             # Serve reports a deployment HEALTHY only once the replicas it replaced have stopped, and lets each
             # finish its requests for up to its graceful_shutdown_timeout_s: that drain is not the new
@@ -159,7 +168,8 @@ class Rollout:
         ``trial_adapter``): one that does not load fails the release here, not at a user's first request."""
         for deployment, name, folder in new_adapters(settings, previous):
             try:
-                await asyncio.wait_for(self.gateway.call(self.app, deployment, "trial_adapter", folder),
+                await asyncio.wait_for(self.gateway.call(component_app(self.app, deployment), deployment,
+                                                         "trial_adapter", folder),
                                        settings.releases.ready_timeout_s)
             except Exception as exc:  # noqa: BLE001 - whatever the reason, the adapter cannot serve
                 cause = unwrap(exc)
@@ -174,7 +184,7 @@ class Rollout:
         end = self.clock() + settings.releases.watch_s
         while True:
             for name in names:
-                call = self.gateway.probe(self.app, name)
+                call = self.gateway.probe(component_app(self.app, name), name)
                 try:
                     await asyncio.wait_for(call, settings.ingress.health_timeout_s)
                     failures[name] = 0

@@ -22,7 +22,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.calls.handles import call
-from serve_app.config.parts import code_actor_options, deployment_settings
+from serve_app.config.components import RetrievalAppSettings
+from serve_app.config.names import EMBEDDER, VECTOR_STORE
 from serve_app.config.settings import VectorSettings
 from serve_app.errors import NotFound
 from serve_app.llm.cpus import share_engine_cpus
@@ -62,11 +63,11 @@ def make_store(s: VectorSettings, dim: int, keywords: KeywordEncoder | None = No
                              keywords=keywords)
 
 
-@serve.deployment(name="Embedder", max_ongoing_requests=128, ray_actor_options=code_actor_options("Embedder"))
+@serve.deployment(name=EMBEDDER, max_ongoing_requests=128, ray_actor_options={"num_cpus": 0})
 class EmbedderServer:
-    def __init__(self, settings: dict[str, Any] | None):
+    def __init__(self, settings: dict[str, Any]):
         share_engine_cpus()
-        s = deployment_settings(settings, "Embedder").vector
+        s = RetrievalAppSettings.model_validate(settings).vector
         if s.embed_threads:
             import torch
 
@@ -111,16 +112,15 @@ class EmbedderServer:
         return {"model": self.name, "dim": self.embedder.dim, "max_tokens": self.embedder.max_tokens}
 
 
-@serve.deployment(name="VectorStore", max_ongoing_requests=64,
-                  ray_actor_options=code_actor_options("VectorStore"))
+@serve.deployment(name=VECTOR_STORE, max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
 class VectorStoreServer:
     async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor; mypy allows only None
-        self, settings: dict[str, Any] | None, embedder: DeploymentHandle,
+        self, settings: dict[str, Any], embedder: DeploymentHandle,
     ):
         from transformers import AutoTokenizer
 
         share_engine_cpus()
-        self.s = deployment_settings(settings, "Embedder").vector
+        self.s = RetrievalAppSettings.model_validate(settings).vector
         # Torch here embeds only queries, one short text each: one thread is as fast in-process, and a parallel
         # region of two threads waits for whichever one a busier process preempted (replicas run niced).
         import torch

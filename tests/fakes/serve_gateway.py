@@ -3,8 +3,9 @@ memory, so the release controller's state machines run their real flows in unit 
 
 Faults are produced on demand, which a real Serve cannot do: an apply that raises (``fail_apply``), a
 deployment that stays UPDATING for a while after each apply (``ready_after_s``, on the injected clock), a
-failing or hanging health probe (``on_probe``). Every application is reported with the deployments its config
-lists; the configs it is given and reports back are plain (the real gateway splits them on the way to Serve).
+failing or hanging health probe (``on_probe``). It is given plain configs and expands them as the real gateway
+does (serve_app/config/apps.py): it reports one application per component, each with the deployments its
+expanded config lists (every deployment of the component, with options or not).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import copy
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from serve_app.config.apps import expand
 from serve_app.release.gateway import ServeGateway
 from tests.fakes.clock import FakeClock
 
@@ -23,7 +25,8 @@ class FakeServeGateway(ServeGateway):
     def __init__(self, apps: dict[str, dict], clock: FakeClock | None = None, ready_after_s: float = 0.0,
                  graceful_shutdown_s: float | None = None):
         self.clock = clock or FakeClock()
-        self.apps = copy.deepcopy(apps)  # name → the plain application config Serve runs
+        # name → the (expanded) application config Serve runs; ``apps`` are plain
+        self.apps = _expanded(list(apps.values()))
         self.deployed_at = self.clock()
         self.applied: list[dict[str, Any]] = []  # every applied config, in order
         self.probes: list[tuple[str, str]] = []  # every (application, deployment) probed, in order
@@ -43,7 +46,7 @@ class FakeServeGateway(ServeGateway):
         apps = {}
         for name, config in self.apps.items():
             deployments = {}
-            for d in config.get("deployments") or []:
+            for d in _deployments(config):
                 deployment: dict[str, Any] = {"status": "HEALTHY" if ready else "UPDATING",
                                               "status_trigger": "CONFIG_UPDATE_COMPLETED" if ready
                                               else "CONFIG_UPDATE_STARTED"}
@@ -59,13 +62,20 @@ class FakeServeGateway(ServeGateway):
             self.fail_apply -= 1
             raise RuntimeError("Serve is unreachable")
         self.applied.append(copy.deepcopy(config))
-        self.apps = {a["name"]: copy.deepcopy(a) for a in config["applications"]}
+        self.apps = _expanded(config["applications"])
         self.deployed_at = self.clock()
         if self.on_apply is not None:
             self.on_apply(config)
         return self.deployed_at
 
+    def _find(self, app: str, deployment: str) -> None:
+        """As Serve's handle lookup: an application without that deployment raises at once."""
+        if deployment not in [d["name"] for d in _deployments(self.apps.get(app) or {"import_path": ":none"})]:
+            raise KeyError(f"no deployment {deployment!r} in application {app!r}")
+
     def probe(self, app: str, deployment: str) -> Awaitable[Any]:
+        self._find(app, deployment)
+
         async def call() -> None:
             self.probes.append((app, deployment))
             if self.on_probe is not None:
@@ -74,8 +84,30 @@ class FakeServeGateway(ServeGateway):
         return call()
 
     def call(self, app: str, deployment: str, method: str, *args) -> Awaitable[Any]:
+        self._find(app, deployment)
+
         async def call() -> Any:
             self.calls.append((app, deployment, method, *args))
             return await self.on_call(app, deployment, method, *args) if self.on_call is not None else {}
 
         return call()
+
+
+def _expanded(apps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {a["name"]: a for a in expand({"applications": copy.deepcopy(apps)})["applications"]}
+
+
+def _deployments(app: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every deployment the application runs (its builder's), listed in its config or not."""
+    from serve_app.config.components import LLMAppSettings
+    from serve_app.config.names import AGENT, EMBEDDER, INGRESS, VECTOR_STORE
+
+    kind = app["import_path"].rsplit(":", 1)[1]
+    if kind == "none":
+        return []
+    if kind == "build_llm":
+        names = [LLMAppSettings.model_validate(app.get("args") or {}).deployment]
+    else:
+        names = {"build_ingress": [INGRESS], "build_retrieval": [EMBEDDER, VECTOR_STORE], "build_agent": [AGENT]}[kind]
+    listed = {d["name"]: d for d in app.get("deployments") or []}
+    return [listed.get(n, {"name": n}) for n in names]

@@ -132,6 +132,7 @@ def test_a_prompt_release_replaces_the_agent_and_leaves_the_model_loaded(http, a
     args = config["applications"][0]["args"]
     args["prompts"] = {**(args.get("prompts") or {}), "version": "release-test-prompts"}
     before = http.get("/healthz").json()["components"]
+    engines = _engine_replicas(admin)
     r = admin.post("/admin/releases", json={"config": config, "note": "new prompt set"})
     assert r.status_code == 202, r.text
     assert r.json()["changed"] == ["args.prompts"]
@@ -139,8 +140,14 @@ def test_a_prompt_release_replaces_the_agent_and_leaves_the_model_loaded(http, a
     after = http.get("/healthz").json()["components"]
     assert after["agent"]["prompts_version"] == "release-test-prompts" and after["agent"]["pid"] != before["agent"]["pid"]
     assert after["llm"]["started_at"] == before["llm"]["started_at"] and after["vector"]["pid"] == before["vector"]["pid"]
+    assert _engine_replicas(admin) == engines  # no engine restarted, the second model's neither
     rag = http.post("/v1/rag", json={"question": "What is in the documents?", "max_tokens": 4})
     assert rag.status_code == 200 and rag.json()["prompts_version"] == "release-test-prompts", rag.text
+
+
+def _engine_replicas(admin):
+    deployments = admin.get("/admin/status").json()["deployments"]
+    return {name: sorted(r["id"] for r in deployments[name]["replicas"]) for name in ("LLMServer", f"LLMServer-{TINY}")}
 
 
 def _agent_replicas(admin):

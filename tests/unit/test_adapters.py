@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from serve_app.config.parts import join, split
+from serve_app.config.apps import expand
 from serve_app.config.settings import AppSettings
 from serve_app.errors import Conflict, InvalidRequest, NotFound
 from serve_app.llm.adapters import adapter_path, check_adapter, check_shapes
@@ -151,24 +151,27 @@ def _config(adapters=None, tiny_lora=False):
                               "args": args, "deployments": [{"name": "Ingress", "user_config": {"release": "2"}}]}]}
 
 
-def _env(entry):
-    return entry["ray_actor_options"]["runtime_env"]["env_vars"]["SERVE_APP_DEPLOYMENT_SETTINGS"]
+def _apps(config):
+    return {a["name"]: a for a in expand(config)["applications"]}
+
+
+def _deps(app):
+    return {d["name"]: d for d in app.get("deployments") or []}
 
 
 def test_adapters_reach_the_replicas_as_user_config_so_a_change_restarts_nothing():
     one, two = _config({"a": "a"}), _config({"a": "a", "b": "team/b"})
-    s1, s2 = split(one), split(two)
-    deps1 = {d["name"]: d for d in s1["applications"][0]["deployments"]}
-    deps2 = {d["name"]: d for d in s2["applications"][0]["deployments"]}
-    # What Serve restarts on (args, actor options) is the same; only user_config (reconfigure) differs.
-    assert s1["applications"][0]["args"] == s2["applications"][0]["args"]
-    for name in deps1:
-        assert deps1[name].get("ray_actor_options") == deps2[name].get("ray_actor_options"), name
-    assert deps2["LLMServer"]["user_config"] == {"adapters": {"a": "a", "b": "team/b"}}
-    assert deps2["Ingress"]["user_config"] == {"release": "2", "adapters": {BASE: {"a": "a", "b": "team/b"}}}
-    assert "team/b" not in _env(deps2["Ingress"]) and "team/b" not in _env(deps2["LLMServer"])
-    assert "user_config" not in deps2["LLMServer-tiny-random-llama"]  # LoRA off for it
-    assert join(s2) == two and join(s1) == one
+    a1, a2 = _apps(one), _apps(two)
+    # What Serve rebuilds on (each application's args) is the same; only user_config (reconfigure) differs.
+    assert set(a1) == set(a2)
+    for name in a1:
+        assert a1[name]["args"] == a2[name]["args"], name
+    llm, ingress = _deps(a2["serve_app-LLMServer"]), _deps(a2["serve_app"])
+    assert llm["LLMServer"]["user_config"] == {"adapters": {"a": "a", "b": "team/b"}}
+    assert ingress["Ingress"]["user_config"] == {"release": "2", "adapters": {BASE: {"a": "a", "b": "team/b"}}}
+    assert "team/b" not in json.dumps(a2["serve_app"]["args"]) and "team/b" not in json.dumps(a2["serve_app-LLMServer"]["args"])
+    assert not _deps(a2["serve_app-LLMServer-tiny-random-llama"])  # LoRA off for it: no user_config
+    assert one == _config({"a": "a"})  # the plain config untouched
 
 
 def test_load_and_unload_plan_a_release_of_the_adapters_alone(tmp_path):

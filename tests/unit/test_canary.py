@@ -91,7 +91,7 @@ def test_the_canary_application_is_validated_like_the_app():
     with pytest.raises(ConfigError, match="only the deployment 'LLMServer'"):
         validate_serve_config(_config({**canary, "deployments": [{"name": "Ingress"}]}))
     with pytest.raises(ConfigError, match="model.enabled"):
-        validate_serve_config(_config({**canary, "args": {"model": {"enabled": False}, "vector": {"enabled": False}}}))
+        validate_serve_config(_config({**canary, "args": {"model": {"enabled": False}}}))
 
 
 def test_canary_settings_are_bounded():

@@ -1,5 +1,5 @@
 """The KubeRay manifest: `serve-app kuberay` writes valid YAML of kind RayService whose serveConfigV2 is
-the Serve config file unchanged (round trip) and passes the app's own config validation; an invalid config
+the Serve config file expanded into one application per component and passes the app's own config validation; an invalid config
 is refused before anything is written; the manifest checked into cluster/kuberay matches the generator."""
 
 from pathlib import Path
@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import ray
 import yaml
+from ray.serve.schema import ServeDeploySchema
 
 from serve_app.cli import main
+from serve_app.config.apps import expand
 from serve_app.config.kuberay import serve_config_of
-from serve_app.config.loader import validate_serve_config
 
 pytestmark = pytest.mark.unit
 
@@ -25,8 +26,11 @@ def test_manifest_round_trips_to_the_same_serve_config(tmp_path):
         assert manifest["apiVersion"] == "ray.io/v1" and manifest["kind"] == "RayService"
         assert isinstance(manifest["spec"]["serveConfigV2"], str)
         serve_config = serve_config_of(manifest)
-        assert serve_config == yaml.safe_load((ROOT / config).read_text())
-        validate_serve_config(serve_config)
+        # The config file expanded: one Serve application per component (serve_app/config/apps.py).
+        assert serve_config == expand(yaml.safe_load((ROOT / config).read_text()))
+        assert [a["name"] for a in serve_config["applications"]] == [
+            "serve_app", "serve_app-LLMServer", "serve_app-retrieval", "serve_app-agent"]
+        ServeDeploySchema.model_validate(serve_config)
         cluster = manifest["spec"]["rayClusterConfig"]
         assert cluster["rayVersion"] == ray.__version__
         worker = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]

@@ -99,7 +99,8 @@ def test_a_failing_canary_is_started_routed_then_removed_and_the_current_release
                for cfg in gw.applied)
     # The canary application: the new args, the LLM alone, sized to its share, logging kept.
     canary = next(a for a in gw.applied[0]["applications"] if a["name"] == "serve_app-canary")
-    assert canary["import_path"] == "serve_app.app:build_llm" and canary["args"]["engine"] == {"max_num_seqs": 8}
+    assert canary["import_path"] == "serve_app.app:build_llm" and canary["args"]["engine"]["max_num_seqs"] == 8
+    assert canary["args"]["deployment"] == "LLMServer" and "vector" not in canary["args"]  # the LLM's settings alone
     assert canary["deployments"] == [{"name": "LLMServer", "num_replicas": 1}]
     assert canary["logging_config"] == {"encoding": "JSON"} and canary["route_prefix"] is None
     assert c.state.canary is None and c.state.deploying is None and c.history.last_good()["n"] == 1
@@ -190,7 +191,7 @@ def test_a_leftover_canary_is_removed_by_the_next_call_and_retried_after_a_failu
         return c, gw
 
     c, gw = asyncio.run(run())
-    assert not c.state.leftover_canary and list(gw.apps) == ["serve_app"]
+    assert not c.state.leftover_canary and CANARY_APP not in gw.apps
     assert _ingress_user_config(gw.applied[-1]) == {"release": "1"}
 
 
@@ -202,7 +203,7 @@ def test_a_deploy_waits_for_a_leftover_canary_instead_of_refusing(tmp_path):
         return c, gw, out["release"]
 
     c, gw, n = asyncio.run(run())
-    assert c.history.get(n)["status"] == "good" and list(gw.apps) == ["serve_app"]
+    assert c.history.get(n)["status"] == "good" and CANARY_APP not in gw.apps
 
 
 @pytest.mark.parametrize("overrides, field", [({"share": 1.5}, "share"), ({"bogus": 1}, "bogus")])
@@ -243,7 +244,7 @@ def _time_to_ready(state_dir, healthy_after, graceful_s):
     clock = FakeClock()
     gw = FakeServeGateway({"serve_app": APP}, clock, ready_after_s=healthy_after, graceful_shutdown_s=graceful_s)
     rollout = Rollout("serve_app", gw, History(state_dir), ReleaseState(serving=1), clock, clock.sleep)
-    settings = AppSettings.model_validate({"releases": {"ready_timeout_s": 0.5}})
+    settings = AppSettings.model_validate({**APP["args"], "releases": {"ready_timeout_s": 0.5}})
     t0 = clock()
     asyncio.run(rollout.wait_ready(gw.deployed_at, settings))
     return clock() - t0
