@@ -14,14 +14,16 @@ slow down on small machines) therefore starts its local Ray instance on the othe
 process, and so every replica, inherits that CPU mask. The engine's cores are passed to vLLM explicitly
 (``VLLM_CPU_OMP_THREADS_BIND``) and the LLM replica lets the engine processes it starts reach them again
 (``engine_cpus_reachable``), so the worker is bound exactly where vLLM's automatic binding would bind it.
-The embedder and vector-store replicas, whose work is compute-bound and comes in bursts, widen their own
-mask back to every core (``share_engine_cpus``).
+The embedder and vector-store replicas, whose work is compute-bound and comes in bursts, run that work on
+threads whose mask includes the engine's cores (``compute_executor``); the rest of those processes (Ray's
+core worker, its gRPC and event-loop threads) stays on the other cores with the rest of Ray.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
@@ -91,13 +93,20 @@ def _bound_cpus() -> set[int]:
         return set()
 
 
-def share_engine_cpus() -> None:
-    """Let this whole process run on the engine's CPUs too. For replicas whose work comes in bursts and is
-    compute-bound, like the embedder's: kept to the cores left over they would lose half their throughput
-    on a 2-core machine, while on the engine's cores they compete with it only while both are busy."""
+def widen_to_engine_cpus() -> None:
+    """Let the calling thread (and the threads it starts from now on, e.g. an OpenMP pool) run on the engine's
+    CPUs too."""
     extra = _bound_cpus()
     if extra and hasattr(os, "sched_setaffinity"):
-        _every_thread(lambda mask: mask | extra)
+        os.sched_setaffinity(0, os.sched_getaffinity(0) | extra)
+
+
+def compute_executor(name: str) -> ThreadPoolExecutor:
+    """One thread for a replica's compute-bound work (embedding), allowed on the engine's CPUs too: kept to
+    the cores left over it would lose half its throughput on a 2-core machine, while on the engine's cores it
+    competes with the engine only while both are busy. Only this thread (and the threads torch starts from
+    it) gets the wider mask: the replica's other threads, always awake a little, stay off the engine's cores."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=widen_to_engine_cpus)
 
 
 def parse_cpu_list(value: str) -> set[int]:

@@ -26,7 +26,7 @@ from serve_app.config.components import RetrievalAppSettings
 from serve_app.config.names import EMBEDDER, VECTOR_STORE
 from serve_app.config.settings import VectorSettings
 from serve_app.errors import NotFound
-from serve_app.llm.cpus import share_engine_cpus
+from serve_app.llm.cpus import compute_executor
 from serve_app.observability.genai import vector_search
 from serve_app.observability.metrics import metric
 from serve_app.observability.tracing import span
@@ -66,8 +66,8 @@ def make_store(s: VectorSettings, dim: int, keywords: KeywordEncoder | None = No
 @serve.deployment(name=EMBEDDER, max_ongoing_requests=128, ray_actor_options={"num_cpus": 0})
 class EmbedderServer:
     def __init__(self, settings: dict[str, Any]):
-        share_engine_cpus()
         s = RetrievalAppSettings.model_validate(settings).vector
+        self._compute = compute_executor("embed")
         if s.embed_threads:
             import torch
 
@@ -86,7 +86,7 @@ class EmbedderServer:
         # One encode call for the whole Serve batch: sentence-transformers sorts it by length, so texts
         # of several requests share padding-efficient forward passes. Off the event loop, so requests
         # keep arriving (and batching) while a batch computes.
-        vecs, tokens = await asyncio.to_thread(self._encode, flat)
+        vecs, tokens = await asyncio.get_running_loop().run_in_executor(self._compute, self._encode, flat)
         out, i = [], 0
         for texts in requests:
             out.append((vecs[i : i + len(texts)], tokens[i : i + len(texts)]))
@@ -119,8 +119,8 @@ class VectorStoreServer:
     ):
         from transformers import AutoTokenizer
 
-        share_engine_cpus()
         self.s = RetrievalAppSettings.model_validate(settings).vector
+        self._compute = compute_executor("embed-query")
         # Torch here embeds only queries, one short text each: one thread is as fast in-process, and a parallel
         # region of two threads waits for whichever one a busier process preempted (replicas run niced).
         import torch
@@ -233,7 +233,8 @@ class VectorStoreServer:
     # queries that arrive while one runs). One batch at a time: the tokenizer refuses use from two threads.
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
     async def _embed_queries(self, queries: list[str]) -> list[np.ndarray]:
-        return list(await asyncio.to_thread(self.query_embedder.encode, queries, _PASS))
+        vecs = await asyncio.get_running_loop().run_in_executor(self._compute, self.query_embedder.encode, queries, _PASS)
+        return list(vecs)
 
     async def search(
         self, query: str, top_k: int, filter: dict[str, Any] | None = None, score_threshold: float | None = None,

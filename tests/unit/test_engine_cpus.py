@@ -127,21 +127,27 @@ print([list(m) for m in masks], child)
 
 
 @needs_two
-def test_share_engine_cpus_widens_every_thread_back_to_the_engines_cpus():
+def test_only_the_compute_thread_reaches_the_engines_cpus():
     code = f"""
 import os, threading
-from serve_app.llm.cpus import BIND_ENV, pin_process, share_engine_cpus
+from serve_app.llm.cpus import BIND_ENV, compute_executor, pin_process
 pin_process([{ALLOWED[-1]}])
-ev = threading.Event()
-t = threading.Thread(target=ev.wait); t.start()
 os.environ[BIND_ENV] = "{ALLOWED[0]}"
-share_engine_cpus()
-masks = {{tuple(sorted(os.sched_getaffinity(int(tid)))) for tid in os.listdir("/proc/self/task")}}
-ev.set(); t.join()
-print([list(m) for m in masks])
+pool = compute_executor("t")
+inner = pool.submit(lambda: sorted(os.sched_getaffinity(0))).result()
+# A thread the compute thread starts (an OpenMP pool's) inherits its mask.
+def start_one():
+    out = []
+    t = threading.Thread(target=lambda: out.append(sorted(os.sched_getaffinity(0))))
+    t.start(); t.join()
+    return out
+child = pool.submit(start_one).result()
+pool.shutdown(wait=True)
+print(inner, sorted(os.sched_getaffinity(0)), child)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    assert out == str([sorted({ALLOWED[0], ALLOWED[-1]})])
+    both = sorted({ALLOWED[0], ALLOWED[-1]})
+    assert out == f"{both} {[ALLOWED[-1]]} {[both]}"
 
 
 def test_engines_spread_over_cores_replicas_of_one_model_first():
