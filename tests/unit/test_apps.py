@@ -137,3 +137,18 @@ def test_each_builder_reads_its_own_applications_args():
     # The plain form is expanded first; handed to Serve as it is, the builder says how.
     with pytest.raises(ConfigError, match="serve-app expand"):
         build_app(_app(config)["args"])
+
+
+def test_serve_app_expand_writes_what_serve_deploy_takes(tmp_path):
+    from serve_app.cli import main
+
+    out = tmp_path / "serve.yaml"
+    assert main(["expand", str(ROOT / "configs/dev-cpu.yaml"), "-o", str(out)]) == 0
+    expanded = yaml.safe_load(out.read_text())
+    ServeDeploySchema.model_validate(expanded)
+    assert [a["name"] for a in expanded["applications"]] == APPS
+    bad = _load(ROOT / "configs/dev-cpu.yaml")
+    _app(bad)["args"]["engine"]["max_num_seqs"] = 0
+    src = tmp_path / "bad.yaml"
+    src.write_text(yaml.safe_dump(bad))
+    assert main(["expand", str(src), "-o", str(tmp_path / "no.yaml")]) == 2 and not (tmp_path / "no.yaml").exists()
