@@ -200,7 +200,13 @@ def _record_start(schema) -> None:
 
     plain = schema.model_dump(mode="json", exclude_unset=True)
     app = next(a["name"] for a in plain["applications"] if a.get("import_path") == APP_IMPORT_PATH)
-    n = ray.get(get_controller(app).started_from.remote(plain))
+    try:
+        n = ray.get(get_controller(app).started_from.remote(plain))
+    except Exception as exc:  # noqa: BLE001 - the app runs without it; releases then start from the first submitted
+        # One release controller per cluster: on a shared cluster it may keep another application's history.
+        say(f"the release history did not record this config ({type(exc).__name__}: {str(exc)[:300]}); "
+            "the first release submitted to the admin API starts it")
+        return
     say(f"release {n}: the config this run started from")
 
 
