@@ -1,16 +1,18 @@
 """The release controller: deploy → watch → automatic rollback, scale, history. The seed's deploy_update
 and scale_service.
 
-It runs as one detached Ray actor per cluster (created on first use by the ingress), outside the Serve
-application it updates, so it keeps watching while the app's replicas restart. A release is a whole Serve
-config; it is applied with Serve's own in-place update (``deploy_apps``), exactly as ``serve deploy`` would,
-so Serve decides what restarts: with Serve 2.60 a change of an application's ``args`` rebuilds every
-deployment of the application, while a change of deployment options only (replicas, autoscaling bounds,
-``user_config``) restarts nothing. The release number reaches the ingress through its ``user_config``.
+It runs as one detached Ray actor per cluster (created by ``serve-app run``, which records the config it
+started from as the first release, or on first use by the ingress), outside the Serve applications it
+updates, so it keeps watching while the app's replicas restart. A release is a whole plain Serve config; it is
+applied expanded into one Serve application per component (serve_app/config/apps.py) with Serve's own
+in-place update (``deploy_apps``), exactly as ``serve deploy`` of the expanded form would, so Serve decides
+what restarts: a change of a component's ``args`` rebuilds that component's application, while a change of
+deployment options only (replicas, autoscaling bounds, ``user_config``) restarts nothing. The release number
+reaches the ingress through its ``user_config``.
 
 Deploy flow: validate, and refuse code changes the running config does not allow (release/guard.py;
 nothing is touched if the release is invalid or refused) → record it (status ``deploying``) →
-apply → watch Serve's status until the application is RUNNING with every deployment HEALTHY, failing fast on
+apply → watch Serve's status until every application is RUNNING with every deployment HEALTHY, failing fast on
 a replica that cannot start → probe every component's health for ``releases.watch_s`` → ``good``; on any
 failure, redeploy the last good release and record both outcomes.
 
