@@ -1,11 +1,12 @@
-"""serve_app: an LLM serving stack as one Ray Serve application (vLLM, retrieval, agents, releases with
-rollback).
+"""serve_app: an LLM serving stack as Ray Serve applications, one per component (vLLM, retrieval, agents,
+releases with rollback).
 
 The public names:
 
     AppSettings          the app's settings (the ``args:`` block of a Serve config)
     load_serve_config    a Serve config file -> (Serve's schema, {application: AppSettings}); ConfigError
-    build_app            the application builder every config names (``serve_app.app:build_app``)
+    build_app            what every config names (``serve_app.app:build_app``): the plain form, expanded into
+                         one Serve application per component (serve_app/config/apps.py)
     AdminClient          the admin API of a running app (releases, rollback, scale, status, audit); AdminError
     __version__          the installed distribution's version
 

@@ -132,7 +132,8 @@ def app_proc(tmp_path_factory, trace_dir, serve_logs_dir, data_dir):
     def ready() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"serve-app exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-        return httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+        # "ready:" is printed once the release history holds the config the app started from.
+        return "] ready: http" in log_path.read_text() and httpx.get(f"{url}/healthz", timeout=5).status_code == 200
 
     try:
         try:

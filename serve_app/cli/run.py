@@ -1,6 +1,6 @@
 """The runner: `serve-app run` (start Ray or join a cluster, deploy a Serve config file, wait, shut down on
-SIGINT/SIGTERM), `prepare-model`, `check-config`, and `kuberay` (the same config file as a KubeRay
-RayService manifest)."""
+SIGINT/SIGTERM), `prepare-model`, `check-config`, `expand` (the file as Serve's multi-application config) and
+`kuberay` (that as a KubeRay RayService manifest)."""
 
 from __future__ import annotations
 
@@ -155,10 +155,6 @@ def cmd_run(ns: argparse.Namespace) -> int:
             controller_options=schema.controller_options,
             global_tracing_config=schema.tracing_config,
         )
-        # The config the app starts from is its release history's first release (or the next one, if the
-        # history holds an earlier run's): recorded before Serve gets it, so the release controller, which
-        # the ingress finds once it runs, never has to guess what runs.
-        _record_start(schema)
         # One Serve application per component (config/apps.py): a later release rebuilds only those it changes.
         from serve_app.config.apps import expand_schema
 
@@ -170,6 +166,9 @@ def cmd_run(ns: argparse.Namespace) -> int:
                 return 0  # asked to stop while starting: a clean shutdown
             say("the application did not become healthy")
             return 1
+        # The config the app runs is its release history's first release (or the next one, if the history
+        # holds an earlier run's): recorded once Serve runs it, so the release controller never has to guess.
+        _record_start(schema)
         host, port = schema.http_options.host, schema.http_options.port
         say(f"ready: http://{host}:{port} (Ctrl-C to stop)")
         while not stop.wait(1.0):
@@ -195,13 +194,17 @@ def _record_start(schema) -> None:
     does not run yet: serve_app/release/controller.py)."""
     import ray
 
+    from serve_app.config.apps import DEFAULT_APP_NAME
     from serve_app.config.loader import APP_IMPORT_PATH
     from serve_app.release.controller import get_controller
 
     plain = schema.model_dump(mode="json", exclude_unset=True)
-    app = next(a["name"] for a in plain["applications"] if a.get("import_path") == APP_IMPORT_PATH)
+    entry = next(a for a in plain["applications"] if a.get("import_path") == APP_IMPORT_PATH)
+    app = entry.get("name") or DEFAULT_APP_NAME
+    # The controller reads where its history lives from the environment the app's replicas get too.
+    env = (entry.get("runtime_env") or {}).get("env_vars") or {}
     try:
-        n = ray.get(get_controller(app).started_from.remote(plain))
+        n = ray.get(get_controller(app, env_vars=env).started_from.remote(plain))
     except Exception as exc:  # noqa: BLE001 - the app runs without it; releases then start from the first submitted
         # One release controller per cluster: on a shared cluster it may keep another application's history.
         say(f"the release history did not record this config ({type(exc).__name__}: {str(exc)[:300]}); "

@@ -52,10 +52,12 @@ from serve_app.config.loader import (
     deployment_names,
     validate_app_args,
 )
+from serve_app.config.model_settings import EngineSettings
 from serve_app.config.names import AGENT, EMBEDDER, INGRESS, VECTOR_STORE
 from serve_app.config.settings import AppSettings
 
 ADAPTERS = "adapters"
+DEFAULT_APP_NAME = "default"  # Serve's name for an application that gives none
 
 
 def component_apps(app: str, settings: AppSettings) -> dict[str, list[str]]:
@@ -67,8 +69,9 @@ def component_apps(app: str, settings: AppSettings) -> dict[str, list[str]]:
 
 
 def code_version(entry: dict[str, Any]) -> str:
-    """What Serve versions an application by (import path, runtime_env, args), as a short hash: the version
-    /admin/status shows for each application. Equal exactly when Serve would not rebuild it."""
+    """What Serve versions an application's code by (import path, runtime_env, args), as a short hash: the
+    version /admin/status shows for each application. (Serve also rebuilds on a change of an autoscaling
+    policy, request router or deployment actor by import path, which a release cannot change unguarded.)"""
     key = {k: entry.get(k) for k in ("import_path", "runtime_env", "args")}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -94,12 +97,15 @@ def llm_args(settings: AppSettings, deployment: str) -> dict[str, Any]:
 
 def _ingress_args(args: dict[str, Any], settings: AppSettings) -> dict[str, Any]:
     """The Ingress's args: the plain args as written, without the adapters and with each model's engine cut
-    to what the ingress reads of it (max_model_len, for /v1/models), so engine changes do not reach it."""
+    to what the ingress reads of it (max_model_len, for /v1/models), so engine changes do not reach it.
+    ``max_num_seqs`` is written as the least value the settings' own check (at least ``ingress.max_n``) lets
+    through, a function of the ingress's settings alone: the real engines were checked in the plain config."""
     out = copy.deepcopy(args)
     served = list(settings.served_models().values())
     sections = [out] + [m for m in out.get("models") or [] if isinstance(m, dict)]
+    seqs = max(EngineSettings().max_num_seqs, settings.ingress.max_n)
     for section, model in zip(sections, served, strict=False):
-        section["engine"] = {"max_model_len": model.engine.max_model_len}
+        section["engine"] = {"max_model_len": model.engine.max_model_len, "max_num_seqs": seqs}
         if isinstance(section.get("lora"), dict):
             section["lora"].pop(ADAPTERS, None)
     return out
@@ -125,7 +131,7 @@ def _application(plain: dict[str, Any], name: str, import_path: str, args: dict[
                            "route_prefix": plain.get("route_prefix", "/") if route else None, "args": args}
     if deployments:
         out["deployments"] = deployments
-    for key in ("runtime_env", "logging_config", "external_scaler_enabled"):
+    for key in ("runtime_env", "logging_config", "external_scaler_enabled", "autoscaling_policy"):
         if plain.get(key) is not None:
             out[key] = copy.deepcopy(plain[key])
     return out
@@ -140,13 +146,13 @@ def llm_application(plain: dict[str, Any], deployment: str, name: str | None = N
     if served.lora is not None:
         entries = [_with_user_config(e, dict(served.lora.adapters)) for e in entries] or [
             _with_user_config({"name": deployment}, dict(served.lora.adapters))]
-    return _application(plain, name or component_app(plain["name"], deployment), LLM_IMPORT_PATH,
+    return _application(plain, name or component_app(plain.get("name") or DEFAULT_APP_NAME, deployment), LLM_IMPORT_PATH,
                         llm_args(settings, deployment), entries)
 
 
 def expand_application(plain: dict[str, Any]) -> list[dict[str, Any]]:
     """The Serve applications of one plain application, the ingress first."""
-    app, args = plain["name"], plain.get("args") or {}
+    app, args = plain.get("name") or DEFAULT_APP_NAME, plain.get("args") or {}
     settings = validate_app_args(args)
     entries = {d["name"]: dict(d) for d in plain.get("deployments") or []}
     by_model = adapters_by_model(settings)

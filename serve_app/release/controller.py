@@ -101,8 +101,8 @@ class Releases:
         return r and {**r, "config": stored_config(r)}
 
     def _current(self) -> dict[str, Any]:
-        """The last good release, its config migrated. There always is one once the constructor has run (it
-        records what Serve runs as release 1 if there is none), and a good release stays good."""
+        """The last good release, its config migrated (ServiceUnavailable while the history holds none: an app
+        started from the expanded form before its first release)."""
         current = self._last_good()
         if current is None:
             raise ServiceUnavailable("the release history holds no release yet: deploy the app's plain config as its "
@@ -358,10 +358,13 @@ class ReleaseController(Releases):
         return await asyncio.to_thread(Releases.started_from, self, config, actor)
 
 
-def get_controller(app_name: str):
-    """The cluster's release controller, created on first use."""
+def get_controller(app_name: str, env_vars: dict[str, str] | None = None):
+    """The cluster's release controller, created on first use (``env_vars``: its environment's additions, the
+    app's own runtime_env variables when ``serve-app run`` creates it; a replica's actors inherit its own)."""
     # mypy ignores class decorators: it sees the plain class where @ray.remote made an actor class.
     actor_class = cast("ray.actor.ActorClass", ReleaseController)
-    return actor_class.options(
-        name=CONTROLLER_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
-    ).remote(app_name)
+    options: dict[str, Any] = {"name": CONTROLLER_NAME, "namespace": NAMESPACE, "lifetime": "detached",
+                               "get_if_exists": True}
+    if env_vars:
+        options["runtime_env"] = {"env_vars": dict(env_vars)}
+    return actor_class.options(**options).remote(app_name)

@@ -91,8 +91,10 @@ def release_config(base: dict | None, config: dict, app: str) -> tuple[dict, App
     """The whole config a submitted release deploys: ``base`` (what runs; None: the history holds no release
     yet, and the submitted config is taken whole) with the release's application replaced, validated exactly
     like a config file. Returns it with the application's settings."""
-    if base is None:
-        base = {**{k: v for k, v in config.items() if k != "applications"}, "applications": []}
+    if base is None:  # the submitted config's other applications are what runs next to it
+        base = {**{k: v for k, v in config.items() if k != "applications"},
+                "applications": [a for a in config.get("applications") or []
+                                 if isinstance(a, dict) and a.get("name", app) not in (app, canary_name(app))]}
     # Serve's global options stay as they run (they cannot change in place); the application is the release.
     new_app = None
     for a in (config.get("applications") or []):

@@ -152,3 +152,17 @@ def test_serve_app_expand_writes_what_serve_deploy_takes(tmp_path):
     src = tmp_path / "bad.yaml"
     src.write_text(yaml.safe_dump(bad))
     assert main(["expand", str(src), "-o", str(tmp_path / "no.yaml")]) == 2 and not (tmp_path / "no.yaml").exists()
+
+
+def test_every_application_of_a_valid_config_validates_with_its_own_builder():
+    config = _load(ROOT / "configs/multi-model.yaml")
+    # Choices per request above the engine default: the ingress's cut engines must still pass the check.
+    _app(config)["args"]["ingress"] = {"max_n": 100}
+    _app(config)["args"]["engine"]["max_num_seqs"] = 128
+    _app(config)["args"]["models"][0]["engine"]["max_num_seqs"] = 128
+    del _app(config)["name"]  # Serve's default name
+    apps = {a["name"]: a for a in expand(config)["applications"]}
+    assert set(apps) == {"default", "default-LLMServer", "default-LLMServer-tiny-random-llama",
+                         "default-retrieval", "default-agent"}
+    assert validate_app_args(apps["default"]["args"]).ingress.max_n == 100
+    build_ingress(apps["default"]["args"])

@@ -65,3 +65,11 @@ def test_without_a_recorded_release_the_first_one_is_taken_whole_and_checked_aga
     c, gw, out = asyncio.run(run())
     assert out["release"] == 1 and out["changed"] == ["everything"]
     assert c.history.get(1)["status"] == "good" and len(gw.applied) == 1
+
+
+def test_the_first_release_keeps_the_files_other_applications(tmp_path):
+    c, _ = _controller(tmp_path)
+    other = {"name": "other", "route_prefix": "/other", "import_path": "serve_app.app:build_app",
+             "args": {"model": {"enabled": False}}}
+    c.started_from({"applications": [APP, other]})
+    assert [a["name"] for a in c.history.get(1)["config"]["applications"]] == ["other", "serve_app"]
