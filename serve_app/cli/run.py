@@ -213,6 +213,16 @@ def _record_start(schema) -> None:
     say(f"release {n}: the config this run started from")
 
 
+def _write(text: str, output: str) -> int:
+    """A command's YAML to stdout ("-") or a file."""
+    if output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(output).write_text(text)
+        say(f"wrote {output}")
+    return 0
+
+
 def cmd_expand(ns: argparse.Namespace) -> int:
     import yaml
 
@@ -225,12 +235,7 @@ def cmd_expand(ns: argparse.Namespace) -> int:
     except ConfigError as exc:
         say(str(exc))
         return 2
-    if ns.output == "-":
-        sys.stdout.write(text)
-    else:
-        Path(ns.output).write_text(text)
-        say(f"wrote {ns.output}")
-    return 0
+    return _write(text, ns.output)
 
 
 def cmd_prepare_model(ns: argparse.Namespace) -> int:
@@ -265,13 +270,7 @@ def cmd_kuberay(ns: argparse.Namespace) -> int:
     except ConfigError as exc:
         say(str(exc))
         return 2
-    text = dump(manifest)
-    if ns.output == "-":
-        sys.stdout.write(text)
-    else:
-        Path(ns.output).write_text(text)
-        say(f"wrote {ns.output}")
-    return 0
+    return _write(dump(manifest), ns.output)
 
 
 def register(sub) -> None:
