@@ -97,14 +97,23 @@ class AdminClient(httpx.Client):
 
     # The calls that start a release answer 202 at once; the outcome is the release's (follow()).
 
-    def deploy(self, config: dict, note: str | None = None, canary: dict | None = None) -> dict:
-        """Deploy a release; ``canary``: {} for the release's own canary settings, or overrides of them."""
-        body = {"config": config, "note": note} | ({"canary": canary} if canary is not None else {})
+    def deploy(self, config: dict, note: str | None = None, canary: dict | None = None, model: str | None = None,
+               component: str | None = None) -> dict:
+        """Deploy a release, of the whole app or scoped to one ``model`` or ``component``; ``canary``: {} for the
+        release's own canary settings, or overrides of them."""
+        body = {"config": config, "note": note, "model": model, "component": component} | (
+            {"canary": canary} if canary is not None else {})
         return self.call("POST", "/admin/releases", json=body, expect=202)
 
-    def rollback(self, release: int | None = None) -> dict:
-        """Redeploy release ``release`` (default: the previous good one) as a new release."""
-        return self.call("POST", "/admin/rollback", json={"release": release}, expect=202)
+    def rollback(self, release: int | None = None, model: str | None = None, component: str | None = None) -> dict:
+        """Redeploy release ``release`` (default: the previous good one) as a new release, of the whole app or
+        of one ``model``'s or ``component``'s settings."""
+        body = {"release": release, "model": model, "component": component}
+        return self.call("POST", "/admin/rollback", json=body, expect=202)
+
+    def remove_model(self, name: str) -> dict:
+        """Remove a served model (a release of its scope)."""
+        return self.call("DELETE", f"/admin/models/{name}", expect=202)
 
     def scale(self, deployment: str, replicas: int | None = None, factor: float | None = None) -> dict:
         """Fix a deployment's replicas, or multiply them or its autoscaling bounds (one of the two)."""

@@ -1,4 +1,4 @@
-"""The admin subcommands: `serve-app deploy | status | history | rollback | scale`, calls of a running app's
+"""The admin subcommands: `serve-app deploy | status | history | rollback | remove-model | scale | adapters`, calls of a running app's
 admin API (serve_app/admin_client.py). Exit status: 0 done (a release: ended good), 1 refused or not good,
 2 the app or a file could not be reached."""
 
@@ -78,11 +78,13 @@ def cmd_deploy(ns: argparse.Namespace) -> int:
 
 @_admin_command
 def _deploy(ns: argparse.Namespace, client: AdminClient, config: dict, canary: dict | None) -> int:
-    out = client.deploy(config, ns.note, canary)
-    say(f"release {out['release']} deploying; changed: {', '.join(out['changed']) or 'nothing'}")
+    out = client.deploy(config, ns.note, canary, ns.model, ns.component)
+    say(f"release {out['release']} ({out.get('scope', 'app')}) deploying; changed: "
+        f"{', '.join(out['changed']) or 'nothing'}")
     if out.get("canary"):
         c = out["canary"]
-        say(f"canary first: {c['share']:.0%} of LLM requests for {c['window_s']:g}s, then promoted or rolled back")
+        say(f"canary first: {c['share']:.0%} of the model's requests for {c['window_s']:g}s, then promoted or rolled "
+            "back")
     return _follow(client, out["release"], ns.timeout) if not ns.no_wait else 0
 
 
@@ -102,8 +104,18 @@ def cmd_history(ns: argparse.Namespace, client: AdminClient) -> int:
 
 @_admin_command
 def cmd_rollback(ns: argparse.Namespace, client: AdminClient) -> int:
-    out = client.rollback(ns.release)
+    out = client.rollback(ns.release, ns.model, ns.component)
+    if out.get("aborted_canary"):
+        say(f"canary release {out['release']} stopped: {out['status']}")
+        return 0
     say(f"rollback deploying as release {out['release']}")
+    return _follow(client, out["release"], ns.timeout)
+
+
+@_admin_command
+def cmd_remove_model(ns: argparse.Namespace, client: AdminClient) -> int:
+    out = client.remove_model(ns.name)
+    say(f"removing {ns.name} as release {out['release']}")
     return _follow(client, out["release"], ns.timeout)
 
 
@@ -153,12 +165,25 @@ def register(sub) -> None:
                      "first; promote or roll back from its error rate and p99 TTFT (args.releases.canary)")
     dep.add_argument("--share", type=float, help="with --canary: share of LLM requests (overrides the release's)")
     dep.add_argument("--window", type=float, help="with --canary: seconds of comparison (overrides the release's)")
+    scope = dep.add_mutually_exclusive_group()
+    scope.add_argument("--model", help="scope the release to this served model: only its settings may differ from "
+                       "the running config (a model the running config lacks is added)")
+    scope.add_argument("--component", choices=["retrieval", "agent", "ingress"],
+                       help="scope the release to this component: only its settings may differ")
     dep.set_defaults(func=cmd_deploy)
-    admin("status", "Serve status per deployment, current and last good release").set_defaults(func=cmd_status)
+    admin("status", "Serve status per application, deployment and model; current and last good release").set_defaults(func=cmd_status)
     admin("history", "the release history").set_defaults(func=cmd_history)
     rb = admin("rollback", "redeploy the previous good release, or release N", follows=True)
     rb.add_argument("release", nargs="?", type=int, help="release to go back to (default: the previous good one)")
+    rb_scope = rb.add_mutually_exclusive_group()
+    rb_scope.add_argument("--model", help="roll back only this model's settings (to its previous release)")
+    rb_scope.add_argument("--component", choices=["retrieval", "agent", "ingress"],
+                          help="roll back only this component's settings")
     rb.set_defaults(func=cmd_rollback)
+    rm = admin("remove-model", "stop serving a model: routing stops, its streams finish, its application goes "
+               "(recorded as a release)", follows=True)
+    rm.add_argument("name", help="the model's served name")
+    rm.set_defaults(func=cmd_remove_model)
     sc = admin("scale", "change a deployment's replicas or scale its autoscaling bounds (recorded as a release)",
                follows=True)
     sc.add_argument("name", help="deployment, e.g. LLMServer")

@@ -196,7 +196,7 @@ def _record_start(schema) -> None:
 
     from serve_app.config.apps import DEFAULT_APP_NAME
     from serve_app.config.loader import APP_IMPORT_PATH
-    from serve_app.release.controller import get_controller
+    from serve_app.release.actor import get_controller
 
     plain = schema.model_dump(mode="json", exclude_unset=True)
     entry = next(a for a in plain["applications"] if a.get("import_path") == APP_IMPORT_PATH)

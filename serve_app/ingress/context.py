@@ -55,7 +55,7 @@ class IngressContext:
         ``controller_lookup``: finds (or starts) the release controller's actor; called on first use."""
         retrieval = Retrieval(settings.vector, vector, embedder)
         models = ModelRouting(settings, llms, retrieval.embedder_name)
-        releases = ReleaseSide(settings.release, models.first, settings.releases.canary_report_period_s,
+        releases = ReleaseSide(settings.release, models.models, settings.releases.canary_report_period_s,
                                controller_lookup)
         rag = None
         if models.rag_model is not None and settings.rag.enabled:

@@ -20,7 +20,7 @@ from ray import serve
 from serve_app.calls.handles import handle_of
 from serve_app.config.components import component_app
 from serve_app.config.loader import deployment_names
-from serve_app.config.names import AGENT, EMBEDDER, INGRESS, LLM_DEPLOYMENT, VECTOR_STORE
+from serve_app.config.names import AGENT, EMBEDDER, INGRESS, VECTOR_STORE
 from serve_app.config.settings import AppSettings
 from serve_app.ingress.admin_gate import admin_key_digest
 from serve_app.ingress.context import IngressContext
@@ -31,7 +31,7 @@ logger = logging.getLogger("ray.serve")
 
 
 def _find_release_controller():
-    from serve_app.release.controller import get_controller
+    from serve_app.release.actor import get_controller
 
     return get_controller(serve.get_replica_context().app_name)
 
@@ -80,10 +80,11 @@ class Ingress:
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         # Set by the release controller through user_config, so no restart (release/controller.py): the release
-        # number, while a canary is out its application and share of LLM traffic (ingress/canary.py), and the
+        # number, for each model with a canary out its application and share of the model's traffic
+        # (ingress/canary.py), and the
         # LoRA adapters.
         releases = self.context.releases
         releases.set_release(str(user_config.get("release") or self.settings.release))
-        releases.set_canary(user_config.get("canary"), lambda name: handle_of(LLM_DEPLOYMENT, name))
+        releases.set_canaries(user_config.get("canaries"), handle_of)
         # The LoRA adapters of every model (serve_app/config/apps.py): requests may name them from now on.
         self.context.models.set_adapters(user_config.get("adapters"))

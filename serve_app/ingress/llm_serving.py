@@ -90,16 +90,16 @@ def _served_by(head: dict[str, Any], model: str) -> dict[str, str]:
 
 
 async def generate(ctx: IngressContext, kind: str, req: Any, model: str, handle):
-    """Run a chat or completion request on ``model``'s LLM deployment (``handle``; for the first model while a
-    canary is out, the canary's share of them on the canary): the whole answer as one JSON body, or the stream
+    """Run a chat or completion request on ``model``'s LLM deployment (``handle``; while a canary of that model
+    is out, the canary's share of them on the canary): the whole answer as one JSON body, or the stream
     relayed as server-sent events."""
     ctx.models.gate(model)
     route = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
     tags = {"route": route, "model": model}
-    # While a canary is out, a share of the first model's requests goes to its LLM and each side's outcome is
-    # recorded (serve_app/ingress/canary.py).
+    # While a canary of this model is out, a share of its requests goes to the canary's LLM and each side's
+    # outcome is recorded (serve_app/ingress/canary.py).
     releases = ctx.releases
-    router = releases.router if handle is ctx.models.first else None
+    router = releases.router_for(handle) if releases.routers else None
     record: Outcome | None = None
     if router is not None:
         arm, handle = router.pick()

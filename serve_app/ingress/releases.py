@@ -1,5 +1,5 @@
 """The release side of an Ingress replica: which release it serves (exported as ``serve_app_release_info``),
-the canary split while a canary is out and the reporting of its counts, and the release controller's actor
+the canary split of each model with a canary out and the reporting of their counts, and the release controller's actor
 (the admin routes' and the audit's counterpart), looked up on first use."""
 
 from __future__ import annotations
@@ -15,18 +15,19 @@ from serve_app.calls.handles import call
 from serve_app.errors import NotFound
 from serve_app.ingress.canary import CanaryRouter
 from serve_app.observability.metrics import metric
+from serve_app.protocol.canary import PRIMARY
 
 logger = logging.getLogger("ray.serve")
 
 
 class ReleaseSide:
-    def __init__(self, release: str, primary: DeploymentHandle | None, report_period_s: float,
+    def __init__(self, release: str, models: dict[str, DeploymentHandle], report_period_s: float,
                  controller_lookup: Callable[[], Any] | None = None):
-        """``primary``: the first model's LLM handle, a canary's counterpart. ``controller_lookup`` finds (or
+        """``models``: each served model's LLM handle, a canary's counterpart. ``controller_lookup`` finds (or
         starts) the release controller's actor (a blocking Ray call: run it off the event loop)."""
-        self.primary, self.report_period_s = primary, report_period_s
+        self.models, self.report_period_s = models, report_period_s
         self._lookup, self._controller = controller_lookup, None
-        self.router: CanaryRouter | None = None
+        self.routers: dict[str, CanaryRouter] = {}  # served model -> its canary split
         self._reporter: asyncio.Task | None = None
         self._shown: str | None = None
         self.release = release
@@ -43,35 +44,46 @@ class ReleaseSide:
 
     # -- the canary split ---------------------------------------------------------------------------------
 
-    def set_canary(self, canary: dict[str, Any] | None, canary_handle: Callable[[str], Any]) -> None:
-        """The canary split of the ingress's ``user_config`` (None: no canary out). ``canary_handle(app)`` gives
-        the canary application's LLM handle."""
-        if not canary or self.primary is None:
-            self.router = None
-        elif self.router is None or self.router.release != int(canary["release"]) \
-                or self.router.share != float(canary["share"]):
-            self.router = CanaryRouter(self.primary, canary_handle(canary["app"]), float(canary["share"]),
-                                       int(canary["release"]))
+    def set_canaries(self, canaries: dict[str, Any] | None, canary_handle: Callable[[str, str], Any]) -> None:
+        """The canary splits of the ingress's ``user_config`` (served model -> {app, deployment, share,
+        release}; None: no canary out). ``canary_handle(deployment, app)`` gives a canary's LLM handle."""
+        routers = {}
+        for model, c in (canaries or {}).items():
+            primary = self.models.get(model)
+            if primary is None:
+                continue
+            router = self.routers.get(model)
+            if router is None or router.release != int(c["release"]) or router.share != float(c["share"]):
+                router = CanaryRouter(primary, canary_handle(c["deployment"], c["app"]), float(c["share"]),
+                                      int(c["release"]))
+            routers[model] = router
+        self.routers = routers
+
+    def router_for(self, handle: Any) -> CanaryRouter | None:
+        """The canary split of the model whose LLM handle is ``handle`` (None: no canary of it is out)."""
+        for router in self.routers.values():
+            if router.handles[PRIMARY] is handle:
+                return router
+        return None
 
     def canary_reporter(self) -> None:
-        """Send the canary counts to the release controller every ``report_period_s`` while a canary is out."""
+        """Send the canary counts to the release controller every ``report_period_s`` while canaries are out."""
         if self._reporter is None or self._reporter.done():
-            self._reporter = asyncio.get_running_loop().create_task(self._report_canary())
+            self._reporter = asyncio.get_running_loop().create_task(self._report_canaries())
 
-    async def _report_canary(self) -> None:
-        router = self.router
-        while router is not None:
+    async def _report_canaries(self) -> None:
+        while self.routers:
             await asyncio.sleep(self.report_period_s)
-            data = router.flush()
-            if data is not None:
+            for router in list(self.routers.values()):
+                data = router.flush()
+                if data is None:
+                    continue
                 try:
                     controller = await asyncio.to_thread(self.controller)
                     await call(controller, "canary_report", router.release, data, timeout_s=10)
                 except Exception:
                     logger.warning("could not report canary counts to the release controller", exc_info=True)
                     self.forget_controller()
-            if self.router is not router:
-                router = self.router
 
     # -- the release controller -----------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -13,7 +13,20 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class DeployRequest(_Request):
+class _Scoped(_Request):
+    model: str | None = Field(None, min_length=1, max_length=128, description="Scope the release to this served model "
+                              "(its engine, source, replicas, autoscaling, LoRA): nothing else may change.")
+    component: Literal["retrieval", "agent", "ingress"] | None = Field(
+        None, description="Scope the release to this component: nothing else may change.")
+
+    @model_validator(mode="after")
+    def _one_scope(self) -> Self:
+        if self.model is not None and self.component is not None:
+            raise ValueError("scope a release to a model or to a component, not both")
+        return self
+
+
+class DeployRequest(_Scoped):
     config: dict[str, Any] = Field(..., description="A Serve config (the format of configs/*.yaml) holding the app.")
     note: str | None = Field(None, max_length=500, description="Why; stored in the history.")
     canary: dict[str, Any] | None = Field(
@@ -22,8 +35,9 @@ class DeployRequest(_Request):
     )
 
 
-class RollbackRequest(_Request):
-    release: int | None = Field(None, ge=1, description="Release to go back to (default: the previous good one).")
+class RollbackRequest(_Scoped):
+    release: int | None = Field(None, ge=1, description="Release to go back to (default: the previous good one; with "
+                                "a scope, the one before the scope's last change).")
 
 
 class ScaleRequest(_Request):

@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS releases (
     status TEXT NOT NULL,          -- deploying | good | failed | superseded-while-deploying
     outcome TEXT,
     rolled_back_to INTEGER,
-    schema_version INTEGER NOT NULL DEFAULT 1  -- of the config (config/versions.py); 1 for rows from before it
+    schema_version INTEGER NOT NULL DEFAULT 1, -- of the config (config/versions.py); 1 for rows from before it
+    scope TEXT NOT NULL DEFAULT 'app'          -- what it changes (release/scopes.py); rows from before: the app
 );
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -48,9 +49,9 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
 """
 # Added after the first databases were written: ``_upgrade`` adds it to those (the default is their version).
-_ADDED_COLUMNS = {"schema_version": "INTEGER NOT NULL DEFAULT 1"}
+_ADDED_COLUMNS = {"schema_version": "INTEGER NOT NULL DEFAULT 1", "scope": "TEXT NOT NULL DEFAULT 'app'"}
 _COLUMNS = ["n", "created_at", "finished_at", "actor", "kind", "note", "config", "changed", "status", "outcome",
-            "rolled_back_to", "schema_version"]
+            "rolled_back_to", "schema_version", "scope"]
 # How often (in audit records) retention is applied: often enough to bound the log, rarely enough to cost
 # nothing per call.
 PRUNE_EVERY = 64
@@ -88,14 +89,16 @@ class History:
         d["changed"] = json.loads(d["changed"])
         return d
 
-    def add(self, *, actor: str, kind: str, note: str | None, config: dict, changed: list[str], status: str) -> int:
-        """Record a release; ``config`` is in the shape this code deploys (schema ``CURRENT_VERSION``)."""
+    def add(self, *, actor: str, kind: str, note: str | None, config: dict, changed: list[str], status: str,
+            scope: str = "app") -> int:
+        """Record a release; ``config`` is in the shape this code deploys (schema ``CURRENT_VERSION``): the whole
+        config, whose ``scope``'s section is what the release changes (release/scopes.py)."""
         with self._lock:
             cur = self._db.execute(
-                "INSERT INTO releases (created_at, actor, kind, note, config, changed, status, schema_version) "
-                "VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT INTO releases (created_at, actor, kind, note, config, changed, status, schema_version, scope) "
+                "VALUES (?,?,?,?,?,?,?,?,?)",
                 (time.time(), actor, kind, note, json.dumps(config, sort_keys=True), json.dumps(changed), status,
-                 CURRENT_VERSION),
+                 CURRENT_VERSION, scope),
             )
             self._last_good = None
             # sqlite3 leaves lastrowid None only when no row was inserted, and the INSERT either inserts or raises.
@@ -133,6 +136,14 @@ class History:
             q, args = q + " AND n<?", (before,)
         row = self._db.execute(q + " ORDER BY n DESC LIMIT 1", args).fetchone()
         return self._row(row) if row else None
+
+    def good(self, whole: bool = False) -> Records:
+        """Every good release in release order, from the last good one of the whole application on (what the
+        running config is composed of: release/scopes.py ``compose``); ``whole``: from the first on."""
+        start = None if whole else self._db.execute(
+            "SELECT MAX(n) FROM releases WHERE status='good' AND scope='app'").fetchone()[0]
+        rows = self._db.execute(f"{_SELECT} WHERE status='good' AND n>=? ORDER BY n", (start or 0,)).fetchall()
+        return [self._row(r) for r in rows]
 
     def audit(self, actor: str, action: str, allowed: bool, detail: str | None = None, *,
               max_rows: int | None = None, max_age_s: float | None = None) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from serve_app.config.apps import adapters_by_model, llm_application
+from serve_app.config.components import component_app
 from serve_app.config.loader import APP_IMPORT_PATH, ConfigError, deployment_names, validate_serve_config
 from serve_app.config.model_settings import check_folder_name
 from serve_app.config.names import AGENT, EMBEDDER, INGRESS, LLM_DEPLOYMENT, VECTOR_STORE, is_llm_deployment
@@ -32,8 +33,18 @@ def probe_method(deployment: str) -> str | None:
         is_llm_deployment(deployment) or deployment in PROBES) else None
 
 
-def canary_name(app: str) -> str:
-    return f"{app}-canary"
+CANARY_SUFFIX = "-canary"
+
+
+def canary_name(app: str, deployment: str = LLM_DEPLOYMENT) -> str:
+    """The application of a canary of ``deployment`` (an LLM deployment) of the plain application ``app``."""
+    return f"{component_app(app, deployment)}{CANARY_SUFFIX}"
+
+
+def is_canary_app(app: str, name: str) -> bool:
+    """Whether the Serve application ``name`` is a canary of the plain application ``app``'s (earlier releases
+    named the first model's ``<app>-canary``)."""
+    return name.startswith(app + "-") and name.endswith(CANARY_SUFFIX)
 
 
 def app_entry(config: dict, app: str) -> dict:
@@ -87,6 +98,17 @@ def changed(old: dict | None, new: dict) -> list[str]:
     return out
 
 
+def submitted_entry(config: dict, app: str) -> dict:
+    """The release's application in a submitted config (400 when it has none)."""
+    new_app = None
+    for a in (config.get("applications") if isinstance(config, dict) else None) or []:
+        if isinstance(a, dict) and a.get("name", app) == app:
+            new_app = a
+    if new_app is None:
+        raise InvalidRequest(f"the release must contain the application {app!r}", "applications")
+    return new_app
+
+
 def release_config(base: dict | None, config: dict, app: str) -> tuple[dict, AppSettings]:
     """The whole config a submitted release deploys: ``base`` (what runs; None: the history holds no release
     yet, and the submitted config is taken whole) with the release's application replaced, validated exactly
@@ -94,14 +116,10 @@ def release_config(base: dict | None, config: dict, app: str) -> tuple[dict, App
     if base is None:  # the submitted config's other applications are what runs next to it
         base = {**{k: v for k, v in config.items() if k != "applications"},
                 "applications": [a for a in config.get("applications") or []
-                                 if isinstance(a, dict) and a.get("name", app) not in (app, canary_name(app))]}
+                                 if isinstance(a, dict) and a.get("name", app) != app
+                                 and not is_canary_app(app, a.get("name", app))]}
     # Serve's global options stay as they run (they cannot change in place); the application is the release.
-    new_app = None
-    for a in (config.get("applications") or []):
-        if isinstance(a, dict) and a.get("name", app) == app:
-            new_app = a
-    if new_app is None:
-        raise InvalidRequest(f"the release must contain the application {app!r}", "applications")
+    new_app = submitted_entry(config, app)
     secrets = secret_problems({"applications": [new_app]})  # the history keeps the release: no secret in it
     if secrets:
         field = secrets[0].replace("applications[0].", "")
@@ -110,7 +128,7 @@ def release_config(base: dict | None, config: dict, app: str) -> tuple[dict, App
         # Serve's global options are not part of a release, but the logging a file asks for is kept.
         new_app = {**new_app, "logging_config": config["logging_config"]}
     full = {**{k: v for k, v in base.items() if k != "applications"},
-            "applications": [a for a in base["applications"] if a["name"] not in (app, canary_name(app))]
+            "applications": [a for a in base["applications"] if a["name"] != app and not is_canary_app(app, a["name"])]
             + [{**new_app, "name": app}]}
     try:
         schema, settings = validate_serve_config(full, "release")
@@ -130,9 +148,10 @@ def first_release_baseline(config: dict, app: str) -> dict:
 
 
 def canary_settings(overrides: dict[str, Any], new: AppSettings, current_config: dict | None,
-                    app: str) -> CanarySettings:
-    """The settings a canary of a release with settings ``new`` runs with (``overrides`` over the release's
-    own ``releases.canary``), checked against the current release (``current_config``, None: there is none)."""
+                    app: str, model: str | None = None) -> CanarySettings:
+    """The settings a canary of ``model`` (None: the first model) in a release with settings ``new`` runs with
+    (``overrides`` over the release's own ``releases.canary``), checked against the current release
+    (``current_config``, None: there is none)."""
     if current_config is None:
         raise InvalidRequest("a canary needs a current good release to compare with", "canary")
     try:
@@ -142,10 +161,13 @@ def canary_settings(overrides: dict[str, Any], new: AppSettings, current_config:
     old = app_settings(current_config, app)
     if not (new.model.enabled and old.model.enabled):
         raise InvalidRequest("a canary compares two LLMs: both releases need model.enabled", "canary")
-    if new.model.name != old.model.name:
+    if model is None and new.model.name != old.model.name:
         # Clients name the model in every request; both sides must answer to the same name.
         raise InvalidRequest(f"a canary must serve the same model name as the current release "
                              f"({old.model.name!r}, not {new.model.name!r})", "model.served_name")
+    if model is not None and model not in old.model_names():
+        raise InvalidRequest(f"a canary compares a new release of a served model with the running one: {model!r} "
+                             "is not served yet (add it with a release first)", "canary")
     return cs
 
 
@@ -252,28 +274,30 @@ def scaled(config: dict, app: str, deployment: str, replicas: int | None,
     return {**entry_app, "deployments": deps}, what
 
 
-def label(config: dict, app: str, n: int, canary: dict | None = None, canary_app: dict | None = None) -> dict:
-    """The config to apply for release ``n`` (``config`` labelled with it)."""
-    # The ingress shows the release number, and routes a share to a canary: both through user_config
-    # (reconfigure, no restart). ``canary_app`` is added as a second application.
+def label(config: dict, app: str, n: int | None, canaries: dict[str, dict] | None = None,
+          extra: list[dict] | None = None) -> dict:
+    """The config to apply for release ``n`` (``config`` labelled with it): the ingress shows the release number
+    and routes a share of each model in ``canaries`` (served name -> {app, deployment, share, release}) to its
+    canary, both through its user_config (reconfigure, no restart); ``extra`` applications (canaries, a model
+    starting or draining) run next to the release's."""
     entry = app_entry(config, app)
     deps = [dict(d) for d in entry.get("deployments") or []]
     ingress = next((d for d in deps if d["name"] == INGRESS), None)
     if ingress is None:
         ingress = {"name": INGRESS}
         deps.append(ingress)
-    user_config = {k: v for k, v in (ingress.get("user_config") or {}).items() if k != "canary"}
-    ingress["user_config"] = {**user_config, "release": str(n)} | ({"canary": canary} if canary else {})
+    user_config = {k: v for k, v in (ingress.get("user_config") or {}).items() if k not in ("canary", "canaries")}
+    ingress["user_config"] = {**user_config, "release": str(n)} | ({"canaries": canaries} if canaries else {})
     entry = {**entry, "deployments": deps}
-    apps = [a if a["name"] != app else entry for a in config["applications"] if a["name"] != canary_name(app)]
-    return {**config, "applications": apps + ([canary_app] if canary_app else [])}
+    apps = [a if a["name"] != app else entry for a in config["applications"] if not is_canary_app(app, a["name"])]
+    return {**config, "applications": apps + list(extra or [])}
 
 
-def canary_application(config: dict, app: str, share: float) -> dict:
-    """The new release's first LLM as an application of its own (no HTTP route), built like the model's own
-    application (serve_app/config/apps.py)."""
-    out = llm_application(app_entry(config, app), LLM_DEPLOYMENT, canary_name(app))
-    llm = [dict(d) for d in out.get("deployments") or []] or [{"name": LLM_DEPLOYMENT}]
+def canary_application(config: dict, app: str, deployment: str, share: float) -> dict:
+    """The new release's ``deployment`` (an LLM) as an application of its own (no HTTP route), built like the
+    model's own application (serve_app/config/apps.py)."""
+    out = llm_application(app_entry(config, app), deployment, canary_name(app, deployment))
+    llm = [dict(d) for d in out.get("deployments") or []] or [{"name": deployment}]
     for d in llm:
         # Sized to its share of the traffic, not to the whole load: a fixed replica count (at least one).
         auto = d.pop("autoscaling_config", None)

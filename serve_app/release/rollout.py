@@ -1,10 +1,13 @@
-"""The release controller's two state machines: a rollout (apply → ready → watch → good, or the automatic
-rollback) and a canary (start it → route a share → judge the window → promote, or remove it).
+"""The release controller's rollout: apply → ready → watch → good, or the automatic rollback; a model added
+(started before any request is routed to it) or removed (routing stopped and its streams drained before its
+application goes). A canary's state machine, which promotes through a rollout, is release/canary_rollout.py.
 
-They talk to Serve only through a ``ServeGateway`` (release/gateway.py), record outcomes in the ``History``,
-and report progress in a ``ReleaseState`` they share with the actor (release/controller.py), which reads it
-for /admin/status. Time comes from an injected clock and sleep (``time.monotonic`` and ``asyncio.sleep`` by
-default), so their deadlines can be tested without waiting for them.
+They talk to Serve only through the ``Live`` config (release/live.py, which applies through a
+``ServeGateway``), record outcomes in the ``History``, and report progress in a ``ReleaseState`` they share with
+the actor (release/controller.py), which reads it for /admin/status. Each release has a scope (release/scopes.py):
+it applies its scope's section of the config, waits for the applications that changed, probes the scope's
+deployments, and a rollback puts back the scope's section alone. Time comes from an injected clock and sleep
+(``time.monotonic`` and ``asyncio.sleep`` by default), so their deadlines can be tested without waiting for them.
 """
 
 from __future__ import annotations
@@ -12,30 +15,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from serve_app.config.apps import component_apps
+from serve_app.config.apps import component_apps, llm_application
 from serve_app.config.components import component_app
 from serve_app.config.loader import deployment_names
-from serve_app.config.names import LLM_DEPLOYMENT
 from serve_app.config.settings import AppSettings, CanarySettings
 from serve_app.errors import unwrap
-from serve_app.release.canary import CANARY, PRIMARY, ArmStats, judge
+from serve_app.release.canary import CANARY, PRIMARY, ArmStats
 from serve_app.release.history import History
-from serve_app.release.plan import (
-    app_settings,
-    canary_application,
-    canary_name,
-    drain_bound_s,
-    label,
-    new_adapters,
-    probe_method,
-)
-
-if TYPE_CHECKING:
-    from serve_app.release.gateway import ServeGateway
+from serve_app.release.live import Live, spliced
+from serve_app.release.plan import app_entry, app_settings, drain_bound_s, new_adapters, probe_method
+from serve_app.release.scopes import APP, model_deployment, model_of, scope_deployment_names
 
 logger = logging.getLogger("ray.serve")
 
@@ -49,11 +42,14 @@ class ReleaseFailed(Exception):
 
 @dataclass
 class CanaryRun:
-    """A canary that is out: its release, settings, phase (starting | window | rolling back | promoting)
-    and both sides' counts, reported by the ingress replicas during the window."""
+    """A canary that is out: its release, scope, model, settings, phase (starting | window | rolling back |
+    promoting) and both sides' counts, reported by the ingress replicas during the window."""
 
     n: int
     settings: CanarySettings
+    scope: str = APP
+    model: str = ""
+    application: str = ""
     phase: str = "starting"
     window_started_at: float | None = None  # wall clock, for /admin/status
     stats: dict[str, ArmStats] = field(default_factory=lambda: {PRIMARY: ArmStats(), CANARY: ArmStats()})
@@ -63,31 +59,38 @@ class CanaryRun:
 class ReleaseState:
     """What the state machines change and the actor reports."""
 
-    serving: int | None  # the release whose configuration Serve runs (None: the history holds none yet)
-    deploying: int | None = None
-    canary: CanaryRun | None = None
+    serving: int | None  # the release whose configuration Serve runs last (None: the history holds none yet)
+    deploying: dict[str, int] = field(default_factory=dict)  # scope -> the release deploying in it
+    canaries: dict[str, CanaryRun] = field(default_factory=dict)  # scope -> its canary out
     leftover_canary: bool = False  # a canary application is still to be removed
 
 
 class Rollout:
     """A whole release rolled out in place, watched, and rolled back to the previous one when it fails."""
 
-    def __init__(self, app: str, gateway: ServeGateway, history: History, state: ReleaseState,
-                 clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep):
-        self.app, self.gateway, self.history, self.state = app, gateway, history, state
-        self.clock, self.sleep = clock, sleep
+    def __init__(self, app: str, live: Live, history: History, state: ReleaseState,
+                 good: Callable[[], dict[str, Any] | None], clock: Clock = time.monotonic,
+                 sleep: Sleep = asyncio.sleep):
+        """``good()``: the running config composed from the history's good releases ({n, config}, None: none)."""
+        self.app, self.live, self.gateway, self.history, self.state = app, live, live.gateway, history, state
+        self.good, self.clock, self.sleep = good, clock, sleep
 
     async def run(self, n: int, config: dict, settings: AppSettings, previous: dict | None,
-                  prefix: str = "") -> None:
-        """Roll out release ``n`` (``config``, recorded as ``deploying``); on failure go back to ``previous``
-        (a stored release whose config is already migrated; None: nothing to go back to)."""
+                  prefix: str = "", scope: str = APP) -> None:
+        """Roll out release ``n`` (``config``, recorded as ``deploying`` in ``scope``); on failure put back
+        ``previous``'s section of the scope (a stored release whose config is already migrated; None: nothing to
+        go back to)."""
         t0 = self.clock()
         self.state.serving = n
         try:
-            started = await self.gateway.apply(label(config, self.app, n))
-            await self.wait_ready(started, settings)
+            added = model_of(scope) if previous is not None else None
+            if added is not None and previous is not None and \
+                    added not in app_settings(previous["config"], self.app).model_names():
+                await self.start_model(config, settings, added)
+            started, changed = await self.live.apply(scope, config, n)
+            await self.wait_ready(started, settings, self.waited(scope, settings, changed))
             await self.try_adapters(settings, app_settings(previous["config"], self.app) if previous else None)
-            await self.watch(settings)
+            await self.watch(settings, scope_deployment_names(settings, scope))
             self.history.finish(n, "good", f"{prefix}healthy after {self.clock() - t0:.1f}s")
             logger.info("release %d is good", n)
         except Exception as exc:  # noqa: BLE001 - every failure leads to the rollback
@@ -96,28 +99,88 @@ class Rollout:
             if previous is None:
                 self.history.finish(n, "failed", prefix + reason)
                 return
-            back = self.history.add(actor="controller", kind="rollback", note=f"automatic rollback of release {n}",
-                                    config=previous["config"], changed=["everything"], status="deploying")
-            self.history.finish(n, "failed", prefix + reason, rolled_back_to=back)
-            self.state.serving = back
-            t1 = self.clock()
-            prev_settings = app_settings(previous["config"], self.app)
-            try:
-                started = await self.gateway.apply(label(previous["config"], self.app, back))
-                await self.wait_ready(started, prev_settings)
-                self.history.finish(back, "good", f"release {previous['n']} serving again {self.clock() - t1:.1f}s "
-                                    f"after the rollback started ({self.clock() - t0:.1f}s after the deploy)")
-            except Exception as exc2:  # noqa: BLE001 - any failure of the rollback is recorded as its outcome
-                self.history.finish(back, "failed", f"rollback failed: {exc2}")
+            await self.roll_back(n, scope, previous, prefix + reason, t0)
         finally:
-            self.state.deploying = None
+            self.state.deploying.pop(scope, None)
 
-    async def wait_ready(self, started: float, settings: AppSettings, app_name: str | None = None) -> None:
-        """Until every application of the release applied at ``started`` (its components, or ``app_name``
-        alone) is RUNNING with every deployment HEALTHY; raises ReleaseFailed on a failure state, on replicas
-        that cannot start, or past the deadline."""
+    async def roll_back(self, n: int, scope: str, previous: dict, reason: str, t0: float) -> None:
+        """Release ``n`` failed: put back ``previous``'s section of its scope, as a release of its own."""
+        good = self.good()
+        back_config = spliced(good["config"], self.app, scope, previous["config"]) if good else previous["config"]
+        back = self.history.add(actor="controller", kind="rollback", note=f"automatic rollback of release {n}",
+                                config=back_config, changed=["everything"] if scope == APP else [scope],
+                                status="deploying", scope=scope)
+        self.history.finish(n, "failed", reason, rolled_back_to=back)
+        self.state.serving = back
+        t1 = self.clock()
+        prev_settings = app_settings(back_config, self.app)
+        try:
+            started, changed = await self.live.apply(scope, back_config, back)
+            await self.wait_ready(started, prev_settings, self.waited(scope, prev_settings, changed))
+            self.history.finish(back, "good", f"release {previous['n']} serving again {self.clock() - t1:.1f}s "
+                                f"after the rollback started ({self.clock() - t0:.1f}s after the deploy)")
+        except Exception as exc2:  # noqa: BLE001 - any failure of the rollback is recorded as its outcome
+            self.history.finish(back, "failed", f"rollback failed: {exc2}")
+
+    def waited(self, scope: str, settings: AppSettings, changed: Iterable[str]) -> list[str] | None:
+        """The applications a release of ``scope`` waits for: every one of the app (a whole release), else its
+        scope's and those its change reached (the ingress's args hold every model's context length)."""
+        if scope == APP:
+            return None
+        apps = component_apps(self.app, settings)
+        own = {component_app(self.app, d) for d in scope_deployment_names(settings, scope) or ()}
+        return sorted((own | set(changed)) & set(apps))
+
+    async def start_model(self, config: dict, settings: AppSettings, model: str) -> None:
+        """A model being added: its application started and healthy next to the release before the ingress
+        routes to it (so it appears in /v1/models only once it can answer)."""
+        deployment = model_deployment(settings, model)
+        application = llm_application(app_entry(config, self.app), deployment)
+        self.live.extra[application["name"]] = application
+        try:
+            started, _ = await self.live.apply()
+            await self.wait_ready(started, settings, [application["name"]])
+        finally:
+            self.live.extra.pop(application["name"], None)  # the release's own apply carries it from now on
+
+    async def remove_model(self, n: int, config: dict, settings: AppSettings, previous: dict, model: str) -> None:
+        """Release ``n`` removes ``model``: the ingress stops routing to it first (a new ingress replica; the old
+        one finishes its streams, Serve waiting up to its graceful_shutdown_timeout_s), then its application is
+        deleted. On a failure the model is put back."""
+        scope, t0 = f"model:{model}", self.clock()
+        deployment = model_deployment(app_settings(previous["config"], self.app), model)
+        application = llm_application(app_entry(self.live.config or previous["config"], self.app), deployment)
+        self.state.serving = n
+        try:
+            self.live.extra[application["name"]] = application  # still running while the ingress drains
+            started, changed = await self.live.apply(scope, config, n)
+            await self.wait_ready(started, settings, self.waited(scope, settings, changed))
+            self.live.extra.pop(application["name"], None)
+            started, _ = await self.live.apply()
+            await self.wait_gone(application["name"], settings)
+            self.history.finish(n, "good", f"{model!r} removed after {self.clock() - t0:.1f}s")
+        except Exception as exc:  # noqa: BLE001 - every failure puts the model back
+            self.live.extra.pop(application["name"], None)
+            reason = str(exc) if isinstance(exc, ReleaseFailed) else f"{type(exc).__name__}: {exc}"
+            logger.warning("release %d (removing %s) failed: %s", n, model, reason)
+            await self.roll_back(n, scope, previous, reason, t0)
+        finally:
+            self.state.deploying.pop(scope, None)
+
+    async def wait_gone(self, name: str, settings: AppSettings) -> None:
+        """Until Serve no longer lists the application ``name`` (its replicas have stopped)."""
         t0 = self.clock()
-        names = [app_name] if app_name else list(component_apps(self.app, settings))
+        while name in (await asyncio.to_thread(self.gateway.details))["applications"]:
+            if self.clock() - t0 > settings.releases.ready_timeout_s:
+                raise ReleaseFailed(f"{name} not deleted within {settings.releases.ready_timeout_s:g}s")
+            await self.sleep(0.5)
+
+    async def wait_ready(self, started: float, settings: AppSettings, apps: Iterable[str] | None = None) -> None:
+        """Until every application of the release applied at ``started`` (its components, or ``apps``) is
+        RUNNING with every deployment HEALTHY; raises ReleaseFailed on a failure state, on replicas that cannot
+        start, or past the deadline."""
+        t0 = self.clock()
+        names = list(apps) if apps is not None else list(component_apps(self.app, settings))
         drain_s = 0.0
         bad: dict[str, int] = {}
         armed: dict[str, bool] = {}
@@ -176,10 +239,11 @@ class Rollout:
                 raise ReleaseFailed(f"the adapter {name!r} ({deployment}) does not load: "
                                     f"{type(cause).__name__}: {str(cause)[:300]}") from None
 
-    async def watch(self, settings: AppSettings) -> None:
-        """Probe every component's health for ``releases.watch_s``; ReleaseFailed after
-        ``releases.health_failures`` failed probes of one in a row."""
-        names = [n for n in sorted(deployment_names(settings)) if probe_method(n)]
+    async def watch(self, settings: AppSettings, deployments: set[str] | None = None) -> None:
+        """Probe the health of every component (or of ``deployments``) for ``releases.watch_s``; ReleaseFailed
+        after ``releases.health_failures`` failed probes of one in a row."""
+        names = [n for n in sorted(deployments if deployments is not None else deployment_names(settings))
+                 if probe_method(n)]
         failures = dict.fromkeys(names, 0)
         end = self.clock() + settings.releases.watch_s
         while True:
@@ -196,101 +260,3 @@ class Rollout:
             if self.clock() >= end:
                 return
             await self.sleep(1.0)
-
-
-class CanaryRollout:
-    """A release's LLM tried on a share of the traffic next to the current release, which is not touched;
-    promoted through a ``Rollout`` when it passes, removed when it fails or is aborted."""
-
-    def __init__(self, rollout: Rollout):
-        self.rollout = rollout
-        self.app, self.gateway, self.history, self.state = rollout.app, rollout.gateway, rollout.history, rollout.state
-        self.canary_app = canary_name(rollout.app)
-
-    async def run(self, n: int, config: dict, settings: AppSettings, current: dict, cs: CanarySettings) -> None:
-        """Canary of release ``n`` (``config``, recorded as ``deploying``) against ``current`` (a stored
-        release whose config is already migrated)."""
-        clock, wait_ready = self.rollout.clock, self.rollout.wait_ready
-        t0 = clock()
-        base, m = current["config"], current["n"]
-        cur_settings = app_settings(base, self.app)
-        route = {"app": self.canary_app, "share": cs.share, "release": n}
-        self.state.canary = c = CanaryRun(n, cs)
-        try:
-            # 1. The canary's LLM next to the current release (which is not touched); no traffic yet.
-            canary_app = canary_application(config, self.app, cs.share)
-            started = await self.gateway.apply(label(base, self.app, m, canary_app=canary_app))
-            await wait_ready(started, settings, self.canary_app)
-            # 2. Route the share to it, then compare both sides over the window.
-            started = await self.gateway.apply(label(base, self.app, m, canary=route, canary_app=canary_app))
-            await wait_ready(started, cur_settings)
-            c.phase, c.window_started_at = "window", time.time()
-            verdict = await self.judge_window(c, settings, cs)
-        except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - every failure (or an abort) removes it
-            if isinstance(exc, asyncio.CancelledError):
-                reason = "aborted by a rollback request"
-            else:
-                reason = str(exc) if isinstance(exc, ReleaseFailed) else f"{type(exc).__name__}: {exc}"
-            logger.warning("canary release %d failed: %s", n, reason)
-            c.phase = "rolling back"
-            try:
-                await self.remove(current)
-                self.history.finish(n, "failed", f"canary rolled back: {reason}; release {m} served throughout, the "
-                                    f"canary was removed {clock() - t0:.1f}s after the deploy")
-            except Exception as exc2:  # noqa: BLE001 - retried by the next call (the actor's clean-up)
-                self.history.finish(n, "failed", f"canary rolled back: {reason}; removing it failed: {exc2}")
-                self.state.leftover_canary = True
-            self.state.canary = None
-            self.state.deploying = None
-            return
-        # 3. Promote: all traffic back to the current release, then the whole release rolls out in place.
-        logger.info("canary release %d passed: %s", n, verdict)
-        c.phase = "promoting"
-        try:
-            started = await self.gateway.apply(label(base, self.app, m,
-                                                     canary_app=canary_application(config, self.app, cs.share)))
-            await wait_ready(started, cur_settings)
-        except Exception as exc:  # noqa: BLE001 - the rollout below removes the canary application anyway
-            logger.warning("routing back from canary %d: %s", n, exc)
-        self.state.canary = None
-        await self.rollout.run(n, config, settings, current, prefix=f"canary passed ({verdict}); promoted and ")
-
-    async def judge_window(self, c: CanaryRun, settings: AppSettings, cs: CanarySettings) -> str:
-        """Probe the canary and judge both sides' counts until a verdict; returns the reason it passed,
-        raises ReleaseFailed with the reason it failed."""
-        clock, sleep = self.rollout.clock, self.rollout.sleep
-        end = clock() + cs.window_s
-        failures = 0
-        while True:
-            await sleep(1.0)
-            try:
-                await asyncio.wait_for(self.gateway.probe(self.canary_app, LLM_DEPLOYMENT), settings.ingress.health_timeout_s)
-                failures = 0
-            except Exception as exc:  # noqa: BLE001 - any failure of a probe counts
-                failures += 1
-                if failures >= settings.releases.health_failures:
-                    raise ReleaseFailed(f"the canary's LLMServer failed its health check: {type(exc).__name__}: "
-                                        f"{str(exc)[:300]}") from None
-            final = clock() >= end
-            if final:
-                await sleep(2.5)  # the ingress replicas report every 2 s: take the window's last counts
-            verdict, reason = judge(c.stats[PRIMARY], c.stats[CANARY], cs, final)
-            if verdict == "fail":
-                raise ReleaseFailed(reason)
-            if verdict == "pass":
-                return reason
-
-    async def remove(self, current: dict) -> None:
-        """Route everything to the current release, then remove the canary application."""
-        cur_settings = app_settings(current["config"], self.app)
-        details = await asyncio.to_thread(self.gateway.details)
-        canary = details["applications"].get(self.canary_app)
-        try:
-            if canary and canary.get("deployed_app_config"):
-                started = await self.gateway.apply(label(current["config"], self.app, current["n"],
-                                                         canary_app=canary["deployed_app_config"]))
-                await self.rollout.wait_ready(started, cur_settings)
-        finally:
-            # Removed even when routing back could not be confirmed: nothing may keep serving from it.
-            started = await self.gateway.apply(label(current["config"], self.app, current["n"]))
-        await self.rollout.wait_ready(started, cur_settings)

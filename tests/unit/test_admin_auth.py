@@ -122,8 +122,8 @@ class _Controller:
         controller = self
 
         class _Method:
-            def remote(self, *args):
-                controller.calls.append((method, *args))
+            def remote(self, *args, **kwargs):
+                controller.calls.append((method, *args, *([kwargs] if kwargs else [])))
 
                 async def done():
                     return {"method": method}

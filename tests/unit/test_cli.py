@@ -121,7 +121,7 @@ class FakeAdmin:
         if path.startswith("/admin/releases/"):
             status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
             return httpx.Response(200, json={"n": int(path.rsplit("/", 1)[1]), "status": status, "config": {}})
-        if request.method == "POST":
+        if request.method in ("POST", "DELETE"):
             return httpx.Response(202, json={"release": 7, "status": "deploying", "changed": ["args.rag"]})
         if path == "/admin/status":
             return httpx.Response(200, json={"current_release": 3, "deployments": {}})
@@ -193,12 +193,20 @@ def test_calls_send_the_admin_apis_bodies():
     fake = FakeAdmin()
     client = _client(fake)
     assert client.deploy({"applications": []}, "why", canary={"share": 0.2})["release"] == 7
+    client.deploy({"applications": []}, model="tiny")
     client.rollback()
+    client.rollback(model="tiny")
     client.scale("LLMServer", replicas=2)
-    assert [(r.method, r.url.path, json.loads(r.content)) for r in fake.requests] == [
-        ("POST", "/admin/releases", {"config": {"applications": []}, "note": "why", "canary": {"share": 0.2}}),
-        ("POST", "/admin/rollback", {"release": None}),
+    client.remove_model("tiny")
+    assert [(r.method, r.url.path, json.loads(r.content or b"null")) for r in fake.requests] == [
+        ("POST", "/admin/releases", {"config": {"applications": []}, "note": "why", "model": None, "component": None,
+                                     "canary": {"share": 0.2}}),
+        ("POST", "/admin/releases", {"config": {"applications": []}, "note": None, "model": "tiny",
+                                     "component": None}),
+        ("POST", "/admin/rollback", {"release": None, "model": None, "component": None}),
+        ("POST", "/admin/rollback", {"release": None, "model": "tiny", "component": None}),
         ("POST", "/admin/scale", {"deployment": "LLMServer", "replicas": 2, "factor": None}),
+        ("DELETE", "/admin/models/tiny", None),
     ]
 
 

@@ -21,6 +21,7 @@ from serve_app.errors import InvalidRequest
 from serve_app.release.canary import CANARY, PRIMARY
 from serve_app.release.controller import Releases
 from serve_app.release.history import History
+from serve_app.release.live import Live
 from serve_app.release.rollout import ReleaseFailed, ReleaseState, Rollout
 from tests.fakes.clock import FakeClock
 from tests.fakes.serve_gateway import FakeServeGateway
@@ -33,8 +34,10 @@ APP = {"name": "serve_app", "route_prefix": "/", "import_path": "serve_app.app:b
        "deployments": [{"name": "LLMServer", "autoscaling_config": {"min_replicas": 2, "max_replicas": 4}},
                        {"name": "Ingress"}]}
 CONFIG = {"applications": [APP]}
-CANARY_APP = "serve_app-canary"
-LEFTOVER = {"name": CANARY_APP, "import_path": "serve_app.app:build_llm", "route_prefix": None, "args": {}}
+CANARY_APP = "serve_app-LLMServer-canary"
+MODEL = "SmolLM2-135M-Instruct"  # the first (default) model's served name
+LEFTOVER_APP = "serve_app-canary"  # the name earlier releases gave the first model's canary
+LEFTOVER = {"name": LEFTOVER_APP, "import_path": "serve_app.app:build_llm", "route_prefix": None, "args": {}}
 
 
 def _controller(state_dir, leftover=None) -> tuple[Releases, FakeServeGateway]:
@@ -43,7 +46,7 @@ def _controller(state_dir, leftover=None) -> tuple[Releases, FakeServeGateway]:
     history = History(state_dir)
     history.add(actor="t", kind="initial", note=None, config=copy.deepcopy(CONFIG), changed=["everything"],
                 status="good")
-    gateway = FakeServeGateway({"serve_app": APP} | ({CANARY_APP: leftover} if leftover else {}), clock)
+    gateway = FakeServeGateway({"serve_app": APP} | ({LEFTOVER_APP: leftover} if leftover else {}), clock)
     return Releases("serve_app", history, gateway, clock, clock.sleep), gateway
 
 
@@ -89,21 +92,22 @@ def test_a_failing_canary_is_started_routed_then_removed_and_the_current_release
     assert "canary error rate 100.0% (20/20)" in rel["outcome"]
     names = [[a["name"] for a in cfg["applications"]] for cfg in gw.applied]
     # 1 canary up without traffic, 2 routed, 3 routing back, 4 canary removed.
-    assert names == [["serve_app", "serve_app-canary"]] * 3 + [["serve_app"]]
-    routes = [(_ingress_user_config(cfg) or {}).get("canary") for cfg in gw.applied]
-    assert routes[0] is None and routes[1] == {"app": "serve_app-canary", "share": 0.25, "release": n}
+    assert names == [["serve_app", CANARY_APP]] * 3 + [["serve_app"]]
+    routes = [(_ingress_user_config(cfg) or {}).get("canaries") for cfg in gw.applied]
+    assert routes[0] is None
+    assert routes[1] == {MODEL: {"app": CANARY_APP, "deployment": "LLMServer", "share": 0.25, "release": n}}
     assert routes[2] is None and routes[3] is None
     # The current release's own application is applied unchanged (labelled with its own number) throughout.
     assert all(_ingress_user_config(cfg)["release"] == "1" for cfg in gw.applied)
     assert all(next(a for a in cfg["applications"] if a["name"] == "serve_app")["args"] == APP["args"]
                for cfg in gw.applied)
     # The canary application: the new args, the LLM alone, sized to its share, logging kept.
-    canary = next(a for a in gw.applied[0]["applications"] if a["name"] == "serve_app-canary")
+    canary = next(a for a in gw.applied[0]["applications"] if a["name"] == CANARY_APP)
     assert canary["import_path"] == "serve_app.app:build_llm" and canary["args"]["engine"]["max_num_seqs"] == 8
     assert canary["args"]["deployment"] == "LLMServer" and "vector" not in canary["args"]  # the LLM's settings alone
     assert canary["deployments"] == [{"name": "LLMServer", "num_replicas": 1}]
     assert canary["logging_config"] == {"encoding": "JSON"} and canary["route_prefix"] is None
-    assert c.state.canary is None and c.state.deploying is None and c.history.last_good()["n"] == 1
+    assert not c.state.canaries and not c.state.deploying and c.history.last_good()["n"] == 1
 
 
 def test_a_passing_canary_is_promoted_as_a_whole_release(tmp_path):
@@ -161,7 +165,7 @@ def test_canary_counts_are_taken_only_for_the_running_canary_in_its_window(tmp_p
 
         def on_apply(config):
             if "starting" not in seen:
-                seen["starting"] = c.state.canary.phase
+                seen["starting"] = next(iter(c.state.canaries.values())).phase
                 c.canary_report(2, report)  # before the window: ignored
 
         async def on_probe(app, deployment):
@@ -185,13 +189,13 @@ def test_a_leftover_canary_is_removed_by_the_next_call_and_retried_after_a_failu
         gw.fail_apply = 2  # routing back and the removal both fail
         await c.health()  # /healthz: starts the removal
         await _settle(c)
-        assert c.state.leftover_canary and "serve_app-canary" in gw.apps
+        assert c.state.leftover_canary and LEFTOVER_APP in gw.apps
         await c.health()
         await _settle(c)
         return c, gw
 
     c, gw = asyncio.run(run())
-    assert not c.state.leftover_canary and CANARY_APP not in gw.apps
+    assert not c.state.leftover_canary and LEFTOVER_APP not in gw.apps
     assert _ingress_user_config(gw.applied[-1]) == {"release": "1"}
 
 
@@ -243,7 +247,8 @@ def _time_to_ready(state_dir, healthy_after, graceful_s):
     the apply. Returns how long the rollout's own wait took on the injected clock (nothing is polled here)."""
     clock = FakeClock()
     gw = FakeServeGateway({"serve_app": APP}, clock, ready_after_s=healthy_after, graceful_shutdown_s=graceful_s)
-    rollout = Rollout("serve_app", gw, History(state_dir), ReleaseState(serving=1), clock, clock.sleep)
+    rollout = Rollout("serve_app", Live("serve_app", gw, CONFIG, 1), History(state_dir), ReleaseState(serving=1),
+                      lambda: None, clock, clock.sleep)
     settings = AppSettings.model_validate({**APP["args"], "releases": {"ready_timeout_s": 0.5}})
     t0 = clock()
     asyncio.run(rollout.wait_ready(gw.deployed_at, settings))

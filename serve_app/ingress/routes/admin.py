@@ -1,4 +1,5 @@
-"""/admin: releases, rollback, scale, LoRA adapters, status, audit. Thin: each route depends on the gate's
+"""/admin: releases (of the whole app, a model or a component), rollback, models removed, scale, LoRA adapters,
+status, audit. Thin: each route depends on the gate's
 ``authorized(action)``, which authorizes and audits the call (serve_app/ingress/admin_gate.py) and gives it the
 release controller (serve_app/release/controller.py), which acts. Each call on the controller has
 ``ingress.admin_timeout_s``: the controller answers a deploy or a rollback once it has started it, so a
@@ -37,7 +38,11 @@ def _get_release(n: int) -> str:
 
 
 def _rollback(body: RollbackRequest) -> str:
-    return "rollback"
+    return "rollback" + (f" of model {body.model}" if body.model else f" of {body.component}" if body.component else "")
+
+
+def _remove_model(name: str) -> str:
+    return f"remove model {name}"
 
 
 def _scale(body: ScaleRequest) -> str:
@@ -75,19 +80,27 @@ async def admin_deploy(request: Request, c: Annotated[Any, authorized("deploy")]
         data = yaml.safe_load(raw) if "yaml" in ctype else json.loads(raw or b"null")
     except (ValueError, yaml.YAMLError) as exc:
         raise InvalidRequest(f"the body is not valid {'YAML' if 'yaml' in ctype else 'JSON'}: {exc}"[:300]) from None
-    if isinstance(data, dict) and "applications" in data:
-        data = {"config": data}
+    if isinstance(data, dict) and "applications" in data:  # a bare config file; its scope in the query string
+        data = {"config": data, **{k: v for k, v in request.query_params.items() if k in ("model", "component")}}
     try:
         body = DeployRequest.model_validate(data)
     except ValidationError as exc:
         raise InvalidRequest(f"invalid release request: {exc}"[:1000], "config") from None
     actor = request.client.host if request.client else "?"
-    return await _act(request, c, "deploy", body.config, f"admin@{actor}", body.note, canary=body.canary)
+    return await _act(request, c, "deploy", body.config, f"admin@{actor}", body.note, canary=body.canary,
+                      model=body.model, component=body.component)
 
 
 @router.post("/admin/rollback", status_code=202)
 async def admin_rollback(body: RollbackRequest, request: Request, c: Annotated[Any, authorized(_rollback)]):
-    return await _act(request, c, "rollback", f"admin@{request.client.host if request.client else '?'}", body.release)
+    return await _act(request, c, "rollback", f"admin@{request.client.host if request.client else '?'}", body.release,
+                      model=body.model, component=body.component)
+
+
+@router.delete("/admin/models/{name:path}", status_code=202)
+async def admin_remove_model(name: str, request: Request, c: Annotated[Any, authorized(_remove_model)]):
+    actor = f"admin@{request.client.host if request.client else '?'}"
+    return await _act(request, c, "remove_model", name, actor)
 
 
 @router.post("/admin/scale", status_code=202)
