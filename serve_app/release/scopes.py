@@ -141,7 +141,9 @@ def without(entry: dict[str, Any], scope: str) -> dict[str, Any]:
 
 
 def _difference(a: Any, b: Any, path: str) -> str | None:
-    """The first path at which two JSON values differ (None: equal)."""
+    """The first path at which two JSON values differ (None: equal); a missing mapping is an empty one."""
+    if isinstance(a, dict) or isinstance(b, dict):
+        a, b = ({} if a is None else a), ({} if b is None else b)
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b), key=str):
             found = _difference(a.get(key), b.get(key), f"{path}.{key}")
