@@ -92,8 +92,9 @@ class AdminClient(httpx.Client):
         return self.call("GET", f"/admin/releases/{n}")
 
     def current_config(self) -> dict:
-        """The Serve config of the current release (the starting point of a new one)."""
-        return self.release(self.status()["current_release"])["config"]
+        """The running Serve config (every scope's last good release composed: the starting point of a new
+        release)."""
+        return self.call("GET", "/admin/config")["config"]
 
     # The calls that start a release answer 202 at once; the outcome is the release's (follow()).
 

@@ -31,6 +31,9 @@ class ReleaseController(Releases):
     async def releases(self) -> list[dict[str, Any]]:  # type: ignore[override]  # async on the actor: above
         return await asyncio.to_thread(Releases.releases, self)
 
+    async def config(self) -> dict[str, Any]:  # type: ignore[override]  # async on the actor: above
+        return await asyncio.to_thread(Releases.config, self)
+
     async def release(self, n: int) -> dict[str, Any]:  # type: ignore[override]  # async on the actor: above
         return await asyncio.to_thread(Releases.release, self, n)
 

@@ -127,7 +127,10 @@ class CanaryRollout:
                 await self.rollout.wait_ready(started, settings, [self.app])
         finally:
             # Removed even when routing back could not be confirmed: nothing may keep serving from it.
-            for a in (left if name is None else [name]):
+            gone = list(left) if name is None else [name]
+            for a in gone:
                 self.live.extra.pop(a, None)
             started, _ = await self.live.apply()
         await self.rollout.wait_ready(started, settings, [self.app])
+        for a in gone:  # its engine's resources are free for the next canary once Serve has deleted it
+            await self.rollout.wait_gone(a, settings)

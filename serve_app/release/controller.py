@@ -212,6 +212,12 @@ class Releases:
         for arm in (PRIMARY, CANARY):
             c.stats[arm].add(data.get(arm) or {})
 
+    def config(self) -> dict[str, Any]:
+        """The running config, composed from the good releases of every scope (what a new release of one scope
+        starts from): {release: the newest good one, config}."""
+        current = self._current()
+        return {"release": current["n"], "config": redacted(current["config"])}
+
     def releases(self) -> list[dict[str, Any]]:
         return [{k: v for k, v in r.items() if k != "config"} for r in self.history.list()]
 

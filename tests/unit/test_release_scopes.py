@@ -177,8 +177,13 @@ def test_canaries_of_two_models_are_judged_each_on_its_own_traffic(tmp_path):
     async def run():
         c, gw = _controller(tmp_path)
         reported = set()
+        second_out = asyncio.Event()  # the first canary's window waits for the second canary's to open
 
         async def on_probe(app, deployment):
+            if app == canaries[SECOND]:
+                second_out.set()
+            elif app == canaries[FIRST]:
+                await second_out.wait()
             for model, name in canaries.items():
                 run_ = next((r for r in c.state.canaries.values() if r.model == model), None)
                 if app == name and run_ is not None and run_.phase == "window" and model not in reported:

@@ -67,6 +67,12 @@ async def admin_releases(request: Request, c: Annotated[Any, authorized("list re
     return {"object": "list", "data": await _act(request, c, "releases")}
 
 
+@router.get("/admin/config")
+async def admin_config(request: Request, c: Annotated[Any, authorized("get config")]):
+    """The running config (every scope's last good release composed): what a scoped release starts from."""
+    return await _act(request, c, "config")
+
+
 @router.get("/admin/releases/{n}")
 async def admin_release(n: int, request: Request, c: Annotated[Any, authorized(_get_release)]):
     return await _act(request, c, "release", n)
