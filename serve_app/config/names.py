@@ -19,6 +19,8 @@ SERVED_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
 # The application's deployments. Each served model is its own LLM deployment: the first one "LLMServer", every
 # further one "LLMServer-<served name>" (with the characters a deployment name cannot hold replaced).
 LLM_DEPLOYMENT = "LLMServer"
+# A canary of a model runs as the application "<its model's application>-canary" (serve_app/release/plan.py).
+CANARY_SUFFIX = "-canary"
 INGRESS = "Ingress"
 EMBEDDER = "Embedder"
 VECTOR_STORE = "VectorStore"

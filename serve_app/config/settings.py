@@ -18,6 +18,7 @@ from serve_app.config.base import Strict as _Strict
 # The served model's and the release's settings live in modules of their own; importable from here too.
 from serve_app.config.model_settings import EngineSettings, LoraSettings, ModelSettings, ServedModel
 from serve_app.config.names import (
+    CANARY_SUFFIX,
     DEFAULT_TOOLS,
     FINAL,
     LLM_DEPLOYMENT,
@@ -332,6 +333,9 @@ class AppSettings(_Strict):
                 raise ValueError(f"{mfield}: the served name {name!r} is already served by {other}")
             where[name] = mfield
             dep = llm_deployment_name(name, first=i == 0)
+            if dep.endswith(CANARY_SUFFIX):
+                raise ValueError(f"{mfield}: served names ending in {CANARY_SUFFIX!r} are kept for canaries' "
+                                 "applications; choose another name")
             if dep in deployments:
                 raise ValueError(f"{mfield}: the served name {name!r} gives the same deployment name {dep!r} as "
                                  f"{deployments[dep]}'s; choose names that differ in letters or digits")

@@ -17,7 +17,15 @@ from serve_app.config.apps import adapters_by_model, llm_application
 from serve_app.config.components import component_app
 from serve_app.config.loader import APP_IMPORT_PATH, ConfigError, deployment_names, validate_serve_config
 from serve_app.config.model_settings import check_folder_name
-from serve_app.config.names import AGENT, EMBEDDER, INGRESS, LLM_DEPLOYMENT, VECTOR_STORE, is_llm_deployment
+from serve_app.config.names import (
+    AGENT,
+    CANARY_SUFFIX,
+    EMBEDDER,
+    INGRESS,
+    LLM_DEPLOYMENT,
+    VECTOR_STORE,
+    is_llm_deployment,
+)
 from serve_app.config.secrets import refusal, secret_problems
 from serve_app.config.settings import AppSettings, CanarySettings
 from serve_app.config.versions import migrate
@@ -31,9 +39,6 @@ def probe_method(deployment: str) -> str | None:
     """The health method a release's watch calls on ``deployment`` (every LLM deployment: ``health``)."""
     return PROBES[LLM_DEPLOYMENT if is_llm_deployment(deployment) else deployment] if (
         is_llm_deployment(deployment) or deployment in PROBES) else None
-
-
-CANARY_SUFFIX = "-canary"
 
 
 def canary_name(app: str, deployment: str = LLM_DEPLOYMENT) -> str:
