@@ -291,7 +291,7 @@ class AppSettings(_Strict):
         default="dev", min_length=1, max_length=64, description="Release label reported by /healthz and in logs."
     )
     model: ModelSettings = Field(default_factory=ModelSettings, description="The first served model: the default "
-                                 "of RAG and the agent, and the one a canary compares (deployment LLMServer).")
+                                 "of RAG and the agent, and the one a whole-app release's canary compares (deployment LLMServer).")
     engine: EngineSettings = Field(default_factory=EngineSettings, description="vLLM engine arguments of the "
                                    "first model.")
     lora: LoraSettings | None = Field(default=None, description="LoRA adapters of the first model (None: LoRA off).")

@@ -27,7 +27,7 @@ class ModelRouting:
         # Served model name -> its LLM deployment's handle, the first model first.
         self.models: dict[str, DeploymentHandle] = {
             m.model.name: llms[d] for d, m in settings.served_models().items() if d in llms}
-        self.first: DeploymentHandle | None = next(iter(self.models.values()), None)  # a canary's counterpart
+        self.first: DeploymentHandle | None = next(iter(self.models.values()), None)
         # LoRA adapter -> the served name of its model (set again by each release: ``set_adapters``).
         self.adapters: dict[str, str] = {a: m for a, m in settings.adapters().items() if m in self.models}
         self.embedder_name = embedder_name

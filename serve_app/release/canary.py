@@ -1,10 +1,10 @@
-"""Canary releases: a share of LLM traffic goes to the new release's LLM, the rest to the current one, and
-the release controller promotes or rolls back from what each side did over the window.
+"""Canary releases: a share of one model's traffic goes to the new release's LLM for it, the rest to the
+current one, and the release controller promotes or rolls back from what each side did over the window.
 
 The canary LLM runs as its own Serve application (``build_llm``, no HTTP route) next to the running one,
 so starting and removing it restarts nothing of the current release. The ingress learns about it through
-its ``user_config`` (``canary: {app, share, release}``, applied by ``reconfigure``), picks a side per
-request (``CanaryRouter.pick``, serve_app/ingress/canary.py), records each outcome and sends its counts
+its ``user_config`` (``canaries: {<served model>: {app, deployment, share, release}}``, applied by
+``reconfigure``), picks a side per request of that model (``CanaryRouter.pick``, serve_app/ingress/canary.py), records each outcome and sends its counts
 (serve_app/protocol/canary.py) to the release controller every couple of seconds. Requests that fail
 validation at the ingress never reach either side and are not counted; every answer from a side that is not
 a 2xx counts as an error of that side, since both sides get the same random mix of requests.

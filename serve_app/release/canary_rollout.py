@@ -62,11 +62,13 @@ class CanaryRollout:
                 await self.remove(model, name, settings)
                 self.history.finish(n, "failed", f"canary rolled back: {reason}; release {current['n']} served "
                                     f"throughout, the canary was removed {clock() - t0:.1f}s after the deploy")
-            except Exception as exc2:  # noqa: BLE001 - retried by the next call (the actor's clean-up)
-                self.history.finish(n, "failed", f"canary rolled back: {reason}; removing it failed: {exc2}")
+            except (Exception, asyncio.CancelledError) as exc2:  # noqa: BLE001 - retried by the actor's clean-up
+                self.history.finish(n, "failed", f"canary rolled back: {reason}; removing it failed: "
+                                    f"{type(exc2).__name__}: {exc2}")
                 self.state.leftover_canary = True
-            self.state.canaries.pop(scope, None)
-            self.state.deploying.pop(scope, None)
+            finally:
+                self.state.canaries.pop(scope, None)
+                self.state.deploying.pop(scope, None)
             return
         # 3. Promote: all traffic back to the current release, then the release rolls out in place.
         logger.info("canary release %d passed: %s", n, verdict)

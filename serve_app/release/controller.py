@@ -1,9 +1,8 @@
 """The release controller: deploy → watch → automatic rollback, scale, history. The seed's deploy_update
 and scale_service, per model and per component.
 
-It runs as one detached Ray actor per cluster (created by ``serve-app run``, which records the config it
-started from as the first release, or on first use by the ingress), outside the Serve applications it
-updates, so it keeps watching while the app's replicas restart. A release is a whole plain Serve config with a
+It runs as one detached Ray actor per cluster (release/actor.py), outside the Serve applications it updates,
+so it keeps watching while the app's replicas restart. A release is a whole plain Serve config with a
 scope (release/scopes.py): the whole application, one model (``model:<served name>``: its engine, source,
 replicas, autoscaling, LoRA) or one component (``component:retrieval|agent|ingress``). It is applied expanded
 into one Serve application per component (serve_app/config/apps.py) with Serve's own in-place update
@@ -32,32 +31,29 @@ counts, reported by the ingress replicas, are judged over ``window_s`` → pass:
 rolls out as above; fail: routing back, the canary removed, the release recorded as failed. Canaries of two
 models run at once, each judged on its own model's traffic.
 
-The parts: what a release applies is planned in release/plan.py and release/scopes.py (pure), Serve is reached
-only through release/gateway.py, the state machines are release/rollout.py and release/canary_rollout.py, the
-history is release/history.py and /admin/status is release/status.py. Here they are wired together:
-``Releases`` holds the operations the admin routes call (and the unit tests drive with a fake gateway),
-``ReleaseController`` (release/actor.py) is the same as the Ray actor.
+Here the parts of release/ are wired together: ``Releases`` holds the operations the admin routes call (and the
+unit tests drive with a fake gateway); ``ReleaseController`` (release/actor.py) is the same as the Ray actor.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
 import logging
 import time
 from typing import Any
 
-from serve_app.config.components import component_app
 from serve_app.config.release_settings import CanarySettings
 from serve_app.config.secrets import redacted
-from serve_app.errors import AppError, Conflict, InvalidRequest, NotFound, ServiceUnavailable, unwrap
+from serve_app.errors import AppError, Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from serve_app.release.canary import CANARY, PRIMARY
 from serve_app.release.canary_rollout import CanaryRollout
 from serve_app.release.gateway import ServeGateway
 from serve_app.release.guard import check_release
 from serve_app.release.history import History
-from serve_app.release.live import Live, with_entry
+from serve_app.release.live import Live, spliced, with_entry
 from serve_app.release.plan import (
-    adapter_list,
     app_entry,
     app_settings,
     canary_settings,
@@ -65,26 +61,21 @@ from serve_app.release.plan import (
     first_release_baseline,
     is_canary_app,
     release_config,
-    scaled,
+    scoped_config,
     stored_config,
-    submitted_entry,
-    with_adapter,
-    without_adapter,
 )
+from serve_app.release.resources import ResourceReleases
 from serve_app.release.rollout import Clock, ReleaseState, Rollout, Sleep
 from serve_app.release.scopes import (
     APP,
     MODEL,
-    check_scope,
     compose,
     describe,
     join,
-    model_deployment,
     model_of,
+    previous_section,
     scope_of,
-    section_owner,
     sections,
-    splice,
     without,
 )
 from serve_app.release.status import status as release_status
@@ -93,7 +84,7 @@ logger = logging.getLogger("ray.serve")
 
 
 
-class Releases:
+class Releases(ResourceReleases):
     """The release controller's operations on one application, over a history and a Serve gateway."""
 
     def __init__(self, app_name: str, history: History, gateway: ServeGateway, clock: Clock = time.monotonic,
@@ -103,8 +94,10 @@ class Releases:
         self.gateway = gateway
         # Scope -> its deploy or canary running in the background (one per scope; a whole-app one alone).
         self.tasks: dict[str, asyncio.Task] = {}
+        self.reserved: set[str] = set()  # scopes whose release is being checked and recorded
         self.cleanup: asyncio.Task | None = None  # a leftover canary being removed
         self.background: asyncio.Task | None = None  # the newest background task (what a caller may wait for)
+        self._composed: tuple[tuple[int, int], dict[str, Any] | None] | None = None  # _good()'s, by good_version
         for r in self.history.list():
             if r["status"] == "deploying":
                 # This actor restarted mid-deploy (Ray restarts it): the outcome was never observed.
@@ -122,12 +115,14 @@ class Releases:
 
     def _good(self) -> dict[str, Any] | None:
         """The running config ({n: the newest good release, config}), composed from the good releases, each
-        migrated for a deploy (None: the history holds no release)."""
-        rows = [{**r, "config": stored_config(r)} for r in self.history.good()]
-        if not rows:
-            return None
-        config = compose(rows, lambda c: app_entry(c, self.app), lambda c, e: with_entry(c, self.app, e))
-        return {"n": rows[-1]["n"], "config": config}
+        migrated for a deploy (None: the history holds no release). Kept until a release turns good."""
+        version = self.history.good_version()
+        if self._composed is None or self._composed[0] != version:
+            rows = [{**r, "config": stored_config(r)} for r in self.history.good()]
+            config = compose(rows, lambda c: app_entry(c, self.app), lambda c, e: with_entry(c, self.app, e))
+            self._composed = (version, {"n": rows[-1]["n"], "config": config} if rows else None)
+        good = self._composed[1]
+        return good and {**good, "config": copy.deepcopy(good["config"])}
 
     def _current(self) -> dict[str, Any]:
         """``_good()``, or ServiceUnavailable while the history holds no release (an app started from the
@@ -144,23 +139,32 @@ class Releases:
             raise NotFound(f"release {n} does not exist", "release")
         return r
 
-    def _running(self) -> dict[str, asyncio.Task]:
-        return {scope: t for scope, t in self.tasks.items() if not t.done()}
+    def _busy(self) -> set[str]:
+        """The scopes with a release deploying (or being prepared: between its checks and its start)."""
+        return {scope for scope, t in self.tasks.items() if not t.done()} | self.reserved
 
-    def _check_free(self, scope: str) -> None:
-        """409 when ``scope`` has a release deploying, or a whole-app one runs, or (for a whole-app release)
+    @contextlib.contextmanager
+    def _reserve(self, scope: str):
+        """Hold ``scope`` while a release of it is checked and recorded (the awaits there let another call in):
+        409 when ``scope`` has a release deploying, or a whole-app one runs, or (for a whole-app release)
         any release runs."""
-        busy = [s for s in self._running() if s in (scope, APP) or scope == APP]
+        busy = [s for s in self._busy() if s in (scope, APP) or scope == APP]
         if busy:
-            what = ", ".join(f"release {self.state.deploying.get(s)} ({describe(s)})" for s in busy)
-            raise Conflict(f"{what} still being deployed; a release of {describe(scope)} waits for it", "release")
+            what = ", ".join(f"release {self.state.deploying.get(s, '(starting)')} ({describe(s)})" for s in busy)
+            param = "model" if scope.startswith(MODEL) else "component" if scope != APP else "release"
+            raise Conflict(f"{what} still being deployed; a release of {describe(scope)} waits for it", param)
+        self.reserved.add(scope)
+        try:
+            yield
+        finally:
+            self.reserved.discard(scope)
 
     def _start(self, scope: str, work) -> None:
         self.background = self.tasks[scope] = asyncio.get_running_loop().create_task(work)
 
     def _clean_up(self) -> None:
         """Start removing canaries left behind (called from every async entry point, /healthz included)."""
-        if self.state.leftover_canary and (self.cleanup is None or self.cleanup.done()) and not self._running():
+        if self.state.leftover_canary and (self.cleanup is None or self.cleanup.done()) and not self._busy():
             self.state.leftover_canary = False
             self.background = self.cleanup = asyncio.get_running_loop().create_task(self._remove_leftover())
 
@@ -247,31 +251,33 @@ class Releases:
         if self.cleanup is not None and not self.cleanup.done():
             await asyncio.shield(self.cleanup)  # a leftover canary being removed: a deploy waits for it
         scope = scope or scope_of(model, component)
-        self._check_free(scope)
+        with self._reserve(scope):
+            return await self._deploy(scope, config, actor, note, kind, canary)
+
+    async def _deploy(self, scope: str, config: dict, actor: str, note: str | None, kind: str,
+                      canary: dict[str, Any] | None) -> dict[str, Any]:
         current = await asyncio.to_thread(self._good)
         base = current["config"] if current else None
         try:
             if scope != APP:
                 if base is None:
-                    raise ServiceUnavailable("a release of one model or component needs a running release first")
-                entry = submitted_entry(config, self.app)
-                running = [app_entry(c, self.app) for c in (base, self.live.config) if c is not None]
-                check_scope(scope, entry, running)
-                config = {"applications": [splice(app_entry(base, self.app), scope, entry)]}
+                    raise Conflict("a release of one model or component needs a running release first: deploy the "
+                                   "whole app's config (POST /admin/releases without a scope)", "release")
+                config = scoped_config(base, self.live.config, config, self.app, scope)
             full, new_settings = release_config(base, config, self.app)
             # Data only, unless the running config allows code changes; with no release recorded yet, against
             # the defaults (which allow none).
             check_release(base or first_release_baseline(full, self.app), full, self.app)
+            cs: CanarySettings | None = None
+            if canary is not None:
+                if scope != APP and model_of(scope) is None:
+                    raise InvalidRequest("a canary tries a model's release: scope it to a model", "canary")
+                cs = canary_settings(canary, new_settings, base, self.app, model_of(scope))
+                kind = "canary"
         except AppError as exc:
             await asyncio.to_thread(Releases.audit, self, actor, f"{kind} refused", False, exc.message[:500])
             raise
         what = changed(app_entry(base, self.app) if base else None, app_entry(full, self.app))
-        cs: CanarySettings | None = None
-        if canary is not None:
-            if scope.startswith("component:"):
-                raise InvalidRequest("a canary tries a model's release: scope it to a model", "canary")
-            cs = canary_settings(canary, new_settings, base, self.app, model_of(scope))
-            kind = "canary"
         n = await asyncio.to_thread(self.history.add, actor=actor, kind=kind, note=note, config=full, changed=what,
                                     status="deploying", scope=scope)
         self.state.deploying[scope] = n
@@ -288,25 +294,32 @@ class Releases:
     async def remove_model(self, model: str, actor: str) -> dict[str, Any]:
         """Remove a served model, as a release of its scope: routing to it stops first, then its streams
         drain, then its application is deleted (release/rollout.py ``remove_model``)."""
+        self._clean_up()
         scope = MODEL + model
-        self._check_free(scope)
-        current = await asyncio.to_thread(self._current)
-        names = app_settings(current["config"], self.app).model_names()
-        if model not in names:
-            raise NotFound(f"the model {model!r} is not served (served: {', '.join(names)})", "model")
-        if names[0] == model:
-            raise Conflict(f"{model!r} is the config's first model (args.model), the one its LLMServer deployment "
-                           "is named after; it cannot be removed at run time: deploy a whole-app release without it",
-                           "model")
-        entry = without(app_entry(current["config"], self.app), scope)
-        try:
-            full, new_settings = release_config(current["config"], {"applications": [entry]}, self.app)
-        except AppError as exc:  # rag.model or agent.model naming it
-            raise InvalidRequest(f"the model {model!r} cannot be removed: {exc.message}", exc.param) from None
-        n = await asyncio.to_thread(self.history.add, actor=actor, kind="remove-model", note=f"remove {model}",
-                                    config=full, changed=[scope], status="deploying", scope=scope)
-        self.state.deploying[scope] = n
-        self._start(scope, self.rollout.remove_model(n, full, new_settings, current, model))
+        with self._reserve(scope):
+            current = await asyncio.to_thread(self._current)
+            try:
+                settings = app_settings(current["config"], self.app)
+                names = settings.model_names()
+                if model not in names:
+                    raise NotFound(f"the model {model!r} is not served (served: {', '.join(names)})", "model")
+                if names[0] == model:
+                    raise Conflict(f"{model!r} is the config's first model (args.model), whose deployment is named "
+                                   "LLMServer by its place; it cannot be removed at run time: deploy a whole-app "
+                                   "release without it", "model")
+                for field, value in (("rag.model", settings.rag.model), ("agent.model", settings.agent.model)):
+                    if value == model:
+                        raise InvalidRequest(f"{field} names the model {model!r}: release another model for it "
+                                             "first", field)
+                entry = without(app_entry(current["config"], self.app), scope)
+                full, new_settings = release_config(current["config"], {"applications": [entry]}, self.app)
+            except AppError as exc:
+                await asyncio.to_thread(Releases.audit, self, actor, "remove-model refused", False, exc.message[:500])
+                raise
+            n = await asyncio.to_thread(self.history.add, actor=actor, kind="remove-model", note=f"remove {model}",
+                                        config=full, changed=[scope], status="deploying", scope=scope)
+            self.state.deploying[scope] = n
+            self._start(scope, self.rollout.remove_model(n, full, new_settings, current, model))
         return {"release": n, "status": "deploying", "changed": [scope], "scope": scope}
 
     async def rollback(self, actor: str, to: int | None = None, model: str | None = None,
@@ -319,82 +332,49 @@ class Releases:
             else None
         task = self.tasks.get(canary_scope) if canary_scope else None
         if to is None and canary_scope is not None and task is not None and not task.done():
-            # A canary is out: rolling back means stopping it (the current release never changed).
-            n = canaries[canary_scope].n
-            task.cancel()
+            # A canary is out: rolling back means stopping it (the current release never changed). One already
+            # leaving (rolled back, or promoting) is not stopped again: its own outcome is waited for.
+            c = canaries[canary_scope]
+            if c.phase in ("starting", "window"):
+                task.cancel()
             await asyncio.wait([task])
-            return {"release": n, "status": self._get(n)["status"], "changed": [], "aborted_canary": True}
-        if scope == APP:
-            if to is None:
-                current = self.history.last_good()
-                target = self.history.last_good(before=current["n"]) if current else None
-                if target is None:
-                    raise NotFound("there is no earlier good release to roll back to", "release")
-            else:
-                target = self._get(to)
-            return await self.deploy(stored_config(target), actor, note=f"rollback to release {target['n']}",
-                                     kind="rollback")
+            return {"release": c.n, "status": self._get(c.n)["status"], "changed": [], "aborted_canary": True}
+        if to is None and scope == APP:
+            newest = self.history.last_good()
+            before = self.history.last_good(before=newest["n"]) if newest else None
+            if before is None:
+                raise NotFound("there is no earlier good release to roll back to", "release")
+            to = before["n"]
         if to is None:
             n, config = await asyncio.to_thread(self._previous, scope)
         else:
-            n, config = to, stored_config(self._get(to))
+            n, config = to, await asyncio.to_thread(self._config_at, to)
+            if scope != APP:
+                if scope not in sections(app_entry(config, self.app)):
+                    raise NotFound(f"release {to} did not serve {describe(scope)}", "release")
+                config = spliced(self._current()["config"], self.app, scope, config)
         return await self.deploy(config, actor, note=f"rollback of {describe(scope)} to release {n}", kind="rollback",
                                  scope=scope)
+
+    def _config_at(self, n: int) -> dict:
+        """The config that ran once release ``n`` was deployed: the good releases up to it composed, with ``n``
+        itself on top (a scoped release's stored config holds only the good config of when it started)."""
+        target = self._get(n)
+        rows = [{**r, "config": stored_config(r)} for r in self.history.good(whole=True) if r["n"] < n]
+        rows.append({**target, "config": stored_config(target)})
+        config = compose(rows, lambda c: app_entry(c, self.app), lambda c, e: with_entry(c, self.app, e))
+        assert config is not None  # rows holds the target at least
+        return config
 
     def _previous(self, scope: str) -> tuple[int, dict]:
         """The release whose section of ``scope`` came before the running one, and the running config with
         that section."""
-        seen: list[tuple[int, Any]] = []
-        config: dict | None = None
-        for r in self.history.good(whole=True):
-            stored = stored_config(r)
-            config = stored if config is None or (r.get("scope") or APP) == APP else \
-                with_entry(config, self.app, splice(app_entry(config, self.app), r["scope"], app_entry(stored, self.app)))
-            section = sections(app_entry(config, self.app)).get(scope)
-            if not seen or seen[-1][1] != section:
-                seen.append((r["n"], section))
-        if len(seen) < 2 or seen[-2][1] is None or config is None:
-            raise NotFound(f"there is no earlier good release of {describe(scope)} to roll back to", "release")
-        n, section = seen[-2]
+        rows = [{**r, "config": stored_config(r)} for r in self.history.good(whole=True)]
+        found = previous_section(rows, scope, lambda c: app_entry(c, self.app), lambda c, e: with_entry(c, self.app, e))
+        if found is None:
+            served = scope in sections(app_entry(self._current()["config"], self.app))
+            raise NotFound(f"there is no earlier good release of {describe(scope)} to roll back to" if served else
+                           f"{describe(scope)} is not served", "release" if served else "model")
+        n, section = found
         good = self._current()["config"]
-        secs = {**sections(app_entry(good, self.app)), scope: section}
-        return n, with_entry(good, self.app, join(secs))
-
-    # -- LoRA adapters: each load and unload is a release of its model (so a rollback undoes it) ---------
-
-    def adapters(self) -> list[dict[str, str]]:
-        current = self._good()
-        return adapter_list(app_settings(current["config"], self.app)) if current else []
-
-    async def load_adapter(self, model: str | None, name: str, folder: str, actor: str) -> dict[str, Any]:
-        """Add an adapter to a model: checked and loaded once on one of its replicas first (a bad one is
-        refused with the reason and nothing is recorded), then deployed as a release of that model."""
-        current = self._current()
-        new_app, model = with_adapter(current["config"], self.app, model, name, folder)
-        _, settings = release_config(current["config"], {"applications": [new_app]}, self.app)  # names, counts
-        deployment = model_deployment(settings, model)
-        try:
-            trial = await asyncio.wait_for(self.gateway.call(component_app(self.app, deployment), deployment,
-                                                             "trial_adapter", folder),
-                                           settings.releases.ready_timeout_s)
-        except Exception as exc:  # noqa: BLE001 - the replica's own error (a 4xx) goes back to the caller
-            cause = unwrap(exc)
-            if isinstance(cause, AppError):
-                raise cause from None
-            raise ServiceUnavailable(f"the trial load on {deployment} failed: {type(cause).__name__}") from None
-        out = await self.deploy({"applications": [new_app]}, actor, note=f"load adapter {name} ({folder}) on {model}",
-                                kind="adapter-load", scope=MODEL + model)
-        return {**out, "adapter": {"name": name, "model": model, "folder": folder, **trial}}
-
-    async def unload_adapter(self, name: str, actor: str) -> dict[str, Any]:
-        current = self._current()
-        new_app, model = without_adapter(current["config"], self.app, name)
-        out = await self.deploy({"applications": [new_app]}, actor, note=f"unload adapter {name} from {model}",
-                                kind="adapter-unload", scope=MODEL + model)
-        return {**out, "adapter": {"name": name, "model": model}}
-
-    async def scale(self, deployment: str, replicas: int | None, factor: float | None, actor: str) -> dict[str, Any]:
-        current = self._current()
-        new_app, what = scaled(current["config"], self.app, deployment, replicas, factor)
-        scope = section_owner(app_settings(current["config"], self.app), deployment)
-        return await self.deploy({"applications": [new_app]}, actor, note=f"scale {what}", kind="scale", scope=scope)
+        return n, with_entry(good, self.app, join({**sections(app_entry(good, self.app)), scope: section}))

@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS releases (
     finished_at REAL,
     actor TEXT NOT NULL,
     kind TEXT NOT NULL,            -- deploy | canary | rollback | scale | adapter-load | adapter-unload | initial
+                                   -- | remove-model
     note TEXT,
     config TEXT NOT NULL,          -- the whole Serve config (JSON)
     changed TEXT NOT NULL,         -- what differs from the release it replaced (JSON list)
@@ -136,6 +137,12 @@ class History:
             q, args = q + " AND n<?", (before,)
         row = self._db.execute(q + " ORDER BY n DESC LIMIT 1", args).fetchone()
         return self._row(row) if row else None
+
+    def good_version(self) -> tuple[int, int]:
+        """(How many releases are good, the newest of them): changes whenever a release turns good, so what is
+        composed from the good releases can be kept until it does."""
+        count, newest = self._db.execute("SELECT COUNT(*), MAX(n) FROM releases WHERE status='good'").fetchone()
+        return count, newest or 0
 
     def good(self, whole: bool = False) -> Records:
         """Every good release in release order, from the last good one of the whole application on (what the

@@ -4,12 +4,13 @@ routed, and the applications running next to the release (canaries, a model star
 Every Serve apply carries every live application (Serve deletes what a config leaves out), so releases of
 different scopes running at once cannot each apply their own config: each changes its scope's section of the
 one live config (release/scopes.py ``splice``) and applies the whole, which carries every other scope as it is
-at that moment, in flight or not. The actor runs one event loop, so the compose-and-apply of one release
-never interleaves with another's.
+at that moment, in flight or not. Composing and handing the config to Serve happen under one lock, so the
+configs reach Serve in the order they were composed (a later one always holds every earlier change).
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from typing import Any
 
@@ -39,6 +40,7 @@ class Live:
         self.release = release  # the release number the ingress shows
         self.routes: dict[str, dict[str, Any]] = {}  # served model -> its canary's route (ingress user_config)
         self.extra: dict[str, dict[str, Any]] = {}  # application name -> its (expanded) config
+        self._lock = asyncio.Lock()
 
     def _apps(self, config: dict | None) -> dict[str, Any]:
         if config is None:
@@ -50,15 +52,16 @@ class Live:
         """Apply the live config, with ``scope``'s section from ``config`` first when given, labelled with
         ``release`` (default: the one shown). Returns when it was handed to Serve and the Serve applications
         whose config this changed."""
-        before = self.config
-        if scope is not None and config is not None:
-            self.config = config if before is None else spliced(before, self.app, scope, config)
-        if release is not None:
-            self.release = release
-        if self.config is None:
-            raise RuntimeError("nothing to apply: no release is running")
-        old, new = self._apps(before), self._apps(self.config)
-        changed = {name for name, a in new.items() if old.get(name) != a}
-        started = await self.gateway.apply(label(self.config, self.app, self.release, self.routes,
-                                                 list(self.extra.values())))
-        return started, changed
+        async with self._lock:
+            before = self.config
+            if scope is not None and config is not None:
+                self.config = config if before is None else spliced(before, self.app, scope, config)
+            if release is not None:
+                self.release = release
+            if self.config is None:
+                raise RuntimeError("nothing to apply: no release is running")
+            old, new = self._apps(before), self._apps(self.config)
+            changed = {name for name, a in new.items() if old.get(name) != a}
+            started = await self.gateway.apply(label(self.config, self.app, self.release, self.routes,
+                                                     list(self.extra.values())))
+            return started, changed

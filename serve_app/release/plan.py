@@ -2,8 +2,8 @@
 (dicts in the Serve config format) and settings. Nothing here calls Serve (release/gateway.py does) or waits
 (release/rollout.py does); every function answers from its arguments alone.
 
-``app`` is always the name of the release's application in the Serve config; its canary runs next to it as
-the application ``canary_name(app)``.
+``app`` is always the name of the release's application in the Serve config; a canary of one of its models runs
+next to it as the application ``canary_name(app, deployment)``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from serve_app.config.secrets import refusal, secret_problems
 from serve_app.config.settings import AppSettings, CanarySettings
 from serve_app.config.versions import migrate
 from serve_app.errors import Conflict, InvalidRequest, NotFound
+from serve_app.release.scopes import check_scope, splice
 
 # The method of each deployment that answers a health probe (the watch after a rollout, a canary's window).
 PROBES = {LLM_DEPLOYMENT: "health", VECTOR_STORE: "health", EMBEDDER: "info", AGENT: "health"}
@@ -143,6 +144,17 @@ def release_config(base: dict | None, config: dict, app: str) -> tuple[dict, App
     if app_entry(full, app).get("import_path") != APP_IMPORT_PATH:
         raise InvalidRequest(f"the application must use import_path {APP_IMPORT_PATH}", "import_path")
     return full, settings[app]
+
+
+def scoped_config(base: dict, running: dict | None, config: dict, app: str, scope: str) -> dict:
+    """The config a release scoped to ``scope`` deploys: ``base`` (the running config composed from the good
+    releases) with ``scope``'s section of the submitted ``config``. The submitted application is first
+    validated and normalised like any release's, then must agree with ``base`` or with ``running`` (what is
+    applied while other scopes' releases run) outside its scope (release/scopes.py ``check_scope``)."""
+    submitted, _ = release_config(base, config, app)
+    entry = app_entry(submitted, app)
+    check_scope(scope, entry, [app_entry(c, app) for c in (base, running) if c is not None])
+    return {"applications": [splice(app_entry(base, app), scope, entry)]}
 
 
 def first_release_baseline(config: dict, app: str) -> dict:

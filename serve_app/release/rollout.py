@@ -66,7 +66,8 @@ class ReleaseState:
 
 
 class Rollout:
-    """A whole release rolled out in place, watched, and rolled back to the previous one when it fails."""
+    """A release (of the whole app or of one scope) rolled out in place, watched, and its scope rolled back to
+    what it was when it fails."""
 
     def __init__(self, app: str, live: Live, history: History, state: ReleaseState,
                  good: Callable[[], dict[str, Any] | None], clock: Clock = time.monotonic,

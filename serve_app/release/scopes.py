@@ -31,7 +31,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from serve_app.config.model_settings import ServedModel
+from serve_app.config.loader import deployment_names
 from serve_app.config.names import AGENT, EMBEDDER, INGRESS, VECTOR_STORE
 from serve_app.config.settings import AppSettings
 from serve_app.errors import InvalidRequest, NotFound
@@ -65,10 +65,6 @@ def describe(scope: str) -> str:
     if scope.startswith(MODEL):
         return f"model {model_of(scope)!r}"
     return f"component {scope[len(COMPONENT):]}" if scope.startswith(COMPONENT) else "the whole application"
-
-
-def _served_name(raw: dict[str, Any]) -> str:
-    return ServedModel.model_validate(raw).model.name
 
 
 def sections(entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -181,7 +177,7 @@ def check_scope(scope: str, submitted: dict[str, Any], running: list[dict[str, A
         return
     try:
         theirs = sections(submitted)
-    except ValidationError as exc:
+    except (ValidationError, KeyError, TypeError, AttributeError) as exc:
         raise InvalidRequest(f"invalid config: {str(exc)[:500]}", "config") from None
     ours = [sections(r) for r in running]
     model = model_of(scope)
@@ -190,6 +186,12 @@ def check_scope(scope: str, submitted: dict[str, Any], running: list[dict[str, A
             raise NotFound(f"the model {model!r} is not served and the config does not add it", "model")
         raise InvalidRequest(f"the release is scoped to the model {model!r}, which the config does not serve (to "
                              "remove a model: DELETE /admin/models/{name}, or serve-app remove-model)", "model")
+    placed = [s[scope].get("first") for s in ours if scope in s]
+    if model is not None and placed and theirs[scope].get("first") != placed[0]:
+        # Its deployment is named by its place (LLMServer for the first model): a move would hand its options
+        # to another model's deployment.
+        raise InvalidRequest(f"the release moves the model {model!r} {'from' if placed[0] else 'to'} the first "
+                             "place (args.model); keep it where it is", "model")
     for name in dict.fromkeys([*theirs, *(k for s in ours for k in s)]):
         if name == scope:
             continue
@@ -202,8 +204,8 @@ def check_scope(scope: str, submitted: dict[str, Any], running: list[dict[str, A
                                  f"release of its own", "model" if name.startswith(MODEL) else "config")
         field = _where(name, mine, ours[0].get(name) or ours[-1][name])
         raise InvalidRequest(f"a release scoped to {describe(scope)} may change only its own settings, but the "
-                             f"config also changes {describe(name)} (at {field}); fetch the current config "
-                             "(GET /admin/releases/{n}) and change only that scope", field)
+                             f"config also changes {describe(name)} (at {field}); fetch the running config "
+                             "(GET /admin/config) and change only that scope", field)
 
 
 def section_owner(settings: AppSettings, deployment: str) -> str:
@@ -225,7 +227,8 @@ def scope_deployment_names(settings: AppSettings, scope: str) -> set[str] | None
     if model is not None:
         return {d for d, m in settings.served_models().items() if m.model.name == model}
     component = scope[len(COMPONENT):]
-    return set(_OWNED[component][1]) if component in _OWNED else {INGRESS}
+    # A component turned off by the release has no deployment left to probe.
+    return (set(_OWNED[component][1]) if component in _OWNED else {INGRESS}) & deployment_names(settings)
 
 
 def model_deployment(settings: AppSettings, model: str) -> str:
@@ -249,3 +252,19 @@ def compose(rows: list[dict[str, Any]], app_entry_of, with_entry) -> dict[str, A
     return config
 
 
+def previous_section(rows: list[dict[str, Any]], scope: str, app_entry_of,
+                     with_entry) -> tuple[int, dict[str, Any]] | None:
+    """The section ``scope`` had before its last change, and the release that gave it, from every good release
+    in order (as for ``compose``); None when it never had another (or had none: a model added since)."""
+    seen: list[tuple[int, Any]] = []
+    config: dict[str, Any] | None = None
+    for r in rows:
+        scoped = r.get("scope") or APP
+        config = copy.deepcopy(r["config"]) if config is None or scoped == APP else \
+            with_entry(config, splice(app_entry_of(config), scoped, app_entry_of(r["config"])))
+        section = sections(app_entry_of(config)).get(scope)
+        if not seen or seen[-1][1] != section:
+            seen.append((r["n"], section))
+    if len(seen) < 2 or seen[-2][1] is None:
+        return None
+    return seen[-2]

@@ -232,3 +232,65 @@ def test_a_model_is_rolled_back_to_its_previous_release_and_nothing_else(tmp_pat
     args = c._good()["config"]["applications"][0]["args"]
     assert "engine" not in args["models"][0]  # the second model as before release `first`
     assert args["engine"] == {"seed": 6}  # the first model's later release kept
+
+
+def test_a_scoped_release_of_the_file_the_app_started_from_is_compared_as_stored(tmp_path):
+    """The file's top-level logging_config is kept in the stored application: a scoped release of the same
+    file with one model changed agrees with it everywhere else."""
+    file = {"logging_config": {"encoding": "JSON"}, "applications": [copy.deepcopy(APP)]}
+
+    async def run():
+        c, gw = _controller(tmp_path)
+        c.started_from(copy.deepcopy(file))
+        changed = copy.deepcopy(file)
+        changed["applications"][0]["args"]["models"][0]["engine"] = {"seed": 2}
+        out = await c.deploy(changed, "admin", model=SECOND)
+        await _settle(c)
+        return c, out["release"]
+
+    c, n = asyncio.run(run())
+    assert c.history.get(n)["status"] == "good"
+
+
+def test_two_releases_of_one_model_sent_at_once_one_is_refused(tmp_path):
+    async def run():
+        c, gw = _controller(tmp_path)
+        outcomes = await asyncio.gather(c.deploy(_with(second={"seed": 1}), "a", model=SECOND),
+                                        c.deploy(_with(second={"seed": 2}), "b", model=SECOND),
+                                        return_exceptions=True)
+        await _settle(c)
+        return outcomes
+
+    outcomes = asyncio.run(run())
+    assert sorted(type(o).__name__ for o in outcomes) == ["Conflict", "dict"], outcomes
+
+
+def test_a_model_rolled_back_to_a_numbered_release_keeps_the_others_later_changes(tmp_path):
+    async def run():
+        c, gw = _controller(tmp_path)
+        await c.deploy(_with(second={"seed": 5}), "admin", model=SECOND)
+        await _settle(c)
+        await c.deploy(_with(first={"seed": 6}, second={"seed": 5}), "admin", model=FIRST)
+        await _settle(c)
+        back = await c.rollback("admin", to=1, model=SECOND)
+        await _settle(c)
+        return c, back["release"]
+
+    c, n = asyncio.run(run())
+    assert c.history.get(n)["status"] == "good"
+    args = c._good()["config"]["applications"][0]["args"]
+    assert "engine" not in args["models"][0] and args["engine"] == {"seed": 6}
+
+
+def test_a_component_release_that_turns_the_component_off_probes_nothing_of_it(tmp_path):
+    async def run():
+        c, gw = _controller(tmp_path)
+        off = copy.deepcopy(CONFIG)
+        off["applications"][0]["args"]["agent"] = {"enabled": False}
+        out = await c.deploy(off, "admin", component="agent")
+        await _settle(c)
+        return c, gw, out["release"]
+
+    c, gw, n = asyncio.run(run())
+    assert c.history.get(n)["status"] == "good", c.history.get(n)["outcome"]
+    assert "serve_app-agent" not in gw.apps and not [p for p in gw.probes if p[1] == "Agent"][-1:]

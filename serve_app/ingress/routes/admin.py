@@ -32,7 +32,7 @@ async def _act(request: Request, controller, method: str, *args, extra_s: float 
 
 # What a route with parameters is recorded as, from those parameters: the same names and types as the route's,
 # so FastAPI validates them before the call is recorded, and an invalid request (400) is not audited as an
-# allowed call. The rollback's record names nothing; it takes the body for that ordering alone.
+# allowed call.
 def _get_release(n: int) -> str:
     return f"get release {n}"
 
