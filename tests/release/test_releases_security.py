@@ -4,6 +4,7 @@ API keys, their rate limits, model allow-lists and /healthz's public view, turne
 tests/release/test_releases.py (which starts from release 1)."""
 
 import copy
+import json
 
 import httpx
 import pytest
@@ -57,8 +58,10 @@ def test_a_release_that_would_run_code_is_refused_naming_the_field(admin):
                                          "OTEL_EXPORTER_OTLP_HEADERS", r.text
     assert admin.get("/admin/releases").json()["data"] == before
     audit = admin.get("/admin/audit").json()["data"]  # newest first
-    refused = [a for a in audit[:3 * len(attempts)] if a["action"] == "deploy refused" and not a["allowed"]]
-    assert len(refused) == len(attempts) and all(a["detail"] for a in refused), audit[:3 * len(attempts)]
+    # Every refusal is audited with its reason (the secret's too, without its value).
+    refused = [a for a in audit[:3 * (len(attempts) + 1)] if a["action"] == "deploy refused" and not a["allowed"]]
+    assert len(refused) == len(attempts) + 1 and all(a["detail"] for a in refused), audit[:3 * len(attempts)]
+    assert "sk-live-123" not in json.dumps(audit)
 
 
 def test_api_keys_and_rate_limits_through_a_release(app_url, http, admin, admin_key, model_name, tmp_path):
