@@ -84,7 +84,7 @@ def test_a_failing_tiny_canary_and_a_good_default_release_at_once_each_keep_to_t
         c = admin.deploy(tiny_config, "tiny context too short", canary=canary, model=TINY)
         # A second release of the tiny model while its canary is out: refused, nothing recorded.
         again = admin.post("/admin/releases", json={"config": tiny_config, "model": TINY})
-        assert again.status_code == 409 and again.json()["error"]["param"] == "release", again.text
+        assert again.status_code == 409 and again.json()["error"]["param"] == "model", again.text
         d = admin.deploy(default_config, "one more queued request", model=model_name)
         status = admin.status()
         assert status["deploying_by_scope"].get(f"model:{model_name}") in (d["release"], None)

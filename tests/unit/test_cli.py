@@ -232,6 +232,20 @@ def test_scale_follows_its_release_and_exits_0_when_good(fake_app, capsys):
     assert json.loads(out.out)["status"] == "good" and "scaling as release 7" in out.err
 
 
+def test_a_models_release_rollback_and_removal_name_the_model(fake_app, tmp_path, capsys):
+    fake = fake_app(FakeAdmin(["good"]))
+    release = tmp_path / "release.yaml"
+    release.write_text("applications: []\n")
+    assert main(["deploy", "--model", "tiny", str(release)]) == 0
+    assert main(["rollback", "--component", "retrieval"]) == 0
+    assert main(["remove-model", "tiny"]) == 0
+    sent = [(r.method, r.url.path, json.loads(r.content or b"null")) for r in fake.requests if r.method != "GET"]
+    assert sent[0][2]["model"] == "tiny" and sent[0][2]["component"] is None
+    assert sent[1][:2] == ("POST", "/admin/rollback") and sent[1][2]["component"] == "retrieval"
+    assert sent[2][:2] == ("DELETE", "/admin/models/tiny")
+    assert "removing tiny as release 7" in capsys.readouterr().err
+
+
 def test_a_refusal_exits_1_with_the_message(fake_app, capsys):
     fake_app(FakeAdmin(refuse=(401, "missing or invalid admin key")))
     assert main(["status"]) == 1
