@@ -101,3 +101,29 @@ def test_canary_settings_are_bounded():
         CanarySettings(share=0)
     with pytest.raises(ValueError):
         CanarySettings(max_ttft_p99_ratio=0.5)
+
+
+def test_the_ingress_splits_each_models_traffic_by_its_own_canary_only():
+    """ReleaseSide (serve_app/ingress/releases.py): one router per model with a canary out, found by the
+    model's own handle; a model without a canary has none; a router is kept while its canary is unchanged."""
+    from serve_app.ingress.releases import ReleaseSide
+
+    first, second = object(), object()
+    side = ReleaseSide("1", {"a": first, "b": second}, report_period_s=2.0)
+    made = []
+
+    def canary_handle(deployment, app):
+        made.append((deployment, app))
+        return f"canary of {deployment}"
+
+    canaries = {"b": {"app": "serve_app-LLMServer-b-canary", "deployment": "LLMServer-b", "share": 0.5, "release": 9},
+                "gone": {"app": "x", "deployment": "y", "share": 0.5, "release": 3}}  # a model not served here
+    side.set_canaries(canaries, canary_handle)
+    assert side.router_for(first) is None
+    router = side.router_for(second)
+    assert router is not None and router.release == 9 and router.handles[CANARY] == "canary of LLMServer-b"
+    assert set(side.routers) == {"b"} and made == [("LLMServer-b", "serve_app-LLMServer-b-canary")]
+    side.set_canaries(canaries, canary_handle)  # the same canary again (another release's apply)
+    assert side.router_for(second) is router and len(made) == 1
+    side.set_canaries(None, canary_handle)
+    assert side.router_for(second) is None and side.routers == {}
