@@ -147,9 +147,13 @@ def test_t10_scale_down_while_streams_are_open_cuts_no_stream(two_llm_replicas, 
     assert len(results) == 6
     assert all(x["status"] == 200 and x["done"] and not x["error"] for x in results), [x for x in results if x["error"]] or results
     assert all(x["tokens"] == TOKENS for x in results), results  # whole answers (min_tokens), not cut short
-    # The streams were really open across the scale-down: started before it, still running after it began.
-    assert all(x["first"] is not None and x["first"] < scale_down_at < x["end"] for x in results), \
-        [(round(x["first"] - scale_down_at, 1), round(x["end"] - scale_down_at, 1)) for x in results]
+    # The streams were really open across the scale-down: started before it, most still running after it began
+    # (when one replica is slow to give its streams their first token, the first ones can finish before the
+    # last one opens: seen once with 600 tokens).
+    assert all(x["first"] is not None and x["first"] < scale_down_at for x in results), results
+    spanning = [x for x in results if x["first"] < scale_down_at < x["end"]]
+    assert len(spanning) >= 4, [(round(x["first"] - scale_down_at, 1), round(x["end"] - scale_down_at, 1))
+                                for x in results]
     deployments = admin.get("/admin/status").json()["deployments"]
     assert deployments["LLMServer"]["running_replicas"] == 1 and deployments["Ingress"]["running_replicas"] == 1
 
