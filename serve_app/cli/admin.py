@@ -1,5 +1,5 @@
-"""The admin subcommands: `serve-app deploy | status | history | rollback | remove-model | scale | adapters`, calls of a running app's
-admin API (serve_app/admin_client.py). Exit status: 0 done (a release: ended good), 1 refused or not good,
+"""The admin subcommands: `serve-app deploy | status | history | rollback | remove-model | scale | adapters`,
+calls of a running app's admin API (serve_app/admin_client.py). Exit status: 0 done (a release: ended good), 1 refused or not good,
 2 the app or a file could not be reached."""
 
 from __future__ import annotations
@@ -171,7 +171,8 @@ def register(sub) -> None:
     scope.add_argument("--component", choices=["retrieval", "agent", "ingress"],
                        help="scope the release to this component: only its settings may differ")
     dep.set_defaults(func=cmd_deploy)
-    admin("status", "Serve status per application, deployment and model; current and last good release").set_defaults(func=cmd_status)
+    admin("status", "Serve status per application, deployment and model; current and last good release").set_defaults(
+        func=cmd_status)
     admin("history", "the release history").set_defaults(func=cmd_history)
     rb = admin("rollback", "redeploy the previous good release, or release N", follows=True)
     rb.add_argument("release", nargs="?", type=int, help="release to go back to (default: the previous good one)")

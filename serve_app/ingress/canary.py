@@ -1,8 +1,8 @@
 """A canary's traffic split, on the routing side: while a canary of a model is out (the ingress's
 ``user_config`` ``canaries: {<served model>: {app, deployment, share, release}}``, applied by ``reconfigure``),
 each of that model's requests goes to the canary's LLM application with the canary's share and to the current
-release's LLM otherwise; each side's outcomes are
-counted and flushed to the release controller every couple of seconds (serve_app/release/canary.py judges)."""
+release's LLM otherwise; each side's outcomes are counted and flushed to the release controller every couple of
+seconds (serve_app/release/canary.py judges)."""
 
 from __future__ import annotations
 

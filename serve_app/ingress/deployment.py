@@ -81,8 +81,7 @@ class Ingress:
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         # Set by the release controller through user_config, so no restart (release/controller.py): the release
         # number, for each model with a canary out its application and share of the model's traffic
-        # (ingress/canary.py), and the
-        # LoRA adapters.
+        # (ingress/canary.py), and the LoRA adapters.
         releases = self.context.releases
         releases.set_release(str(user_config.get("release") or self.settings.release))
         releases.set_canaries(user_config.get("canaries"), handle_of)

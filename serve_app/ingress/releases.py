@@ -1,6 +1,6 @@
 """The release side of an Ingress replica: which release it serves (exported as ``serve_app_release_info``),
-the canary split of each model with a canary out and the reporting of their counts, and the release controller's actor
-(the admin routes' and the audit's counterpart), looked up on first use."""
+the canary split of each model with a canary out and the reporting of their counts, and the release
+controller's actor (the admin routes' and the audit's counterpart), looked up on first use."""
 
 from __future__ import annotations
 
