@@ -178,3 +178,22 @@ class HealthSampler:
     def p99_s(self) -> float:
         latencies = sorted(s[0] for s in self.samples)
         return latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+
+
+def background_stream(url: str, body: dict, start_timeout_s: float = 120) -> tuple[threading.Thread, list[str]]:
+    """A streaming chat request running in a thread, returned once its first event has arrived: the thread and
+    the list its events' payloads are appended to (``[DONE]`` last when it ends whole)."""
+    lines: list[str] = []
+    first = threading.Event()
+
+    def stream() -> None:
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json={**body, "stream": True}, timeout=300) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    lines.append(line[6:])
+                    first.set()
+
+    t = threading.Thread(target=stream, daemon=True)
+    t.start()
+    assert first.wait(start_timeout_s), "the stream did not start"
+    return t, lines

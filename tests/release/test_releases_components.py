@@ -7,11 +7,10 @@ Assertions are on replica identities and states, never on durations."""
 
 import copy
 import json
-import threading
 
-import httpx
 import pytest
 
+from tests.chaos.faults import background_stream
 from tests.chaos.faults import follow as _follow
 
 pytestmark = pytest.mark.release
@@ -48,21 +47,8 @@ def test_a_release_of_one_models_engine_leaves_every_other_replica_running(app_u
     before_status = admin.get("/admin/status").json()
     before, health = _replicas(before_status), http.get("/healthz").json()["components"]
     # A stream on the first model, in flight while the release is submitted and rolled out.
-    lines: list[str] = []
-    first = threading.Event()
-
-    def stream():
-        body = {"model": model_name, "stream": True, "max_tokens": 160,
-                "messages": [{"role": "user", "content": "Count from one to one hundred in words."}]}
-        with httpx.stream("POST", f"{app_url}/v1/chat/completions", json=body, timeout=300) as r:
-            for line in r.iter_lines():
-                if line.startswith("data: "):
-                    lines.append(line[6:])
-                    first.set()
-
-    t = threading.Thread(target=stream, daemon=True)
-    t.start()
-    assert first.wait(120), "the stream did not start"
+    t, lines = background_stream(app_url, {"model": model_name, "max_tokens": 160, "messages": [
+        {"role": "user", "content": "Count from one to one hundred in words."}]})
     r = admin.post("/admin/releases", json={"config": config, "note": "the second model's engine seed"})
     assert r.status_code == 202, r.text
     assert r.json()["changed"] == ["args.models"]

@@ -11,13 +11,11 @@ Assertions are on counts, states and engine identities, never on durations.
 
 import copy
 import json
-import threading
 
-import httpx
 import pytest
 
 from benchmarks.load import Load
-from tests.chaos.faults import follow
+from tests.chaos.faults import background_stream, follow
 from tests.polling import wait_until
 from tests.release.test_releases import RELEASE_LOAD_PAUSE_S, TINY
 
@@ -122,21 +120,8 @@ def test_a_model_added_at_run_time_serves_and_a_stream_open_at_its_removal_finis
     assert added["status"] == "good" and added["scope"] == f"model:{EXTRA}", added
     assert EXTRA in [m.id for m in client.models.list()]
     assert admin.status()["models"][EXTRA]["state"] == "RUNNING"
-    lines: list[str] = []
-    first = threading.Event()
-
-    def stream():
-        body = {"model": EXTRA, "stream": True, "max_tokens": 400, "ignore_eos": True,
-                "messages": [{"role": "user", "content": "Count."}]}
-        with httpx.stream("POST", f"{app_url}/v1/chat/completions", json=body, timeout=300) as r:
-            for line in r.iter_lines():
-                if line.startswith("data: "):
-                    lines.append(line[6:])
-                    first.set()
-
-    t = threading.Thread(target=stream, daemon=True)
-    t.start()
-    assert first.wait(120), "the stream did not start"
+    t, lines = background_stream(app_url, {"model": EXTRA, "max_tokens": 400, "ignore_eos": True,
+                                           "messages": [{"role": "user", "content": "Count."}]})
     r = admin.delete(f"/admin/models/{EXTRA}")
     assert r.status_code == 202, r.text
     removed = follow(admin, r.json()["release"])
