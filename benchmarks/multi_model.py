@@ -48,7 +48,7 @@ def _engines(url: str) -> dict[str, dict]:
     components = httpx.get(url + "/healthz", timeout=30).json()["components"]
     return {c["model"]: {"rss_mib": _tree_rss_mib(c["pid"]), "engine_start_s": c["engine_start_s"],
                          "cpus": c["cpus"]}
-            for name, c in components.items() if name == "llm" or name.startswith("llm:")}
+            for name, c in components.items() if name.startswith("llm:")}
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ import numpy as np
 import yaml
 
 from benchmarks._servers import ROOT, serve_app
+from serve_app.config.names import is_llm_deployment
 
 N_REAL = 10_000
 
@@ -64,7 +65,7 @@ def retrieval_only_config(tmp: Path) -> Path:
     app = config["applications"][0]
     app["args"]["model"]["enabled"] = False
     app["args"]["vector"]["path"] = str(tmp / "app-store")
-    app["deployments"] = [d for d in app["deployments"] if d["name"] not in ("LLMServer", "Agent")]
+    app["deployments"] = [d for d in app["deployments"] if not is_llm_deployment(d["name"]) and d["name"] != "Agent"]
     path = tmp / "retrieval.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

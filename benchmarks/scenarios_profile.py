@@ -12,6 +12,7 @@ import httpx
 
 from benchmarks._servers import bare_vllm, engine_setup, serve_app
 from benchmarks.context import Context, pyplot, ratio
+from serve_app.config.names import DEFAULT_MODEL_NAME
 from serve_app.llm import engine_args
 
 # -------------------------------------------------------------------------------------------------- cpu
@@ -90,7 +91,7 @@ def overhead(ctx: Context) -> dict:
     settings, model_dir, _ = engine_setup(ctx.config)
     procs = {"Ingress": [p for p in psutil.process_iter(["cmdline"])
                          if " ".join(p.info["cmdline"] or []).startswith("ray::ServeReplica:serve_app:Ingress")],
-             "LLMServer": [psutil.Process(httpx.get(f"{url}/healthz").json()["components"]["llm"]["pid"])]}
+             "LLMServer": [psutil.Process(httpx.get(f"{url}/healthz").json()["components"][f"llm:{DEFAULT_MODEL_NAME}"]["pid"])]}
     duration = 15 if ctx.quick else 30
     profiles: dict[str, Path] = {}
     spies = []

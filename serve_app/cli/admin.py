@@ -187,7 +187,7 @@ def register(sub) -> None:
     rm.set_defaults(func=cmd_remove_model)
     sc = admin("scale", "change a deployment's replicas or scale its autoscaling bounds (recorded as a release)",
                follows=True)
-    sc.add_argument("name", help="deployment, e.g. LLMServer")
+    sc.add_argument("name", help="deployment, e.g. LLMServer-<served name> or Ingress (serve-app status lists them)")
     group = sc.add_mutually_exclusive_group(required=True)
     group.add_argument("--replicas", type=int, help="fixed replica count (autoscaling off)")
     group.add_argument("--factor", type=float, help="multiply the replicas or the autoscaling bounds")

@@ -9,7 +9,7 @@ application per component, each with only the settings it reads as its ``args``:
     application             deployments            builder (serve_app/app.py)   args
     <app>                   Ingress                build_ingress                every section, each model's
                                                                                 engine cut to max_model_len
-    <app>-LLMServer[-<m>]   LLMServer[-<m>]        build_llm                    its model (model, engine, lora)
+    <app>-LLMServer-<m>     LLMServer-<m>          build_llm                    its model (model, engine, lora)
     <app>-retrieval         Embedder, VectorStore  build_retrieval              vector
     <app>-agent             Agent                  build_agent                  its model, ingress, agent,
                                                                                 prompts, where the others are

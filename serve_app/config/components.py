@@ -6,7 +6,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from serve_app.config.model_settings import ServedModel
-from serve_app.config.names import AGENT, EMBEDDER, INGRESS, LLM_DEPLOYMENT, VECTOR_STORE, is_llm_deployment
+from serve_app.config.names import AGENT, EMBEDDER, INGRESS, VECTOR_STORE, is_llm_deployment
 from serve_app.config.prompts import PromptSettings
 from serve_app.config.settings import AgentSettings, IngressSettings, ModelSettings, VectorSettings, _Strict
 
@@ -17,7 +17,7 @@ AGENT_APP = "agent"
 class LLMAppSettings(ServedModel):
     """An LLM application's args: the model it serves, and which LLM deployment that is."""
 
-    deployment: str = Field(default=LLM_DEPLOYMENT, description="LLMServer for the first model, LLMServer-<name> else.")
+    deployment: str = Field(description="Its LLM deployment's name, LLMServer-<served name>.")
 
 
 class RetrievalAppSettings(_Strict):
@@ -30,7 +30,7 @@ class AgentAppSettings(_Strict):
     """The agent application's args."""
 
     model: ModelSettings = Field(default_factory=ModelSettings, description="The model it uses (agent.model).")
-    llm_deployment: str = Field(default=LLM_DEPLOYMENT, description="The LLM deployment serving that model.")
+    llm_deployment: str = Field(description="The LLM deployment serving that model.")
     llm_app: str = Field(description="The application of that deployment.")
     retrieval_app: str | None = Field(default=None, description="The retrieval application (None: none).")
     ingress: IngressSettings = Field(default_factory=IngressSettings, description="Deadlines and retries of its calls.")

@@ -9,7 +9,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from serve_app.config.components import LLMAppSettings
-from serve_app.config.names import AGENT, EMBEDDER, INGRESS, VECTOR_STORE
+from serve_app.config.names import AGENT, EMBEDDER, INGRESS, LLM_DEPLOYMENT, VECTOR_STORE, llm_deployment_name
 from serve_app.config.secrets import check_secrets
 from serve_app.config.settings import AppSettings
 
@@ -91,11 +91,19 @@ def _check_deployment_names(settings: AppSettings, deployments, app_index: int) 
     # with a less direct message; say which setting disabled it.
     known = deployment_names(settings)
     for j, d in enumerate(deployments or ()):
+        if d.name == LLM_DEPLOYMENT and settings.model.enabled:
+            # Earlier versions named the first model's deployment by its place; stored releases are migrated
+            # (config/versions.py), a file is the user's to rename.
+            raise ConfigError(
+                f"invalid config: applications[{app_index}].deployments[{j}]: deployments are named by the model "
+                f"they serve: the first model's is {llm_deployment_name(settings.model_names()[0])!r}, not "
+                f"{LLM_DEPLOYMENT!r}"
+            )
         if d.name not in known:
             raise ConfigError(
                 f"invalid config: applications[{app_index}].deployments[{j}]: this application has no deployment "
-                f"{d.name!r} with these args (it deploys {sorted(known)}; LLMServer needs model.enabled, "
-                "LLMServer-<name> an entry of models serving <name>, Agent needs model.enabled and agent.enabled, "
+                f"{d.name!r} with these args (it deploys {sorted(known)}; LLMServer-<name> needs a model served "
+                "as <name> (model, or an entry of models), Agent needs model.enabled and agent.enabled, "
                 "Embedder and VectorStore need vector.enabled)"
             )
 

@@ -16,8 +16,9 @@ SERVED_NAMES = {DEFAULT_MODEL: DEFAULT_MODEL_NAME, TINY_MODEL: TINY_MODEL_NAME}
 # What a served model name may be: what clients send in "model" and what metrics are labelled with.
 SERVED_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
 
-# The application's deployments. Each served model is its own LLM deployment: the first one "LLMServer", every
-# further one "LLMServer-<served name>" (with the characters a deployment name cannot hold replaced).
+# The application's deployments. Each served model is its own LLM deployment, named by the model it serves:
+# "LLMServer-<served name>" (with the characters a deployment name cannot hold replaced), never by its place, so
+# any model (the first included) can be added, released and removed without renaming another's deployment.
 LLM_DEPLOYMENT = "LLMServer"
 # A canary of a model runs as the application "<its model's application>-canary" (serve_app/release/plan.py).
 CANARY_SUFFIX = "-canary"
@@ -27,11 +28,12 @@ VECTOR_STORE = "VectorStore"
 AGENT = "Agent"
 
 
-def llm_deployment_name(served_name: str, first: bool = False) -> str:
-    return LLM_DEPLOYMENT if first else f"{LLM_DEPLOYMENT}-{re.sub(r'[^A-Za-z0-9_.-]', '-', served_name)}"
+def llm_deployment_name(served_name: str) -> str:
+    return f"{LLM_DEPLOYMENT}-{re.sub(r'[^A-Za-z0-9_.-]', '-', served_name)}"
 
 
 def is_llm_deployment(name: str) -> bool:
+    # The bare name is what earlier versions called the first model's deployment (config/versions.py, 3).
     return name == LLM_DEPLOYMENT or name.startswith(LLM_DEPLOYMENT + "-")
 
 # Every tool the agent knows (serve_app/agent/tools.py registers one spec under each of these names); the

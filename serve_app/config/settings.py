@@ -291,7 +291,8 @@ class AppSettings(_Strict):
         default="dev", min_length=1, max_length=64, description="Release label reported by /healthz and in logs."
     )
     model: ModelSettings = Field(default_factory=ModelSettings, description="The first served model: the default "
-                                 "of RAG and the agent, and the one a whole-app release's canary compares (deployment LLMServer).")
+                                 "of RAG and the agent (unless rag.model / agent.model name another), and the one a whole-app release's "
+                                 "canary compares (deployment LLMServer-<served name>).")
     engine: EngineSettings = Field(default_factory=EngineSettings, description="vLLM engine arguments of the "
                                    "first model.")
     lora: LoraSettings | None = Field(default=None, description="LoRA adapters of the first model (None: LoRA off).")
@@ -332,7 +333,7 @@ class AppSettings(_Strict):
                 other = where.get(name, "vector.embedder_name")
                 raise ValueError(f"{mfield}: the served name {name!r} is already served by {other}")
             where[name] = mfield
-            dep = llm_deployment_name(name, first=i == 0)
+            dep = llm_deployment_name(name)
             if dep.endswith(CANARY_SUFFIX):
                 raise ValueError(f"{mfield}: served names ending in {CANARY_SUFFIX!r} are kept for canaries' "
                                  "applications; choose another name")
@@ -363,8 +364,8 @@ class AppSettings(_Strict):
         return [ServedModel.model_construct(model=self.model, engine=self.engine, lora=self.lora), *self.models]
 
     def served_models(self) -> dict[str, ServedModel]:
-        """Deployment name -> the model it serves, the first model first (LLMServer)."""
-        return {llm_deployment_name(m.model.name, first=i == 0): m for i, m in enumerate(self._served())}
+        """Deployment name -> the model it serves, the first model first."""
+        return {llm_deployment_name(m.model.name): m for m in self._served()}
 
     def model_names(self) -> list[str]:
         """Served names of the chat models, the first model first."""

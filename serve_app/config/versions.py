@@ -8,7 +8,9 @@ which upgrades it one version at a time to the shape this code deploys.
 Versions:
 
     1   the shape releases were stored in before configs carried a version (rows without one are version 1)
-    2   the same shape, numbered; the version every release is stored with from now on
+    2   the same shape, numbered
+    3   LLM deployments named by the model they serve: the first model's options, under ``deployments`` as
+        ``LLMServer`` (its place) until 2, are ``LLMServer-<served name>`` like every other model's
 
 A change of the shape (a renamed or moved setting, a restructured section) bumps ``CURRENT_VERSION`` and adds
 the step from the previous version to ``MIGRATIONS``; the steps before it stay as they are, so a release
@@ -22,9 +24,13 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
-from serve_app.config.loader import ConfigError
+from pydantic import ValidationError
 
-CURRENT_VERSION = 2
+from serve_app.config.loader import APP_IMPORT_PATH, ConfigError
+from serve_app.config.names import LLM_DEPLOYMENT, llm_deployment_name
+from serve_app.config.settings import AppSettings
+
+CURRENT_VERSION = 3
 
 
 def _v1_to_v2(config: dict[str, Any]) -> dict[str, Any]:
@@ -32,9 +38,24 @@ def _v1_to_v2(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def _v2_to_v3(config: dict[str, Any]) -> dict[str, Any]:
+    for app in config.get("applications") or []:
+        if not isinstance(app, dict) or app.get("import_path") != APP_IMPORT_PATH:
+            continue
+        try:
+            first = AppSettings.model_validate(app.get("args") or {}).model_names()[:1]
+        except ValidationError:
+            continue  # refused as it is when deployed, with the field named
+        for d in app.get("deployments") or []:
+            if isinstance(d, dict) and d.get("name") == LLM_DEPLOYMENT and first:
+                d["name"] = llm_deployment_name(first[0])
+    return config
+
+
 # MIGRATIONS[v] turns a config of version v into one of version v + 1.
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     1: _v1_to_v2,
+    2: _v2_to_v3,
 }
 
 

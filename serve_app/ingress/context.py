@@ -73,8 +73,9 @@ def health_monitor(settings: AppSettings, models: ModelRouting, retrieval: Retri
     the one probing loop per component, which /healthz reads and each model's availability gate is fed by."""
     timeout = settings.ingress.health_timeout_s
     probes: dict[str, Probe] = {}
-    # One component per served model: "llm" for the first, "llm:<served name>" for each other.
-    llm_components = {"llm" if i == 0 else f"llm:{name}": name for i, name in enumerate(models.models)}
+    # One component per served model, named by it ("llm:<served name>"), so a model added or removed renames
+    # no other's.
+    llm_components = {f"llm:{name}": name for name in models.models}
     for component, name in llm_components.items():
         probes[component] = partial(call, models.models[name], "health", timeout_s=timeout)
     if retrieval.vector is not None:

@@ -69,6 +69,7 @@ from serve_app.release.rollout import Clock, ReleaseState, Rollout, Sleep
 from serve_app.release.scopes import (
     APP,
     MODEL,
+    check_removal,
     compose,
     describe,
     join,
@@ -299,18 +300,7 @@ class Releases(ResourceReleases):
         with self._reserve(scope):
             current = await asyncio.to_thread(self._current)
             try:
-                settings = app_settings(current["config"], self.app)
-                names = settings.model_names()
-                if model not in names:
-                    raise NotFound(f"the model {model!r} is not served (served: {', '.join(names)})", "model")
-                if names[0] == model:
-                    raise Conflict(f"{model!r} is the config's first model (args.model), whose deployment is named "
-                                   "LLMServer by its place; it cannot be removed at run time: deploy a whole-app "
-                                   "release without it", "model")
-                for field, value in (("rag.model", settings.rag.model), ("agent.model", settings.agent.model)):
-                    if value == model:
-                        raise InvalidRequest(f"{field} names the model {model!r}: release another model for it "
-                                             "first", field)
+                check_removal(app_settings(current["config"], self.app), model)
                 entry = without(app_entry(current["config"], self.app), scope)
                 full, new_settings = release_config(current["config"], {"applications": [entry]}, self.app)
             except AppError as exc:

@@ -42,7 +42,7 @@ def probe_method(deployment: str) -> str | None:
         is_llm_deployment(deployment) or deployment in PROBES) else None
 
 
-def canary_name(app: str, deployment: str = LLM_DEPLOYMENT) -> str:
+def canary_name(app: str, deployment: str) -> str:
     """The application of a canary of ``deployment`` (an LLM deployment) of the plain application ``app``."""
     return f"{component_app(app, deployment)}{CANARY_SUFFIX}"
 

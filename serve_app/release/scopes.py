@@ -9,7 +9,7 @@ The plain application entry (serve_app/config/apps.py) is partitioned into secti
 put back together (``join``) give the entry again:
 
     scope                  args                                           deployments
-    model:<name>           the first model's model/engine/lora, or its    LLMServer[-<name>]
+    model:<name>           the first model's model/engine/lora, or its    LLMServer-<name>
                            entry of ``models``
     component:retrieval    vector                                         Embedder, VectorStore
     component:agent        agent                                          Agent
@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from serve_app.config.loader import deployment_names
 from serve_app.config.names import AGENT, EMBEDDER, INGRESS, VECTOR_STORE
 from serve_app.config.settings import AppSettings
-from serve_app.errors import InvalidRequest, NotFound
+from serve_app.errors import Conflict, InvalidRequest, NotFound
 
 APP = "app"
 MODEL = "model:"
@@ -188,10 +188,11 @@ def check_scope(scope: str, submitted: dict[str, Any], running: list[dict[str, A
                              "remove a model: DELETE /admin/models/{name}, or serve-app remove-model)", "model")
     placed = [s[scope].get("first") for s in ours if scope in s]
     if model is not None and placed and theirs[scope].get("first") != placed[0]:
-        # Its deployment is named by its place (LLMServer for the first model): a move would hand its options
-        # to another model's deployment.
+        # The first model is the default of RAG, the agent and requests naming none: which one it is, is the
+        # whole application's to change.
         raise InvalidRequest(f"the release moves the model {model!r} {'from' if placed[0] else 'to'} the first "
-                             "place (args.model); keep it where it is", "model")
+                             "place (args.model), which makes it the default model: deploy that as a whole-app "
+                             "release", "model")
     for name in dict.fromkeys([*theirs, *(k for s in ours for k in s)]):
         if name == scope:
             continue
@@ -206,6 +207,25 @@ def check_scope(scope: str, submitted: dict[str, Any], running: list[dict[str, A
         raise InvalidRequest(f"a release scoped to {describe(scope)} may change only its own settings, but the "
                              f"config also changes {describe(name)} (at {field}); fetch the running config "
                              "(GET /admin/config) and change only that scope", field)
+
+
+def check_removal(settings: AppSettings, model: str) -> None:
+    """Refuse removing ``model`` at run time when something still depends on it: RAG or the agent naming it,
+    or using it as the first model by default (the next one would take its place unasked)."""
+    names = settings.model_names()
+    if model not in names:
+        raise NotFound(f"the model {model!r} is not served (served: {', '.join(names)})", "model")
+    if names == [model]:
+        raise Conflict(f"{model!r} is the only model served: deploy a whole-app release with model.enabled: false "
+                       "to serve none", "model")
+    users = (("rag.model", settings.rag.model, settings.rag.enabled, "ingress"),
+             ("agent.model", settings.agent.model, settings.agent.enabled, "agent"))
+    for field, value, enabled, component in users:
+        if value == model:
+            raise InvalidRequest(f"{field} names the model {model!r}: release another model for it first", field)
+        if value is None and enabled and names[0] == model:
+            raise InvalidRequest(f"{field} is unset, so it uses the first model, {model!r}: name the model it "
+                                 f"uses (a release of the component {component}) before removing this one", field)
 
 
 def section_owner(settings: AppSettings, deployment: str) -> str:

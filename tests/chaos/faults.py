@@ -13,6 +13,7 @@ import httpx
 import psutil
 
 from serve_app.admin_client import AdminClient, AdminError
+from tests.names import LLM
 from tests.polling import WaitTimeout, wait_until
 
 
@@ -79,7 +80,7 @@ def llm_replica_pids(http: httpx.Client, n: int, timeout_s: float = 60) -> dict[
     seen: dict[str, int] = {}
 
     def look() -> dict[str, int]:
-        llm = http.get("/healthz").json()["components"]["llm"]
+        llm = http.get("/healthz").json()["components"][LLM]
         if llm.get("status") == "ok":
             seen[llm["replica"]] = llm["pid"]
         return seen

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from tests.chaos.faults import current_config, deploy
+from tests.names import DEPLOYMENT, LLM
 from tests.polling import wait_healthy
 
 pytestmark = pytest.mark.chaos
@@ -19,17 +20,17 @@ BURST = 16
 
 def _limits(config: dict, ongoing: int, queued: int) -> dict:
     for d in config["applications"][0]["deployments"]:
-        if d["name"] == "LLMServer":
+        if d["name"] == DEPLOYMENT:
             d["max_ongoing_requests"], d["max_queued_requests"] = ongoing, queued
     return config
 
 
 def test_t11_beyond_the_queue_limit_is_a_fast_503_with_retry_after(app_url, http, admin, model_name, reliability):
     original = current_config(admin)
-    started_at = wait_healthy(http)["components"]["llm"]["started_at"]
+    started_at = wait_healthy(http)["components"][LLM]["started_at"]
     deploy(admin, _limits(current_config(admin), 2, 2), "tight queue limit")
     try:
-        assert http.get("/healthz").json()["components"]["llm"]["started_at"] == started_at, "the engine restarted"
+        assert http.get("/healthz").json()["components"][LLM]["started_at"] == started_at, "the engine restarted"
         results: list[dict] = []
         gate = threading.Barrier(BURST)
 

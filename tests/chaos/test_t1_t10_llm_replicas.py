@@ -30,22 +30,23 @@ from tests.chaos.faults import (
     scale_together,
     wait_replicas,
 )
+from tests.names import DEPLOYMENT
 from tests.polling import wait_healthy, wait_until
 
 pytestmark = pytest.mark.chaos
 
-HEALTH_PERIOD_S = 10  # LLMServer's health_check_period_s in the session config
+HEALTH_PERIOD_S = 10  # the LLM deployment's health_check_period_s in the session config
 
 
 @pytest.fixture(scope="module")
 def two_llm_replicas(admin, http):
     """Two LLM and two ingress replicas for the tests of this module (one release, one engine start, not one
     per test); one of each again after."""
-    scale_together(admin, {"LLMServer": 2, "Ingress": 2})
+    scale_together(admin, {DEPLOYMENT: 2, "Ingress": 2})
     try:
         yield
     finally:
-        for name in ("LLMServer", "Ingress"):
+        for name in (DEPLOYMENT, "Ingress"):
             if running_replicas(admin, name) != 1:
                 scale(admin, name, 1)
         wait_healthy(http)
@@ -62,7 +63,7 @@ def test_t1_killing_an_llm_replica_fails_only_its_requests_in_flight(two_llm_rep
         os.kill(pid, signal.SIGKILL)
         # Requests started after the kill plus one health period, on what serves then.
         load.wait_for(8, started_after=t_kill + HEALTH_PERIOD_S, timeout_s=240)
-    recovered_at = wait_replicas(admin, "LLMServer", 2)
+    recovered_at = wait_replicas(admin, DEPLOYMENT, 2)
     engine_gone = gone(engine_pids, 30)
 
     summary = load.summary(fault_at=t_kill)
@@ -120,10 +121,10 @@ TOKENS = 600  # per T10 stream
 
 def test_t10_scale_down_while_streams_are_open_cuts_no_stream(two_llm_replicas, app_url, admin, model_name,
                                                               reliability):
-    wait_replicas(admin, "LLMServer", 2)
+    wait_replicas(admin, DEPLOYMENT, 2)
     wait_replicas(admin, "Ingress", 2)
     deployments = admin.get("/admin/status").json()["deployments"]
-    assert deployments["LLMServer"]["running_replicas"] == 2 and deployments["Ingress"]["running_replicas"] == 2
+    assert deployments[DEPLOYMENT]["running_replicas"] == 2 and deployments["Ingress"]["running_replicas"] == 2
     results: list[dict] = []
     # Long enough to outlast Serve's default drain (graceful_shutdown_timeout_s 20 s) on this CPU: a stream
     # survives only if the stopped replica is given the time to finish it. And long enough that the first
@@ -137,7 +138,7 @@ def test_t10_scale_down_while_streams_are_open_cuts_no_stream(two_llm_replicas, 
     wait_until(lambda: len(opened), 60, interval_s=0.2, until=lambda n: n >= 6, what="all 6 streams open")
     assert len(opened) == 6, f"{len(opened)} streams started, 6 expected"
     scale_down_at = time.time()
-    scale_together(admin, {"LLMServer": 1, "Ingress": 1})  # both drain at once, with the streams open
+    scale_together(admin, {DEPLOYMENT: 1, "Ingress": 1})  # both drain at once, with the streams open
     for t in threads:
         t.join(300)
     reliability.record("T10", "LLM and ingress 2 -> 1 replicas with 6 streams open", streams=len(results),
@@ -155,6 +156,6 @@ def test_t10_scale_down_while_streams_are_open_cuts_no_stream(two_llm_replicas, 
     assert len(spanning) >= 4, [(round(x["first"] - scale_down_at, 1), round(x["end"] - scale_down_at, 1))
                                 for x in results]
     deployments = admin.get("/admin/status").json()["deployments"]
-    assert deployments["LLMServer"]["running_replicas"] == 1 and deployments["Ingress"]["running_replicas"] == 1
+    assert deployments[DEPLOYMENT]["running_replicas"] == 1 and deployments["Ingress"]["running_replicas"] == 1
 
 

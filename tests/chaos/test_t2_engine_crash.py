@@ -11,6 +11,7 @@ import pytest
 
 from benchmarks.load import Load
 from tests.chaos.faults import HEALTHZ_CONTRACT_S, HealthSampler, llm_replica_pids
+from tests.names import LLM
 from tests.polling import wait_healthy, wait_until
 
 pytestmark = pytest.mark.chaos
@@ -37,7 +38,7 @@ def _replaced(http, old_pid, timeout_s=300):
 
     def replaced(answer) -> bool:
         status, health = answer
-        return status == 200 and health["components"]["llm"]["pid"] != old_pid
+        return status == 200 and health["components"][LLM]["pid"] != old_pid
 
     _, health = wait_until(look, timeout_s, until=replaced,
                            what="the LLM replica with the dead engine replaced (/healthz 200, another pid)")
@@ -45,7 +46,7 @@ def _replaced(http, old_pid, timeout_s=300):
 
 
 def test_t2_engine_crash_ends_streams_in_band_and_the_replica_is_replaced(app_url, http, model_name, reliability):
-    before = wait_healthy(http)["components"]["llm"]
+    before = wait_healthy(http)["components"][LLM]
     (replica, pid), = llm_replica_pids(http, 1).items()
     core = _engine_core(pid)
     with Load(app_url, model_name, clients=2, stream_tokens=200, plain_tokens=32,
@@ -58,7 +59,7 @@ def test_t2_engine_crash_ends_streams_in_band_and_the_replica_is_replaced(app_ur
         t_back = time.time()
         load.wait_for(4)  # requests started once the app was healthy again
 
-    after = health["components"]["llm"]
+    after = health["components"][LLM]
     summary = load.summary(fault_at=t_crash)
     reliability.record("T2", "engine-core process killed (SIGKILL), 1 replica, 2 clients", **summary,
                        reported_unhealthy_after_s=None if unhealthy_at is None else round(unhealthy_at - t_crash, 1),

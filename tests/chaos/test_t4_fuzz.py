@@ -24,6 +24,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from serve_app.errors import status_of
+from tests.names import LLM
 from tests.polling import wait_healthy
 
 pytestmark = pytest.mark.chaos
@@ -107,7 +108,7 @@ def schema(app_url):
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_t4_fuzzed_requests_get_no_5xx_and_openai_error_bodies(schema, app_url, http, mode, reliability,
                                                                serve_logs_dir):
-    llm_before = wait_healthy(http)["components"]["llm"]
+    llm_before = wait_healthy(http)["components"][LLM]
     statuses: Counter = Counter()
     bad: list[str] = []
     failures = serve_logs_dir / f"fuzz-failures-{mode.value}.jsonl"
@@ -124,7 +125,7 @@ def test_t4_fuzzed_requests_get_no_5xx_and_openai_error_bodies(schema, app_url, 
             # Nothing in this route can be made invalid (no parameters, no body): no negative case exists.
             assert mode == GenerationMode.NEGATIVE, op.label
 
-    llm_after = wait_healthy(http)["components"]["llm"]
+    llm_after = wait_healthy(http)["components"][LLM]
     reliability.record("T4", f"fuzzed ({mode.value}, {EXAMPLES} per route)", requests=sum(statuses.values()),
                        routes=len(operations), statuses={str(k): v for k, v in sorted(statuses.items())},
                        server_errors=sum(v for k, v in statuses.items() if k >= 500), bad_answers=len(bad),

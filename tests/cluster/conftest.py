@@ -19,6 +19,7 @@ import psutil
 import pytest
 import yaml
 
+from tests.names import DEPLOYMENT, TINY_DEPLOYMENT
 from tests.polling import WaitTimeout, wait_until
 from tests.procs import stop_tree, stop_trees
 
@@ -86,6 +87,8 @@ def cluster(tmp_path_factory):
         # model says.
         config = yaml.safe_load((ROOT / "configs/cluster.yaml").read_text())
         config["applications"][0]["args"]["model"] = {"source": "tiny"}
+        for d in config["applications"][0]["deployments"]:  # its deployment is named by the model it serves
+            d["name"] = TINY_DEPLOYMENT if d["name"] == DEPLOYMENT else d["name"]
         (tmp / "cluster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         state["app"] = subprocess.Popen(
             [sys.executable, "-m", "serve_app.cli", "run", "--config", str(tmp / "cluster.yaml"),

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.cluster.conftest import _tree, _wait, _worker
+from tests.names import TINY_LLM as LLM
 from tests.procs import stop_tree
 
 pytestmark = pytest.mark.cluster
@@ -29,7 +30,7 @@ def test_llm_on_the_worker_lost_with_it_and_back_when_a_worker_joins(cluster):
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
     health = httpx.get(f"{url}/healthz").json()["components"]
     # Placement: the LLM replica is a process of the worker node, the vector store one of the head.
-    assert health["llm"]["pid"] in _tree(cluster["workers"][0]), "the LLM replica is not on the worker node"
+    assert health[LLM]["pid"] in _tree(cluster["workers"][0]), "the LLM replica is not on the worker node"
     assert health["vector"]["pid"] in _tree(cluster["head"]), "the vector store is not on the head node"
     model = client.models.list().data[0].id
     answer = client.chat.completions.create(model=model, max_tokens=8, messages=[{"role": "user", "content": "Hi"}])
@@ -40,7 +41,7 @@ def test_llm_on_the_worker_lost_with_it_and_back_when_a_worker_joins(cluster):
     lost_at = time.monotonic()
     down = _wait("/healthz did not report the LLM unhealthy",
                  lambda: (r := httpx.get(f"{url}/healthz", timeout=30)).status_code == 503 and r.json(), 180, logs)
-    assert down["components"]["llm"]["status"] == "unhealthy", down
+    assert down["components"][LLM]["status"] == "unhealthy", down
     assert down["components"]["vector"]["status"] == "ok", down
     # LLM requests: a clear 503 with Retry-After, answered at once once the ingress has noticed.
     refused = _wait("chat requests were not refused with a fast 503",
@@ -56,7 +57,7 @@ def test_llm_on_the_worker_lost_with_it_and_back_when_a_worker_joins(cluster):
     cluster["workers"].append(_worker(cluster["gcs"], cluster["tmp"], cluster["env"], 2))
     logs.append(cluster["tmp"] / "worker-2.log")
     _wait("the app did not recover", lambda: httpx.get(f"{url}/healthz", timeout=30).status_code == 200, 600, logs)
-    assert httpx.get(f"{url}/healthz").json()["components"]["llm"]["pid"] in _tree(cluster["workers"][1])
+    assert httpx.get(f"{url}/healthz").json()["components"][LLM]["pid"] in _tree(cluster["workers"][1])
     answer = client.chat.completions.create(model=model, max_tokens=8, messages=[{"role": "user", "content": "Hi"}])
     assert answer.choices[0].message.content is not None
     print(f"LLM unavailable {unavailable_s:.0f}s after the node loss until refused fast; recovered")

@@ -5,6 +5,8 @@ import uuid
 
 import pytest
 
+from tests.names import LLM
+
 pytestmark = pytest.mark.app
 
 
@@ -13,11 +15,11 @@ def test_healthz(http):
     assert r.status_code == 200
     body = r.json()
     assert body["status"] == "ok" and body["release"] == "dev"
-    assert body["components"]["llm"]["status"] == "ok"
-    assert body["components"]["llm"]["model"] == "SmolLM2-135M-Instruct"
+    assert body["components"][LLM]["status"] == "ok"
+    assert body["components"][LLM]["model"] == "SmolLM2-135M-Instruct"
     # Every required component, each with its own detail; the release controller is required because the
     # session app has an admin key (the admin API is on).
-    assert set(body["components"]) == {"llm", "llm:tiny-random-llama", "vector", "embedder", "agent", "release_controller"}
+    assert set(body["components"]) == {LLM, "llm:tiny-random-llama", "vector", "embedder", "agent", "release_controller"}
     assert all(c["status"] == "ok" for c in body["components"].values()), body
     assert body["components"]["release_controller"]["last_good_release"] >= 1
 

@@ -6,6 +6,7 @@ task, or not served, is a clear 4xx; health and metrics are per model."""
 import openai
 import pytest
 
+from tests.names import LLM
 from tests.polling import wait_until
 
 pytestmark = pytest.mark.app
@@ -29,7 +30,7 @@ def test_each_model_answers_from_its_own_engine(client, http, model_name, which)
         chunks = list(stream.parse())
     assert chunks and {c.model for c in chunks} == {name}
     # The replica that answered belongs to that model's deployment.
-    component = "llm" if which == "first" else f"llm:{TINY}"
+    component = LLM if which == "first" else f"llm:{TINY}"
     assert raw.headers["x-served-by"] == http.get("/healthz").json()["components"][component]["replica"]
 
 
@@ -62,7 +63,7 @@ def test_a_model_named_for_the_wrong_task_or_not_served_is_a_clear_error(client,
 
 def test_health_is_per_model_and_each_engine_has_its_own_core(http, model_name):
     components = http.get("/healthz").json()["components"]
-    first, tiny = components["llm"], components[f"llm:{TINY}"]
+    first, tiny = components[LLM], components[f"llm:{TINY}"]
     assert first["status"] == tiny["status"] == "ok"
     assert first["model"] == model_name and tiny["model"] == TINY and first["pid"] != tiny["pid"]
     # engine.cpu_cores: 1 each, claimed apart (serve_app/llm/cpus.py).

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from serve_app.observability.metrics import DEFINITIONS, exported_name
+from tests.names import DEPLOYMENT
 from tests.polling import WaitTimeout, wait_until
 
 pytestmark = pytest.mark.app
@@ -286,7 +287,7 @@ def test_access_log_lines_are_json_with_request_id_release_route_status_latency(
     assert line["release"] and line["http_method"] == "POST"
     # The LLM replica logs the call under the same request id: its log outlives the engine's start (vLLM's
     # logging setup closes every handler of the process; serve_app/llm/engine.py puts Serve's back).
-    wait_until(lambda: [raw for path in serve_logs_dir.rglob("replica_*LLMServer_*.log")
+    wait_until(lambda: [raw for path in serve_logs_dir.rglob(f"replica_*{DEPLOYMENT}_*.log")
                         for raw in path.read_text().splitlines() if request_id in raw and '"CALL ' in raw],
                30, interval_s=1, what="a line for the request in the LLM replica's log")
     # Prompt and answer text are not logged at the default level, by any component.

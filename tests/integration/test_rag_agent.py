@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from serve_app.config.names import DEFAULT_TOOLS
+from tests.names import LLM
 from tests.polling import wait_until
 
 pytestmark = pytest.mark.app
@@ -47,7 +48,7 @@ _END = object()
 
 
 def _running(http):
-    return http.get("/healthz").json()["components"]["llm"]["running_requests"]
+    return http.get("/healthz").json()["components"][LLM]["running_requests"]
 
 
 def _wait_running_zero(http, timeout_s=20):

@@ -24,6 +24,7 @@ import yaml
 # The same bounded load the release benchmark uses: non-streaming chat and streams, every request recorded.
 from benchmarks.load import Load
 from tests.chaos.faults import follow as _follow
+from tests.names import DEPLOYMENT, LLM
 from tests.polling import wait_until
 
 pytestmark = pytest.mark.release
@@ -85,7 +86,7 @@ def test_invalid_release_is_refused_and_touches_nothing(admin):
 
 
 def test_scaling_is_a_release_that_restarts_nothing(http, admin):
-    llm_started = http.get("/healthz").json()["components"]["llm"]["started_at"]
+    llm_started = http.get("/healthz").json()["components"][LLM]["started_at"]
     r = admin.post("/admin/scale", json={"deployment": "Agent", "replicas": 2})
     assert r.status_code == 202, r.text
     rel = _follow(admin, r.json()["release"])
@@ -95,7 +96,7 @@ def test_scaling_is_a_release_that_restarts_nothing(http, admin):
     assert _follow(admin, r.json()["release"])["status"] == "good"
     assert admin.get("/admin/status").json()["deployments"]["Agent"]["running_replicas"] == 1
     health = http.get("/healthz").json()
-    assert health["components"]["llm"]["started_at"] == llm_started
+    assert health["components"][LLM]["started_at"] == llm_started
     assert health["release"] == str(r.json()["release"])
 
 
@@ -123,7 +124,7 @@ def test_good_release_under_load_fails_nothing(app_url, http, admin, model_name)
     # Per-deployment versions: the RAG settings are the Ingress's alone; the model was not reloaded, no other
     # deployment was replaced.
     after = http.get("/healthz").json()["components"]
-    assert after["llm"]["started_at"] == before["llm"]["started_at"] and after["llm"]["pid"] == before["llm"]["pid"]
+    assert after[LLM]["started_at"] == before[LLM]["started_at"] and after[LLM]["pid"] == before[LLM]["pid"]
     assert after["vector"]["pid"] == before["vector"]["pid"] and after["agent"]["pid"] == before["agent"]["pid"]
 
 
@@ -140,7 +141,7 @@ def test_a_prompt_release_replaces_the_agent_and_leaves_the_model_loaded(http, a
     assert _follow(admin, r.json()["release"])["status"] == "good"
     after = http.get("/healthz").json()["components"]
     assert after["agent"]["prompts_version"] == "release-test-prompts" and after["agent"]["pid"] != before["agent"]["pid"]
-    assert after["llm"]["started_at"] == before["llm"]["started_at"] and after["vector"]["pid"] == before["vector"]["pid"]
+    assert after[LLM]["started_at"] == before[LLM]["started_at"] and after["vector"]["pid"] == before["vector"]["pid"]
     assert _engine_replicas(admin) == engines  # no engine restarted, the second model's neither
     rag = http.post("/v1/rag", json={"question": "What is in the documents?", "max_tokens": 4})
     assert rag.status_code == 200 and rag.json()["prompts_version"] == "release-test-prompts", rag.text
@@ -208,7 +209,7 @@ def _wait_for_window(admin, n, timeout_s=300):
 
 
 def test_good_canary_is_promoted_under_load_without_failures(app_url, http, admin, model_name):
-    llm_started = http.get("/healthz").json()["components"]["llm"]["started_at"]
+    llm_started = http.get("/healthz").json()["components"][LLM]["started_at"]
     tiny_before = http.get("/healthz").json()["components"][f"llm:{TINY}"]
     # Thresholds for a shared 2-core machine where two engines compete; the decision logic is unit-tested.
     canary = {"share": 0.5, "window_s": 8, "min_requests": 5, "max_ttft_p99_ratio": 4.0, "ttft_slack_ms": 2000}
@@ -229,7 +230,7 @@ def test_good_canary_is_promoted_under_load_without_failures(app_url, http, admi
     status = admin.get("/admin/status").json()
     assert status["current_release"] == n and status["last_good_release"] == n and status["canary"] is None
     health = http.get("/healthz").json()
-    assert health["release"] == str(n) and health["components"]["llm"]["started_at"] != llm_started
+    assert health["release"] == str(n) and health["components"][LLM]["started_at"] != llm_started
     # A release of one model replaces that model's deployment only: the other model's engine kept running.
     assert health["components"][f"llm:{TINY}"]["pid"] == tiny_before["pid"]
     assert health["components"][f"llm:{TINY}"]["started_at"] == tiny_before["started_at"]
@@ -246,7 +247,7 @@ def test_release_whose_llm_cannot_start_is_rolled_back(app_url, http, admin, mod
         assert r.status_code == 202, r.text
         n = r.json()["release"]
         rel = _follow(admin, n)
-        assert rel["status"] == "failed" and "LLMServer" in rel["outcome"] and rel["rolled_back_to"], rel
+        assert rel["status"] == "failed" and DEPLOYMENT in rel["outcome"] and rel["rolled_back_to"], rel
         back = _follow(admin, rel["rolled_back_to"])
         rollback_done = time.time()
         load.wait_for(4)  # requests sent after the rollback

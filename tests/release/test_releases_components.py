@@ -12,12 +12,13 @@ import pytest
 
 from tests.chaos.faults import background_stream
 from tests.chaos.faults import follow as _follow
+from tests.names import APP, DEPLOYMENT, LLM
 
 pytestmark = pytest.mark.release
 
 TINY = "tiny-random-llama"  # the session app's second model (configs/multi-model.yaml)
 TINY_APP = f"serve_app-LLMServer-{TINY}"
-APPS = {"serve_app", "serve_app-LLMServer", TINY_APP, "serve_app-retrieval", "serve_app-agent"}
+APPS = {"serve_app", APP, TINY_APP, "serve_app-retrieval", "serve_app-agent"}
 
 
 def _replicas(status):
@@ -37,7 +38,7 @@ def test_status_shows_one_application_per_component_with_its_version(admin):
     assert set(apps) == APPS
     assert all(a["status"] == "RUNNING" and len(a["version"]) == 12 for a in apps.values()), apps
     assert apps["serve_app-retrieval"]["deployments"] == ["Embedder", "VectorStore"]
-    assert status["deployments"]["LLMServer"]["application"] == "serve_app-LLMServer"
+    assert status["deployments"][DEPLOYMENT]["application"] == APP
     assert len({a["version"] for a in apps.values()}) == len(apps)
 
 
@@ -63,11 +64,11 @@ def test_a_release_of_one_models_engine_leaves_every_other_replica_running(app_u
     after_status = admin.get("/admin/status").json()
     after = _replicas(after_status)
     assert after[f"LLMServer-{TINY}"].isdisjoint(before[f"LLMServer-{TINY}"])  # the second engine restarted
-    for name in ("LLMServer", "Ingress", "Embedder", "VectorStore", "Agent"):
+    for name in (DEPLOYMENT, "Ingress", "Embedder", "VectorStore", "Agent"):
         assert after[name] == before[name], name  # the same replicas, never replaced
     components = http.get("/healthz").json()["components"]
-    assert (components["llm"]["pid"], components["llm"]["started_at"]) == \
-        (health["llm"]["pid"], health["llm"]["started_at"])
+    assert (components[LLM]["pid"], components[LLM]["started_at"]) == \
+        (health[LLM]["pid"], health[LLM]["started_at"])
     versions = {n: a["version"] for n, a in after_status["applications"].items()}
     old = {n: a["version"] for n, a in before_status["applications"].items()}
     assert {n for n in versions if versions[n] != old[n]} == {TINY_APP}

@@ -16,6 +16,7 @@ import pytest
 
 from benchmarks.load import Load
 from tests.chaos.faults import background_stream, follow
+from tests.names import DEPLOYMENT, LLM
 from tests.polling import wait_until
 from tests.release.test_releases import RELEASE_LOAD_PAUSE_S, TINY
 
@@ -49,7 +50,7 @@ def test_a_failing_release_of_the_tiny_model_is_rolled_back_while_the_default_mo
     config = admin.current_config()
     # A fault-injection engine (tests/fakes/engine.py) that passes its first health checks, then fails them.
     _tiny(config)["engine"]["factory"] = "tests.fakes.engine:turns_unhealthy"
-    default_engine = _engine(http, "llm")
+    default_engine = _engine(http, LLM)
     with Load(app_url, model_name, clients=2, pause_s=RELEASE_LOAD_PAUSE_S) as load:
         out = admin.deploy(config, "a tiny engine that turns unhealthy", model=TINY)
         assert out["scope"] == f"model:{TINY}" and out["changed"] == ["args.models"], out
@@ -60,19 +61,19 @@ def test_a_failing_release_of_the_tiny_model_is_rolled_back_while_the_default_mo
     assert f"LLMServer-{TINY}" in rel["outcome"] and rel["scope"] == f"model:{TINY}", rel
     assert back["status"] == "good" and back["kind"] == "rollback" and back["scope"] == f"model:{TINY}", back
     assert load.records and not load.failed(), load.failed()[:5]
-    assert _engine(http, "llm") == default_engine  # the default model's engine was never restarted
+    assert _engine(http, LLM) == default_engine  # the default model's engine was never restarted
     assert "factory" not in _tiny(admin.current_config())["engine"]
     assert _chat(http, TINY).status_code == 200
 
 
 def test_a_failing_tiny_canary_and_a_good_default_release_at_once_each_keep_to_their_model(
         app_url, http, admin, model_name):
-    engines = {"llm": _engine(http, "llm"), TINY: _engine(http, f"llm:{TINY}")}
+    engines = {LLM: _engine(http, LLM), TINY: _engine(http, f"llm:{TINY}")}
     tiny_config = admin.current_config()
     # A real fault: the canary's engine has a context too short for the load's prompts, so vLLM refuses them.
     _tiny(tiny_config)["engine"]["max_model_len"] = 32
     default_config = admin.current_config()
-    llm = next(d for d in default_config["applications"][0]["deployments"] if d["name"] == "LLMServer")
+    llm = next(d for d in default_config["applications"][0]["deployments"] if d["name"] == DEPLOYMENT)
     # A release of the default model that changes its deployment's options: Serve applies it in place.
     llm["max_queued_requests"] = llm.get("max_queued_requests", 256) + 1
     canary = {"share": 0.5, "window_s": 60, "min_requests": 4}
@@ -100,13 +101,13 @@ def test_a_failing_tiny_canary_and_a_good_default_release_at_once_each_keep_to_t
     failed = tiny.failed()
     assert failed and {x["status"] for x in failed} == {400}, failed[:5]  # the canary's share, nothing else
     # Neither model's engine was restarted by the other's release (nor its own: options only, a canary).
-    assert {"llm": _engine(http, "llm"), TINY: _engine(http, f"llm:{TINY}")} == engines
+    assert {LLM: _engine(http, LLM), TINY: _engine(http, f"llm:{TINY}")} == engines
     status = admin.status()
     assert status["canaries"] == {} and status["models"][TINY]["canary"] is None and status["status"] == "RUNNING"
     assert not [a for a in status["applications"] if a.endswith("-canary")]
     running = admin.current_config()
     assert _tiny(running)["engine"].get("max_model_len") != 32
-    assert next(d for d in running["applications"][0]["deployments"] if d["name"] == "LLMServer") == llm
+    assert next(d for d in running["applications"][0]["deployments"] if d["name"] == DEPLOYMENT) == llm
 
 
 def test_a_model_added_at_run_time_serves_and_a_stream_open_at_its_removal_finishes(app_url, http, admin, client):

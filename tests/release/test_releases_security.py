@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from tests.chaos.faults import follow as _follow
+from tests.names import LLM
 from tests.release.test_releases import TINY
 
 pytestmark = pytest.mark.release
@@ -95,7 +96,7 @@ def test_api_keys_and_rate_limits_through_a_release(app_url, http, admin, admin_
         # With API keys on, /healthz stays public but shows states only; the admin key sees everything.
         shown = http.get("/healthz").json()
         assert all(set(c) <= {"status", "age_s"} for c in shown["components"].values()), shown
-        assert "pid" in http.get("/healthz", headers={"Authorization": f"Bearer {admin_key}"}).json()["components"]["llm"]
+        assert "pid" in http.get("/healthz", headers={"Authorization": f"Bearer {admin_key}"}).json()["components"][LLM]
         r = http.get("/v1/models")
         assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
         assert http.get("/v1/models", headers={"Authorization": "Bearer sk-nope"}).status_code == 401

@@ -21,6 +21,7 @@ from benchmarks._adapters import MAX_TOKENS, PROMPT, make_adapter
 from serve_app.errors import status_of
 from serve_app.llm.model import prepare_default_model
 from tests.chaos.faults import follow
+from tests.names import LLM
 from tests.polling import WaitTimeout, wait_until
 
 pytestmark = pytest.mark.release
@@ -43,7 +44,7 @@ def adapter_root(data_dir):
 def _engines(http) -> dict:
     components = http.get("/healthz").json()["components"]
     return {name: (c["replica"], c["pid"], c["started_at"]) for name, c in components.items()
-            if name == "llm" or name.startswith("llm:")}
+            if name.startswith("llm:")}
 
 
 def _llm_adapters(http, expected: dict, timeout_s: float = 15) -> dict:
@@ -51,7 +52,7 @@ def _llm_adapters(http, expected: dict, timeout_s: float = 15) -> dict:
     from its background probe, taken every ingress.health_period_s); past ``timeout_s``, as they are then (the
     caller's assertion shows them)."""
     try:
-        return wait_until(lambda: http.get("/healthz").json()["components"]["llm"]["adapters"], timeout_s,
+        return wait_until(lambda: http.get("/healthz").json()["components"][LLM]["adapters"], timeout_s,
                           interval_s=0.2, until=lambda adapters: all(adapters.get(k) == v for k, v in expected.items()),
                           what=f"the first model's adapters {expected}")
     except WaitTimeout as exc:

@@ -20,6 +20,7 @@ from serve_app.release.history import History
 from serve_app.release.plan import new_adapters, with_adapter, without_adapter
 from tests.fakes.clock import FakeClock
 from tests.fakes.serve_gateway import FakeServeGateway
+from tests.names import APP, DEPLOYMENT
 
 pytestmark = pytest.mark.unit
 
@@ -166,10 +167,10 @@ def test_adapters_reach_the_replicas_as_user_config_so_a_change_restarts_nothing
     assert set(a1) == set(a2)
     for name in a1:
         assert a1[name]["args"] == a2[name]["args"], name
-    llm, ingress = _deps(a2["serve_app-LLMServer"]), _deps(a2["serve_app"])
-    assert llm["LLMServer"]["user_config"] == {"adapters": {"a": "a", "b": "team/b"}}
+    llm, ingress = _deps(a2[APP]), _deps(a2["serve_app"])
+    assert llm[DEPLOYMENT]["user_config"] == {"adapters": {"a": "a", "b": "team/b"}}
     assert ingress["Ingress"]["user_config"] == {"release": "2", "adapters": {BASE: {"a": "a", "b": "team/b"}}}
-    assert "team/b" not in json.dumps(a2["serve_app"]["args"]) and "team/b" not in json.dumps(a2["serve_app-LLMServer"]["args"])
+    assert "team/b" not in json.dumps(a2["serve_app"]["args"]) and "team/b" not in json.dumps(a2[APP]["args"])
     assert not _deps(a2["serve_app-LLMServer-tiny-random-llama"])  # LoRA off for it: no user_config
     assert one == _config({"a": "a"})  # the plain config untouched
 
@@ -180,7 +181,7 @@ def test_load_and_unload_plan_a_release_of_the_adapters_alone(tmp_path):
     assert model == BASE and app["args"]["lora"]["adapters"] == {"a": "a", "b": "b"}
     assert config["applications"][0]["args"]["lora"]["adapters"] == {"a": "a"}  # the running config untouched
     new = AppSettings.model_validate(app["args"])
-    assert new_adapters(new, AppSettings.model_validate(config["applications"][0]["args"])) == [("LLMServer", "b", "b")]
+    assert new_adapters(new, AppSettings.model_validate(config["applications"][0]["args"])) == [(DEPLOYMENT, "b", "b")]
     app, model = without_adapter(config, "serve_app", "a")
     assert app["args"]["lora"]["adapters"] == {}
     with pytest.raises(Conflict):
@@ -225,9 +226,9 @@ def test_a_load_is_tried_on_a_replica_first_and_refused_there_without_a_release(
     rel = c.history.get(out["release"])
     assert rel["status"] == "good" and rel["kind"] == "adapter-load" and rel["changed"] == ["args.lora"]
     # Tried before the release, and again by the rollout before it counted as good.
-    assert [call[1:] for call in gw.calls] == [("LLMServer", "trial_adapter", "bad"),
-                                               ("LLMServer", "trial_adapter", "good"),
-                                               ("LLMServer", "trial_adapter", "good")]
+    assert [call[1:] for call in gw.calls] == [(DEPLOYMENT, "trial_adapter", "bad"),
+                                               (DEPLOYMENT, "trial_adapter", "good"),
+                                               (DEPLOYMENT, "trial_adapter", "good")]
     assert c.adapters() == [{"name": "a", "model": BASE, "folder": "good"}]
 
 
@@ -245,5 +246,5 @@ def test_a_release_whose_new_adapter_does_not_load_is_rolled_back(tmp_path):
 
     c, out = asyncio.run(run())
     rel = c.history.get(out["release"])
-    assert rel["status"] == "failed" and "the adapter 'a' (LLMServer) does not load" in rel["outcome"]
+    assert rel["status"] == "failed" and f"the adapter 'a' ({DEPLOYMENT}) does not load" in rel["outcome"]
     assert c.history.get(rel["rolled_back_to"])["status"] == "good"

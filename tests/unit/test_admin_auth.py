@@ -8,6 +8,7 @@ import pytest
 from serve_app.errors import Forbidden, Unauthorized
 from serve_app.ingress.admin_gate import admin_key_digest, check_admin
 from serve_app.ingress.limits import digest
+from tests.names import DEPLOYMENT
 
 pytestmark = pytest.mark.unit
 
@@ -152,18 +153,18 @@ def test_admin_routes_record_what_they_do_once_their_parameters_are_valid():
     controller = _Controller()
     c = TestClient(_admin_app(controller))
     ok = {"Authorization": "Bearer s3cret"}
-    assert c.post("/admin/scale", json={"deployment": "LLMServer"}, headers=ok).status_code == 400  # no replicas
+    assert c.post("/admin/scale", json={"deployment": DEPLOYMENT}, headers=ok).status_code == 400  # no replicas
     assert c.get("/admin/releases/latest", headers=ok).status_code == 400
     assert controller.audited() == []  # refused as invalid: nothing was done, nothing recorded as allowed
-    assert c.post("/admin/scale", json={"deployment": "LLMServer", "replicas": 2}, headers=ok).status_code == 202
+    assert c.post("/admin/scale", json={"deployment": DEPLOYMENT, "replicas": 2}, headers=ok).status_code == 202
     assert c.get("/admin/releases/3", headers=ok).json() == {"method": "release"}
     assert c.post("/admin/rollback", json={}, headers=ok).status_code == 202
     assert c.get("/admin/status", headers=ok).status_code == 200
-    assert controller.audited() == [("admin@testclient", "scale LLMServer", True, None),
+    assert controller.audited() == [("admin@testclient", f"scale {DEPLOYMENT}", True, None),
                                     ("admin@testclient", "get release 3", True, None),
                                     ("admin@testclient", "rollback", True, None),
                                     ("admin@testclient", "status", True, None)]
-    assert ("scale", "LLMServer", 2, None, "admin@testclient") in controller.calls
+    assert ("scale", DEPLOYMENT, 2, None, "admin@testclient") in controller.calls
 
 
 def test_an_unauthorized_admin_call_is_refused_and_recorded_before_its_body_is_read():

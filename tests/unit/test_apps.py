@@ -14,12 +14,13 @@ from serve_app.app import build_agent, build_app, build_ingress, build_llm, buil
 from serve_app.config.apps import code_version, component_apps, expand
 from serve_app.config.components import AgentAppSettings, LLMAppSettings, component_app
 from serve_app.config.loader import ConfigError, validate_app_args
+from tests.names import APP, DEPLOYMENT
 
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
-APPS = ["serve_app", "serve_app-LLMServer", "serve_app-retrieval", "serve_app-agent"]
+APPS = ["serve_app", APP, "serve_app-retrieval", "serve_app-agent"]
 
 
 def _load(path):
@@ -66,9 +67,9 @@ def test_a_settings_change_rebuilds_only_the_applications_that_read_it():
         ("rag", "default_top_k", 3): {"serve_app"},
         ("prompts", "version", "p2"): {"serve_app", "serve_app-agent"},
         ("agent", "max_steps", 6): {"serve_app", "serve_app-agent"},
-        ("engine", "max_num_seqs", 8): {"serve_app-LLMServer"},
+        ("engine", "max_num_seqs", 8): {APP},
         # The one engine setting the ingress reads (/v1/models reports it).
-        ("engine", "max_model_len", 1024): {"serve_app", "serve_app-LLMServer"},
+        ("engine", "max_model_len", 1024): {"serve_app", APP},
         ("vector", "chunk_tokens", 150): {"serve_app", "serve_app-retrieval"},
         ("release", None, "r2"): {"serve_app"},
     }
@@ -81,7 +82,7 @@ def test_a_settings_change_rebuilds_only_the_applications_that_read_it():
         assert _rebuilt(base, new) == expected, section
     # Options of one deployment (Serve's own per-deployment options) rebuild nothing.
     new = copy.deepcopy(base)
-    next(d for d in _app(new)["deployments"] if d["name"] == "LLMServer")["max_ongoing_requests"] = 32
+    next(d for d in _app(new)["deployments"] if d["name"] == DEPLOYMENT)["max_ongoing_requests"] = 32
     assert _rebuilt(base, new) == set()
     # Turning the agent off removes its application, and the ingress (which routes to it) is rebuilt.
     new = copy.deepcopy(base)
@@ -162,7 +163,7 @@ def test_every_application_of_a_valid_config_validates_with_its_own_builder():
     _app(config)["args"]["models"][0]["engine"]["max_num_seqs"] = 128
     del _app(config)["name"]  # Serve's default name
     apps = {a["name"]: a for a in expand(config)["applications"]}
-    assert set(apps) == {"default", "default-LLMServer", "default-LLMServer-tiny-random-llama",
+    assert set(apps) == {"default", f"default-{DEPLOYMENT}", "default-LLMServer-tiny-random-llama",
                          "default-retrieval", "default-agent"}
     assert validate_app_args(apps["default"]["args"]).ingress.max_n == 100
     build_ingress(apps["default"]["args"])

@@ -9,6 +9,7 @@ from serve_app.config.settings import CanarySettings
 from serve_app.ingress.canary import CanaryRouter
 from serve_app.protocol.canary import CANARY, PRIMARY, ArmStats, percentile
 from serve_app.release.canary import judge
+from tests.names import DEPLOYMENT
 
 pytestmark = pytest.mark.unit
 
@@ -84,14 +85,15 @@ def _config(extra_app):
 
 def test_the_canary_application_is_validated_like_the_app():
     canary = {"name": "serve_app-canary", "route_prefix": None, "import_path": LLM_IMPORT_PATH,
-              "args": {"engine": {"max_num_seqs": 8}}, "deployments": [{"name": "LLMServer", "num_replicas": 1}]}
+              "args": {"engine": {"max_num_seqs": 8}, "deployment": DEPLOYMENT},
+              "deployments": [{"name": DEPLOYMENT, "num_replicas": 1}]}
     validate_serve_config(_config(canary))
     with pytest.raises(ConfigError, match=r"applications\[1\].args.engine.max_num_seqs"):
-        validate_serve_config(_config({**canary, "args": {"engine": {"max_num_seqs": 0}}}))
-    with pytest.raises(ConfigError, match="only the deployment 'LLMServer'"):
+        validate_serve_config(_config({**canary, "args": {"engine": {"max_num_seqs": 0}, "deployment": DEPLOYMENT}}))
+    with pytest.raises(ConfigError, match=f"only the deployment '{DEPLOYMENT}'"):
         validate_serve_config(_config({**canary, "deployments": [{"name": "Ingress"}]}))
     with pytest.raises(ConfigError, match="model.enabled"):
-        validate_serve_config(_config({**canary, "args": {"model": {"enabled": False}}}))
+        validate_serve_config(_config({**canary, "args": {"model": {"enabled": False}, "deployment": DEPLOYMENT}}))
 
 
 def test_canary_settings_are_bounded():

@@ -19,6 +19,7 @@ from serve_app.admin_client import AdminClient, AdminError
 from serve_app.cli import admin as cli_admin
 from serve_app.cli import build_parser, main
 from serve_app.jobs import ingest as ingest_job
+from tests.names import DEPLOYMENT
 
 pytestmark = pytest.mark.unit
 
@@ -196,7 +197,7 @@ def test_calls_send_the_admin_apis_bodies():
     client.deploy({"applications": []}, model="tiny")
     client.rollback()
     client.rollback(model="tiny")
-    client.scale("LLMServer", replicas=2)
+    client.scale(DEPLOYMENT, replicas=2)
     client.remove_model("tiny")
     assert [(r.method, r.url.path, json.loads(r.content or b"null")) for r in fake.requests] == [
         ("POST", "/admin/releases", {"config": {"applications": []}, "note": "why", "model": None, "component": None,
@@ -205,7 +206,7 @@ def test_calls_send_the_admin_apis_bodies():
                                      "component": None}),
         ("POST", "/admin/rollback", {"release": None, "model": None, "component": None}),
         ("POST", "/admin/rollback", {"release": None, "model": "tiny", "component": None}),
-        ("POST", "/admin/scale", {"deployment": "LLMServer", "replicas": 2, "factor": None}),
+        ("POST", "/admin/scale", {"deployment": DEPLOYMENT, "replicas": 2, "factor": None}),
         ("DELETE", "/admin/models/tiny", None),
     ]
 
@@ -226,7 +227,7 @@ def fake_app(monkeypatch):
 
 def test_scale_follows_its_release_and_exits_0_when_good(fake_app, capsys):
     fake = fake_app(FakeAdmin(["good"]))
-    assert main(["scale", "LLMServer", "--replicas", "2"]) == 0
+    assert main(["scale", DEPLOYMENT, "--replicas", "2"]) == 0
     assert [(r.method, r.url.path) for r in fake.requests] == [("POST", "/admin/scale"), ("GET", "/admin/releases/7")]
     out = capsys.readouterr()
     assert json.loads(out.out)["status"] == "good" and "scaling as release 7" in out.err

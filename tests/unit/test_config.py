@@ -20,14 +20,14 @@ def test_shipped_configs_validate(path):
     assert set(settings) == {"serve_app"}
     deployments = {d.name for d in schema.applications[0].deployments}
     assert deployments == {"Ingress", "Embedder", "VectorStore", "Agent", *settings["serve_app"].served_models()}
-    assert "LLMServer" in deployments
+    assert "LLMServer-SmolLM2-135M-Instruct" in deployments  # named by its model, the first one too
 
 
 def test_the_multi_model_config_serves_two_models_each_its_own_deployment():
     _, settings = load_serve_config("configs/multi-model.yaml")
     s = settings["serve_app"]
     assert s.model_names() == ["SmolLM2-135M-Instruct", "tiny-random-llama"]
-    assert list(s.served_models()) == ["LLMServer", "LLMServer-tiny-random-llama"]
+    assert list(s.served_models()) == ["LLMServer-SmolLM2-135M-Instruct", "LLMServer-tiny-random-llama"]
 
 
 def _models(*names, **extra):
@@ -96,7 +96,7 @@ def test_invalid_app_settings_name_the_field(tmp_path, args, field):
 
 
 def test_invalid_serve_options_are_refused(tmp_path):
-    text = APP.format(args="      release: x") + "    deployments:\n      - name: LLMServer\n        num_replicas: -3\n"
+    text = APP.format(args="      release: x") + "    deployments:\n      - name: LLMServer-SmolLM2-135M-Instruct\n        num_replicas: -3\n"
     with pytest.raises(ConfigError) as info:
         load_serve_config(_write(tmp_path, text))
     assert "num_replicas" in str(info.value)

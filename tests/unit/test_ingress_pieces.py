@@ -17,6 +17,7 @@ from serve_app.errors import ServiceUnavailable, UpstreamTimeout
 from serve_app.ingress.context import IngressContext
 from serve_app.ingress.errors import install_error_handlers
 from serve_app.ingress.middleware import BodyLimitMiddleware
+from tests.names import DEPLOYMENT
 
 pytestmark = [pytest.mark.unit, pytest.mark.vllm]  # vllm: runs under `make check-gpu-build` too
 
@@ -225,7 +226,7 @@ def test_the_health_monitors_records_feed_each_models_gate():
             self.health = Method(health)
 
     settings = AppSettings.model_validate({"ingress": {"llm_fail_fast_s": 0.01, "health_period_s": 0.01}})
-    ctx = IngressContext.build(settings, {"LLMServer": _LLM()})
+    ctx = IngressContext.build(settings, {DEPLOYMENT: _LLM()})
     model = next(iter(ctx.models.models))
 
     async def scenario():

@@ -10,6 +10,7 @@ from serve_app.config.settings import AppSettings
 from serve_app.ingress.context import IngressContext
 from serve_app.ingress.fastapi_app import create_app
 from tests.fakes.handles import Method
+from tests.names import DEPLOYMENT
 
 pytestmark = pytest.mark.unit
 
@@ -65,7 +66,7 @@ def test_requests_are_routed_by_model_and_the_allow_list_hides_the_others():
 
     settings = AppSettings.model_validate({"models": [{"model": {"source": "tiny"}}]})
     first, tiny = object(), object()
-    ctx = IngressContext.build(settings, {"LLMServer": first, "LLMServer-tiny-random-llama": tiny}, _VectorStore(),
+    ctx = IngressContext.build(settings, {DEPLOYMENT: first, "LLMServer-tiny-random-llama": tiny}, _VectorStore(),
                                embedder=object()).models
     assert ctx.chat_model(None) == ("SmolLM2-135M-Instruct", first)
     assert ctx.chat_model("tiny-random-llama") == ("tiny-random-llama", tiny)
@@ -93,7 +94,7 @@ def test_adapters_route_to_their_model_as_the_multiplexed_id_and_need_naming_in_
     settings = AppSettings.model_validate({"lora": {"adapters": {"support": "support/v1"}},
                                            "models": [{"model": {"source": "tiny"}}]})
     first = _Handle()
-    ctx = IngressContext.build(settings, {"LLMServer": first, "LLMServer-tiny-random-llama": _Handle()},
+    ctx = IngressContext.build(settings, {DEPLOYMENT: first, "LLMServer-tiny-random-llama": _Handle()},
                                _VectorStore()).models
     name, handle = ctx.chat_model("support")
     assert name == "support" and handle.model_id == "support"  # Serve routes it to a replica holding it

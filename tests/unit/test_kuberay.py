@@ -12,6 +12,7 @@ from ray.serve.schema import ServeDeploySchema
 from serve_app.cli import main
 from serve_app.config.apps import expand
 from serve_app.config.kuberay import serve_config_of
+from tests.names import APP
 
 pytestmark = pytest.mark.unit
 
@@ -29,7 +30,7 @@ def test_manifest_round_trips_to_the_same_serve_config(tmp_path):
         # The config file expanded: one Serve application per component (serve_app/config/apps.py).
         assert serve_config == expand(yaml.safe_load((ROOT / config).read_text()))
         assert [a["name"] for a in serve_config["applications"]] == [
-            "serve_app", "serve_app-LLMServer", "serve_app-retrieval", "serve_app-agent"]
+            "serve_app", APP, "serve_app-retrieval", "serve_app-agent"]
         ServeDeploySchema.model_validate(serve_config)
         cluster = manifest["spec"]["rayClusterConfig"]
         assert cluster["rayVersion"] == ray.__version__

@@ -25,19 +25,21 @@ from serve_app.release.live import Live
 from serve_app.release.rollout import ReleaseFailed, ReleaseState, Rollout
 from tests.fakes.clock import FakeClock
 from tests.fakes.serve_gateway import FakeServeGateway
+from tests.names import DEPLOYMENT
 
 pytestmark = pytest.mark.unit
 
 APP = {"name": "serve_app", "route_prefix": "/", "import_path": "serve_app.app:build_app",
        "args": {"vector": {"enabled": False}},
        "logging_config": {"encoding": "JSON"},
-       "deployments": [{"name": "LLMServer", "autoscaling_config": {"min_replicas": 2, "max_replicas": 4}},
+       "deployments": [{"name": DEPLOYMENT, "autoscaling_config": {"min_replicas": 2, "max_replicas": 4}},
                        {"name": "Ingress"}]}
 CONFIG = {"applications": [APP]}
-CANARY_APP = "serve_app-LLMServer-canary"
+CANARY_APP = f"serve_app-{DEPLOYMENT}-canary"
 MODEL = "SmolLM2-135M-Instruct"  # the first (default) model's served name
 LEFTOVER_APP = "serve_app-canary"  # the name earlier releases gave the first model's canary
-LEFTOVER = {"name": LEFTOVER_APP, "import_path": "serve_app.app:build_llm", "route_prefix": None, "args": {}}
+LEFTOVER = {"name": LEFTOVER_APP, "import_path": "serve_app.app:build_llm", "route_prefix": None,
+            "args": {"deployment": "LLMServer"}}
 
 
 def _controller(state_dir, leftover=None) -> tuple[Releases, FakeServeGateway]:
@@ -95,7 +97,7 @@ def test_a_failing_canary_is_started_routed_then_removed_and_the_current_release
     assert names == [["serve_app", CANARY_APP]] * 3 + [["serve_app"]]
     routes = [(_ingress_user_config(cfg) or {}).get("canaries") for cfg in gw.applied]
     assert routes[0] is None
-    assert routes[1] == {MODEL: {"app": CANARY_APP, "deployment": "LLMServer", "share": 0.25, "release": n}}
+    assert routes[1] == {MODEL: {"app": CANARY_APP, "deployment": DEPLOYMENT, "share": 0.25, "release": n}}
     assert routes[2] is None and routes[3] is None
     # The current release's own application is applied unchanged (labelled with its own number) throughout.
     assert all(_ingress_user_config(cfg)["release"] == "1" for cfg in gw.applied)
@@ -104,8 +106,8 @@ def test_a_failing_canary_is_started_routed_then_removed_and_the_current_release
     # The canary application: the new args, the LLM alone, sized to its share, logging kept.
     canary = next(a for a in gw.applied[0]["applications"] if a["name"] == CANARY_APP)
     assert canary["import_path"] == "serve_app.app:build_llm" and canary["args"]["engine"]["max_num_seqs"] == 8
-    assert canary["args"]["deployment"] == "LLMServer" and "vector" not in canary["args"]  # the LLM's settings alone
-    assert canary["deployments"] == [{"name": "LLMServer", "num_replicas": 1}]
+    assert canary["args"]["deployment"] == DEPLOYMENT and "vector" not in canary["args"]  # the LLM's settings alone
+    assert canary["deployments"] == [{"name": DEPLOYMENT, "num_replicas": 1}]
     assert canary["logging_config"] == {"encoding": "JSON"} and canary["route_prefix"] is None
     assert not c.state.canaries and not c.state.deploying and c.history.last_good()["n"] == 1
 
@@ -223,7 +225,7 @@ def test_a_release_failing_its_watch_is_rolled_back_to_the_last_good_one(tmp_pat
         c, gw = _controller(tmp_path)
 
         async def on_probe(app, deployment):
-            if deployment == "LLMServer" and _ingress_user_config({"applications": list(gw.apps.values())}) \
+            if deployment == DEPLOYMENT and _ingress_user_config({"applications": list(gw.apps.values())}) \
                     == {"release": "2"}:
                 raise RuntimeError("the engine died")
 
@@ -235,7 +237,7 @@ def test_a_release_failing_its_watch_is_rolled_back_to_the_last_good_one(tmp_pat
     c, gw = asyncio.run(run())
     failed, back = c.history.get(2), c.history.get(3)
     assert failed["status"] == "failed" and failed["rolled_back_to"] == 3
-    assert "LLMServer failed its health check: RuntimeError: the engine died" in failed["outcome"]
+    assert f"{DEPLOYMENT} failed its health check: RuntimeError: the engine died" in failed["outcome"]
     assert back["kind"] == "rollback" and back["status"] == "good" and back["outcome"].startswith("release 1 serving")
     assert gw.applied[-1]["applications"][0]["args"] == APP["args"]
     assert _ingress_user_config(gw.applied[-1]) == {"release": "3"}

@@ -7,6 +7,7 @@ import pytest
 
 from serve_app.errors import status_for
 from serve_app.release.guard import CodeChangeRefused, check_release
+from tests.names import DEPLOYMENT
 
 pytestmark = pytest.mark.unit
 
@@ -46,14 +47,14 @@ def test_code_in_the_settings_is_refused_naming_the_field(args, field):
     ({"runtime_env": {"working_dir": "https://example.com/x.zip"}}, None, "runtime_env.working_dir"),
     ({"runtime_env": {"env_vars": {"PYTHONPATH": "/srv"}}}, None, "runtime_env.env_vars.PYTHONPATH"),
     ({"runtime_env": {"env_vars": {"LD_PRELOAD": "/x.so"}}}, None, "runtime_env.env_vars.LD_PRELOAD"),
-    ({}, [{"name": "LLMServer", "ray_actor_options": {"runtime_env": {"env_vars": {"VLLM_PLUGINS": "x"}}}}],
-     "deployments.LLMServer.ray_actor_options.runtime_env.env_vars.VLLM_PLUGINS"),
+    ({}, [{"name": DEPLOYMENT, "ray_actor_options": {"runtime_env": {"env_vars": {"VLLM_PLUGINS": "x"}}}}],
+     f"deployments.{DEPLOYMENT}.ray_actor_options.runtime_env.env_vars.VLLM_PLUGINS"),
     ({}, [{"name": "Ingress", "ray_actor_options": {"runtime_env": {"py_modules": ["/srv/m"]}}}],
      "deployments.Ingress.ray_actor_options.runtime_env.py_modules"),
-    ({}, [{"name": "LLMServer", "request_router_config": {"request_router_class": "evil:Router"}}],
-     "deployments.LLMServer.request_router_config.request_router_class"),
-    ({}, [{"name": "LLMServer", "autoscaling_config": {"policy": {"policy_function": "evil:f"}}}],
-     "deployments.LLMServer.autoscaling_config.policy"),
+    ({}, [{"name": DEPLOYMENT, "request_router_config": {"request_router_class": "evil:Router"}}],
+     f"deployments.{DEPLOYMENT}.request_router_config.request_router_class"),
+    ({}, [{"name": DEPLOYMENT, "autoscaling_config": {"policy": {"policy_function": "evil:f"}}}],
+     f"deployments.{DEPLOYMENT}.autoscaling_config.policy"),
     ({"autoscaling_policy": {"policy_function": "evil:f"}}, None, "autoscaling_policy"),
 ])
 def test_code_in_the_serve_config_is_refused_naming_the_field(app, deployments, field):
@@ -66,7 +67,7 @@ def test_data_changes_pass():
                    "ingress": {"request_timeout_s": 30}, "releases": {"watch_s": 3}},
                   deployments=[{"name": "Ingress", "ray_actor_options": {"runtime_env": {"env_vars": {
                       "SERVE_APP_API_KEYS_FILE": "/etc/keys.yaml", "OTEL_SERVICE_NAME": "x"}}}},
-                      {"name": "LLMServer", "num_replicas": 2}],
+                      {"name": DEPLOYMENT, "num_replicas": 2}],
                   runtime_env={"env_vars": {"LOG_LEVEL": "debug"}})
     check_release(_config(), new, APP)
 

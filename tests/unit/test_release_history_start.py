@@ -15,6 +15,7 @@ from serve_app.release.guard import CodeChangeRefused
 from serve_app.release.history import History
 from tests.fakes.clock import FakeClock
 from tests.fakes.serve_gateway import FakeServeGateway
+from tests.names import APP as LLM_APP
 
 pytestmark = pytest.mark.unit
 
@@ -51,7 +52,7 @@ def test_without_a_recorded_release_the_first_one_is_taken_whole_and_checked_aga
         c, gw = _controller(tmp_path)
         status = await c.status()
         assert status["current_release"] is None and status["last_good_release"] is None
-        assert set(status["applications"]) == {"serve_app", "serve_app-LLMServer", "serve_app-agent"}
+        assert set(status["applications"]) == {"serve_app", LLM_APP, "serve_app-agent"}
         with pytest.raises(ServiceUnavailable, match="no release yet"):
             await c.scale("Ingress", 2, None, "admin")
         risky = copy.deepcopy(CONFIG)

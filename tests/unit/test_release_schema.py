@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from serve_app.config.loader import validate_serve_config
+from serve_app.config.loader import ConfigError, validate_serve_config
 from serve_app.config.versions import CURRENT_VERSION, MIGRATIONS, UnknownSchemaVersion, migrate
 from serve_app.errors import InvalidRequest
 from serve_app.release.controller import Releases
@@ -84,9 +84,22 @@ def _controller(state_dir):
     return Releases("serve_app", History(state_dir), gateway, clock, clock.sleep), gateway
 
 
+def _renamed(config):
+    """``config`` as version 3 names it: the first model's deployment by its served name."""
+    out = copy.deepcopy(config)
+    for d in out["applications"][0]["deployments"]:
+        d["name"] = "LLMServer-SmolLM2-135M-Instruct" if d["name"] == "LLMServer" else d["name"]
+    return out
+
+
 def test_every_version_before_the_current_one_has_its_migration_step():
     assert set(MIGRATIONS) == set(range(1, CURRENT_VERSION))
     assert migrate(OLD_RELEASES[0], CURRENT_VERSION) == OLD_RELEASES[0]
+    # Version 3 names the first model's deployment by its model, as every other's; the file form is refused
+    # with the new name (a release stored before is migrated, a file is the user's to rename).
+    assert migrate(OLD_RELEASES[0], 2) == _renamed(OLD_RELEASES[0])
+    with pytest.raises(ConfigError, match="the first model's is 'LLMServer-SmolLM2-135M-Instruct', not 'LLMServer'"):
+        validate_serve_config(OLD_RELEASES[0], "release")
 
 
 def test_a_history_from_before_schema_versions_opens_and_its_releases_are_version_1(tmp_path):
@@ -119,6 +132,7 @@ def test_a_rollback_to_a_release_stored_before_schema_versions_applies_it(tmp_pa
     assert rel["kind"] == "rollback" and rel["status"] == "good" and rel["schema_version"] == CURRENT_VERSION
     applied = gw.applied[-1]["applications"][0]
     assert applied["args"] == OLD_RELEASES[0]["applications"][0]["args"]
+    assert {d["name"] for d in applied["deployments"]} == {"LLMServer-SmolLM2-135M-Instruct", "Ingress"}
     assert next(d for d in applied["deployments"] if d["name"] == "Ingress")["user_config"] == {"release": "3"}
 
 

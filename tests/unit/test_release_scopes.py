@@ -27,10 +27,10 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRST, SECOND, THIRD = "SmolLM2-135M-Instruct", "tiny-random-llama", "tiny-2"
-FIRST_APP, SECOND_APP = "serve_app-LLMServer", f"serve_app-LLMServer-{SECOND}"
+FIRST_APP, SECOND_APP = f"serve_app-LLMServer-{FIRST}", f"serve_app-LLMServer-{SECOND}"
 APP = {"name": "serve_app", "route_prefix": "/", "import_path": "serve_app.app:build_app",
        "args": {"vector": {"enabled": False}, "models": [{"model": {"source": "tiny"}}]},
-       "deployments": [{"name": "LLMServer", "num_replicas": 1}, {"name": f"LLMServer-{SECOND}", "num_replicas": 1},
+       "deployments": [{"name": f"LLMServer-{FIRST}", "num_replicas": 1}, {"name": f"LLMServer-{SECOND}", "num_replicas": 1},
                        {"name": "Ingress"}]}
 CONFIG = {"applications": [APP]}
 
@@ -150,8 +150,9 @@ def test_a_model_is_added_before_it_is_routed_and_removed_after_routing_stops(tm
         added = await c.deploy(config, "admin", model=THIRD)
         await _settle(c)
         n_add = len(gw.applied)
-        with pytest.raises(Conflict):
-            await c.remove_model(FIRST, "admin")  # the first model: named LLMServer, not removable at run time
+        with pytest.raises(InvalidRequest) as err:  # RAG uses the first model while rag.model is unset
+            await c.remove_model(FIRST, "admin")
+        assert err.value.param == "rag.model"
         with pytest.raises(NotFound):
             await c.remove_model("nope", "admin")
         removed = await c.remove_model(THIRD, "admin")
@@ -169,6 +170,35 @@ def test_a_model_is_added_before_it_is_routed_and_removed_after_routing_stops(tm
     assert third_app not in steps[n_add + 1] and len(steps) == n_add + 2
     assert c.history.get(removed)["kind"] == "remove-model"
     assert [m.get("model") for m in c._good()["config"]["applications"][0]["args"]["models"]] == [{"source": "tiny"}]
+
+
+def test_the_first_model_is_removed_like_any_other_once_nothing_uses_it_by_default(tmp_path):
+    async def run():
+        c, gw = _controller(tmp_path)
+        for component, key in (("ingress", "rag"), ("agent", "agent")):  # RAG and the agent name their model
+            config = copy.deepcopy(c._good()["config"])
+            config["applications"][0]["args"][key] = {"model": SECOND}
+            await c.deploy(config, "admin", component=component)
+            await _settle(c)
+        n_before = len(gw.applied)
+        removed = await c.remove_model(FIRST, "admin")
+        await _settle(c)
+        with pytest.raises(Conflict) as err:  # the one model left
+            await c.remove_model(SECOND, "admin")
+        assert err.value.param == "model"
+        return c, gw, removed["release"], n_before
+
+    c, gw, removed, n_before = asyncio.run(run())
+    assert c.history.get(removed)["status"] == "good"
+    steps = [_apps(cfg) for cfg in gw.applied[n_before:]]
+    # Routing stops first, then the application goes; the second model's application is never rebuilt: it is
+    # named by its model, not by its place, which it now takes as the first model.
+    assert FIRST_APP in steps[0] and FIRST not in str(steps[0]["serve_app"]["args"]) and FIRST_APP not in steps[-1]
+    assert all(step[SECOND_APP] == _apps(gw.applied[0])[SECOND_APP] for step in steps)
+    args = c._good()["config"]["applications"][0]["args"]
+    assert args["model"] == {"source": "tiny"} and args["models"] == []
+    assert [d["name"] for d in c._good()["config"]["applications"][0]["deployments"]] == [f"LLMServer-{SECOND}",
+                                                                                            "Ingress"]
 
 
 def test_canaries_of_two_models_are_judged_each_on_its_own_traffic(tmp_path):
