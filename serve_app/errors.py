@@ -69,6 +69,16 @@ class ServiceUnavailable(AppError):
     """A component needed for this request is down or overloaded (503)."""
 
 
+class ModelStarting(ServiceUnavailable):
+    """A model that scaled to zero did not start within the cold-start deadline (503, with Retry-After: the
+    start goes on, for the next request)."""
+
+    def __init__(self, message: str, retry_after_s: float, param: str | None = None):
+        super().__init__(message, param)
+        self.retry_after_s = retry_after_s
+        self.args = (message, retry_after_s, param)
+
+
 class UpstreamTimeout(AppError):
     """A component did not answer within the deadline (504)."""
 

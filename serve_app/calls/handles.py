@@ -72,15 +72,18 @@ def call_blocking(handle, method: str, *args, timeout_s: float, **kwargs) -> Any
         raise UpstreamTimeout(f"{method} did not answer within {timeout_s:g}s") from None
 
 
-async def open_call(method, args: tuple, settings: IngressSettings) -> tuple[dict[str, Any], Any]:
-    """Start a streaming handle call and wait for its head. Returns (head, response generator)."""
+async def open_call(method, args: tuple, settings: IngressSettings,
+                    timeout_s: float | None = None) -> tuple[dict[str, Any], Any]:
+    """Start a streaming handle call and wait for its head (at most ``timeout_s``; None: the request's
+    deadline). Returns (head, response generator)."""
     policy = replica_policy(settings.retry)
+    timeout_s = settings.request_timeout_s if timeout_s is None else timeout_s
 
     def log(attempt: int, exc: BaseException, _wait_s: float) -> None:
         logger.warning("replica failed before answering (attempt %d/%d): %s", attempt, policy.attempts, exc)
 
     try:
-        return await policy.run_async(lambda: _start(method, args, settings.request_timeout_s), on_retry=log)
+        return await policy.run_async(lambda: _start(method, args, timeout_s), on_retry=log)
     except RETRYABLE as exc:  # the last attempt's
         raise ServiceUnavailable("the model replica is unavailable; retry later") from exc
 

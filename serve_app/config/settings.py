@@ -56,6 +56,10 @@ class IngressSettings(_Strict):
         default=15.0, ge=0, description="While a RAG or agent stream waits for its next event, an SSE comment "
         "(': keep-alive') every this many seconds, so that proxies that drop idle connections (nginx's and AWS "
         "ALB's 60 s) keep it; clients ignore comments. 0: none. Keep-alives do not reset stream_idle_timeout_s.")
+    cold_start_timeout_s: float = Field(
+        default=300.0, gt=0, description="How long a request to a model at zero replicas (autoscaling_config."
+        "min_replicas: 0) waits for a replica to start; past it, 503 with Retry-After (the start goes on for the "
+        "next request). Requests that find the model starting share one start.")
     health_period_s: float = Field(
         default=2.0, gt=0, le=60,
         description="How often each Ingress replica probes every component in the background; "

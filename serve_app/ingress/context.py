@@ -24,8 +24,9 @@ from serve_app.ingress.admin_gate import AdminGate
 from serve_app.ingress.health_monitor import HealthMonitor, Probe
 from serve_app.ingress.limits import KeyEntry, RateLimiter
 from serve_app.ingress.releases import ReleaseSide
+from serve_app.ingress.replicas import UP
 from serve_app.ingress.retrieval import Retrieval
-from serve_app.ingress.routing import ModelRouting
+from serve_app.ingress.routing import DEFAULT_APP, ModelRouting
 from serve_app.llm.client import LLMClient
 from serve_app.rag.pipeline import RagPipeline
 
@@ -49,12 +50,13 @@ class IngressContext:
     def build(cls, settings: AppSettings, llms: dict[str, DeploymentHandle] | None = None,
               vector: DeploymentHandle | None = None, embedder: DeploymentHandle | None = None,
               agent: DeploymentHandle | None = None, *, api_keys: dict[str, KeyEntry] | None = None,
-              admin_digest: str | None = None, controller_lookup: Callable[[], Any] | None = None
-              ) -> IngressContext:
+              admin_digest: str | None = None, controller_lookup: Callable[[], Any] | None = None,
+              app: str = DEFAULT_APP) -> IngressContext:
         """``llms``: the LLM deployments' handles by deployment name (one per served model).
-        ``controller_lookup``: finds (or starts) the release controller's actor; called on first use."""
+        ``controller_lookup``: finds (or starts) the release controller's actor; called on first use.
+        ``app``: the ingress's application (the plain application's name)."""
         retrieval = Retrieval(settings.vector, vector, embedder)
-        models = ModelRouting(settings, llms, retrieval.embedder_name)
+        models = ModelRouting(settings, llms, retrieval.embedder_name, app)
         releases = ReleaseSide(settings.release, models.models, settings.releases.canary_report_period_s,
                                controller_lookup)
         rag = None
@@ -76,8 +78,15 @@ def health_monitor(settings: AppSettings, models: ModelRouting, retrieval: Retri
     # One component per served model, named by it ("llm:<served name>"), so a model added or removed renames
     # no other's.
     llm_components = {f"llm:{name}": name for name in models.models}
+
+    async def llm_health(name: str) -> dict:
+        # A model that may scale to zero is never called but by clients: Serve says how its replicas are.
+        if name in models.zero:
+            return await models.zero.health(name)
+        return await call(models.models[name], "health", timeout_s=timeout)
+
     for component, name in llm_components.items():
-        probes[component] = partial(call, models.models[name], "health", timeout_s=timeout)
+        probes[component] = partial(llm_health, name)
     if retrieval.vector is not None:
         probes["vector"] = partial(call, retrieval.vector, "health", timeout_s=timeout)
         probes["embedder"] = partial(call, retrieval.embedder, "info", timeout_s=timeout)
@@ -99,7 +108,7 @@ def health_monitor(settings: AppSettings, models: ModelRouting, retrieval: Retri
 
     def on_result(component: str, record: dict) -> None:
         if component in llm_components:
-            models.availability[llm_components[component]].record(record["status"] == "ok")
+            models.availability[llm_components[component]].record(record["status"] in UP)
 
     return HealthMonitor(probes, settings.ingress.health_period_s, timeout, on_result)
 

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from ray import serve
 
 from serve_app.calls.handles import handle_of
+from serve_app.config.apps import SCALE_TO_ZERO
 from serve_app.config.components import component_app
 from serve_app.config.loader import deployment_names
 from serve_app.config.names import AGENT, EMBEDDER, INGRESS, VECTOR_STORE
@@ -58,7 +59,7 @@ class Ingress:
         api_keys = load_keys(keys_file) if keys_file else None
         self.context = IngressContext.build(s, llms, vector, embedder, agent, api_keys=api_keys,
                                             admin_digest=admin_key_digest(),
-                                            controller_lookup=_find_release_controller)
+                                            controller_lookup=_find_release_controller, app=app)
         models = self.context.models
         served = set(models.models) | set(models.adapters) | {models.embedder_name}
         for entry in (api_keys or {}).values():
@@ -87,3 +88,5 @@ class Ingress:
         releases.set_canaries(user_config.get("canaries"), handle_of)
         # The LoRA adapters of every model (serve_app/config/apps.py): requests may name them from now on.
         self.context.models.set_adapters(user_config.get("adapters"))
+        # The models that may scale to zero (autoscaling_config.min_replicas: 0): called by clients alone.
+        self.context.models.zero.set(user_config.get(SCALE_TO_ZERO))

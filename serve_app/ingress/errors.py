@@ -37,8 +37,8 @@ def response_for(exc: BaseException) -> JSONResponse:
     if status is None:
         logger.error("unhandled error: %s", exc, exc_info=exc)
         return error_response(500, "internal error; the request id identifies it in the logs")
-    if isinstance(exc, E.RateLimited):
-        return error_response(429, exc.message, exc.param, headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
+    if isinstance(exc, (E.RateLimited, E.ModelStarting)):
+        return error_response(status, exc.message, exc.param, headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
     if isinstance(exc, E.AppError):
         # A 503 (a component down or over its queue limit) tells the client when to try again.
         return error_response(status, exc.message, exc.param, headers={"Retry-After": "1"} if status == 503 else None,

@@ -12,10 +12,10 @@ from typing import Any, Protocol
 from fastapi.responses import JSONResponse, StreamingResponse
 from opentelemetry import trace
 
-from serve_app.calls.handles import open_call
+from serve_app.calls.handles import call, open_call
 from serve_app.calls.streams import relay_stream
 from serve_app.config.settings import AppSettings
-from serve_app.errors import InvalidRequest
+from serve_app.errors import InvalidRequest, ModelStarting, UpstreamTimeout
 from serve_app.ingress.context import IngressContext
 from serve_app.observability.genai import llm_call, record_response
 from serve_app.observability.metrics import metric
@@ -89,6 +89,23 @@ def _served_by(head: dict[str, Any], model: str) -> dict[str, str]:
     return headers
 
 
+async def _open(ctx: IngressContext, handle, kind: str, req: Any, model: str):
+    """Start the call and wait for its head. A model at zero replicas is woken (one start shared by the requests
+    that find it cold, serve_app/ingress/replicas.py) and waited for up to ``ingress.cold_start_timeout_s``."""
+    ingress, zero = ctx.settings.ingress, ctx.models.zero
+    base = ctx.models.adapters.get(model, model)
+    if not zero.cold(base):
+        return await open_call(handle.generate, (kind, req), ingress)
+    zero.wake(base, partial(call, ctx.models.models[base], "health",
+                            timeout_s=max(ingress.request_timeout_s, ingress.cold_start_timeout_s)))
+    try:
+        return await open_call(handle.generate, (kind, req), ingress, ingress.cold_start_timeout_s)
+    except UpstreamTimeout:
+        wait_s = zero.retry_after_s(base)
+        raise ModelStarting(f"the model {base!r} is starting from zero replicas and did not answer within "
+                            f"{ingress.cold_start_timeout_s:g}s; retry in {wait_s:.0f}s", wait_s, "model") from None
+
+
 async def generate(ctx: IngressContext, kind: str, req: Any, model: str, handle):
     """Run a chat or completion request on ``model``'s LLM deployment (``handle``; while a canary of that model
     is out, the canary's share of them on the canary): the whole answer as one JSON body, or the stream
@@ -113,7 +130,7 @@ async def generate(ctx: IngressContext, kind: str, req: Any, model: str, handle)
     t0 = time.perf_counter()
     try:
         with trace.use_span(call_span, end_on_exit=False):
-            head, gen = await open_call(handle.generate, (kind, req), ctx.settings.ingress)
+            head, gen = await _open(ctx, handle, kind, req, model)
     except BaseException as exc:  # a cancelled call (client gone) ends its span too
         call_span.record_exception(exc)
         call_span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))

@@ -10,6 +10,9 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.config.settings import AppSettings
 from serve_app.errors import Forbidden, InvalidRequest, ModelNotFound, NotFound
 from serve_app.ingress.availability import Availability
+from serve_app.ingress.replicas import ScaleToZero
+
+DEFAULT_APP = "serve_app"  # the application name of the shipped configs
 
 
 def key_allows(api_key: Any, model: str) -> bool:
@@ -20,9 +23,10 @@ def key_allows(api_key: Any, model: str) -> bool:
 
 class ModelRouting:
     def __init__(self, settings: AppSettings, llms: dict[str, DeploymentHandle] | None,
-                 embedder_name: str | None = None):
+                 embedder_name: str | None = None, app: str = DEFAULT_APP):
         """``llms``: the LLM deployments' handles by deployment name (one per served model).
-        ``embedder_name``: the embedding model's served name (None: no retrieval tier)."""
+        ``embedder_name``: the embedding model's served name (None: no retrieval tier). ``app``: the plain
+        application's name (the ingress's own application)."""
         llms = llms or {}
         # Served model name -> its LLM deployment's handle, the first model first.
         self.models: dict[str, DeploymentHandle] = {
@@ -40,6 +44,9 @@ class ModelRouting:
         # Per model: once none of its replicas has answered the health monitor for a while, its requests get
         # 503 at once (fed by the health monitor: serve_app/ingress/context.py, health_monitor).
         self.availability = {name: Availability(settings.ingress.llm_fail_fast_s) for name in self.models}
+        # The models that may scale to zero: called by client requests alone (serve_app/ingress/replicas.py).
+        self.zero = ScaleToZero(app, {m.model.name: d for d, m in settings.served_models().items()
+                                      if m.model.name in self.models})
 
     def set_adapters(self, by_model: dict[str, dict[str, str]] | None) -> None:
         """The adapters of the ingress's ``user_config`` (served name -> adapter -> folder; None: unchanged)."""

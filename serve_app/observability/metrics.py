@@ -20,6 +20,7 @@ import functools
 LATENCY_BUCKETS: list[float] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]
 TTFT_BUCKETS: list[float] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
 COUNT_BUCKETS: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+COLD_START_BUCKETS: list[float] = [1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0]
 
 # name (as declared; exported with the ray_ prefix) → (type, help, tag keys, buckets)
 DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
@@ -41,6 +42,13 @@ DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
                                     "and served model.", ("route", "model"), None),
     "serve_app_llm_prompt_tokens": ("counter", "Prompt tokens of non-streamed LLM answers (usage), by route and "
                                     "served model.", ("route", "model"), None),
+    # Models that scale to zero (serve_app/ingress/replicas.py)
+    "serve_app_model_replicas": ("gauge", "Running replicas of a model that may scale to zero, as Serve reports "
+                                 "them, by served model.", ("model",), None),
+    "serve_app_cold_starts": ("counter", "Starts of a model from zero replicas, caused by a client request, by "
+                              "served model.", ("model",), None),
+    "serve_app_cold_start_seconds": ("histogram", "Time from the request that found a model at zero replicas to "
+                                     "its first replica answering, by served model.", ("model",), COLD_START_BUCKETS),
     # Vector tier
     "serve_app_vector_search_duration_seconds": ("histogram", "Search time in the VectorStore replica (embedding "
                                                  "the query and the Qdrant query).", (), LATENCY_BUCKETS),

@@ -91,7 +91,7 @@ class Rollout:
             started, changed = await self.live.apply(scope, config, n)
             await self.wait_ready(started, settings, self.waited(scope, settings, changed))
             await self.try_adapters(settings, app_settings(previous["config"], self.app) if previous else None)
-            await self.watch(settings, scope_deployment_names(settings, scope))
+            await self.watch(settings, scope_deployment_names(settings, scope), changed)
             self.history.finish(n, "good", f"{prefix}healthy after {self.clock() - t0:.1f}s")
             logger.info("release %d is good", n)
         except Exception as exc:  # noqa: BLE001 - every failure leads to the rollback
@@ -122,6 +122,16 @@ class Rollout:
                                 f"after the rollback started ({self.clock() - t0:.1f}s after the deploy)")
         except Exception as exc2:  # noqa: BLE001 - any failure of the rollback is recorded as its outcome
             self.history.finish(back, "failed", f"rollback failed: {exc2}")
+
+    async def _at_zero(self, names: list[str]) -> set[str]:
+        """Those of the deployments ``names`` Serve holds at zero replicas (their target)."""
+        apps = (await asyncio.to_thread(self.gateway.details)).get("applications") or {}
+        out = set()
+        for name in names:
+            d = ((apps.get(component_app(self.app, name)) or {}).get("deployments") or {}).get(name) or {}
+            if d.get("target_num_replicas") == 0:
+                out.add(name)
+        return out
 
     def waited(self, scope: str, settings: AppSettings, changed: Iterable[str]) -> list[str] | None:
         """The applications a release of ``scope`` waits for: every one of the app (a whole release), else its
@@ -240,11 +250,25 @@ class Rollout:
                 raise ReleaseFailed(f"the adapter {name!r} ({deployment}) does not load: "
                                     f"{type(cause).__name__}: {str(cause)[:300]}") from None
 
-    async def watch(self, settings: AppSettings, deployments: set[str] | None = None) -> None:
+    async def watch(self, settings: AppSettings, deployments: set[str] | None = None,
+                    changed: Iterable[str] = ()) -> None:
         """Probe the health of every component (or of ``deployments``) for ``releases.watch_s``; ReleaseFailed
-        after ``releases.health_failures`` failed probes of one in a row."""
+        after ``releases.health_failures`` failed probes of one in a row. A model at zero replicas (it scales to
+        zero) is not probed, as a probe would start it: unless the release changed its application (``changed``),
+        which is then started once to prove its new version, with the time a replica has to be ready."""
         names = [n for n in sorted(deployments if deployments is not None else deployment_names(settings))
                  if probe_method(n)]
+        cold = await self._at_zero(names)
+        for name in cold:
+            app = component_app(self.app, name)
+            if app not in set(changed):
+                continue
+            try:
+                await asyncio.wait_for(self.gateway.probe(app, name), settings.releases.ready_timeout_s)
+            except Exception as exc:  # the new version does not start or answer
+                raise ReleaseFailed(f"{name} did not start from zero replicas and answer: {type(exc).__name__}: "
+                                    f"{str(exc)[:300]}") from exc
+        names = [n for n in names if n not in cold]
         failures = dict.fromkeys(names, 0)
         end = self.clock() + settings.releases.watch_s
         while True:

@@ -149,7 +149,7 @@ def test_a_prompt_release_replaces_the_agent_and_leaves_the_model_loaded(http, a
 
 def _engine_replicas(admin):
     deployments = admin.get("/admin/status").json()["deployments"]
-    return {name: sorted(r["id"] for r in deployments[name]["replicas"]) for name in ("LLMServer", f"LLMServer-{TINY}")}
+    return {name: sorted(r["id"] for r in deployments[name]["replicas"]) for name in (DEPLOYMENT, f"LLMServer-{TINY}")}
 
 
 def _agent_replicas(admin):

@@ -13,6 +13,7 @@ from serve_app.errors import Forbidden, ServiceUnavailable, Unauthorized
 from serve_app.ingress.admin_gate import check_admin
 from serve_app.ingress.context import IngressContext, context
 from serve_app.ingress.health_monitor import public
+from serve_app.ingress.replicas import UP
 
 router = APIRouter()
 
@@ -42,7 +43,8 @@ async def healthz(request: Request, ctx: IngressContext = Depends(context)):
     if not monitor.first_round_done():
         await monitor.first_round(FIRST_ROUND_S)
     components = monitor.snapshot()
-    healthy = all(c["status"] == "ok" for c in components.values())
+    # A model at zero replicas, or starting from zero, is as it should be (serve_app/ingress/replicas.py).
+    healthy = all(c["status"] in UP for c in components.values())
     if "release_controller" not in components:
         components["release_controller"] = {"status": "disabled", "detail": "no admin key: the admin API is off"}
     release = ctx.releases.release

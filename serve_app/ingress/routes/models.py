@@ -29,7 +29,10 @@ def _card(name: str, max_model_len: int | None = None) -> dict[str, Any]:
 
 async def _chat_cards(ctx: IngressContext, name: str, handle) -> list[dict[str, Any]]:
     """The model's cards as its engine lists them (the model, later its adapters); built from the settings when
-    the engine does not answer in time, so one model that is down does not hide the others."""
+    the engine does not answer in time, so one model that is down does not hide the others. A model that may
+    scale to zero is not asked (a call would start it, or keep it from going cold): its card is the settings'."""
+    if name in ctx.models.zero:
+        return [_card(name, ctx.settings.served_model(name).engine.max_model_len)]
     try:
         listed = await call(handle, "models", timeout_s=ctx.settings.ingress.health_timeout_s)
         # vLLM's root is the folder the weights were loaded from: a path of the server, not the client's. The

@@ -1,0 +1,101 @@
+"""Scale to zero on the session app's tiny model, through releases of the public admin API: at
+``min_replicas: 0`` it goes to zero replicas after its idle period and stays there while /healthz,
+/v1/models and /admin/status are polled (none of them calls it; /healthz answers at once, 200, saying
+``scaled_to_zero``); a request past the cold-start deadline gets 503 with Retry-After and the replica still
+comes up for the next one; three concurrent chats during one cold start are all answered by one replica.
+Meanwhile the default model answers a load without a failure from the same engine.
+
+Assertions are on states, counts and engine identities; the figures (how long a cold start took) are the
+app's own metric, reported, not asserted.
+"""
+
+import copy
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from benchmarks.load import Load
+from serve_app.observability.metrics import exported_name
+from tests.chaos.faults import HEALTHZ_CONTRACT_S, HEALTHZ_MARGIN_S, follow
+from tests.names import LLM, TINY_DEPLOYMENT, TINY_LLM
+from tests.polling import wait_until
+from tests.release.test_releases import RELEASE_LOAD_PAUSE_S, TINY
+
+pytestmark = pytest.mark.release
+
+# Idle for a second and a half, then down to zero (Serve averages the load over look_back_period_s first).
+TO_ZERO = {"min_replicas": 0, "max_replicas": 2, "target_ongoing_requests": 8, "upscale_delay_s": 0,
+           "downscale_delay_s": 1, "downscale_to_zero_delay_s": 1, "look_back_period_s": 1.5}
+
+
+def _with(config: dict, autoscaling: dict | None = None, cold_start_timeout_s: float | None = None) -> dict:
+    out = copy.deepcopy(config)
+    app = out["applications"][0]
+    if autoscaling is not None:
+        tiny = next(d for d in app["deployments"] if d["name"] == TINY_DEPLOYMENT)
+        tiny["autoscaling_config"] = autoscaling
+    if cold_start_timeout_s is not None:
+        app["args"].setdefault("ingress", {})["cold_start_timeout_s"] = cold_start_timeout_s
+    return out
+
+
+def _running(admin) -> int:
+    return admin.get("/admin/status").json()["deployments"][TINY_DEPLOYMENT]["running_replicas"]
+
+
+def _stays_at_zero(http, admin, seconds: float) -> None:
+    """Poll what must not wake the model, every 0.5 s for ``seconds``: it stays at zero replicas."""
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        began = time.monotonic()
+        r = http.get("/healthz")
+        took = time.monotonic() - began
+        assert r.status_code == 200 and took < HEALTHZ_CONTRACT_S + HEALTHZ_MARGIN_S, (r.status_code, took, r.text)
+        assert r.json()["components"][TINY_LLM]["status"] == "scaled_to_zero", r.json()["components"][TINY_LLM]
+        assert TINY in [m["id"] for m in http.get("/v1/models").json()["data"]]
+        assert _running(admin) == 0
+        time.sleep(0.5)
+
+
+def _chat(http, timeout: float = 300):
+    return http.post("/v1/chat/completions", timeout=timeout, json={
+        "model": TINY, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
+
+
+def test_the_tiny_model_scales_to_zero_and_only_a_client_request_wakes_it(app_url, http, admin, model_name):
+    original = admin.current_config()
+    engine = http.get("/healthz").json()["components"][LLM]
+    try:
+        with Load(app_url, model_name, clients=2, pause_s=RELEASE_LOAD_PAUSE_S) as load:
+            # A cold-start deadline far below the tiny engine's start: the first request is refused.
+            rel = follow(admin, admin.deploy(_with(original, TO_ZERO, 0.5), "tiny to zero, short deadline")["release"])
+            assert rel["status"] == "good", rel
+            wait_until(lambda: _running(admin), 120, until=lambda n: n == 0, what="the tiny model at zero replicas")
+            _stays_at_zero(http, admin, 4)
+            refused = _chat(http)
+            assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1, refused.text
+            assert refused.json()["error"]["param"] == "model" and "starting" in refused.json()["error"]["message"]
+            # The start goes on without another request.
+            wait_until(lambda: _running(admin), 300, until=lambda n: n == 1, what="the replica the refused request woke")
+            assert _chat(http).status_code == 200
+
+            # The default deadline again; back at zero, three chats during one cold start share it.
+            rel = follow(admin, admin.deploy(_with(original, TO_ZERO), "tiny to zero")["release"])
+            assert rel["status"] == "good", rel
+            wait_until(lambda: _running(admin), 120, until=lambda n: n == 0, what="the tiny model at zero replicas")
+            with ThreadPoolExecutor(3) as pool:
+                answers = list(pool.map(lambda _: _chat(http), range(3)))
+            assert [a.status_code for a in answers] == [200] * 3, [a.text for a in answers]
+            assert _running(admin) == 1
+            load.wait_for(3)
+        assert load.records and not load.failed(), load.failed()[:5]
+        after = http.get("/healthz").json()["components"][LLM]
+        assert (after["pid"], after["started_at"]) == (engine["pid"], engine["started_at"])
+        # The app's own count of cold starts (exported through Ray's metrics agent, scraped at /metrics).
+        counted = re.compile(rf'^{exported_name("serve_app_cold_starts")}_total{{[^}}]*model="{TINY}"', re.M)
+        wait_until(lambda: http.get("/metrics").text, 60, until=counted.search, what="the cold starts in /metrics")
+    finally:
+        follow(admin, admin.deploy(original, "tiny back to one replica")["release"])
+        wait_until(lambda: _running(admin), 300, until=lambda n: n == 1, what="the tiny model back")

@@ -1,0 +1,199 @@
+"""Models that scale to zero, without Ray: the ingress learns which from its user_config (written by the config
+expansion from ``autoscaling_config.min_replicas: 0``); their health, gate and /v1/models card come from
+Serve's view of their replicas with no call to the model; a request that finds one cold wakes it once (shared
+by the requests that arrive during the start), waits up to the cold-start deadline, and past it gets 503 with
+Retry-After while the start goes on.
+
+Serve's application details are a function of the test's state; the LLM handle is a fake whose replica
+"starts" when the test says so. The same against Serve: tests/release/test_scale_to_zero.py.
+"""
+
+import asyncio
+import copy
+from types import SimpleNamespace
+
+import pytest
+
+from serve_app.config.apps import expand
+from serve_app.config.settings import AppSettings
+from serve_app.errors import ModelStarting
+from serve_app.ingress.context import IngressContext
+from serve_app.ingress.llm_serving import generate
+from serve_app.ingress.replicas import ReplicaCount, ServeReplicas, counts_of
+from serve_app.ingress.routes.models import _chat_cards
+from serve_app.release.controller import Releases
+from serve_app.release.history import History
+from tests.fakes.clock import FakeClock
+from tests.fakes.serve_gateway import FakeServeGateway
+from tests.names import DEPLOYMENT, TINY_DEPLOYMENT
+
+pytestmark = pytest.mark.unit
+
+TINY = "tiny-random-llama"
+PLAIN = {"name": "serve_app", "import_path": "serve_app.app:build_app", "route_prefix": "/",
+         "args": {"vector": {"enabled": False}, "models": [{"model": {"source": "tiny"}}]},
+         "deployments": [{"name": TINY_DEPLOYMENT, "autoscaling_config": {"min_replicas": 0, "max_replicas": 1}}]}
+
+
+def _ingress(config):
+    return next(a for a in expand(config)["applications"] if a["name"] == "serve_app")
+
+
+def test_the_ingress_is_told_which_models_scale_to_zero_through_its_user_config():
+    ingress = _ingress({"applications": [PLAIN]})
+    assert ingress["deployments"] == [{"name": "Ingress", "user_config": {"adapters": {}, "scale_to_zero": [TINY]}}]
+    warm = copy.deepcopy(PLAIN)
+    warm["deployments"][0]["autoscaling_config"]["min_replicas"] = 1
+    # Nothing for a config without one (the ingress's options as written); the ingress's args never change.
+    assert "deployments" not in _ingress({"applications": [warm]})
+    assert ingress["args"] == _ingress({"applications": [warm]})["args"]
+
+
+def test_serves_view_of_replicas_gives_the_models_state():
+    details = {"applications": {"a": {"deployments": {"d": {
+        "status": "HEALTHY", "target_num_replicas": 1, "replicas": [{"state": "STARTING"}]}}}}}
+    assert counts_of(details) == {("a", "d"): ReplicaCount(0, 1, "HEALTHY")}
+    assert ReplicaCount(0, 0, "HEALTHY").health()["status"] == "scaled_to_zero"
+    assert ReplicaCount(0, 1, "UPSCALING").health()["status"] == "starting"
+    assert ReplicaCount(2, 2, "HEALTHY").health() == {"status": "ok", "replicas": 2, "target_replicas": 2,
+                                                       "serve_status": "HEALTHY"}
+    assert ReplicaCount(0, 1, "DEPLOY_FAILED").health()["status"] == "unhealthy"
+
+
+class _Stream:
+    def __init__(self, llm):
+        self.llm, self.cancelled = llm, False
+
+    async def __anext__(self):
+        await self.llm.up.wait()
+        return {"stream": False, "body": {"choices": [{"message": {"content": "hi"}}], "usage": {}}}
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class _LLM:
+    """The tiny model's handle: its replica answers once ``up`` is set (the replica started)."""
+
+    def __init__(self):
+        self.up = asyncio.Event()
+        self.calls: list[str] = []
+        self.generate, self.health, self.models = self._Method(self, "generate"), self._Method(self, "health"), \
+            self._Method(self, "models")
+
+    class _Method:
+        def __init__(self, llm, name):
+            self.llm, self.name = llm, name
+
+        def options(self, **_):
+            return self
+
+        def remote(self, *args):
+            self.llm.calls.append(self.name)
+            if self.name == "generate":
+                return _Stream(self.llm)
+
+            async def answer():
+                await self.llm.up.wait()
+                return {"status": "ok"}
+
+            return answer()
+
+
+def _context(cold_start_timeout_s: float):
+    settings = AppSettings.model_validate({"vector": {"enabled": False}, "models": [{"model": {"source": "tiny"}}],
+                                           "ingress": {"health_period_s": 0.02, "cold_start_timeout_s": cold_start_timeout_s}})
+    llm = _LLM()
+    serve = {"running": 0, "target": 0}
+
+    def details():
+        replicas = [{"state": "RUNNING"}] * serve["running"]
+        return {"applications": {f"serve_app-{TINY_DEPLOYMENT}": {"deployments": {TINY_DEPLOYMENT: {
+            "status": "HEALTHY", "target_num_replicas": serve["target"], "replicas": replicas}}}}}
+
+    ctx = IngressContext.build(settings, {DEPLOYMENT: object(), TINY_DEPLOYMENT: llm})
+    ctx.models.zero.replicas = ServeReplicas(details, max_age_s=0)
+    ctx.models.zero.set([TINY, "not-served"])
+    return ctx, llm, serve
+
+
+REQ = SimpleNamespace(stream=False, max_tokens=4, max_completion_tokens=None, temperature=None)
+
+
+def test_a_cold_model_is_called_by_client_requests_alone_and_one_start_serves_them_all():
+    async def run():
+        ctx, llm, serve = _context(cold_start_timeout_s=30)
+        assert ctx.models.zero.models == {TINY}
+        ctx.health.start()
+        await ctx.health.first_round(1.0)
+        for _ in range(5):  # rounds of the health monitor, a listing: none reaches the model
+            await asyncio.sleep(0.03)
+            record = ctx.health.snapshot()[f"llm:{TINY}"]
+            assert record["status"] == "scaled_to_zero" and record["replicas"] == 0
+            ctx.models.gate(TINY)  # the fail-fast gate lets requests through
+        cards = await _chat_cards(ctx, TINY, llm)
+        assert [c["id"] for c in cards] == [TINY] and llm.calls == []
+        # Three requests during one cold start: one wake (a health call), all answered once the replica is up.
+        chats = [asyncio.create_task(generate(ctx, "chat", REQ, TINY, llm)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        assert sorted(llm.calls) == ["generate"] * 3 + ["health"]
+        serve.update(running=1, target=1)
+        llm.up.set()
+        answers = await asyncio.gather(*chats)
+        assert all(a.status_code == 200 for a in answers)
+        await asyncio.sleep(0.05)
+        assert ctx.models.zero.last_start_s[TINY] > 0 and not ctx.models.zero.cold(TINY)
+        assert ctx.health.snapshot()[f"llm:{TINY}"]["status"] == "ok" and llm.calls.count("health") == 1
+        ctx.health.stop()
+
+    asyncio.run(run())
+
+
+def test_past_the_cold_start_deadline_a_request_gets_503_and_the_start_goes_on():
+    async def run():
+        ctx, llm, serve = _context(cold_start_timeout_s=0.1)
+        ctx.health.start()
+        await ctx.health.first_round(1.0)
+        with pytest.raises(ModelStarting) as refused:
+            await generate(ctx, "chat", REQ, TINY, llm)
+        assert refused.value.retry_after_s == 10.0 and refused.value.param == "model"
+        wake = ctx.models.zero._waking[TINY]
+        assert not wake.done()  # still waiting for the replica, for the next request
+        serve.update(running=1, target=1)
+        llm.up.set()
+        await wake
+        await asyncio.sleep(0.05)
+        answer = await generate(ctx, "chat", REQ, TINY, llm)
+        assert answer.status_code == 200 and llm.calls.count("health") == 1
+        ctx.health.stop()
+
+    asyncio.run(run())
+
+
+def test_a_release_probes_a_model_at_zero_replicas_only_when_it_changes_it(tmp_path):
+    clock = FakeClock()
+    history = History(tmp_path)
+    config = {"applications": [PLAIN]}
+    history.add(actor="t", kind="initial", note=None, config=copy.deepcopy(config), changed=["everything"],
+                status="good")
+    gw = FakeServeGateway({"serve_app": PLAIN}, clock)
+    gw.at_zero = {TINY_DEPLOYMENT}
+    c = Releases("serve_app", history, gw, clock, clock.sleep)
+
+    async def release(change) -> dict:
+        new = copy.deepcopy(c._good()["config"])
+        change(new["applications"][0]["args"])
+        out = await c.deploy(new, "admin")
+        await c.background
+        return c.history.get(out["release"])
+
+    async def run():
+        # A release of the whole application that leaves the cold model as it was: no probe reaches it.
+        rel = await release(lambda args: args.setdefault("rag", {}).update(default_top_k=3))
+        assert rel["status"] == "good" and gw.probes and all(d != TINY_DEPLOYMENT for _, d in gw.probes), gw.probes
+        # One that changes it: started once, to prove the new version.
+        gw.probes.clear()
+        rel = await release(lambda args: args["models"][0].setdefault("engine", {}).update(seed=1))
+        assert rel["status"] == "good" and [d for _, d in gw.probes].count(TINY_DEPLOYMENT) == 1, gw.probes
+
+    asyncio.run(run())
