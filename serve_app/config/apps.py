@@ -22,9 +22,7 @@ them), looked up without waiting for them (Serve builds applications concurrentl
 
 LoRA adapters change at run time: they are handed over as ``user_config`` (``{"adapters": ...}``, applied by
 ``reconfigure`` without a restart), to each LLM deployment its model's and to the Ingress every model's by
-served name; no application's ``args`` hold them. The models that may scale to zero reach the Ingress the same
-way (``{"scale_to_zero": [served names]}``), so a release that changes a model's ``min_replicas`` restarts no
-ingress. A canary (release/plan.py) is one more LLM application.
+served name; no application's ``args`` hold them. A canary (release/plan.py) is one more LLM application.
 
 Expansion is one way: the plain config is what the history keeps (release 1 is the file ``serve-app run``
 started from); nothing is reconstructed from what Serve reports.
@@ -59,7 +57,6 @@ from serve_app.config.names import AGENT, EMBEDDER, INGRESS, VECTOR_STORE
 from serve_app.config.settings import AppSettings
 
 ADAPTERS = "adapters"
-SCALE_TO_ZERO = "scale_to_zero"  # the ingress's user_config: the models it must not call but for clients
 DEFAULT_APP_NAME = "default"  # Serve's name for an application that gives none
 
 
@@ -123,22 +120,9 @@ def _agent_args(app: str, settings: AppSettings) -> dict[str, Any]:
         ingress=settings.ingress, agent=settings.agent, prompts=settings.prompts))
 
 
-def _with_user_config(entry: dict[str, Any], adapters: Any, **more: Any) -> dict[str, Any]:
+def _with_user_config(entry: dict[str, Any], adapters: Any) -> dict[str, Any]:
     user_config = entry.get("user_config")
-    return {**entry, "user_config": {**(user_config if isinstance(user_config, dict) else {}), ADAPTERS: adapters,
-                                     **more}}
-
-
-def scale_to_zero(plain: dict[str, Any], settings: AppSettings) -> list[str]:
-    """Served names of the models whose deployment may scale to zero (``autoscaling_config.min_replicas: 0``):
-    the ingress calls none of them but for a client's request (serve_app/ingress/replicas.py)."""
-    options = {d.get("name"): d for d in plain.get("deployments") or [] if isinstance(d, dict)}
-    out = []
-    for deployment, served in settings.served_models().items():
-        auto = (options.get(deployment) or {}).get("autoscaling_config")
-        if isinstance(auto, dict) and auto.get("min_replicas", 1) == 0:
-            out.append(served.model.name)
-    return out
+    return {**entry, "user_config": {**(user_config if isinstance(user_config, dict) else {}), ADAPTERS: adapters}}
 
 
 def _application(plain: dict[str, Any], name: str, import_path: str, args: dict[str, Any],
@@ -171,11 +155,10 @@ def expand_application(plain: dict[str, Any]) -> list[dict[str, Any]]:
     app, args = plain.get("name") or DEFAULT_APP_NAME, plain.get("args") or {}
     settings = validate_app_args(args)
     entries = {d["name"]: dict(d) for d in plain.get("deployments") or []}
-    by_model, cold = adapters_by_model(settings), scale_to_zero(plain, settings)
+    by_model = adapters_by_model(settings)
     ingress = [entries[INGRESS]] if INGRESS in entries else []
-    if by_model or cold:
-        more = {SCALE_TO_ZERO: cold} if cold else {}
-        ingress = [_with_user_config(ingress[0] if ingress else {"name": INGRESS}, by_model, **more)]
+    if by_model:
+        ingress = [_with_user_config(ingress[0] if ingress else {"name": INGRESS}, by_model)]
     out = [_application(plain, app, INGRESS_IMPORT_PATH, _ingress_args(args, settings), ingress, route=True)]
     out += [llm_application(plain, d) for d in settings.served_models()]
     if settings.vector.enabled:

@@ -81,8 +81,9 @@ def health_monitor(settings: AppSettings, models: ModelRouting, retrieval: Retri
 
     async def llm_health(name: str) -> dict:
         # A model that may scale to zero is never called but by clients: Serve says how its replicas are.
-        if name in models.zero:
-            return await models.zero.health(name)
+        count = await models.zero.view(name)
+        if count is not None and count.scales_to_zero:
+            return models.zero.health(name, count)
         return await call(models.models[name], "health", timeout_s=timeout)
 
     for component, name in llm_components.items():

@@ -18,7 +18,6 @@ from fastapi import FastAPI
 from ray import serve
 
 from serve_app.calls.handles import handle_of
-from serve_app.config.apps import SCALE_TO_ZERO
 from serve_app.config.components import component_app
 from serve_app.config.loader import deployment_names
 from serve_app.config.names import AGENT, EMBEDDER, INGRESS, VECTOR_STORE
@@ -88,5 +87,3 @@ class Ingress:
         releases.set_canaries(user_config.get("canaries"), handle_of)
         # The LoRA adapters of every model (serve_app/config/apps.py): requests may name them from now on.
         self.context.models.set_adapters(user_config.get("adapters"))
-        # The models that may scale to zero (autoscaling_config.min_replicas: 0): called by clients alone.
-        self.context.models.zero.set(user_config.get(SCALE_TO_ZERO))

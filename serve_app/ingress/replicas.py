@@ -1,11 +1,14 @@
-"""What Serve itself says of the replicas of the models that scale to zero.
+"""What Serve itself says of each model's replicas, so that nothing but a client request calls a model that
+scales to zero.
 
 A handle call to a deployment with no replica makes Serve start one (its cold-start path), and every call
-counts as load in its autoscaling metrics. So nothing but a client's request may call a model that scales to
-zero (``autoscaling_config.min_replicas: 0``, handed to the ingress as ``user_config``: config/apps.py): its
-health record, its availability gate, its ``/v1/models`` card and its replica gauge come from Serve's own
-application details instead (the replicas' states and the target), read here. The reads are shared: one call
-to Serve's controller answers every model for ``max_age_s``.
+counts as load in its autoscaling metrics. So a model whose deployed ``autoscaling_config`` has
+``min_replicas: 0`` is called for a client's request alone: its health record, its availability gate, its
+``/v1/models`` card and its replica gauge come from Serve's own application details instead (the deployed
+config, the replicas' states and the target), read here. Which models scale to zero is read from the same
+place, not from the ingress's own config: an ingress replica of an earlier release, still serving while its
+successor starts, or one not yet configured, sees a release's ``min_replicas: 0`` as soon as Serve applies it.
+The reads are shared: one call to Serve's controller answers every model for ``max_age_s``.
 
 A request that finds such a model with no running replica is a cold start: Serve queues it and starts a
 replica (``ScaleToZero.wake``: counted once per start, timed until a replica answers).
@@ -37,6 +40,11 @@ class ReplicaCount:
     running: int  # replicas in state RUNNING
     target: int  # what Serve's autoscaler currently wants
     status: str  # Serve's status of the deployment
+    min_replicas: int | None = None  # the deployed autoscaling_config's (None: no autoscaling)
+
+    @property
+    def scales_to_zero(self) -> bool:
+        return self.min_replicas == 0
 
     def health(self) -> dict[str, Any]:
         """The model's health record as /healthz shows it, from Serve's view alone."""
@@ -49,8 +57,11 @@ class ReplicaCount:
 
 
 def _serve_details() -> dict[str, Any]:
+    import ray
     from ray.serve.context import _get_global_client
 
+    if not ray.is_initialized():  # an ingress built outside Serve (unit tests): no view, models are called
+        raise RuntimeError("not in a Ray cluster")
     return _get_global_client().get_serve_details()
 
 
@@ -66,8 +77,9 @@ def counts_of(details: dict[str, Any]) -> dict[tuple[str, str], ReplicaCount]:
             replicas = d.get("replicas") or []
             running = sum(1 for r in replicas if _value(r.get("state")) == "RUNNING")
             target = d.get("target_num_replicas")
+            auto = (d.get("deployment_config") or {}).get("autoscaling_config") or {}
             out[(app_name, name)] = ReplicaCount(running, running if target is None else int(target),
-                                                 str(_value(d.get("status")) or ""))
+                                                 str(_value(d.get("status")) or ""), auto.get("min_replicas"))
     return out
 
 
@@ -94,49 +106,54 @@ class ServeReplicas:
 
 
 class ScaleToZero:
-    """The models that may scale to zero (set by each release: ``set``), what Serve says of their replicas, and
-    their cold starts under way. A cold start is woken once, by a ``health`` call that stays queued at Serve
-    until a replica answers it: requests that find the model cold share it, and one whose own deadline passes
-    (503) leaves it running, so the replica still comes up for the next request."""
+    """Serve's view of the models' replicas, which of them scale to zero, and their cold starts under way. A
+    cold start is woken once, by a ``health`` call that stays queued at Serve until a replica answers it:
+    requests that find the model cold share it, and one whose own deadline passes (503) leaves it running, so
+    the replica still comes up for the next request."""
 
     def __init__(self, app: str, deployments: dict[str, str], replicas: ServeReplicas | None = None,
                  clock: Callable[[], float] = time.monotonic):
         """``app``: the plain application's name; ``deployments``: served name -> its LLM deployment."""
         self.app, self.deployments, self._clock = app, deployments, clock
         self.replicas = replicas or ServeReplicas()
-        self.models: set[str] = set()
         self.last_start_s: dict[str, float] = {}  # how long each model's last cold start took
         self._waking: dict[str, asyncio.Task] = {}
         self._started_at: dict[str, float] = {}  # when each model's last cold start ended
-
-    def set(self, names: Any) -> None:
-        self.models = {n for n in names or () if n in self.deployments}
-
-    def __contains__(self, model: object) -> bool:
-        return model in self.models
 
     def _where(self, model: str) -> tuple[str, str]:
         deployment = self.deployments[model]
         return component_app(self.app, deployment), deployment
 
-    async def health(self, model: str) -> dict[str, Any]:
-        """The model's health record, from Serve's view of its replicas (no call to the model)."""
-        count = await self.replicas.count(*self._where(model))
-        if count is None:
-            return {"status": "unhealthy", "error": "Serve reports no such deployment"}
+    async def view(self, model: str) -> ReplicaCount | None:
+        """Serve's view of the model's replicas (None: no view: outside Serve, or Serve did not answer)."""
+        if model not in self.deployments:
+            return None
+        try:
+            return await self.replicas.count(*self._where(model))
+        except Exception as exc:  # noqa: BLE001 - without a view the model is treated as always on
+            logger.debug("no view of Serve's replicas: %s", exc)
+            return None
+
+    async def scales_to_zero(self, model: str) -> bool:
+        count = await self.view(model)
+        return count is not None and count.scales_to_zero
+
+    def health(self, model: str, count: ReplicaCount) -> dict[str, Any]:
+        """The health record of a model that scales to zero, from Serve's view alone (no call to it)."""
         metric("serve_app_model_replicas").set(count.running, tags={"model": model})
         return count.health()
 
     def cold(self, model: str) -> bool:
-        """Whether a request for ``model`` finds no replica running, by the last view of it."""
-        if model not in self.models:
+        """Whether a request for ``model`` finds it scaled to zero with no replica running, by the last view of
+        it (never waits: the health monitor keeps the view fresh)."""
+        if model not in self.deployments:
             return False
         count = self.replicas.last(*self._where(model))
         started = self._started_at.get(model)
         # A start that ended after the last read of Serve's view has left a replica the view does not show yet.
         if started is not None and (self.replicas.read_at is None or started >= self.replicas.read_at):
             return False
-        return count is not None and count.running == 0
+        return count is not None and count.scales_to_zero and count.running == 0
 
     def wake(self, model: str, probe: Callable[[], Awaitable[Any]]) -> None:
         """Start ``model``'s cold start (``probe``: its health call) unless one is under way."""

@@ -123,13 +123,13 @@ class Rollout:
         except Exception as exc2:  # noqa: BLE001 - any failure of the rollback is recorded as its outcome
             self.history.finish(back, "failed", f"rollback failed: {exc2}")
 
-    async def _at_zero(self, names: list[str]) -> set[str]:
-        """Those of the deployments ``names`` Serve holds at zero replicas (their target)."""
+    async def _scaling_to_zero(self, names: list[str]) -> set[str]:
+        """Those of the deployments ``names`` that Serve runs with ``autoscaling_config.min_replicas: 0``."""
         apps = (await asyncio.to_thread(self.gateway.details)).get("applications") or {}
         out = set()
         for name in names:
             d = ((apps.get(component_app(self.app, name)) or {}).get("deployments") or {}).get(name) or {}
-            if d.get("target_num_replicas") == 0:
+            if ((d.get("deployment_config") or {}).get("autoscaling_config") or {}).get("min_replicas") == 0:
                 out.add(name)
         return out
 
@@ -253,12 +253,13 @@ class Rollout:
     async def watch(self, settings: AppSettings, deployments: set[str] | None = None,
                     changed: Iterable[str] = ()) -> None:
         """Probe the health of every component (or of ``deployments``) for ``releases.watch_s``; ReleaseFailed
-        after ``releases.health_failures`` failed probes of one in a row. A model at zero replicas (it scales to
-        zero) is not probed, as a probe would start it: unless the release changed its application (``changed``),
-        which is then started once to prove its new version, with the time a replica has to be ready."""
+        after ``releases.health_failures`` failed probes of one in a row. A model that scales to zero (deployed
+        with ``min_replicas: 0``) is not probed, as a probe would start it or keep it from going to zero: unless
+        the release changed its application (``changed``), which is then probed once to prove its new version,
+        with the time a replica has to be ready (a cold start)."""
         names = [n for n in sorted(deployments if deployments is not None else deployment_names(settings))
                  if probe_method(n)]
-        cold = await self._at_zero(names)
+        cold = await self._scaling_to_zero(names)
         for name in cold:
             app = component_app(self.app, name)
             if app not in set(changed):

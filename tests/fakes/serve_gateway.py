@@ -40,7 +40,7 @@ class FakeServeGateway(ServeGateway):
         # Other method calls on a deployment (an adapter's trial load): recorded, answered by ``on_call``.
         self.calls: list[tuple] = []
         self.on_call: Callable[..., Awaitable[Any]] | None = None
-        self.at_zero: set[str] = set()  # deployments Serve holds at zero replicas (scaled to zero)
+        self.at_zero: set[str] = set()  # deployments deployed with min_replicas 0, at zero replicas now
 
     def details(self) -> dict[str, Any]:
         ready = self.clock() - self.deployed_at >= self.ready_after_s
@@ -51,10 +51,11 @@ class FakeServeGateway(ServeGateway):
                 deployment: dict[str, Any] = {"status": "HEALTHY" if ready else "UPDATING",
                                               "status_trigger": "CONFIG_UPDATE_COMPLETED" if ready
                                               else "CONFIG_UPDATE_STARTED"}
-                if d["name"] in self.at_zero:
-                    deployment["target_num_replicas"] = 0
                 if self.graceful_shutdown_s is not None:
                     deployment["deployment_config"] = {"graceful_shutdown_timeout_s": self.graceful_shutdown_s}
+                if d["name"] in self.at_zero:
+                    deployment["target_num_replicas"] = 0
+                    deployment.setdefault("deployment_config", {})["autoscaling_config"] = {"min_replicas": 0}
                 deployments[d["name"]] = deployment
             apps[name] = {"status": "RUNNING" if ready else "DEPLOYING", "last_deployed_time_s": self.deployed_at,
                           "deployed_app_config": copy.deepcopy(config), "deployments": deployments}

@@ -45,6 +45,14 @@ def _running(admin) -> int:
     return admin.get("/admin/status").json()["deployments"][TINY_DEPLOYMENT]["running_replicas"]
 
 
+def _at_zero(http, admin) -> None:
+    """Wait until Serve holds the tiny model at zero replicas and /healthz says so (its view is at most a health
+    period old)."""
+    wait_until(lambda: _running(admin), 120, until=lambda n: n == 0, what="the tiny model at zero replicas")
+    wait_until(lambda: http.get("/healthz").json()["components"][TINY_LLM]["status"], 10,
+               until=lambda status: status == "scaled_to_zero", what="/healthz saying scaled_to_zero")
+
+
 def _stays_at_zero(http, admin, seconds: float) -> None:
     """Poll what must not wake the model, every 0.5 s for ``seconds``: it stays at zero replicas."""
     until = time.monotonic() + seconds
@@ -72,7 +80,7 @@ def test_the_tiny_model_scales_to_zero_and_only_a_client_request_wakes_it(app_ur
             # A cold-start deadline far below the tiny engine's start: the first request is refused.
             rel = follow(admin, admin.deploy(_with(original, TO_ZERO, 0.5), "tiny to zero, short deadline")["release"])
             assert rel["status"] == "good", rel
-            wait_until(lambda: _running(admin), 120, until=lambda n: n == 0, what="the tiny model at zero replicas")
+            _at_zero(http, admin)
             _stays_at_zero(http, admin, 4)
             refused = _chat(http)
             assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1, refused.text
@@ -84,7 +92,7 @@ def test_the_tiny_model_scales_to_zero_and_only_a_client_request_wakes_it(app_ur
             # The default deadline again; back at zero, three chats during one cold start share it.
             rel = follow(admin, admin.deploy(_with(original, TO_ZERO), "tiny to zero")["release"])
             assert rel["status"] == "good", rel
-            wait_until(lambda: _running(admin), 120, until=lambda n: n == 0, what="the tiny model at zero replicas")
+            _at_zero(http, admin)
             with ThreadPoolExecutor(3) as pool:
                 answers = list(pool.map(lambda _: _chat(http), range(3)))
             assert [a.status_code for a in answers] == [200] * 3, [a.text for a in answers]

@@ -1,8 +1,8 @@
-"""Models that scale to zero, without Ray: the ingress learns which from its user_config (written by the config
-expansion from ``autoscaling_config.min_replicas: 0``); their health, gate and /v1/models card come from
-Serve's view of their replicas with no call to the model; a request that finds one cold wakes it once (shared
-by the requests that arrive during the start), waits up to the cold-start deadline, and past it gets 503 with
-Retry-After while the start goes on.
+"""Models that scale to zero, without Ray: which models do, their health, gate and /v1/models card all come from
+Serve's view of their deployments (the deployed ``min_replicas: 0``, the replicas' states) with no call to the
+model; a request that finds one cold wakes it once (shared by the requests that arrive during the start),
+waits up to the cold-start deadline, and past it gets 503 with Retry-After while the start goes on; a release's
+watch probes such a model only when the release changed it.
 
 Serve's application details are a function of the test's state; the LLM handle is a fake whose replica
 "starts" when the test says so. The same against Serve: tests/release/test_scale_to_zero.py.
@@ -14,7 +14,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from serve_app.config.apps import expand
 from serve_app.config.settings import AppSettings
 from serve_app.errors import ModelStarting
 from serve_app.ingress.context import IngressContext
@@ -29,30 +28,18 @@ from tests.names import DEPLOYMENT, TINY_DEPLOYMENT
 
 pytestmark = pytest.mark.unit
 
-TINY = "tiny-random-llama"
+TINY, DEFAULT = "tiny-random-llama", "SmolLM2-135M-Instruct"
 PLAIN = {"name": "serve_app", "import_path": "serve_app.app:build_app", "route_prefix": "/",
          "args": {"vector": {"enabled": False}, "models": [{"model": {"source": "tiny"}}]},
          "deployments": [{"name": TINY_DEPLOYMENT, "autoscaling_config": {"min_replicas": 0, "max_replicas": 1}}]}
 
 
-def _ingress(config):
-    return next(a for a in expand(config)["applications"] if a["name"] == "serve_app")
-
-
-def test_the_ingress_is_told_which_models_scale_to_zero_through_its_user_config():
-    ingress = _ingress({"applications": [PLAIN]})
-    assert ingress["deployments"] == [{"name": "Ingress", "user_config": {"adapters": {}, "scale_to_zero": [TINY]}}]
-    warm = copy.deepcopy(PLAIN)
-    warm["deployments"][0]["autoscaling_config"]["min_replicas"] = 1
-    # Nothing for a config without one (the ingress's options as written); the ingress's args never change.
-    assert "deployments" not in _ingress({"applications": [warm]})
-    assert ingress["args"] == _ingress({"applications": [warm]})["args"]
-
-
 def test_serves_view_of_replicas_gives_the_models_state():
     details = {"applications": {"a": {"deployments": {"d": {
-        "status": "HEALTHY", "target_num_replicas": 1, "replicas": [{"state": "STARTING"}]}}}}}
-    assert counts_of(details) == {("a", "d"): ReplicaCount(0, 1, "HEALTHY")}
+        "status": "HEALTHY", "target_num_replicas": 1, "replicas": [{"state": "STARTING"}],
+        "deployment_config": {"autoscaling_config": {"min_replicas": 0}}}}}}}
+    assert counts_of(details) == {("a", "d"): ReplicaCount(0, 1, "HEALTHY", 0)}
+    assert counts_of(details)[("a", "d")].scales_to_zero
     assert ReplicaCount(0, 0, "HEALTHY").health()["status"] == "scaled_to_zero"
     assert ReplicaCount(0, 1, "UPSCALING").health()["status"] == "starting"
     assert ReplicaCount(2, 2, "HEALTHY").health() == {"status": "ok", "replicas": 2, "target_replicas": 2,
@@ -103,17 +90,22 @@ class _LLM:
 def _context(cold_start_timeout_s: float):
     settings = AppSettings.model_validate({"vector": {"enabled": False}, "models": [{"model": {"source": "tiny"}}],
                                            "ingress": {"health_period_s": 0.02, "cold_start_timeout_s": cold_start_timeout_s}})
-    llm = _LLM()
+    llm, default = _LLM(), _LLM()
+    default.up.set()
     serve = {"running": 0, "target": 0}
 
     def details():
         replicas = [{"state": "RUNNING"}] * serve["running"]
-        return {"applications": {f"serve_app-{TINY_DEPLOYMENT}": {"deployments": {TINY_DEPLOYMENT: {
-            "status": "HEALTHY", "target_num_replicas": serve["target"], "replicas": replicas}}}}}
+        return {"applications": {
+            f"serve_app-{TINY_DEPLOYMENT}": {"deployments": {TINY_DEPLOYMENT: {
+                "status": "HEALTHY", "target_num_replicas": serve["target"], "replicas": replicas,
+                "deployment_config": {"autoscaling_config": {"min_replicas": 0, "max_replicas": 1}}}}},
+            f"serve_app-{DEPLOYMENT}": {"deployments": {DEPLOYMENT: {  # always on: called as before
+                "status": "HEALTHY", "target_num_replicas": 1, "replicas": [{"state": "RUNNING"}],
+                "deployment_config": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}}}}}}
 
-    ctx = IngressContext.build(settings, {DEPLOYMENT: object(), TINY_DEPLOYMENT: llm})
+    ctx = IngressContext.build(settings, {DEPLOYMENT: default, TINY_DEPLOYMENT: llm})
     ctx.models.zero.replicas = ServeReplicas(details, max_age_s=0)
-    ctx.models.zero.set([TINY, "not-served"])
     return ctx, llm, serve
 
 
@@ -123,7 +115,6 @@ REQ = SimpleNamespace(stream=False, max_tokens=4, max_completion_tokens=None, te
 def test_a_cold_model_is_called_by_client_requests_alone_and_one_start_serves_them_all():
     async def run():
         ctx, llm, serve = _context(cold_start_timeout_s=30)
-        assert ctx.models.zero.models == {TINY}
         ctx.health.start()
         await ctx.health.first_round(1.0)
         for _ in range(5):  # rounds of the health monitor, a listing: none reaches the model
@@ -133,6 +124,7 @@ def test_a_cold_model_is_called_by_client_requests_alone_and_one_start_serves_th
             ctx.models.gate(TINY)  # the fail-fast gate lets requests through
         cards = await _chat_cards(ctx, TINY, llm)
         assert [c["id"] for c in cards] == [TINY] and llm.calls == []
+        assert ctx.health.snapshot()[f"llm:{DEFAULT}"]["status"] == "ok"  # the other model: probed by a call
         # Three requests during one cold start: one wake (a health call), all answered once the replica is up.
         chats = [asyncio.create_task(generate(ctx, "chat", REQ, TINY, llm)) for _ in range(3)]
         await asyncio.sleep(0.05)

@@ -31,7 +31,7 @@ async def _chat_cards(ctx: IngressContext, name: str, handle) -> list[dict[str, 
     """The model's cards as its engine lists them (the model, later its adapters); built from the settings when
     the engine does not answer in time, so one model that is down does not hide the others. A model that may
     scale to zero is not asked (a call would start it, or keep it from going cold): its card is the settings'."""
-    if name in ctx.models.zero:
+    if await ctx.models.zero.scales_to_zero(name):
         return [_card(name, ctx.settings.served_model(name).engine.max_model_len)]
     try:
         listed = await call(handle, "models", timeout_s=ctx.settings.ingress.health_timeout_s)
