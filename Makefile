@@ -75,6 +75,11 @@ test-cluster: install
 test-chaos: install
 	$(BIN)/python -m pytest -m chaos tests
 
+# Scale to zero past its cold-start deadline against the real app (two more engine starts than `make test`
+# spends on scale to zero; the logic is unit-tested there).
+test-cold-start-deadline: install
+	SERVE_APP_TEST_COLD_DEADLINE=1 $(BIN)/python -m pytest tests/release/test_scale_to_zero.py
+
 # The long fuzzing run: over 10 000 generated requests against every public route, random each time.
 FUZZ_EXAMPLES ?= 500
 fuzz: install

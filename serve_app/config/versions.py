@@ -24,11 +24,8 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import ValidationError
-
 from serve_app.config.loader import APP_IMPORT_PATH, ConfigError
-from serve_app.config.names import LLM_DEPLOYMENT, llm_deployment_name
-from serve_app.config.settings import AppSettings
+from serve_app.config.names import DEFAULT_MODEL, LLM_DEPLOYMENT, SERVED_NAMES, llm_deployment_name
 
 CURRENT_VERSION = 3
 
@@ -38,17 +35,26 @@ def _v1_to_v2(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def _first_served_name(args: dict[str, Any]) -> str | None:
+    """The first model's served name in version-2 args, read from the raw mapping (a step works on the shape of
+    its own version, not on the current settings): ``served_name``, else its source's (config/names.py)."""
+    raw = args.get("model")
+    model: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    if model.get("enabled") is False:
+        return None
+    name = model.get("served_name") or SERVED_NAMES.get(model.get("source", DEFAULT_MODEL), model.get("source"))
+    return name if isinstance(name, str) else None
+
+
 def _v2_to_v3(config: dict[str, Any]) -> dict[str, Any]:
     for app in config.get("applications") or []:
         if not isinstance(app, dict) or app.get("import_path") != APP_IMPORT_PATH:
             continue
-        try:
-            first = AppSettings.model_validate(app.get("args") or {}).model_names()[:1]
-        except ValidationError:
-            continue  # refused as it is when deployed, with the field named
+        args = app.get("args")
+        first = _first_served_name(args if isinstance(args, dict) else {})
         for d in app.get("deployments") or []:
             if isinstance(d, dict) and d.get("name") == LLM_DEPLOYMENT and first:
-                d["name"] = llm_deployment_name(first[0])
+                d["name"] = llm_deployment_name(first)
     return config
 
 

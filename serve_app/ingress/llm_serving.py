@@ -4,6 +4,7 @@ time to first token measured and its outcome counted for the canary."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from functools import partial
@@ -15,7 +16,7 @@ from opentelemetry import trace
 from serve_app.calls.handles import call, open_call
 from serve_app.calls.streams import relay_stream
 from serve_app.config.settings import AppSettings
-from serve_app.errors import InvalidRequest, ModelStarting, UpstreamTimeout
+from serve_app.errors import InvalidRequest, ModelStarting
 from serve_app.ingress.context import IngressContext
 from serve_app.observability.genai import llm_call, record_response
 from serve_app.observability.metrics import metric
@@ -91,19 +92,28 @@ def _served_by(head: dict[str, Any], model: str) -> dict[str, str]:
 
 async def _open(ctx: IngressContext, handle, kind: str, req: Any, model: str):
     """Start the call and wait for its head. A model at zero replicas is woken (one start shared by the requests
-    that find it cold, serve_app/ingress/replicas.py) and waited for up to ``ingress.cold_start_timeout_s``."""
+    that find it cold, serve_app/ingress/replicas.py): the request waits for the start up to
+    ``ingress.cold_start_timeout_s``, then for its answer up to the request's own deadline, as any other."""
     ingress, zero = ctx.settings.ingress, ctx.models.zero
     base = ctx.models.adapters.get(model, model)
     if not zero.cold(base):
         return await open_call(handle.generate, (kind, req), ingress)
-    zero.wake(base, partial(call, ctx.models.models[base], "health",
-                            timeout_s=max(ingress.request_timeout_s, ingress.cold_start_timeout_s)))
+    started = zero.wake(base, partial(call, ctx.models.models[base], "health",
+                                      timeout_s=max(ingress.request_timeout_s, ingress.cold_start_timeout_s)))
+    # Queued at Serve at once, so it is answered as soon as the replica is up.
+    opened = asyncio.ensure_future(open_call(handle.generate, (kind, req), ingress))
     try:
-        return await open_call(handle.generate, (kind, req), ingress, ingress.cold_start_timeout_s)
-    except UpstreamTimeout:
-        wait_s = zero.retry_after_s(base)
-        raise ModelStarting(f"the model {base!r} is starting from zero replicas and did not answer within "
-                            f"{ingress.cold_start_timeout_s:g}s; retry in {wait_s:.0f}s", wait_s, "model") from None
+        await asyncio.wait_for(asyncio.shield(started), ingress.cold_start_timeout_s)
+    except TimeoutError:
+        if not opened.done():
+            opened.cancel()  # the start goes on (``started``); this request gives up its place in the queue
+            wait_s = zero.retry_after_s(base)
+            raise ModelStarting(f"the model {base!r} is starting from zero replicas and did not answer within "
+                                f"{ingress.cold_start_timeout_s:g}s; retry in {wait_s:.0f}s", wait_s, "model") from None
+    except BaseException:
+        opened.cancel()
+        raise
+    return await opened
 
 
 async def generate(ctx: IngressContext, kind: str, req: Any, model: str, handle):

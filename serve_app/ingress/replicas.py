@@ -84,20 +84,34 @@ def counts_of(details: dict[str, Any]) -> dict[tuple[str, str], ReplicaCount]:
 
 
 class ServeReplicas:
-    def __init__(self, read: Callable[[], dict[str, Any]] = _serve_details, max_age_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic):
-        """``read``: Serve's application details (blocking; run off the event loop)."""
-        self._read, self.max_age_s, self._clock = read, max_age_s, clock
+    def __init__(self, read: Callable[[], dict[str, Any]] = _serve_details, max_age_s: float = 2.0,
+                 wait_s: float = 1.0, clock: Callable[[], float] = time.monotonic):
+        """``read``: Serve's application details (blocking: run in a thread). A view older than ``max_age_s``
+        is read again, one read at a time; a caller waits for it at most ``wait_s``, then goes on with the last
+        view (a slow controller delays no probe and piles up no threads)."""
+        self._read, self.max_age_s, self.wait_s, self._clock = read, max_age_s, wait_s, clock
         self._counts: dict[tuple[str, str], ReplicaCount] = {}
         self.read_at: float | None = None  # when Serve's view was last read
-        self._lock = asyncio.Lock()
+        self._reading: asyncio.Task | None = None
+
+    async def _refresh(self) -> None:
+        try:
+            self._counts = counts_of(await asyncio.to_thread(self._read))
+            self.read_at = self._clock()
+        except Exception as exc:  # noqa: BLE001 - the last view stands; the next caller reads again
+            logger.debug("no view of Serve's replicas: %s", exc)
 
     async def count(self, app: str, deployment: str) -> ReplicaCount | None:
-        """The deployment's replica count, read again when the last read is older than ``max_age_s``."""
-        async with self._lock:
-            if self.read_at is None or self._clock() - self.read_at > self.max_age_s:
-                self._counts = counts_of(await asyncio.to_thread(self._read))
-                self.read_at = self._clock()
+        """The deployment's replica count, from a view at most ``max_age_s`` old when Serve answers in time,
+        else from the last view (None: none yet)."""
+        stale = self.read_at is None or self._clock() - self.read_at > self.max_age_s
+        if stale and (self._reading is None or self._reading.done()):
+            self._reading = asyncio.get_running_loop().create_task(self._refresh(), name="serve-view")
+        if self._reading is not None and not self._reading.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._reading), self.wait_s)
+            except TimeoutError:
+                pass
         return self._counts.get((app, deployment))
 
     def last(self, app: str, deployment: str) -> ReplicaCount | None:
@@ -125,14 +139,11 @@ class ScaleToZero:
         return component_app(self.app, deployment), deployment
 
     async def view(self, model: str) -> ReplicaCount | None:
-        """Serve's view of the model's replicas (None: no view: outside Serve, or Serve did not answer)."""
+        """Serve's view of the model's replicas, or the last one while Serve does not answer (None: no view
+        yet: outside Serve, or never answered; the model is then treated as always on)."""
         if model not in self.deployments:
             return None
-        try:
-            return await self.replicas.count(*self._where(model))
-        except Exception as exc:  # noqa: BLE001 - without a view the model is treated as always on
-            logger.debug("no view of Serve's replicas: %s", exc)
-            return None
+        return await self.replicas.count(*self._where(model))
 
     async def scales_to_zero(self, model: str) -> bool:
         count = await self.view(model)
@@ -155,11 +166,12 @@ class ScaleToZero:
             return False
         return count is not None and count.scales_to_zero and count.running == 0
 
-    def wake(self, model: str, probe: Callable[[], Awaitable[Any]]) -> None:
-        """Start ``model``'s cold start (``probe``: its health call) unless one is under way."""
+    def wake(self, model: str, probe: Callable[[], Awaitable[Any]]) -> asyncio.Task:
+        """Start ``model``'s cold start (``probe``: its health call) unless one is under way; the start's task
+        (it ends when a replica answers, or the start failed: then the requests' own calls say why)."""
         task = self._waking.get(model)
         if task is not None and not task.done():
-            return
+            return task
         metric("serve_app_cold_starts").inc(tags={"model": model})
         began = self._clock()
 
@@ -174,7 +186,8 @@ class ScaleToZero:
             metric("serve_app_cold_start_seconds").observe(took, tags={"model": model})
             logger.info("%s started from zero replicas in %.1fs", model, took)
 
-        self._waking[model] = asyncio.get_running_loop().create_task(run(), name=f"wake:{model}")
+        task = self._waking[model] = asyncio.get_running_loop().create_task(run(), name=f"wake:{model}")
+        return task
 
     def retry_after_s(self, model: str) -> float:
         """What a request refused during a cold start is told to wait: the model's last start, else 10 s."""

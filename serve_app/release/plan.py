@@ -280,7 +280,9 @@ def scaled(config: dict, app: str, deployment: str, replicas: int | None,
     elif factor is None:  # the admin request allows exactly one of the two
         raise InvalidRequest("give exactly one of replicas or factor")
     elif isinstance(auto, dict):
-        lo = max(0, math.floor(auto.get("min_replicas", 1) * factor))
+        # Scaling never takes a model to zero replicas by rounding: only min_replicas 0 written out does.
+        old_lo = auto.get("min_replicas", 1)
+        lo = max(0 if old_lo == 0 else 1, math.floor(old_lo * factor))
         hi = max(1, math.ceil(auto.get("max_replicas", 1) * factor))
         entry["autoscaling_config"] = {**auto, "min_replicas": min(lo, hi), "max_replicas": hi}
         what = f"{deployment} autoscaling bounds ×{factor:g}: {lo}..{hi}"

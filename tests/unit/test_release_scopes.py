@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from serve_app.config.loader import validate_app_args
 from serve_app.errors import Conflict, InvalidRequest, NotFound
 from serve_app.release.canary import CANARY, PRIMARY
 from serve_app.release.controller import Releases
@@ -193,7 +194,8 @@ def test_the_first_model_is_removed_like_any_other_once_nothing_uses_it_by_defau
     steps = [_apps(cfg) for cfg in gw.applied[n_before:]]
     # Routing stops first, then the application goes; the second model's application is never rebuilt: it is
     # named by its model, not by its place, which it now takes as the first model.
-    assert FIRST_APP in steps[0] and FIRST not in str(steps[0]["serve_app"]["args"]) and FIRST_APP not in steps[-1]
+    served = [validate_app_args(step["serve_app"]["args"]).model_names() for step in steps]
+    assert FIRST_APP in steps[0] and served[0] == [SECOND] and FIRST_APP not in steps[-1]
     assert all(step[SECOND_APP] == _apps(gw.applied[0])[SECOND_APP] for step in steps)
     args = c._good()["config"]["applications"][0]["args"]
     assert args["model"] == {"source": "tiny"} and args["models"] == []

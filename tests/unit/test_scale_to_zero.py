@@ -22,6 +22,7 @@ from serve_app.ingress.replicas import ReplicaCount, ServeReplicas, counts_of
 from serve_app.ingress.routes.models import _chat_cards
 from serve_app.release.controller import Releases
 from serve_app.release.history import History
+from serve_app.release.plan import scaled
 from tests.fakes.clock import FakeClock
 from tests.fakes.serve_gateway import FakeServeGateway
 from tests.names import DEPLOYMENT, TINY_DEPLOYMENT
@@ -189,3 +190,14 @@ def test_a_release_probes_a_model_at_zero_replicas_only_when_it_changes_it(tmp_p
         assert rel["status"] == "good" and [d for _, d in gw.probes].count(TINY_DEPLOYMENT) == 1, gw.probes
 
     asyncio.run(run())
+
+
+def test_scaling_by_a_factor_never_takes_a_model_to_zero_by_rounding():
+    config = {"applications": [copy.deepcopy(PLAIN)]}
+    app = config["applications"][0]
+    app["deployments"][0]["autoscaling_config"] = {"min_replicas": 1, "max_replicas": 4}
+    entry, _ = scaled(config, "serve_app", TINY_DEPLOYMENT, None, 0.5)
+    assert entry["deployments"][0]["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 2}
+    app["deployments"][0]["autoscaling_config"] = {"min_replicas": 0, "max_replicas": 4}  # written out: stays
+    entry, _ = scaled(config, "serve_app", TINY_DEPLOYMENT, None, 2)
+    assert entry["deployments"][0]["autoscaling_config"]["min_replicas"] == 0
