@@ -24,10 +24,10 @@ from serve_app.ingress.admin_gate import AdminGate
 from serve_app.ingress.health_monitor import HealthMonitor, Probe
 from serve_app.ingress.limits import KeyEntry, RateLimiter
 from serve_app.ingress.releases import ReleaseSide
-from serve_app.ingress.replicas import UP
 from serve_app.ingress.retrieval import Retrieval
 from serve_app.ingress.routing import DEFAULT_APP, ModelRouting
 from serve_app.llm.client import LLMClient
+from serve_app.protocol.replicas import UP
 from serve_app.rag.pipeline import RagPipeline
 
 

@@ -20,41 +20,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from serve_app.config.components import component_app
 from serve_app.observability.metrics import metric
+from serve_app.protocol.replicas import ReplicaCount, counts_of
 
 logger = logging.getLogger("ray.serve")
-
-# Serve's deployment statuses that mean its replicas cannot start or keep failing their health checks.
-_FAILED = ("UNHEALTHY", "DEPLOY_FAILED")
-# Health states of a model that is not answering only because it scaled to zero, or is starting from zero:
-# neither fails readiness nor closes the model's availability gate.
-UP = ("ok", "scaled_to_zero", "starting")
-
-
-@dataclass(frozen=True)
-class ReplicaCount:
-    running: int  # replicas in state RUNNING
-    target: int  # what Serve's autoscaler currently wants
-    status: str  # Serve's status of the deployment
-    min_replicas: int | None = None  # the deployed autoscaling_config's (None: no autoscaling)
-
-    @property
-    def scales_to_zero(self) -> bool:
-        return self.min_replicas == 0
-
-    def health(self) -> dict[str, Any]:
-        """The model's health record as /healthz shows it, from Serve's view alone."""
-        out: dict[str, Any] = {"replicas": self.running, "target_replicas": self.target, "serve_status": self.status}
-        if self.status in _FAILED:
-            return {"status": "unhealthy", "error": f"Serve reports the deployment {self.status}", **out}
-        if self.running:
-            return {"status": "ok", **out}
-        return {"status": "starting" if self.target else "scaled_to_zero", **out}
-
 
 def _serve_details() -> dict[str, Any]:
     import ray
@@ -63,24 +35,6 @@ def _serve_details() -> dict[str, Any]:
     if not ray.is_initialized():  # an ingress built outside Serve (unit tests): no view, models are called
         raise RuntimeError("not in a Ray cluster")
     return _get_global_client().get_serve_details()
-
-
-def _value(state: Any) -> Any:
-    return getattr(state, "value", state)  # Serve's enums, or their values once serialised
-
-
-def counts_of(details: dict[str, Any]) -> dict[tuple[str, str], ReplicaCount]:
-    """(application, deployment) -> its replica count, from Serve's application details."""
-    out = {}
-    for app_name, app in (details.get("applications") or {}).items():
-        for name, d in (app.get("deployments") or {}).items():
-            replicas = d.get("replicas") or []
-            running = sum(1 for r in replicas if _value(r.get("state")) == "RUNNING")
-            target = d.get("target_num_replicas")
-            auto = (d.get("deployment_config") or {}).get("autoscaling_config") or {}
-            out[(app_name, name)] = ReplicaCount(running, running if target is None else int(target),
-                                                 str(_value(d.get("status")) or ""), auto.get("min_replicas"))
-    return out
 
 
 class ServeReplicas:

@@ -24,6 +24,7 @@ from serve_app.config.components import component_app
 from serve_app.config.loader import deployment_names
 from serve_app.config.settings import AppSettings, CanarySettings
 from serve_app.errors import unwrap
+from serve_app.protocol.replicas import counts_of
 from serve_app.release.canary import CANARY, PRIMARY, ArmStats
 from serve_app.release.history import History
 from serve_app.release.live import Live, spliced
@@ -125,13 +126,8 @@ class Rollout:
 
     async def _scaling_to_zero(self, names: list[str]) -> set[str]:
         """Those of the deployments ``names`` that Serve runs with ``autoscaling_config.min_replicas: 0``."""
-        apps = (await asyncio.to_thread(self.gateway.details)).get("applications") or {}
-        out = set()
-        for name in names:
-            d = ((apps.get(component_app(self.app, name)) or {}).get("deployments") or {}).get(name) or {}
-            if ((d.get("deployment_config") or {}).get("autoscaling_config") or {}).get("min_replicas") == 0:
-                out.add(name)
-        return out
+        counts = counts_of(await asyncio.to_thread(self.gateway.details))
+        return {n for n in names if (c := counts.get((component_app(self.app, n), n))) is not None and c.scales_to_zero}
 
     def waited(self, scope: str, settings: AppSettings, changed: Iterable[str]) -> list[str] | None:
         """The applications a release of ``scope`` waits for: every one of the app (a whole release), else its

@@ -18,8 +18,9 @@ from serve_app.config.settings import AppSettings
 from serve_app.errors import ModelStarting
 from serve_app.ingress.context import IngressContext
 from serve_app.ingress.llm_serving import generate
-from serve_app.ingress.replicas import ReplicaCount, ServeReplicas, counts_of
+from serve_app.ingress.replicas import ServeReplicas
 from serve_app.ingress.routes.models import _chat_cards
+from serve_app.protocol.replicas import ReplicaCount, counts_of
 from serve_app.release.controller import Releases
 from serve_app.release.history import History
 from serve_app.release.plan import scaled

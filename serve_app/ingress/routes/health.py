@@ -13,7 +13,7 @@ from serve_app.errors import Forbidden, ServiceUnavailable, Unauthorized
 from serve_app.ingress.admin_gate import check_admin
 from serve_app.ingress.context import IngressContext, context
 from serve_app.ingress.health_monitor import public
-from serve_app.ingress.replicas import UP
+from serve_app.protocol.replicas import UP
 
 router = APIRouter()
 
