@@ -143,8 +143,8 @@ def test_a_config_of_a_newer_schema_version_is_refused_with_a_clear_error(tmp_pa
         migrate(OLD_RELEASES[0], 0)
 
     _old_history(tmp_path)
-    History(tmp_path)  # adds the column
-    with sqlite3.connect(tmp_path / "releases.sqlite") as db:  # release 1 as a newer serve_app would store it
+    History(tmp_path)  # copies the older history into the store, with the column
+    with sqlite3.connect(tmp_path / "state.sqlite") as db:  # release 1 as a newer serve_app would store it
         db.execute("UPDATE releases SET schema_version=? WHERE n=1", (CURRENT_VERSION + 1,))
     c, gw = _controller(tmp_path)
     with pytest.raises(InvalidRequest, match=rf"release 1 cannot be deployed: config schema version "

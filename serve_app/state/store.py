@@ -1,0 +1,161 @@
+"""Where the app keeps what every replica and node must see: one SQL database behind SQLAlchemy 2 Core, its
+schema kept by Alembic (serve_app/state/migrations).
+
+    SERVE_APP_STATE_URL        a SQLAlchemy URL: postgresql://user:pass@host/db (clusters), sqlite:///path
+    SERVE_APP_STATE_URL_FILE   a file holding it (a mounted secret: the URL carries the database's password)
+    neither                    sqlite:///<state directory>/state.sqlite (config/paths.py): one machine
+
+The URL is not a config field on purpose: configs are what the store keeps (release history), and a release
+cannot move the history it is recorded in. A `postgresql://` URL uses psycopg 3.
+
+Migrations run from one process: the release controller's actor when it starts (``serve-app run`` creates it
+before any replica; it is one detached actor per cluster) and ``serve-app migrate``. Replicas only check that
+the schema is at head (``at_head``) and wait for it otherwise, so they never race a migration.
+An existing SQLite history of an older serve_app (``releases.sqlite`` in the state directory) is copied in on
+the first start of a store that holds no release yet (``import_legacy``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, func, insert, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from serve_app.config import paths
+from serve_app.state import tables
+
+logger = logging.getLogger(__name__)
+DEFAULT_FILE = "state.sqlite"
+LEGACY_FILE = "releases.sqlite"
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached (or its schema is not there yet): the message names the URL, never its
+    password."""
+
+
+def state_url() -> str:
+    url = os.environ.get("SERVE_APP_STATE_URL", "").strip()
+    path = os.environ.get("SERVE_APP_STATE_URL_FILE")
+    if not url and path:
+        try:
+            url = Path(path).read_text().strip()
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot read SERVE_APP_STATE_URL_FILE {path}: {exc.strerror}") from None
+    return url or f"sqlite:///{paths.state_dir() / DEFAULT_FILE}"
+
+
+def shown(url: str) -> str:
+    """The URL as it may be printed: its password hidden."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparsable URL>"
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; nothing is connected yet. Raises StoreUnavailable for a URL that is not one."""
+    try:
+        u = make_url(url)
+    except ArgumentError:
+        raise StoreUnavailable(f"SERVE_APP_STATE_URL is not a database URL: {shown(url)}") from None
+    if u.get_backend_name() == "sqlite":
+        if u.database and u.database != ":memory:":
+            Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        # Several processes of one machine share the file (the controller and every ingress replica): WAL lets
+        # readers go on during a write; a writer waits for another up to the timeout instead of failing.
+        engine = create_engine(u, connect_args={"check_same_thread": False, "timeout": 10})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(conn, _record) -> None:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        return engine
+    if u.drivername == "postgresql":
+        u = u.set(drivername="postgresql+psycopg")
+    # pre_ping: a connection the server dropped (restart, failover) is replaced instead of failing one call.
+    return create_engine(u, pool_pre_ping=True, pool_size=4, max_overflow=4, pool_timeout=5,
+                         connect_args={"connect_timeout": 5})
+
+
+def _alembic(connection) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head() -> str | None:
+    return ScriptDirectory.from_config(_alembic(None)).get_current_head()
+
+
+def revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def at_head(engine: Engine) -> bool:
+    return revision(engine) == head()
+
+
+def migrate(engine: Engine, state_dir: Path | None = None) -> None:
+    """Bring the schema to head, then copy an older SQLite history in if the store has none. Raises
+    StoreUnavailable naming the URL when the database cannot be reached."""
+    try:
+        with engine.begin() as conn:
+            command.upgrade(_alembic(conn), "head")
+        import_legacy(engine, state_dir or paths.state_dir())
+    except SQLAlchemyError as exc:
+        raise StoreUnavailable(f"the state store {shown(str(engine.url))} cannot be used: "
+                               f"{str(getattr(exc, 'orig', None) or exc).strip()[:300]}") from None
+
+
+def open_store(url: str | None = None, *, migrate_schema: bool = True) -> Engine:
+    engine = make_engine(url or state_url())
+    if migrate_schema:
+        migrate(engine)
+    return engine
+
+
+_LEGACY_COLUMNS = [c.name for c in tables.releases.columns]
+
+
+def import_legacy(engine: Engine, state_dir: Path) -> int:
+    """Copy the releases and audit rows of ``state_dir``/releases.sqlite (the history of a serve_app from
+    before the store) into an empty store; returns how many releases. Release numbers are kept; columns the
+    old file lacks get their defaults (schema_version 1, scope "app"), which is what its rows are."""
+    legacy = Path(state_dir) / LEGACY_FILE
+    if not legacy.exists():
+        return 0
+    with engine.connect() as conn:
+        if conn.execute(select(func.count()).select_from(tables.releases)).scalar_one():
+            return 0
+    src = sqlite3.connect(f"file:{legacy}?mode=ro", uri=True)
+    try:
+        have = [row[1] for row in src.execute("PRAGMA table_info(releases)")]
+        cols = [c for c in _LEGACY_COLUMNS if c in have]
+        rows = [dict(zip(cols, r, strict=True)) for r in src.execute(f"SELECT {', '.join(cols)} FROM releases ORDER BY n")]
+        audit_rows = [dict(zip(("at", "actor", "action", "allowed", "detail"), r, strict=True))
+                      for r in src.execute("SELECT at, actor, action, allowed, detail FROM audit ORDER BY id")]
+    except sqlite3.Error as exc:
+        logger.warning("not importing the older history %s: %s", legacy, exc)
+        return 0
+    finally:
+        src.close()
+    with engine.begin() as conn:
+        if rows:
+            conn.execute(insert(tables.releases), rows)
+        if audit_rows:
+            conn.execute(insert(tables.audit), audit_rows)
+    logger.info("imported %d releases and %d audit records from %s", len(rows), len(audit_rows), legacy)
+    return len(rows)

@@ -1,0 +1,68 @@
+"""The state store's tables, as SQLAlchemy Core sees them (the queries' view). The schema itself is made and
+changed only by the migrations in serve_app/state/migrations, which spell each table out as it was at their
+revision; a change here goes with a new migration."""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+releases = Table(
+    "releases", metadata,
+    Column("n", Integer, primary_key=True, autoincrement=False),  # numbered by the history (release/history.py)
+    Column("created_at", Float, nullable=False),
+    Column("finished_at", Float),
+    Column("actor", Text, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("note", Text),
+    Column("config", Text, nullable=False),     # the whole Serve config (JSON)
+    Column("changed", Text, nullable=False),    # what differs from the release it replaced (JSON list)
+    Column("status", String(40), nullable=False),
+    Column("outcome", Text),
+    Column("rolled_back_to", Integer),
+    Column("schema_version", Integer, nullable=False, server_default="1"),  # of the config (config/versions.py)
+    Column("scope", String(160), nullable=False, server_default="app"),    # what it changes (release/scopes.py)
+)
+
+audit = Table(
+    "audit", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("allowed", Integer, nullable=False),
+    Column("detail", Text),
+    Index("audit_at", "at"),
+)
+
+api_keys = Table(
+    "api_keys", metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("tenant", String(64), nullable=False),
+    Column("scopes", Text, nullable=False),        # JSON list
+    Column("models", Text),                        # JSON list; NULL: every model
+    Column("requests_per_minute", Float),
+    Column("tokens_per_minute", Float),
+    Column("source", String(16), nullable=False),  # "api" (admin API / CLI) or "file" (seeded from the key file)
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("revoked_at", Float),
+)
+
+# Change counters: a reader polls one row instead of a table ("keys": bumped by every key write).
+versions = Table(
+    "state_versions", metadata,
+    Column("name", String(32), primary_key=True),
+    Column("n", Integer, nullable=False),
+)
+
+# Every ingress replica's token buckets of a key, shared: level and time of the last refill.
+rate_buckets = Table(
+    "rate_buckets", metadata,
+    Column("key", String(64), primary_key=True),   # the key's sha256
+    Column("kind", String(16), primary_key=True),  # "requests" | "tokens"
+    Column("level", Float, nullable=False),
+    Column("stamp", Float, nullable=False),
+)
