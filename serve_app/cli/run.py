@@ -105,6 +105,17 @@ def cmd_run(ns: argparse.Namespace) -> int:
         return 2
     if ns.port is not None:
         schema.http_options.port = ns.port
+    # The state store first (serve_app/state/store.py): migrated here, before any replica reads it; one that
+    # cannot be reached stops the run with its URL (password hidden) rather than a replica's traceback.
+    from serve_app.state import store
+
+    try:
+        engine = store.open_store()
+        say(f"state store: {store.shown(str(engine.url))}")
+        engine.dispose()
+    except store.StoreUnavailable as exc:
+        say(str(exc))
+        return 2
     if ns.logs_dir is not None:
         from ray.serve.schema import LoggingConfig
 

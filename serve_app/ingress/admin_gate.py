@@ -24,6 +24,7 @@ from fastapi import Depends, Request
 
 from serve_app.calls.handles import call
 from serve_app.errors import Forbidden, Unauthorized
+from serve_app.ingress.keybook import KeyBook
 from serve_app.ingress.limits import KeyEntry, bearer, digest
 
 
@@ -57,12 +58,15 @@ def check_admin(headers: Iterable[tuple[bytes, bytes]], admin_digest: str | None
 
 
 class AdminGate:
-    def __init__(self, digest: str | None, controller: Callable[[], Any],
-                 api_keys: Mapping[str, KeyEntry] | None = None):
+    def __init__(self, digest: str | None, controller: Callable[[], Any], keys: KeyBook | None = None):
         """``digest``: the admin key's (``admin_key_digest``). ``controller``: a callable returning the release
-        controller's actor handle (the audit log's keeper). ``api_keys``: the public API's keys (those with the
+        controller's actor handle (the audit log's keeper). ``keys``: the public API's keys (those with the
         admin scope may call the admin API too)."""
-        self.digest, self._controller, self.api_keys = digest, controller, api_keys
+        self.digest, self._controller, self._keys = digest, controller, keys
+
+    @property
+    def api_keys(self) -> Mapping[str, KeyEntry] | None:
+        return self._keys.active if self._keys is not None else None
 
     def caller(self, scope) -> str:
         """``check_admin`` for the request of ``scope``."""

@@ -16,19 +16,24 @@ from typing import Any
 
 from fastapi import Request
 from ray.serve.handle import DeploymentHandle
+from sqlalchemy import Engine
 
 from serve_app.calls.handles import call
 from serve_app.config.settings import AppSettings
 from serve_app.errors import InvalidRequest, UpstreamTimeout
 from serve_app.ingress.admin_gate import AdminGate
 from serve_app.ingress.health_monitor import HealthMonitor, Probe
+from serve_app.ingress.keybook import KeyBook
 from serve_app.ingress.limits import KeyEntry, RateLimiter
 from serve_app.ingress.releases import ReleaseSide
 from serve_app.ingress.retrieval import Retrieval
 from serve_app.ingress.routing import DEFAULT_APP, ModelRouting
+from serve_app.ingress.shared_limits import SharedRateLimiter
 from serve_app.llm.client import LLMClient
 from serve_app.protocol.replicas import UP
 from serve_app.rag.pipeline import RagPipeline
+from serve_app.state import buckets
+from serve_app.state.keys import KeyStore
 
 
 @dataclass
@@ -41,9 +46,9 @@ class IngressContext:
     health: HealthMonitor
     agent: DeploymentHandle | None = None
     rag: RagPipeline | None = None
-    # API keys of the public API (key digest -> entry; None: off) and their buckets (ingress/limits.py).
-    api_keys: dict[str, KeyEntry] | None = None
-    limiter: RateLimiter = field(default_factory=RateLimiter)
+    # API keys of the public API (ingress/keybook.py) and their buckets (ingress/limits.py, shared_limits.py).
+    keys: KeyBook = field(default_factory=KeyBook)
+    limiter: RateLimiter | SharedRateLimiter = field(default_factory=RateLimiter)
     metrics_url: str | None = None  # this node's metrics exporter (GET /metrics), looked up once
 
     @classmethod
@@ -51,8 +56,10 @@ class IngressContext:
               vector: DeploymentHandle | None = None, embedder: DeploymentHandle | None = None,
               agent: DeploymentHandle | None = None, *, api_keys: dict[str, KeyEntry] | None = None,
               admin_digest: str | None = None, controller_lookup: Callable[[], Any] | None = None,
-              app: str = DEFAULT_APP) -> IngressContext:
+              app: str = DEFAULT_APP, state: Engine | None = None) -> IngressContext:
         """``llms``: the LLM deployments' handles by deployment name (one per served model).
+        ``api_keys``: the key file's keys. ``state``: the state store (None: the key file's keys, fixed, and
+        this replica's own rate-limit buckets).
         ``controller_lookup``: finds (or starts) the release controller's actor; called on first use.
         ``app``: the ingress's application (the plain application's name)."""
         retrieval = Retrieval(settings.vector, vector, embedder)
@@ -64,9 +71,16 @@ class IngressContext:
             name = models.rag_model
             rag = RagPipeline(LLMClient(models.models[name], name, settings.ingress),
                               retrieval.search if retrieval.enabled else None, settings.rag, settings.prompts)
-        admin = AdminGate(admin_digest, releases.controller, api_keys)
+        keys = KeyBook(KeyStore(state) if state is not None else None, api_keys)
+        limiter = SharedRateLimiter(partial(buckets.take, state)) if state is not None else RateLimiter()
+        admin = AdminGate(admin_digest, releases.controller, keys)
         health = health_monitor(settings, models, retrieval, agent, releases, admin_on=admin_digest is not None)
-        return cls(settings, models, releases, retrieval, admin, health, agent, rag, api_keys)
+        return cls(settings, models, releases, retrieval, admin, health, agent, rag, keys, limiter)
+
+    @property
+    def api_keys(self) -> dict[str, KeyEntry] | None:
+        """The keys checked now (digest -> entry; None: key checking is off)."""
+        return self.keys.active
 
 
 def health_monitor(settings: AppSettings, models: ModelRouting, retrieval: Retrieval,

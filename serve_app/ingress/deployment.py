@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from ray import serve
+from sqlalchemy.exc import SQLAlchemyError
 
 from serve_app.calls.handles import handle_of
 from serve_app.config.components import component_app
@@ -26,6 +27,7 @@ from serve_app.ingress.admin_gate import admin_key_digest
 from serve_app.ingress.context import IngressContext
 from serve_app.ingress.fastapi_app import create_app
 from serve_app.ingress.limits import load_keys
+from serve_app.state import store
 
 logger = logging.getLogger("ray.serve")
 
@@ -52,13 +54,22 @@ class Ingress:
 
         llms = {d: handle_of(d, component_app(app, d)) for d in s.served_models()}
         vector, embedder, agent = handle(VECTOR_STORE), handle(EMBEDDER), handle(AGENT)
-        # API keys of the public API: off unless a key file is given (ingress/limits.py). An unreadable or
-        # invalid file fails the replica's start with the reason, so a release carrying it is rolled back.
+        # API keys of the public API: the state store's, seeded from the key file (ingress/keybook.py). An
+        # unreadable or invalid file fails the replica's start with the reason, so a release carrying it is
+        # rolled back.
         keys_file = os.environ.get("SERVE_APP_API_KEYS_FILE")
         api_keys = load_keys(keys_file) if keys_file else None
+        # Opened, not migrated: the release controller migrates the store (serve_app/state/store.py).
+        engine = store.open_store(migrate_schema=False)
         self.context = IngressContext.build(s, llms, vector, embedder, agent, api_keys=api_keys,
                                             admin_digest=admin_key_digest(),
-                                            controller_lookup=_find_release_controller, app=app)
+                                            controller_lookup=_find_release_controller, app=app, state=engine)
+        try:
+            if not self.context.keys.refresh():
+                _find_release_controller()  # the store's schema comes with the controller (it migrates)
+        except SQLAlchemyError as exc:  # not fatal: the key book keeps trying (and the file's keys hold)
+            logger.warning("the state store %s does not answer yet: %s", store.shown(str(engine.url)),
+                           type(exc).__name__)
         models = self.context.models
         served = set(models.models) | set(models.adapters) | {models.embedder_name}
         for entry in (api_keys or {}).values():
@@ -74,6 +85,7 @@ class Ingress:
             # Serve builds the app on the replica's event loop: probing starts with the replica, so its first
             # /healthz finds records. (Without a running loop, the first /healthz starts it.)
             self.context.health.start()
+            self.context.keys.start()
         except RuntimeError:
             pass
         return app

@@ -9,7 +9,11 @@ work). A refused request gets 429 with ``Retry-After``: the seconds until the bu
 the openai SDK's retry waits). Every answer to a keyed request carries OpenAI's ``x-ratelimit-*`` headers for
 the key's limits.
 
-Buckets live in each ingress replica: with N ingress replicas a key may get up to N times its limit.
+The buckets are shared by every ingress replica and node (``SharedRateLimiter``): each replica takes leases from
+the key's buckets in the state store (serve_app/state/buckets.py) and spends them locally. When the store does
+not answer within ``STORE_TIMEOUT_S``, a replica limits with its own buckets (``RateLimiter``) for
+``RETRY_S`` and then tries the store again: limits fail over to per replica, never open and never closed, so a
+store outage neither lets a key through unlimited nor refuses every request.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from serve_app.protocol.keys import KeyEntry
+
 
 def bearer(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     """The key of ``Authorization: Bearer <key>`` among a request's raw headers (the ASGI scope's, or
@@ -39,20 +45,6 @@ def bearer(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
 def digest(key: str) -> str:
     """SHA-256 of a key, hex: what the key file stores, and what a presented key is compared as."""
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-class KeyEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$",
-                      description="Who the key belongs to (audit and logs; never the key).")
-    sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the key, hex.")
-    scopes: list[Literal["public", "admin"]] = Field(["public"], description="'admin' also opens /admin/*.")
-    requests_per_minute: float | None = Field(None, gt=0, description="Request rate limit (None: unlimited).")
-    tokens_per_minute: float | None = Field(None, gt=0, description="Token rate limit (None: unlimited).")
-    models: list[str] | None = Field(
-        None, min_length=1, description="Served model names (chat and embedding) the key may use; None: every one. "
-        "Others get the same 404 as an unknown model and are not listed by /v1/models.")
 
 
 class KeyFile(BaseModel):
@@ -121,6 +113,9 @@ class TokenBucket:
 
 
 class RateLimiter:
+    """Token buckets of this process only (the fallback of ``SharedRateLimiter``, and what a context without a
+    store uses)."""
+
     def __init__(self):
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
 
@@ -148,6 +143,13 @@ class RateLimiter:
         return None, 0.0
 
 
+    async def acquire(self, key: KeyEntry, requests: int = 0, tokens: int = 0) -> tuple[str | None, float]:
+        return self.admit(key, requests, tokens)
+
+    def headers(self, key: KeyEntry) -> list[tuple[bytes, bytes]]:
+        return limit_headers(self, key)
+
+
 def _duration(seconds: float) -> str:
     """A duration the way OpenAI writes its x-ratelimit-reset-* headers: "250ms", "12s", "6m0s"."""
     if seconds < 1:
@@ -156,22 +158,26 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{rest}s" if minutes else f"{rest}s"
 
 
+def rate_headers(kind: str, rate: float, remaining: float, reset_s: float) -> list[tuple[bytes, bytes]]:
+    """OpenAI's three headers of one limit (x-ratelimit-limit-*, -remaining-*, -reset-*)."""
+    return [(f"x-ratelimit-limit-{kind}".encode(), str(math.floor(rate)).encode()),
+            (f"x-ratelimit-remaining-{kind}".encode(), str(max(0, math.floor(remaining))).encode()),
+            (f"x-ratelimit-reset-{kind}".encode(), _duration(reset_s).encode())]
+
+
 def limit_headers(limiter: RateLimiter, key: KeyEntry, now: float | None = None) -> list[tuple[bytes, bytes]]:
-    """OpenAI's rate-limit headers for ``key``'s buckets (x-ratelimit-limit-*, -remaining-*, -reset-*; the
-    requests ones and the tokens ones, for each limit the key has), as the bucket stands now."""
+    """OpenAI's rate-limit headers for ``key``'s buckets (the requests ones and the tokens ones, for each limit
+    the key has), as the bucket stands now."""
     headers = []
     for kind, rate in (("requests", key.requests_per_minute), ("tokens", key.tokens_per_minute)):
         if not rate:
             continue
         bucket = limiter.bucket(key, kind, rate)
-        reset = bucket.reset_s(now)
-        headers += [(f"x-ratelimit-limit-{kind}".encode(), str(math.floor(rate)).encode()),
-                    (f"x-ratelimit-remaining-{kind}".encode(), str(max(0, math.floor(bucket.level))).encode()),
-                    (f"x-ratelimit-reset-{kind}".encode(), _duration(reset).encode())]
+        headers += rate_headers(kind, rate, bucket.level, bucket.reset_s(now))
     return headers
 
 
-def charge_tokens(request, tokens: int, param: str = "max_tokens") -> None:
+async def charge_tokens(request, tokens: int, param: str = "max_tokens") -> None:
     """Charge a generating request's tokens to its API key (no key, no limit). Raises RateLimited (429) when
     the key's token bucket is short, InvalidRequest when the request alone exceeds the key's minute."""
     from serve_app.errors import InvalidRequest, RateLimited
@@ -181,7 +187,7 @@ def charge_tokens(request, tokens: int, param: str = "max_tokens") -> None:
     if entry is None:
         return
     limiter = request.app.state.context.limiter
-    kind, wait = limiter.admit(entry, tokens=tokens)
+    kind, wait = await limiter.acquire(entry, tokens=tokens)
     if kind is None:
         return
     if math.isinf(wait):

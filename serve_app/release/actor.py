@@ -1,5 +1,5 @@
 """The release controller as the cluster's detached Ray actor (``Releases`` of release/controller.py, the
-history in the state directory, the Serve it runs in), and how the ingress and ``serve-app run`` find it."""
+history in the state store, the Serve it runs in), and how the ingress and ``serve-app run`` find it."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Any, cast
 
 import ray
 
-from serve_app.config import paths
 from serve_app.release.controller import Releases
 from serve_app.release.gateway import RayServeGateway
 from serve_app.release.history import History
+from serve_app.state import store
 
 CONTROLLER_NAME = "serve_app_release_controller"
 NAMESPACE = "serve_app"
@@ -22,7 +22,9 @@ class ReleaseController(Releases):
     """``Releases`` as the cluster's detached actor: the history in the state directory, the Serve it runs in."""
 
     def __init__(self, app_name: str, state_dir: str | None = None):
-        super().__init__(app_name, History(state_dir or paths.state_dir()), RayServeGateway())
+        # The one process that migrates the state store (serve_app/state/store.py): one actor per cluster.
+        super().__init__(app_name, History(store.open_store() if state_dir is None else state_dir),
+                         RayServeGateway())
 
     # An async actor runs its plain methods on its event loop: those that read or write SQLite run in a
     # thread instead, so a slow disk never holds up /healthz's probe or a canary's counts. They become async,

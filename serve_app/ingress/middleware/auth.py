@@ -6,7 +6,7 @@ import math
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from serve_app.ingress.limits import bearer, digest, limit_headers
+from serve_app.ingress.limits import bearer, digest
 from serve_app.ingress.middleware.common import ingress_context, refuse
 
 OPEN_PATHS = frozenset({"/healthz", "/livez"})
@@ -47,18 +47,18 @@ class AuthMiddleware:
             return
         scope.setdefault("state", {})["api_key"] = entry
         limiter = ctx.limiter
-        kind, wait = limiter.admit(entry, requests=1)
+        kind, wait = await limiter.acquire(entry, requests=1)
         if kind is not None:
             metric("serve_app_rate_limited_requests").inc(tags={"limit": kind})
             await refuse(send, 429, f"rate limit of this API key reached ({entry.requests_per_minute:g} requests per "
                           "minute); retry later", [(b"retry-after", str(max(1, math.ceil(wait))).encode()),
-                                                   *limit_headers(limiter, entry)])
+                                                   *limiter.headers(entry)])
             return
 
         async def with_limits(message) -> None:
             # The buckets as they stand when the answer starts: the route has charged its tokens by then.
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), *limit_headers(limiter, entry)]}
+                message = {**message, "headers": [*message.get("headers", ()), *limiter.headers(entry)]}
             await send(message)
 
         await self.app(scope, receive, with_limits)

@@ -10,6 +10,7 @@ from serve_app.ingress.routes import (
                                       documents,
                                       embeddings,
                                       health,
+                                      keys,
                                       models,
                                       rag,
                                       search,
@@ -17,4 +18,5 @@ from serve_app.ingress.routes import (
 )
 
 ROUTERS = [health.router, models.router, chat.router, completions.router, tokens.router, embeddings.router,
-           documents.router, search.router, rag.router, agent.router, admin.router]
+           documents.router, search.router, rag.router, agent.router, admin.router,
+           keys.router]

@@ -26,7 +26,7 @@ async def agent_run(body: AgentRequest, request: Request, ctx: IngressContext = 
     ctx.models.use_model(ctx.models.agent_model, api_key(request))
     s = ctx.settings.agent
     max_steps = bounded(body.max_steps, s.default_max_steps, s.max_steps, "max_steps")
-    charge_tokens(request, max_steps * s.step_max_tokens, "max_steps")
+    await charge_tokens(request, max_steps * s.step_max_tokens, "max_steps")
     ingress = ctx.settings.ingress
     # The agent enforces its own deadline; this one only guards against a lost replica.
     budget = s.deadline_s + ingress.health_timeout_s

@@ -21,5 +21,5 @@ async def completions(body: CompletionRequest, request: Request, ctx: IngressCon
     model, handle = ctx.models.chat_model(body.model, api_key(request))
     # One charge per prompt of a batch (a list of strings); a list of token ids is one prompt.
     prompts = len(body.prompt) if isinstance(body.prompt, list) and body.prompt and not isinstance(body.prompt[0], int) else 1
-    charge_tokens(request, (body.max_tokens or ctx.settings.ingress.default_token_charge) * (body.n or 1) * prompts)
+    await charge_tokens(request, (body.max_tokens or ctx.settings.ingress.default_token_charge) * (body.n or 1) * prompts)
     return await generate(ctx, "completion", body, model, handle)

@@ -30,7 +30,7 @@ async def rag_answer(body: RagRequest, request: Request, ctx: IngressContext = D
     # The benchmark options (protocol/rag.py), passed to the engine only when set.
     if body.min_tokens is not None and body.min_tokens > max_tokens:
         raise InvalidRequest(f"min_tokens must be at most max_tokens ({max_tokens})", "min_tokens")
-    charge_tokens(request, max_tokens)
+    await charge_tokens(request, max_tokens)
     options: dict[str, Any] = {k: v for k, v in (("min_tokens", body.min_tokens), ("ignore_eos", body.ignore_eos))
                                if v}
     if not body.stream:

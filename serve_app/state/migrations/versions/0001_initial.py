@@ -55,11 +55,12 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.Float, nullable=False),
         sa.Column("revoked_at", sa.Float),
     )
-    op.create_table(
+    counters = op.create_table(
         "state_versions",
         sa.Column("name", sa.String(32), primary_key=True),
         sa.Column("n", sa.Integer, nullable=False),
     )
+    op.bulk_insert(counters, [{"name": "keys", "n": 0}])
     op.create_table(
         "rate_buckets",
         sa.Column("key", sa.String(64), primary_key=True),
