@@ -40,10 +40,18 @@ serve: install
 
 # The observability test scrapes the app with a real Prometheus: Debian's package (only its binary is used;
 # no service is started). Elsewhere, put any prometheus 2.x binary on PATH.
+# The state store's tests run a real PostgreSQL (tests/postgres.py): Debian's server package, installed with
+# no cluster created or started (createcluster.conf says so before the package reads it); the tests make their
+# own in a temporary directory and stop it. Elsewhere, put initdb and pg_ctl on PATH.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	-o Dpkg::Options::=--force-confold
 test-tools:
-	@command -v prometheus >/dev/null || { $(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus; }
+	@command -v prometheus >/dev/null || { $(SUDO) apt-get update -qq && $(APT_INSTALL) prometheus; }
+	@command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
+		$(SUDO) mkdir -p /etc/postgresql-common && \
+		echo "create_main_cluster = false" | $(SUDO) tee /etc/postgresql-common/createcluster.conf >/dev/null && \
+		$(SUDO) apt-get update -qq && $(APT_INSTALL) postgresql; }
 
 # The lint and type gate, first in `make test` and `make test-fast`: ruff over the repository, mypy over
 # serve_app/ (configuration in pyproject.toml; a few seconds from a cold cache).
@@ -56,16 +64,16 @@ test: install test-tools lint
 	$(BIN)/python -m pytest tests
 
 # The inner loop: the gate, the unit tier and one smoke test against a started app.
-test-fast: install lint
+test-fast: install test-tools lint
 	$(BIN)/python -m pytest -m "unit or smoke" tests
 
-test-unit: install
+test-unit: install test-tools
 	$(BIN)/python -m pytest -m unit tests
 
 test-app: install test-tools
 	$(BIN)/python -m pytest -m app tests
 
-test-release: install
+test-release: install test-tools
 	$(BIN)/python -m pytest -m release tests
 
 test-cluster: install

@@ -100,13 +100,26 @@ def session_config(tmp_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL on loopback for the whole session (tests/postgres.py): the session app's state store,
+    and the second engine of the store's congruence tests. Stopped at the end; nothing is left running."""
+    from tests.postgres import Postgres
+
+    pg = Postgres()
+    try:
+        yield pg.start()
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     """The session app's SERVE_APP_DATA_DIR (its vector store, release history, and adapters/: the LoRA root)."""
     return tmp_path_factory.mktemp("data")
 
 
 @pytest.fixture(scope="session")
-def app_proc(tmp_path_factory, trace_dir, serve_logs_dir, data_dir):
+def app_proc(tmp_path_factory, trace_dir, serve_logs_dir, data_dir, postgres):
     """The session app's `serve-app run` process (its process tree holds Ray and every replica)."""
     port = _free_port()
     log_path = tmp_path_factory.mktemp("app") / "serve-app.log"
@@ -116,7 +129,9 @@ def app_proc(tmp_path_factory, trace_dir, serve_logs_dir, data_dir):
            "--logs-dir", str(serve_logs_dir)]
     # The vector store writes under a temporary data directory, never the user's. Tracing is on through Serve's
     # environment variables (the config file's tracing_config does the same) with the file exporter.
+    # The state store is PostgreSQL (SQLite, the default, is what `make serve` and the unit tier use).
     env = {**os.environ, "SERVE_APP_DATA_DIR": str(data_dir), "SERVE_APP_ADMIN_KEY": ADMIN_KEY,
+           "SERVE_APP_STATE_URL": postgres.url,
            # A secret a release names (${SERVE_APP_TEST_SECRET}) instead of carrying: tests/release.
            "SERVE_APP_TEST_SECRET": ADMIN_KEY,
            "RAY_SERVE_TRACING_EXPORTER_IMPORT_PATH": "serve_app.observability.tracing:jsonl_exporter",

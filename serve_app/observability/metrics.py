@@ -32,6 +32,8 @@ DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
                                                 ("route", "method"), LATENCY_BUCKETS),
     "serve_app_rate_limited_requests": ("counter", "Requests refused with 429 by an API key's rate limit, by the "
                                         "limit that was reached (requests, tokens).", ("limit",), None),
+    "serve_app_rate_limit_failovers": ("counter", "Times an ingress replica turned to its own rate-limit buckets "
+                                       "because the state store did not answer a lease in time.", (), None),
     "serve_app_release_info": ("gauge", "1 for the release the ingress replica serves (label release).",
                                ("release",), None),
     # LLM, as clients see it (the engine's own TTFT, TPOT, tokens and queue are vLLM's metrics)

@@ -6,6 +6,7 @@ refills with time; a request over the token rate is refused before any work; key
 digests; a key file with a problem is refused naming it; admin-scope keys open /admin/*.
 """
 
+import asyncio
 import re
 from types import SimpleNamespace
 
@@ -82,7 +83,7 @@ def _app(keys, admin_digest=None):
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         body = await request.json()
-        charge_tokens(request, body.get("max_tokens", 16))
+        await charge_tokens(request, body.get("max_tokens", 16))
         key = getattr(request.state, "api_key", None)
         return {"who": key.name if key else None}
 
@@ -151,7 +152,7 @@ def test_charge_without_a_key_is_free():
     class Req:
         state = State()
 
-    charge_tokens(Req(), 10**9)  # no api_key on the request: no limit, no error
+    asyncio.run(charge_tokens(Req(), 10**9))  # no api_key on the request: no limit, no error
 
 
 def test_admin_scope_keys_open_the_admin_api():
