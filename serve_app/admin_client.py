@@ -136,6 +136,20 @@ class AdminClient(httpx.Client):
     def audit(self) -> list[dict]:
         return self.call("GET", "/admin/audit")["data"]
 
+    def keys(self) -> list[dict]:
+        """Every API key of the state store (revoked ones too), never the key itself."""
+        return self.call("GET", "/admin/keys")["data"]
+
+    def create_key(self, name: str, **fields: Any) -> dict:
+        """A new API key: the answer holds the key itself (``key``), shown this once."""
+        return self.call("POST", "/admin/keys", json={"name": name, **fields}, expect=201)
+
+    def change_key(self, name: str, **fields: Any) -> dict:
+        return self.call("PATCH", f"/admin/keys/{name}", json=fields, expect=200)
+
+    def revoke_key(self, name: str) -> dict:
+        return self.call("DELETE", f"/admin/keys/{name}", expect=200)
+
     def follow(self, n: int, timeout_s: float = 600.0) -> dict:
         """Release ``n`` once it is no longer deploying (good, failed, rolled back…); ``TimeoutError`` if it
         still is after ``timeout_s`` (the release itself goes on)."""

@@ -1,5 +1,6 @@
-"""API keys: `serve-app hash-key` makes a key and its entry for the key file ($SERVE_APP_API_KEYS_FILE); the
-app keeps only the key's SHA-256 (serve_app/ingress/limits.py)."""
+"""API keys: `serve-app keys list|create|change|revoke` manage them at run time through the admin API (the state
+store keeps them, serve_app/state/keys.py); `serve-app hash-key` makes a key and its entry for the key file
+($SERVE_APP_API_KEYS_FILE), which seeds the store. The app keeps only a key's SHA-256."""
 
 from __future__ import annotations
 
@@ -30,7 +31,70 @@ def cmd_hash_key(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _fields(ns: argparse.Namespace) -> dict:
+    """The key fields given on the command line ("none" clears a limit or the model list in ``change``)."""
+    out: dict = {}
+    for name, attr in (("tenant", "tenant"), ("scopes", "scopes"), ("models", "models"),
+                       ("requests_per_minute", "rpm"), ("tokens_per_minute", "tpm")):
+        value = getattr(ns, attr, None)
+        if value is None:
+            continue
+        if value == "none":
+            out[name] = None
+        elif name in ("scopes", "models"):
+            out[name] = value.split(",")
+        elif name in ("requests_per_minute", "tokens_per_minute"):
+            out[name] = float(value)
+        else:
+            out[name] = value
+    return out
+
+
+def cmd_keys(ns: argparse.Namespace) -> int:
+    from serve_app.cli.admin import _admin_command, _print
+
+    @_admin_command
+    def run(ns: argparse.Namespace, client) -> int:
+        if ns.action == "list":
+            _print(client.keys())
+            return 0
+        if not ns.name:
+            say(f"{ns.action} needs the key's name")
+            return 2
+        if ns.action == "create":
+            out = client.create_key(ns.name, **_fields(ns))
+            say(f"API key for {ns.name} (shown once, store it now): {out.pop('key')}")
+        elif ns.action == "change":
+            out = client.change_key(ns.name, **_fields(ns))
+        else:
+            out = client.revoke_key(ns.name)
+        _print(out)
+        return 0
+
+    try:
+        return run(ns)
+    except ValueError as exc:
+        say(f"invalid limit: {exc}")
+        return 2
+
+
 def register(sub) -> None:
+    import os
+
+    h = "API keys at run time: list, create, change or revoke (admin API; key from $SERVE_APP_ADMIN_KEY)"
+    k = sub.add_parser("keys", help=h, description=h + ". A revoked key is refused by every ingress replica "
+                       "within about a second.")
+    k.add_argument("action", choices=["list", "create", "change", "revoke"])
+    k.add_argument("name", nargs="?", help="the key's name (create, change, revoke)")
+    k.add_argument("--url", default=os.environ.get("SERVE_APP_URL", "http://127.0.0.1:8000"), help="the app's URL")
+    k.add_argument("--tenant", help="whose models, state and documents the key reaches (default: its name)")
+    k.add_argument("--scopes", help="comma-separated: public, admin (default: public)")
+    k.add_argument("--models", help="comma-separated served model names the key may use (default: every model; "
+                   "change: none clears)")
+    k.add_argument("--rpm", help="requests per minute (default: unlimited; change: none clears)")
+    k.add_argument("--tpm", help="tokens per minute (default: unlimited; change: none clears)")
+    k.set_defaults(func=cmd_keys)
+
     h = "make an API key and its entry for the key file ($SERVE_APP_API_KEYS_FILE)"
     hk = sub.add_parser("hash-key", help=h, description=h)
     hk.add_argument("--name", required=True, help="who the key belongs to")
