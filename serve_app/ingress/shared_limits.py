@@ -34,11 +34,16 @@ Take = Callable[[str, str, float, float, float, float], tuple[float, float]]
 
 
 class SharedRateLimiter:
-    def __init__(self, take: Take):
-        self._take = take
+    def __init__(self, take: Take, clock: Callable[[], float] = time.time):
+        """``take``: the store's lease (state/buckets.py ``take`` on an engine). ``clock``: wall-clock time,
+        which every replica's leases are stamped with."""
+        self._take, self._clock = take, clock
         self._held: dict[tuple[str, str], float] = {}
         self._seen: dict[tuple[str, str], tuple[float, float]] = {}  # the shared level after our last lease, when
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        # When the shared bucket said it would next have enough: until then a request is refused here, so a
+        # flood on an exhausted key costs the store nothing.
+        self._empty_until: dict[tuple[str, str], float] = {}
         self.local = RateLimiter()
         self._down_until = 0.0
 
@@ -53,20 +58,25 @@ class SharedRateLimiter:
             return math.inf
         if self._held.get(k, 0.0) >= amount:
             return 0.0
+        now = self._clock()
+        if now < self._empty_until.get(k, 0.0):
+            return self._empty_until[k] - now
         async with self._locks.setdefault(k, asyncio.Lock()):
             held = self._held.get(k, 0.0)
             if held >= amount:  # another request's lease, taken while this one waited
                 return 0.0
             need = amount - held
             want = max(need, rate * LEASE_S / 60.0)
-            now = time.time()
+            now = self._clock()
             taken, level = await asyncio.wait_for(
                 asyncio.to_thread(self._take, key.sha256, kind, rate, want, need, now), STORE_TIMEOUT_S)
             self._seen[k] = (level, now)
             if taken > 0:
                 self._held[k] = held + taken
                 return 0.0
-            return max(0.0, need - level) * 60.0 / rate
+            wait = max(0.0, need - level) * 60.0 / rate
+            self._empty_until[k] = now + wait
+            return wait
 
     async def acquire(self, key: KeyEntry, requests: int = 0, tokens: int = 0) -> tuple[str | None, float]:
         """As ``RateLimiter.admit``: charge both when both fit, else (the limit short, seconds to wait)."""
@@ -99,7 +109,7 @@ class SharedRateLimiter:
         shared bucket (refilled to now) plus what it holds."""
         if self.failed_over:
             return limit_headers(self.local, key)
-        now = time.time()
+        now = self._clock()
         out = []
         for kind, rate in (("requests", key.requests_per_minute), ("tokens", key.tokens_per_minute)):
             if not rate:

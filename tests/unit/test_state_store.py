@@ -146,17 +146,23 @@ def _send(limiters, key, clock, per_s: float, window_s: float) -> tuple[int, int
     return asyncio.run(run())
 
 
-def test_two_replicas_share_one_limit_and_one_alone_gets_all_of_it(engine, monkeypatch):
+def test_two_replicas_share_one_limit_and_one_alone_gets_all_of_it(engine):
     n = 60
     clock = Clock()
-    monkeypatch.setattr("serve_app.ingress.shared_limits.time.time", clock)
     _, key = _entry("dave", requests_per_minute=n)
     lease = n * LEASE_S / 60
-    replicas = [SharedRateLimiter(lambda *a: buckets.take(engine, *a)) for _ in range(2)]
+    calls = []
+
+    def take(*a):
+        calls.append(a)
+        return buckets.take(engine, *a)
+
+    replicas = [SharedRateLimiter(take, clock) for _ in range(2)]
     # 4 minutes' worth of requests in 10 s across both replicas: at most the minute's burst, 10 s of refill and
     # a lease per replica are admitted.
     admitted, refused = _send(replicas, key, clock, per_s=4 * n / 60 * 6, window_s=10)
     assert n + n / 6 - 2 <= admitted <= n + n / 6 + 2 * lease and refused > 0
+    assert len(calls) < refused  # an exhausted key is refused without a store call until it refills
     # A fresh key to one replica only: all of the limit (no static split).
     _, solo = _entry("erin", requests_per_minute=n)
     admitted, _ = _send(replicas[:1], solo, clock, per_s=4 * n / 60 * 6, window_s=10)
