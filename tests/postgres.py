@@ -58,6 +58,13 @@ class Postgres:
         # Trust on loopback only, no fsync: a throwaway cluster whose speed is the suite's.
         self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", USER, "-A", "trust", "--no-sync",
                   "-E", "UTF8")
+        return self.resume()
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data (a store outage); ``resume`` starts it again on the same port."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
+
+    def resume(self) -> "Postgres":
         options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir} -c fsync=off"
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.dir / "log"),
                   "-w", "-t", "60", "start")

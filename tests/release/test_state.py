@@ -1,6 +1,7 @@
 """The state store on the session app, which runs on PostgreSQL (tests/conftest.py): API keys made, used, rate
 limited and revoked at run time with two ingress replicas; bad key requests; the release history read back
-after the release controller is killed and the state directory removed, and a rollback from it.
+after the release controller is killed and the state directory removed, and a rollback from it; the store
+stopped: admin writes refused with 503, chat answering.
 
 Keys turn key checking on for every route, so the key test removes every key row when it ends (the suite's
 other tests call anonymously), and waits until anonymous calls pass again."""
@@ -140,3 +141,20 @@ def test_history_outlives_the_release_controller_and_its_state_directory(app_pro
     assert r.status_code == 202, r.text
     done = follow(admin, r.json()["release"])
     assert done["status"] == "good" and done["kind"] == "rollback"
+
+
+def test_the_store_going_away_refuses_admin_writes_and_chat_goes_on(postgres, admin, client, model_name):
+    postgres.pause()
+    try:
+        r = admin.post("/admin/keys", json={"name": "during-outage"})
+        assert r.status_code == 503 and "state store" in r.json()["error"]["message"], r.text
+        r = admin.post("/admin/scale", json={"deployment": "Agent", "replicas": 2})
+        assert r.status_code == 503 and "state store" in r.json()["error"]["message"], r.text
+        answer = client.chat.completions.create(model=model_name, max_tokens=4,
+                                                messages=[{"role": "user", "content": "Say hi."}])
+        assert answer.choices[0].message.content
+    finally:
+        postgres.resume()
+    wait_until(lambda: admin.get("/admin/keys").status_code == 200, 60, what="the store answering again")
+    assert "during-outage" not in admin.get("/admin/keys").text
+    assert admin.get("/admin/status").json()["deployments"]["Agent"]["running_replicas"] == 1

@@ -7,6 +7,8 @@ imports neither Ray nor vLLM. No server: the admin API is an httpx.MockTransport
 
 import argparse
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -55,8 +57,20 @@ def test_python_dash_m_is_the_same_command():
 
 
 def test_every_subcommand_exists():
-    assert set(SUBCOMMANDS) >= {"run", "prepare-model", "check-config", "kuberay", "hash-key", "deploy", "status",
-                                "history", "rollback", "scale", "ingest", "bench"}
+    assert set(SUBCOMMANDS) >= {"run", "prepare-model", "check-config", "kuberay", "hash-key", "keys", "deploy",
+                                "status", "history", "rollback", "scale", "ingest", "bench"}
+
+
+def test_run_with_a_state_store_it_cannot_reach_stops_with_its_url_and_no_traceback():
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"postgresql://serve:secret-pw@127.0.0.1:{port}/state"
+    out = subprocess.run([sys.executable, "-m", "serve_app.cli", "run", "--config", "configs/dev-cpu.yaml"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60, env={**os.environ, "SERVE_APP_STATE_URL": url})
+    assert out.returncode == 2, out.stderr
+    assert f"127.0.0.1:{port}/state" in out.stderr and "secret-pw" not in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 @pytest.mark.parametrize("cmd", [c for c in SUBCOMMANDS if c != "bench"])
