@@ -7,8 +7,8 @@ state directory. Instead a config names where the secret is:
 - an environment variable of the nodes' processes: ``OTEL_EXPORTER_OTLP_HEADERS: "authorization=${OTLP_AUTH}"``
   in a ``runtime_env.env_vars``. Ray expands ``${NAME}`` when it starts each replica's process, from the
   environment Ray was started with (on KubeRay: the pod's env, e.g. from a Kubernetes Secret);
-- a mounted file, for the app's own secrets: ``SERVE_APP_ADMIN_KEY_FILE``, ``SERVE_APP_API_KEYS_FILE``
-  (only the path is in the config).
+- a mounted file, for the app's own secrets: ``SERVE_APP_ADMIN_KEY_FILE``, ``SERVE_APP_API_KEYS_FILE``,
+  ``SERVE_APP_STATE_URL_FILE`` (only the path is in the config).
 
 ``check_secrets`` refuses a config whose environment variable with a secret's name (a name part such as
 KEY, TOKEN, SECRET, PASSWORD, AUTH, HEADERS, CREDENTIALS) holds a value without a ``${NAME}`` reference; the
@@ -30,8 +30,14 @@ _REFERENCE = re.compile(r"\$\{[A-Z0-9_]+\}")
 REDACTED = "<redacted>"
 
 
+# Whole names that hold a secret though no part says so: the state store's URL carries its password.
+_SECRET_NAMES = {"SERVE_APP_STATE_URL"}
+
+
 def secret_name(name: str) -> bool:
     upper = name.upper()
+    if upper in _SECRET_NAMES:
+        return True
     return not upper.endswith(_LOCATION_SUFFIXES) and bool(_SECRET_PARTS & set(re.split(r"[^A-Z0-9]+", upper)))
 
 

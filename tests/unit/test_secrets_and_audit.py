@@ -22,6 +22,9 @@ pytestmark = pytest.mark.unit
     ("TOKENIZERS_PARALLELISM", "false", False),  # a name part, not a substring
     ("LOG_LEVEL", "debug", False),
     ("HF_TOKEN", "", False),
+    ("SERVE_APP_STATE_URL", "postgresql://app:pw@db/serve", True),  # the store's URL carries its password
+    ("SERVE_APP_STATE_URL", "${STATE_URL}", False),
+    ("SERVE_APP_STATE_URL_FILE", "/run/secrets/state-url", False),
 ])
 def test_a_secret_is_told_by_its_name_and_passes_as_a_reference(name, value, plain):
     assert secrets.plain_secret(name, value) is plain
