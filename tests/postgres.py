@@ -76,3 +76,21 @@ class Postgres:
                 self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def remove_api_keys(url: str) -> None:
+    """Delete every API key and rate-limit bucket of the store at ``url`` and bump the keys' change counter, so
+    the ingress replicas turn key checking off within their poll. The admin API only revokes (a revoked key
+    keeps checking on); a test that turned keys on gives the suite's anonymous callers the app back this way."""
+    from sqlalchemy import create_engine, delete, update
+
+    from serve_app.state.tables import api_keys, rate_buckets, versions
+
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.begin() as conn:
+            conn.execute(delete(api_keys))
+            conn.execute(delete(rate_buckets))
+            conn.execute(update(versions).where(versions.c.name == "keys").values(n=versions.c.n + 1))
+    finally:
+        engine.dispose()

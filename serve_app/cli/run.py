@@ -1,6 +1,6 @@
 """The runner: `serve-app run` (start Ray or join a cluster, deploy a Serve config file, wait, shut down on
-SIGINT/SIGTERM), `prepare-model`, `check-config`, `expand` (the file as Serve's multi-application config) and
-`kuberay` (that as a KubeRay RayService manifest)."""
+SIGINT/SIGTERM), `prepare-model`, `check-config`, `migrate` (the state store's schema), `expand` (the file as
+Serve's multi-application config) and `kuberay` (that as a KubeRay RayService manifest)."""
 
 from __future__ import annotations
 
@@ -269,6 +269,20 @@ def cmd_check_config(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(ns: argparse.Namespace) -> int:
+    """Bring the state store's schema to head (what `serve-app run` and the release controller do at start)."""
+    from serve_app.state import store
+
+    try:
+        engine = store.open_store()
+        say(f"state store {store.shown(str(engine.url))}: schema at {store.revision(engine)}")
+        engine.dispose()
+    except store.StoreUnavailable as exc:
+        say(str(exc))
+        return 2
+    return 0
+
+
 def cmd_kuberay(ns: argparse.Namespace) -> int:
     import ray
 
@@ -316,6 +330,10 @@ def register(sub) -> None:
     check = sub.add_parser("check-config", help=h, description=h)
     check.add_argument("config", help="Serve config file")
     check.set_defaults(func=cmd_check_config)
+
+    h = ("migrate the state store ($SERVE_APP_STATE_URL, else SQLite in the state directory) to this serve_app's "
+         "schema; `serve-app run` and the release controller do it at start")
+    sub.add_parser("migrate", help=h, description=h).set_defaults(func=cmd_migrate)
 
     h = ("write the Serve config a config file runs as: one application per component (what `serve deploy` "
          "takes; `serve-app run` and releases expand it themselves)")

@@ -7,8 +7,11 @@ state directory. Instead a config names where the secret is:
 - an environment variable of the nodes' processes: ``OTEL_EXPORTER_OTLP_HEADERS: "authorization=${OTLP_AUTH}"``
   in a ``runtime_env.env_vars``. Ray expands ``${NAME}`` when it starts each replica's process, from the
   environment Ray was started with (on KubeRay: the pod's env, e.g. from a Kubernetes Secret);
-- a mounted file, for the app's own secrets: ``SERVE_APP_ADMIN_KEY_FILE``, ``SERVE_APP_API_KEYS_FILE``,
-  ``SERVE_APP_STATE_URL_FILE`` (only the path is in the config).
+- a mounted file, for the app's own secrets: ``SERVE_APP_ADMIN_KEY_FILE``, ``SERVE_APP_API_KEYS_FILE``
+  (only the path is in the config).
+
+The state store's URL (``SERVE_APP_STATE_URL``, ``SERVE_APP_STATE_URL_FILE``) is refused in a config altogether
+(``PROCESS_ONLY``): it is read from the environment Ray runs with.
 
 ``check_secrets`` refuses a config whose environment variable with a secret's name (a name part such as
 KEY, TOKEN, SECRET, PASSWORD, AUTH, HEADERS, CREDENTIALS) holds a value without a ``${NAME}`` reference; the
@@ -30,14 +33,13 @@ _REFERENCE = re.compile(r"\$\{[A-Z0-9_]+\}")
 REDACTED = "<redacted>"
 
 
-# Whole names that hold a secret though no part says so: the state store's URL carries its password.
-_SECRET_NAMES = {"SERVE_APP_STATE_URL"}
+# Read from the environment Ray runs with, never from a config: configs are what the state store keeps, and a
+# release cannot move the store its own history is in (serve_app/state/store.py).
+PROCESS_ONLY = frozenset({"SERVE_APP_STATE_URL", "SERVE_APP_STATE_URL_FILE"})
 
 
 def secret_name(name: str) -> bool:
     upper = name.upper()
-    if upper in _SECRET_NAMES:
-        return True
     return not upper.endswith(_LOCATION_SUFFIXES) and bool(_SECRET_PARTS & set(re.split(r"[^A-Z0-9]+", upper)))
 
 
@@ -67,11 +69,15 @@ def _env_maps(config: dict[str, Any]):
 def secret_problems(config: dict[str, Any]) -> list[str]:
     """The fields of ``config`` that hold a secret's value (empty: none)."""
     return [f"{where}.{name}" for where, env in _env_maps(config) for name, value in env.items()
-            if plain_secret(name, value)]
+            if plain_secret(name, value) or str(name) in PROCESS_ONLY]
 
 
 def refusal(field: str) -> str:
     """Why ``field`` is refused (the value is never repeated)."""
+    if field.rsplit(".", 1)[-1] in PROCESS_ONLY:
+        return (f"{field}: the state store's location is read from the environment Ray runs with (on KubeRay, the "
+                "pods'), not from a config: a config is what the store keeps, and a release cannot move the store "
+                "its history is in (docs/operations.md, 'The state store')")
     return (f"{field} holds a secret's value: a config is kept in the release history, so it names secrets "
             "instead of carrying them; put the value in the environment Ray runs with (or a mounted file) and "
             "write ${NAME} here (docs/operations.md, 'Secrets')")

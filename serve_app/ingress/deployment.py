@@ -85,7 +85,10 @@ class Ingress:
             # Serve builds the app on the replica's event loop: probing starts with the replica, so its first
             # /healthz finds records. (Without a running loop, the first /healthz starts it.)
             self.context.health.start()
-            self.context.keys.start()
+        except RuntimeError:
+            pass
+        try:
+            self.context.keys.start()  # else the auth middleware starts it with the first request
         except RuntimeError:
             pass
         return app

@@ -19,6 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from functools import partial
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -39,7 +40,8 @@ class SharedRateLimiter:
         which every replica's leases are stamped with."""
         self._take, self._clock = take, clock
         self._held: dict[tuple[str, str], float] = {}
-        self._seen: dict[tuple[str, str], tuple[float, float]] = {}  # the shared level after our last lease, when
+        # The shared level after this replica's last lease, and when it was read.
+        self._seen: dict[tuple[str, str], tuple[float, float]] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         # When the shared bucket said it would next have enough: until then a request is refused here, so a
         # flood on an exhausted key costs the store nothing.
@@ -68,15 +70,25 @@ class SharedRateLimiter:
             need = amount - held
             want = max(need, rate * LEASE_S / 60.0)
             now = self._clock()
-            taken, level = await asyncio.wait_for(
-                asyncio.to_thread(self._take, key.sha256, kind, rate, want, need, now), STORE_TIMEOUT_S)
+            lease = asyncio.ensure_future(asyncio.to_thread(self._take, key.sha256, kind, rate, want, need, now))
+            try:
+                taken, level = await asyncio.wait_for(asyncio.shield(lease), STORE_TIMEOUT_S)
+            except TimeoutError:
+                # The store may still grant it: then it is held here, not lost from the shared bucket.
+                lease.add_done_callback(partial(self._late_lease, k))
+                raise
             self._seen[k] = (level, now)
             if taken > 0:
-                self._held[k] = held + taken
+                # Read again: requests admitted from what was held while this lease was out spent some.
+                self._held[k] = self._held.get(k, 0.0) + taken
                 return 0.0
             wait = max(0.0, need - level) * 60.0 / rate
             self._empty_until[k] = now + wait
             return wait
+
+    def _late_lease(self, k: tuple[str, str], lease: asyncio.Future) -> None:
+        if not lease.cancelled() and lease.exception() is None:
+            self._held[k] = self._held.get(k, 0.0) + lease.result()[0]
 
     async def acquire(self, key: KeyEntry, requests: int = 0, tokens: int = 0) -> tuple[str | None, float]:
         """As ``RateLimiter.admit``: charge both when both fit, else (the limit short, seconds to wait)."""

@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from serve_app.protocol.keys import KeyEntry
@@ -57,8 +57,8 @@ class KeyStore:
         self.engine = engine
 
     def _bump(self, conn) -> None:
-        if not conn.execute(update(versions).where(versions.c.name == COUNTER).values(n=versions.c.n + 1)).rowcount:
-            conn.execute(insert(versions).values(name=COUNTER, n=1))
+        # The counter's row comes with the schema (migration 0001).
+        conn.execute(update(versions).where(versions.c.name == COUNTER).values(n=versions.c.n + 1))
 
     def version(self) -> int:
         with self.engine.connect() as conn:
@@ -124,7 +124,3 @@ class KeyStore:
             except IntegrityError:
                 continue
         return added
-
-    def count(self) -> int:
-        with self.engine.connect() as conn:
-            return conn.execute(select(func.count()).select_from(api_keys)).scalar_one()

@@ -8,8 +8,9 @@ schema kept by Alembic (serve_app/state/migrations).
 The URL is not a config field on purpose: configs are what the store keeps (release history), and a release
 cannot move the history it is recorded in. A `postgresql://` URL uses psycopg 3.
 
-Migrations run from one process: the release controller's actor when it starts (``serve-app run`` creates it
-before any replica; it is one detached actor per cluster) and ``serve-app migrate``. Replicas only check that
+Migrations run from one process at a time: ``serve-app run`` before it starts Ray, the release controller's
+actor when it starts (one detached actor per cluster), and ``serve-app migrate`` (e.g. a deploy pipeline's
+step before ``serve deploy``). Replicas only check that
 the schema is at head (``at_head``) and wait for it otherwise, so they never race a migration.
 An existing SQLite history of an older serve_app (``releases.sqlite`` in the state directory) is copied in on
 the first start of a store that holds no release yet (``import_legacy``).
@@ -26,6 +27,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, event, func, insert, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -115,7 +117,8 @@ def migrate(engine: Engine, state_dir: Path | None = None) -> None:
         with engine.begin() as conn:
             command.upgrade(_alembic(conn), "head")
         import_legacy(engine, state_dir or paths.state_dir())
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, CommandError, sqlite3.Error, OSError) as exc:
+        # CommandError: a schema revision this code does not know (a newer serve_app migrated the store).
         raise StoreUnavailable(f"the state store {shown(str(engine.url))} cannot be used: "
                                f"{str(getattr(exc, 'orig', None) or exc).strip()[:300]}") from None
 
@@ -138,10 +141,11 @@ def import_legacy(engine: Engine, state_dir: Path) -> int:
     if not legacy.exists():
         return 0
     with engine.connect() as conn:
-        if conn.execute(select(func.count()).select_from(tables.releases)).scalar_one():
-            return 0
-    src = sqlite3.connect(f"file:{legacy}?mode=ro", uri=True)
+        if any(conn.execute(select(func.count()).select_from(t)).scalar_one() for t in (tables.releases, tables.audit)):
+            return 0  # the store has a history of its own (or this file was copied in already)
+    src = None
     try:
+        src = sqlite3.connect(f"file:{legacy}?mode=ro", uri=True)
         have = [row[1] for row in src.execute("PRAGMA table_info(releases)")]
         cols = [c for c in _LEGACY_COLUMNS if c in have]
         rows = [dict(zip(cols, r, strict=True)) for r in src.execute(f"SELECT {', '.join(cols)} FROM releases ORDER BY n")]
@@ -151,7 +155,8 @@ def import_legacy(engine: Engine, state_dir: Path) -> int:
         logger.warning("not importing the older history %s: %s", legacy, exc)
         return 0
     finally:
-        src.close()
+        if src is not None:
+            src.close()
     with engine.begin() as conn:
         if rows:
             conn.execute(insert(tables.releases), rows)

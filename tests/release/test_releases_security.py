@@ -12,6 +12,8 @@ import yaml
 
 from tests.chaos.faults import follow as _follow
 from tests.names import LLM
+from tests.polling import wait_until
+from tests.postgres import remove_api_keys
 from tests.release.test_releases import TINY
 
 pytestmark = pytest.mark.release
@@ -65,7 +67,7 @@ def test_a_release_that_would_run_code_is_refused_naming_the_field(admin):
     assert "sk-live-123" not in json.dumps(audit)
 
 
-def test_api_keys_and_rate_limits_through_a_release(app_url, http, admin, admin_key, model_name, tmp_path):
+def test_api_keys_and_rate_limits_through_a_release(app_url, http, admin, admin_key, model_name, tmp_path, postgres):
     import openai
 
     from serve_app.ingress.limits import digest
@@ -140,7 +142,12 @@ def test_api_keys_and_rate_limits_through_a_release(app_url, http, admin, admin_
         r = admin.post("/admin/rollback", json={"release": before})
         assert r.status_code == 202, r.text
         assert _follow(admin, r.json()["release"])["status"] == "good"
-    assert http.get("/v1/models").status_code == 200  # keys off again
+    # The file seeded the state store, whose keys outlive the release that named the file: still checked.
+    assert http.get("/v1/models").status_code == 401
+    assert {k["name"]: k["source"] for k in admin.get("/admin/keys").json()["data"]} == \
+        {"app": "file", "ops": "file", "tiny-only": "file"}
+    remove_api_keys(postgres.url)
+    wait_until(lambda: http.get("/v1/models").status_code == 200, 10, what="keys off again")
     # A rollback to the release that names the secret works: the reference is expanded again.
     r = admin.post("/admin/rollback", json={"release": keys_on})
     assert r.status_code == 202 and _follow(admin, r.json()["release"])["status"] == "good", r.text
@@ -149,3 +156,5 @@ def test_api_keys_and_rate_limits_through_a_release(app_url, http, admin, admin_
     finally:
         r = admin.post("/admin/rollback", json={"release": before})
         assert r.status_code == 202 and _follow(admin, r.json()["release"])["status"] == "good", r.text
+        remove_api_keys(postgres.url)  # the file seeded them again
+        wait_until(lambda: http.get("/v1/models").status_code == 200, 10, what="keys off again")

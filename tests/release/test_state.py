@@ -17,12 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-from sqlalchemy import create_engine, delete, update
 
-from serve_app.state.tables import api_keys, rate_buckets, versions
 from tests.chaos.faults import follow, titled
 from tests.conftest import ADMIN_KEY
 from tests.polling import wait_until
+from tests.postgres import remove_api_keys
 
 pytestmark = pytest.mark.release
 N = 30  # the limited key's requests per minute
@@ -55,14 +54,7 @@ def two_ingress_replicas(admin):
 @pytest.fixture
 def keys_removed_after(postgres, http):
     yield
-    engine = create_engine(postgres.url.replace("postgresql://", "postgresql+psycopg://"))
-    try:
-        with engine.begin() as conn:
-            conn.execute(delete(api_keys))
-            conn.execute(delete(rate_buckets))
-            conn.execute(update(versions).where(versions.c.name == "keys").values(n=versions.c.n + 1))
-    finally:
-        engine.dispose()
+    remove_api_keys(postgres.url)
     wait_until(lambda: all(http.get("/v1/models").status_code == 200 for _ in range(6)), 30,
                what="anonymous calls allowed again")
 

@@ -22,12 +22,18 @@ pytestmark = pytest.mark.unit
     ("TOKENIZERS_PARALLELISM", "false", False),  # a name part, not a substring
     ("LOG_LEVEL", "debug", False),
     ("HF_TOKEN", "", False),
-    ("SERVE_APP_STATE_URL", "postgresql://app:pw@db/serve", True),  # the store's URL carries its password
-    ("SERVE_APP_STATE_URL", "${STATE_URL}", False),
-    ("SERVE_APP_STATE_URL_FILE", "/run/secrets/state-url", False),
 ])
 def test_a_secret_is_told_by_its_name_and_passes_as_a_reference(name, value, plain):
     assert secrets.plain_secret(name, value) is plain
+
+
+@pytest.mark.parametrize("value", ["postgresql://app:pw@db/serve", "${STATE_URL}"])
+def test_the_state_store_url_is_refused_in_a_config_whatever_its_value(value):
+    config = {"applications": [{"name": "serve_app", "runtime_env": {"env_vars": {"SERVE_APP_STATE_URL": value}}}]}
+    with pytest.raises(ValueError, match="applications\\[0\\].runtime_env.env_vars.SERVE_APP_STATE_URL: the state "
+                                         "store's location is read from the environment") as caught:
+        secrets.check_secrets(config)
+    assert "pw@" not in str(caught.value)
 
 
 def test_a_config_with_a_secret_value_is_refused_naming_the_field_and_redacted_on_read():

@@ -186,3 +186,38 @@ def test_a_store_that_does_not_answer_turns_a_replica_to_its_own_buckets():
     results = asyncio.run(run())
     assert [kind for kind, _ in results] == [None, None, "requests"]  # limited, per replica: not open, not closed
     assert limiter.failed_over and dict(limiter.headers(key))[b"x-ratelimit-remaining-requests"] == b"0"
+
+
+def test_the_auth_middleware_follows_the_key_book_and_fails_closed_before_its_first_read(engine):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from serve_app.config.settings import AppSettings
+    from serve_app.ingress.context import IngressContext
+    from serve_app.ingress.errors import install_error_handlers
+    from serve_app.ingress.middleware import AuthMiddleware
+
+    ctx = IngressContext.build(AppSettings.model_validate({"model": {"enabled": False}}), state=engine,
+                               controller_lookup=lambda: None)
+    app = FastAPI()
+    app.add_middleware(AuthMiddleware)
+    install_error_handlers(app)
+    app.state.context = ctx
+
+    @app.get("/v1/models")
+    async def models():
+        return {"ok": True}
+
+    c = TestClient(app)
+    r = c.get("/v1/models")  # keys not read yet: whether any exist is unknown
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    ctx.keys.refresh()
+    assert c.get("/v1/models").status_code == 200  # no key ever: open
+    key, entry = _entry("gina")
+    KeyStore(engine).create(entry)
+    ctx.keys.refresh()
+    with_key = {"Authorization": f"Bearer {key}"}
+    assert c.get("/v1/models").status_code == 401 and c.get("/v1/models", headers=with_key).status_code == 200
+    KeyStore(engine).revoke("gina")  # the last key: checking stays on, and it is refused
+    ctx.keys.refresh()
+    assert c.get("/v1/models").status_code == 401 and c.get("/v1/models", headers=with_key).status_code == 401

@@ -35,7 +35,18 @@ class AuthMiddleware:
                 return
             await self.app(scope, receive, send)
             return
-        if scope["type"] != "http" or not keys or ctx is None or path in OPEN_PATHS:
+        if ctx is not None:
+            ctx.keys.start()  # the key book's poll, once per replica (a no-op after the first call)
+        if scope["type"] != "http" or ctx is None or path in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if not ctx.keys.loaded:
+            # Started while the state store does not answer: whether keys exist is unknown, so nothing passes
+            # (failing open would serve anonymous callers of an app whose keys are on).
+            await refuse(send, 503, "this replica has not read the API keys from the state store yet; retry",
+                         [(b"retry-after", b"1")])
+            return
+        if keys is None:  # key checking off; an empty dict (every key revoked) refuses everyone
             await self.app(scope, receive, send)
             return
         from serve_app.observability.metrics import metric
@@ -50,8 +61,10 @@ class AuthMiddleware:
         kind, wait = await limiter.acquire(entry, requests=1)
         if kind is not None:
             metric("serve_app_rate_limited_requests").inc(tags={"limit": kind})
+            # inf: a key whose limit is under one request a minute (a key file may say so) never fits.
+            retry = 60 if math.isinf(wait) else max(1, math.ceil(wait))
             await refuse(send, 429, f"rate limit of this API key reached ({entry.requests_per_minute:g} requests per "
-                          "minute); retry later", [(b"retry-after", str(max(1, math.ceil(wait))).encode()),
+                          "minute); retry later", [(b"retry-after", str(retry).encode()),
                                                    *limiter.headers(entry)])
             return
 

@@ -25,9 +25,10 @@ FIRST_ROUND_S = 0.3
 
 
 def _full_view(request: Request) -> bool:
-    """Everything (process ids, errors) with API keys off, or for the admin key; states only otherwise."""
+    """Everything (process ids, errors) with API keys off, or for the admin key; states only otherwise (also
+    while the replica has not read the keys yet)."""
     ctx = context(request)
-    if not ctx.api_keys:
+    if ctx.api_keys is None and ctx.keys.loaded:
         return True
     try:
         check_admin(request.headers.raw, ctx.admin.digest, ctx.api_keys)
