@@ -61,7 +61,7 @@ lint: install
 
 # Every tier (tests/README.md): unit, cluster, app, release, chaos. CI runs this; nothing is deselected.
 test: install test-tools lint
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --durations=40
 
 # The inner loop: the gate, the unit tier and one smoke test against a started app.
 test-fast: install test-tools lint
