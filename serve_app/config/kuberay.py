@@ -6,7 +6,9 @@ so the cluster runs the same release the file describes, with the same per-compo
 applies ``serveConfigV2`` itself: the release controller's history starts with the first release submitted
 to the admin API (the plain file: ``serve-app deploy``).
 The Ray cluster around it: a CPU head that runs no replicas (``num-cpus: 0``) and one autoscaled worker
-group with a GPU each for the LLM replicas; the admin key comes from a Kubernetes secret.
+group with a GPU each for the LLM replicas; the admin key comes from a Kubernetes secret, and so does the state
+store's URL (secret ``serve-app-state``, key ``url``: a PostgreSQL URL every pod reaches; without it each pod
+keeps its own SQLite file, which a head restart loses: docs/operations.md, "The state store").
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ from serve_app.config.loader import load_serve_config
 
 def rayservice(config_path: str | Path, *, name: str = "serve-app", image: str, ray_version: str,
                workers: tuple[int, int, int] = (1, 1, 8), gpus_per_worker: int = 1,
-               admin_secret: str = "serve-app-admin") -> dict[str, Any]:
+               admin_secret: str = "serve-app-admin", state_secret: str = "serve-app-state") -> dict[str, Any]:
     """The manifest as a dict. ``workers`` is (replicas, min, max) of the GPU worker group."""
     schema, _ = load_serve_config(config_path)  # refuse an invalid config before writing anything
     serve_config = expand(schema.model_dump(mode="json", exclude_unset=True))
     env = [{"name": "SERVE_APP_ADMIN_KEY",
-            "valueFrom": {"secretKeyRef": {"name": admin_secret, "key": "admin-key", "optional": True}}}]
+            "valueFrom": {"secretKeyRef": {"name": admin_secret, "key": "admin-key", "optional": True}}},
+           {"name": "SERVE_APP_STATE_URL",
+            "valueFrom": {"secretKeyRef": {"name": state_secret, "key": "url", "optional": True}}}]
 
     def container(role: str, resources: dict[str, Any], ports: list[dict[str, Any]]) -> dict[str, Any]:
         return {"name": f"ray-{role}", "image": image, "env": env, "resources": {"requests": resources, "limits": resources},
