@@ -94,11 +94,17 @@ def cmd_status(ns: argparse.Namespace, client: AdminClient) -> int:
     return 0
 
 
+def _one_line(text: str, limit: int = 200) -> str:
+    """A release's outcome on its row: an engine's error may span lines (`GET /admin/releases/{n}` has it whole)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 @_admin_command
 def cmd_history(ns: argparse.Namespace, client: AdminClient) -> int:
     for r in client.releases():
         print(f"{r['n']:>4}  {r['status']:<10} {r['kind']:<9} {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r['created_at']))}"
-              f"  {r['actor']:<16} {', '.join(r['changed'])[:60]:<60} {r.get('outcome') or ''}")
+              f"  {r['actor']:<16} {', '.join(r['changed'])[:60]:<60} {_one_line(r.get('outcome') or '')}")
     return 0
 
 

@@ -12,11 +12,11 @@ import json
 import time
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from serve_app.protocol.keys import KeyEntry
-from serve_app.state.tables import api_keys, versions
+from serve_app.state.tables import api_keys, rate_buckets, versions
 
 COUNTER = "keys"
 _FIELDS = ("tenant", "scopes", "models", "requests_per_minute", "tokens_per_minute")
@@ -98,13 +98,16 @@ class KeyStore:
             return _record(conn.execute(select(api_keys).where(api_keys.c.name == name)).one())
 
     def revoke(self, name: str) -> dict[str, Any]:
+        """Revoke a key; its rate-limit buckets go with it (a revoked key is never charged again)."""
         with self.engine.begin() as conn:
             now = time.time()
             where = (api_keys.c.name == name) & api_keys.c.revoked_at.is_(None)
             if not conn.execute(update(api_keys).where(where).values(revoked_at=now, updated_at=now)).rowcount:
                 raise KeyNotFound(f"no active API key named {name!r}")
             self._bump(conn)
-            return _record(conn.execute(select(api_keys).where(api_keys.c.name == name)).one())
+            row = conn.execute(select(api_keys).where(api_keys.c.name == name)).one()
+            conn.execute(delete(rate_buckets).where(rate_buckets.c.key == row.sha256))
+            return _record(row)
 
     def seed(self, entries: list[KeyEntry]) -> int:
         """Add the key file's keys the store has never held (by digest or name); returns how many. The store's

@@ -126,7 +126,9 @@ def test_history_outlives_the_release_controller_and_its_state_directory(app_pro
     wait_until(lambda: admin.get("/admin/status").status_code == 200, 120, what="the release controller back")
     out = _cli(app_proc.url, "history")
     assert out.returncode == 0, out.stderr
-    listed = {int(line.split()[0]) for line in out.stdout.splitlines() if line.strip()}
+    rows = out.stdout.splitlines()
+    assert all(row.split()[0].isdigit() for row in rows), rows  # one line per release, whatever its outcome
+    listed = {int(row.split()[0]) for row in rows}
     assert set(before) <= listed
     # A rollback to a release made before the kill: its config comes from the store.
     r = admin.post("/admin/rollback", json={"release": last_good})

@@ -85,7 +85,10 @@ def test_keys_created_changed_revoked_and_seeded(engine):
     assert v == 1 and ever and active[alice.sha256].models == ["m"]
     changed = keys.update("alice", {"tenant": "team-a", "models": None, "tokens_per_minute": 100.0})
     assert changed["tenant"] == "team-a" and changed["models"] is None and changed["tokens_per_minute"] == 100
+    buckets.take(engine, alice.sha256, "requests", 60, 1, 1, 1000.0)
     assert keys.revoke("alice")["status"] == "revoked"
+    with engine.connect() as conn:  # its buckets went with it
+        assert conn.execute(text("SELECT count(*) FROM rate_buckets")).scalar() == 0
     with pytest.raises(KeyNotFound):
         keys.revoke("alice")
     with pytest.raises(KeyNotFound):
