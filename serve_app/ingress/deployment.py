@@ -16,7 +16,6 @@ from typing import Any
 
 from fastapi import FastAPI
 from ray import serve
-from sqlalchemy.exc import SQLAlchemyError
 
 from serve_app.calls.handles import handle_of
 from serve_app.config.components import component_app
@@ -67,8 +66,8 @@ class Ingress:
         try:
             if not self.context.keys.refresh():
                 _find_release_controller()  # the store's schema comes with the controller (it migrates)
-        except SQLAlchemyError as exc:  # not fatal: the key book keeps trying (and the file's keys hold)
-            logger.warning("the state store %s does not answer yet: %s", store.shown(str(engine.url)),
+        except Exception as exc:  # noqa: BLE001 - not fatal: the key book keeps trying; until it reads, 503s
+            logger.warning("cannot read the API keys from the state store %s yet: %s", store.shown(str(engine.url)),
                            type(exc).__name__)
         models = self.context.models
         served = set(models.models) | set(models.adapters) | {models.embedder_name}
