@@ -66,7 +66,11 @@ class AdminGate:
 
     @property
     def api_keys(self) -> Mapping[str, KeyEntry] | None:
-        return self._keys.active if self._keys is not None else None
+        """The keys that may open the admin API besides the admin key; none until the key book has read the
+        store (a key revoked there must not pass on the key file's word)."""
+        if self._keys is None or not self._keys.loaded:
+            return None
+        return self._keys.active
 
     def caller(self, scope) -> str:
         """``check_admin`` for the request of ``scope``."""
@@ -78,9 +82,11 @@ class AdminGate:
         (``admin_caller``): the route records the call under it without checking the key again."""
         try:
             who = self.caller(scope)
-        except Forbidden as exc:
-            return 403, exc.message
-        except Unauthorized as exc:
+        except (Forbidden, Unauthorized) as exc:
+            if self._keys is not None and not self._keys.loaded:  # an admin-scope key may be among the unread
+                return 503, "this replica has not read the API keys from the state store yet; retry"
+            if isinstance(exc, Forbidden):
+                return 403, exc.message
             client = scope.get("client")
             await self.audit(client[0] if client else "?", f"{scope.get('method', '?')} {scope.get('path', '')}"[:200],
                              False, "bad or missing key")

@@ -73,8 +73,9 @@ class SharedRateLimiter:
             lease = asyncio.ensure_future(asyncio.to_thread(self._take, key.sha256, kind, rate, want, need, now))
             try:
                 taken, level = await asyncio.wait_for(asyncio.shield(lease), STORE_TIMEOUT_S)
-            except TimeoutError:
-                # The store may still grant it: then it is held here, not lost from the shared bucket.
+            except (TimeoutError, asyncio.CancelledError):
+                # Past the deadline, or the client went away: the store may still grant the lease, which is then
+                # held here rather than lost from the shared bucket.
                 lease.add_done_callback(partial(self._late_lease, k))
                 raise
             self._seen[k] = (level, now)
@@ -82,7 +83,8 @@ class SharedRateLimiter:
                 # Read again: requests admitted from what was held while this lease was out spent some.
                 self._held[k] = self._held.get(k, 0.0) + taken
                 return 0.0
-            wait = max(0.0, need - level) * 60.0 / rate
+            # Never 0 when nothing was taken (a level read after another node's newer lease may show enough).
+            wait = max(1e-3, (need - level) * 60.0 / rate)
             self._empty_until[k] = now + wait
             return wait
 
@@ -100,10 +102,18 @@ class SharedRateLimiter:
         if self.failed_over:
             return self.local.admit(key, requests, tokens)
         try:
-            for kind, rate, amount in checks:
-                wait = await self._hold(key, kind, rate, amount)
-                if wait > 0:
-                    return kind, wait
+            while True:
+                for kind, rate, amount in checks:
+                    wait = await self._hold(key, kind, rate, amount)
+                    if wait > 0:
+                        return kind, wait
+                # Checked and charged with no await between: other requests may have spent what was held
+                # while this one waited for its second lease; then it holds again.
+                held = [((key.sha256, kind), amount) for kind, _, amount in checks]
+                if all(self._held.get(k, 0.0) >= amount for k, amount in held):
+                    for k, amount in held:
+                        self._held[k] -= amount
+                    return None, 0.0
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             from serve_app.observability.metrics import metric
 
@@ -112,9 +122,6 @@ class SharedRateLimiter:
             logger.warning("the state store did not answer a rate-limit lease (%s); limiting per replica for %gs",
                            type(exc).__name__, RETRY_S)
             return self.local.admit(key, requests, tokens)
-        for kind, _, amount in checks:
-            self._held[(key.sha256, kind)] -= amount
-        return None, 0.0
 
     def headers(self, key: KeyEntry) -> list[tuple[bytes, bytes]]:
         """OpenAI's x-ratelimit-* headers: what the key has left across replicas, as this replica last saw the

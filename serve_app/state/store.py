@@ -13,7 +13,7 @@ actor when it starts (one detached actor per cluster), and ``serve-app migrate``
 step before ``serve deploy``). Replicas only check that
 the schema is at head (``at_head``) and wait for it otherwise, so they never race a migration.
 An existing SQLite history of an older serve_app (``releases.sqlite`` in the state directory) is copied in on
-the first start of a store that holds no release yet (``import_legacy``).
+the first start of a store that holds no release and no audit record yet (``import_legacy``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, event, func, insert, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 
 from serve_app.config import paths
 from serve_app.state import tables
@@ -86,8 +86,11 @@ def make_engine(url: str) -> Engine:
     if u.drivername == "postgresql":
         u = u.set(drivername="postgresql+psycopg")
     # pre_ping: a connection the server dropped (restart, failover) is replaced instead of failing one call.
+    # TCP keepalives: a connection the network silently dropped fails within ~25 s instead of hanging a query
+    # (the key book's poll holds its lock while it reads).
     return create_engine(u, pool_pre_ping=True, pool_size=4, max_overflow=4, pool_timeout=5,
-                         connect_args={"connect_timeout": 5})
+                         connect_args={"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10,
+                                       "keepalives_interval": 5, "keepalives_count": 3})
 
 
 def _alembic(connection) -> Config:
@@ -135,7 +138,7 @@ _LEGACY_COLUMNS = [c.name for c in tables.releases.columns]
 
 def import_legacy(engine: Engine, state_dir: Path) -> int:
     """Copy the releases and audit rows of ``state_dir``/releases.sqlite (the history of a serve_app from
-    before the store) into an empty store; returns how many releases. Release numbers are kept; columns the
+    before the store) into a store with neither; returns how many releases. Release numbers are kept; columns the
     old file lacks get their defaults (schema_version 1, scope "app"), which is what its rows are."""
     legacy = Path(state_dir) / LEGACY_FILE
     if not legacy.exists():
@@ -157,10 +160,13 @@ def import_legacy(engine: Engine, state_dir: Path) -> int:
     finally:
         if src is not None:
             src.close()
-    with engine.begin() as conn:
-        if rows:
-            conn.execute(insert(tables.releases), rows)
-        if audit_rows:
-            conn.execute(insert(tables.audit), audit_rows)
+    try:
+        with engine.begin() as conn:
+            if rows:
+                conn.execute(insert(tables.releases), rows)
+            if audit_rows:
+                conn.execute(insert(tables.audit), audit_rows)
+    except IntegrityError:  # another process migrating at the same time copied it first
+        return 0
     logger.info("imported %d releases and %d audit records from %s", len(rows), len(audit_rows), legacy)
     return len(rows)

@@ -74,7 +74,7 @@ def test_keys_at_run_time_hold_on_every_ingress_replica(two_ingress_replicas, ke
     key = r.json()["key"]
     assert r.json()["tenant"] == "team-a" and admin.post("/admin/keys", json={"name": "alice"}).status_code == 409
     # Key checking is on, on both replicas, within the key book's poll.
-    wait_until(lambda: all(http.get("/v1/models").status_code == 401 for _ in range(8)), 5,
+    wait_until(lambda: all(http.get("/v1/models").status_code == 401 for _ in range(16)), 5,
                what="anonymous calls refused")
     assert openai.OpenAI(base_url=f"{app_url}/v1", api_key=key, max_retries=0).models.list().data
 
@@ -102,15 +102,20 @@ def test_keys_at_run_time_hold_on_every_ingress_replica(two_ingress_replicas, ke
     assert out.returncode == 0 and '"bob"' in out.stdout and '"alice"' in out.stdout
 
     # Revoked through the admin API: refused by both replicas within 2 s.
-    r = admin.delete("/admin/keys/bob")
-    assert r.status_code == 200 and r.json()["status"] == "revoked"
-    revoked_at = time.monotonic()
     with httpx.Client(base_url=app_url, timeout=30, headers={"Authorization": f"Bearer {bob}"}) as c:
-        wait_until(lambda: all(c.get("/v1/models").status_code == 401 for _ in range(10)), 10,
-                   interval_s=0.1, what="the revoked key refused")
-        refused_after = time.monotonic() - revoked_at
-        assert refused_after <= 2.5, refused_after  # the poll (1 s), plus the ten calls that confirm it
+        wait_until(lambda: all(c.get("/v1/models").status_code == 200 for _ in range(16)), 5,
+                   what="bob's key working on both replicas")
+        r = admin.delete("/admin/keys/bob")
+        assert r.status_code == 200 and r.json()["status"] == "revoked"
+        revoked_at = time.monotonic()
+
+        def refused_since() -> float | None:  # when a batch began whose every call was refused
+            began = time.monotonic()
+            return began if all(c.get("/v1/models").status_code == 401 for _ in range(16)) else None
+
+        refused_after = wait_until(refused_since, 10, interval_s=0.05, what="the revoked key refused") - revoked_at
         print(f"revoked key refused by every replica {refused_after:.2f} s after the revoke answered")
+        assert refused_after <= 2.0, refused_after
         assert [c.get("/v1/models").status_code for _ in range(20)] == [401] * 20
     actions = [a["action"] for a in admin.get("/admin/audit").json()["data"]]
     assert {"create key alice", "create key bob", "revoke key bob"} <= set(actions)

@@ -53,7 +53,7 @@ def test_schema_is_at_head_and_migrating_again_changes_nothing(engine):
     assert len(History(engine).list()) == 1
 
 
-def test_history_and_audit(engine):
+def test_history_and_audit(engine, monkeypatch):
     h = History(engine)
     n1 = h.add(actor="a", kind="initial", note=None, config={"applications": [1]}, changed=["everything"],
                status="deploying")
@@ -71,6 +71,9 @@ def test_history_and_audit(engine):
         h.audit("admin", f"act {i}", i % 2 == 0, None, max_rows=3)
     log = h.audit_log()
     assert log[0]["action"] == "act 4" and log[0]["allowed"] is True and log[1]["allowed"] is False
+    monkeypatch.setattr("serve_app.release.history.PRUNE_EVERY", 1)  # retention applied on every record
+    h.audit("admin", "act 5", True, None, max_rows=3)
+    assert [r["action"] for r in h.audit_log()] == ["act 5", "act 4", "act 3"]
 
 
 def test_keys_created_changed_revoked_and_seeded(engine):
@@ -113,6 +116,17 @@ def test_key_book_follows_the_store_and_revoking_the_last_key_keeps_checking_on(
     assert book.active == {}  # checking stays on: every key is refused
 
 
+def test_concurrent_leases_never_take_more_than_the_bucket_holds(engine):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(_):
+        return buckets.take(engine, "race", "requests", 50, 1, 1, 1000.0)[0]
+
+    with ThreadPoolExecutor(8) as pool:  # 8 writers at once, 80 leases of 1 against a bucket of 50
+        taken = sum(pool.map(one, range(80)))
+    assert taken == 50
+
+
 def test_buckets_lease_atomically(engine):
     take = buckets.take
     assert take(engine, "k", "requests", 60, 5, 1, 1000.0) == (5, 55)  # first use: a full bucket
@@ -149,7 +163,8 @@ def _send(limiters, key, clock, per_s: float, window_s: float) -> tuple[int, int
     return asyncio.run(run())
 
 
-def test_two_replicas_share_one_limit_and_one_alone_gets_all_of_it(engine):
+def test_two_replicas_share_one_limit_and_one_alone_gets_all_of_it(engine, monkeypatch):
+    monkeypatch.setattr("serve_app.ingress.shared_limits.STORE_TIMEOUT_S", 30)  # a slow first connect is no outage
     n = 60
     clock = Clock()
     _, key = _entry("dave", requests_per_minute=n)
@@ -202,6 +217,7 @@ def test_the_auth_middleware_follows_the_key_book_and_fails_closed_before_its_fi
 
     ctx = IngressContext.build(AppSettings.model_validate({"model": {"enabled": False}}), state=engine,
                                controller_lookup=lambda: None)
+    ctx.keys.start = lambda: None  # no background poll: the test says when the book reads the store
     app = FastAPI()
     app.add_middleware(AuthMiddleware)
     install_error_handlers(app)
@@ -211,9 +227,14 @@ def test_the_auth_middleware_follows_the_key_book_and_fails_closed_before_its_fi
     async def models():
         return {"ok": True}
 
+    @app.get("/admin/status")
+    async def admin_status():
+        return {"admin": True}
+
     c = TestClient(app)
     r = c.get("/v1/models")  # keys not read yet: whether any exist is unknown
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert c.get("/admin/status", headers={"Authorization": "Bearer sk-x"}).status_code == 503
     ctx.keys.refresh()
     assert c.get("/v1/models").status_code == 200  # no key ever: open
     key, entry = _entry("gina")
@@ -224,3 +245,29 @@ def test_the_auth_middleware_follows_the_key_book_and_fails_closed_before_its_fi
     KeyStore(engine).revoke("gina")  # the last key: checking stays on, and it is refused
     ctx.keys.refresh()
     assert c.get("/v1/models").status_code == 401 and c.get("/v1/models", headers=with_key).status_code == 401
+
+
+def test_a_lease_granted_after_its_deadline_is_held_not_lost(monkeypatch):
+    import threading
+
+    monkeypatch.setattr("serve_app.ingress.shared_limits.STORE_TIMEOUT_S", 0.05)
+    release = threading.Event()
+
+    def slow(*_):
+        release.wait(5)
+        return 4.0, 10.0  # the store granted a lease of 4, late
+
+    limiter = SharedRateLimiter(slow)
+    _, key = _entry("hank", requests_per_minute=120)
+
+    async def run():
+        first = await limiter.acquire(key, requests=1)  # past the deadline: this replica's own buckets
+        release.set()
+        for _ in range(100):
+            if limiter._held.get((key.sha256, "requests")):
+                break
+            await asyncio.sleep(0.01)
+        return first
+
+    assert asyncio.run(run()) == (None, 0.0) and limiter.failed_over
+    assert limiter._held[(key.sha256, "requests")] == 4.0

@@ -10,6 +10,8 @@ from serve_app.ingress.limits import bearer, digest
 from serve_app.ingress.middleware.common import ingress_context, refuse
 
 OPEN_PATHS = frozenset({"/healthz", "/livez"})
+# The answer of a replica that has not read the API keys yet (ingress/keybook.py).
+NOT_READ = (503, "this replica has not read the API keys from the state store yet; retry", [(b"retry-after", b"1")])
 
 
 class AuthMiddleware:
@@ -26,7 +28,8 @@ class AuthMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = ingress_context(scope)
-        keys = ctx.api_keys if ctx is not None else None
+        if ctx is not None:
+            ctx.keys.start()  # the key book's poll, once per replica (a no-op after the first call)
         path = scope.get("path", "")
         if scope["type"] == "http" and (path == "/admin" or path.startswith("/admin/")):
             refusal = await ctx.admin.check_scope(scope) if ctx is not None else None
@@ -35,17 +38,16 @@ class AuthMiddleware:
                 return
             await self.app(scope, receive, send)
             return
-        if ctx is not None:
-            ctx.keys.start()  # the key book's poll, once per replica (a no-op after the first call)
         if scope["type"] != "http" or ctx is None or path in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
+        # ``loaded`` first, the keys after: the key book sets the keys before it says they are loaded.
         if not ctx.keys.loaded:
             # Started while the state store does not answer: whether keys exist is unknown, so nothing passes
             # (failing open would serve anonymous callers of an app whose keys are on).
-            await refuse(send, 503, "this replica has not read the API keys from the state store yet; retry",
-                         [(b"retry-after", b"1")])
+            await refuse(send, *NOT_READ)
             return
+        keys = ctx.api_keys
         if keys is None:  # key checking off; an empty dict (every key revoked) refuses everyone
             await self.app(scope, receive, send)
             return

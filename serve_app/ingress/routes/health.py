@@ -28,7 +28,7 @@ def _full_view(request: Request) -> bool:
     """Everything (process ids, errors) with API keys off, or for the admin key; states only otherwise (also
     while the replica has not read the keys yet)."""
     ctx = context(request)
-    if ctx.api_keys is None and ctx.keys.loaded:
+    if ctx.keys.loaded and ctx.api_keys is None:  # ``loaded`` first: the keys are set before it
         return True
     try:
         check_admin(request.headers.raw, ctx.admin.digest, ctx.api_keys)

@@ -17,6 +17,7 @@ from serve_app.ingress.admin_gate import authorized
 from serve_app.ingress.context import IngressContext, context
 from serve_app.ingress.limits import digest
 from serve_app.protocol.keys import KeyChangeRequest, KeyCreateRequest, KeyEntry
+from serve_app.state import store
 from serve_app.state.keys import KeyExists, KeyNotFound, KeyStore
 
 router = APIRouter()
@@ -40,6 +41,10 @@ def _store(ctx: IngressContext) -> KeyStore:
     return ctx.keys.store
 
 
+def _where(ctx: IngressContext) -> str:
+    return store.shown(str(_store(ctx).engine.url))
+
+
 def _check_models(ctx: IngressContext, models: list[str] | None) -> None:
     served = set(ctx.models.models) | set(ctx.models.adapters) | {ctx.models.embedder_name}
     unknown = sorted(set(models or ()) - served)
@@ -57,7 +62,8 @@ async def _write(ctx: IngressContext, fn, *args) -> Any:
     except KeyNotFound as exc:
         raise NotFound(str(exc)) from None
     except SQLAlchemyError as exc:
-        raise ServiceUnavailable(f"the state store does not answer ({type(exc).__name__}); no key was changed") from None
+        raise ServiceUnavailable(f"the state store {_where(ctx)} does not answer ({type(exc).__name__}); no key was "
+                                 "changed") from None
     try:
         await asyncio.to_thread(ctx.keys.refresh)
     except SQLAlchemyError:
@@ -70,7 +76,8 @@ async def list_keys(request: Request, c: Annotated[Any, authorized("list keys")]
     try:
         data = await asyncio.to_thread(_store(context(request)).records)
     except SQLAlchemyError as exc:
-        raise ServiceUnavailable(f"the state store does not answer ({type(exc).__name__})") from None
+        raise ServiceUnavailable(f"the state store {_where(context(request))} does not answer "
+                                 f"({type(exc).__name__})") from None
     return {"object": "list", "data": data}
 
 
