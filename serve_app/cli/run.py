@@ -107,14 +107,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
         schema.http_options.port = ns.port
     # The state store first (serve_app/state/store.py): migrated here, before any replica reads it; one that
     # cannot be reached stops the run with its URL (password hidden) rather than a replica's traceback.
-    from serve_app.state import store
-
-    try:
-        engine = store.open_store()
-        say(f"state store: {store.shown(str(engine.url))}")
-        engine.dispose()
-    except store.StoreUnavailable as exc:
-        say(str(exc))
+    if cmd_migrate(ns) != 0:
         return 2
     if ns.logs_dir is not None:
         from ray.serve.schema import LoggingConfig
@@ -270,7 +263,8 @@ def cmd_check_config(ns: argparse.Namespace) -> int:
 
 
 def cmd_migrate(ns: argparse.Namespace) -> int:
-    """Bring the state store's schema to head (what `serve-app run` and the release controller do at start)."""
+    """Bring the state store's schema to head (what `serve-app run` does first, and the release controller at
+    its start); 2 with the reason when the store cannot be used."""
     from serve_app.state import store
 
     try:
