@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 
+from serve_app.admin_client import AdminClient
 from serve_app.cli import say
+from serve_app.cli.admin import _admin_command, _print
 
 
 def cmd_hash_key(ns: argparse.Namespace) -> int:
@@ -31,51 +33,39 @@ def cmd_hash_key(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _limit(value: str) -> float | None | str:
+    """A limit on the command line: a positive number, or "none" (``change``: clears it). argparse reports
+    anything else."""
+    return "none" if value == "none" else float(value)
+
+
 def _fields(ns: argparse.Namespace) -> dict:
     """The key fields given on the command line ("none" clears a limit or the model list in ``change``)."""
     out: dict = {}
-    for name, attr in (("tenant", "tenant"), ("scopes", "scopes"), ("models", "models"),
-                       ("requests_per_minute", "rpm"), ("tokens_per_minute", "tpm")):
-        value = getattr(ns, attr, None)
-        if value is None:
-            continue
-        if value == "none":
-            out[name] = None
-        elif name in ("scopes", "models"):
-            out[name] = value.split(",")
-        elif name in ("requests_per_minute", "tokens_per_minute"):
-            out[name] = float(value)
-        else:
-            out[name] = value
+    for name, value in (("tenant", ns.tenant), ("scopes", ns.scopes), ("models", ns.models),
+                        ("requests_per_minute", ns.rpm), ("tokens_per_minute", ns.tpm)):
+        if value is not None:
+            out[name] = None if value == "none" else value.split(",") if name in ("scopes", "models") else value
     return out
 
 
-def cmd_keys(ns: argparse.Namespace) -> int:
-    from serve_app.cli.admin import _admin_command, _print
-
-    @_admin_command
-    def run(ns: argparse.Namespace, client) -> int:
-        if ns.action == "list":
-            _print(client.keys())
-            return 0
-        if not ns.name:
-            say(f"{ns.action} needs the key's name")
-            return 2
-        if ns.action == "create":
-            out = client.create_key(ns.name, **_fields(ns))
-            say(f"API key for {ns.name} (shown once, store it now): {out.pop('key')}")
-        elif ns.action == "change":
-            out = client.change_key(ns.name, **_fields(ns))
-        else:
-            out = client.revoke_key(ns.name)
-        _print(out)
+@_admin_command
+def cmd_keys(ns: argparse.Namespace, client: AdminClient) -> int:
+    if ns.action == "list":
+        _print(client.keys())
         return 0
-
-    try:
-        return run(ns)
-    except ValueError as exc:
-        say(f"invalid limit: {exc}")
+    if not ns.name:
+        say(f"{ns.action} needs the key's name")
         return 2
+    if ns.action == "create":
+        out = client.create_key(ns.name, **_fields(ns))
+        say(f"API key for {ns.name} (shown once, store it now): {out.pop('key')}")
+    elif ns.action == "change":
+        out = client.change_key(ns.name, **_fields(ns))
+    else:
+        out = client.revoke_key(ns.name)
+    _print(out)
+    return 0
 
 
 def register(sub) -> None:
@@ -91,8 +81,8 @@ def register(sub) -> None:
     k.add_argument("--scopes", help="comma-separated: public, admin (default: public)")
     k.add_argument("--models", help="comma-separated served model names the key may use (default: every model; "
                    "change: none clears)")
-    k.add_argument("--rpm", help="requests per minute (default: unlimited; change: none clears)")
-    k.add_argument("--tpm", help="tokens per minute (default: unlimited; change: none clears)")
+    k.add_argument("--rpm", type=_limit, help="requests per minute (default: unlimited; change: none clears)")
+    k.add_argument("--tpm", type=_limit, help="tokens per minute (default: unlimited; change: none clears)")
     k.set_defaults(func=cmd_keys)
 
     h = "make an API key and its entry for the key file ($SERVE_APP_API_KEYS_FILE)"

@@ -142,7 +142,6 @@ class RateLimiter:
             bucket.take(amount)
         return None, 0.0
 
-
     async def acquire(self, key: KeyEntry, requests: int = 0, tokens: int = 0) -> tuple[str | None, float]:
         return self.admit(key, requests, tokens)
 
