@@ -200,6 +200,23 @@ class VectorSettings(_Strict):
         return paths.vector_dir(self.backend)
 
 
+class ResponsesSettings(_Strict):
+    """The Responses API (/v1/responses, /v1/conversations), its responses and conversations kept in the state
+    store (serve_app/state/responses.py)."""
+
+    enabled: bool = Field(default=True, description="Serve /v1/responses and /v1/conversations (needs a model).")
+    retention_s: float = Field(
+        default=30 * 86400, gt=0,
+        description="Stored responses older than this are deleted (OpenAI keeps them 30 days); conversations are "
+        "kept until deleted.",
+    )
+    max_context_items: int = Field(
+        default=512, ge=1,
+        description="Largest number of items one response's model call may carry: its previous response's or "
+        "conversation's items and its own input (a longer context is refused with 400).",
+    )
+
+
 class RagSettings(_Strict):
     """POST /v1/rag: the question searched inside the app, then the cited answer streamed from the sources."""
 
@@ -309,6 +326,7 @@ class AppSettings(_Strict):
     ingress: IngressSettings = Field(default_factory=IngressSettings, description="HTTP front door limits.")
     vector: VectorSettings = Field(default_factory=VectorSettings, description="Retrieval tier.")
     rag: RagSettings = Field(default_factory=RagSettings, description="Retrieval-augmented answers.")
+    responses: ResponsesSettings = Field(default_factory=ResponsesSettings, description="The Responses API.")
     agent: AgentSettings = Field(default_factory=AgentSettings, description="The tool-using agent.")
     releases: ReleaseSettings = Field(default_factory=ReleaseSettings, description="Deploy watch and rollback.")
     prompts: PromptSettings = Field(

@@ -34,6 +34,7 @@ from serve_app.protocol.replicas import UP
 from serve_app.rag.pipeline import RagPipeline
 from serve_app.state import buckets
 from serve_app.state.keys import KeyStore
+from serve_app.state.responses import ResponseStore
 
 
 @dataclass
@@ -50,6 +51,8 @@ class IngressContext:
     keys: KeyBook = field(default_factory=KeyBook)
     limiter: RateLimiter | SharedRateLimiter = field(default_factory=RateLimiter)
     metrics_url: str | None = None  # this node's metrics exporter (GET /metrics), looked up once
+    # Stored responses and conversations of the Responses API (None: no state store).
+    response_store: ResponseStore | None = None
 
     @classmethod
     def build(cls, settings: AppSettings, llms: dict[str, DeploymentHandle] | None = None,
@@ -75,7 +78,8 @@ class IngressContext:
         limiter = SharedRateLimiter(partial(buckets.take, state)) if state is not None else RateLimiter()
         admin = AdminGate(admin_digest, releases.controller, keys)
         health = health_monitor(settings, models, retrieval, agent, releases, admin_on=admin_digest is not None)
-        return cls(settings, models, releases, retrieval, admin, health, agent, rag, keys, limiter)
+        return cls(settings, models, releases, retrieval, admin, health, agent, rag, keys, limiter,
+                   response_store=ResponseStore(state) if state is not None else None)
 
     @property
     def api_keys(self) -> dict[str, KeyEntry] | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
@@ -116,12 +117,31 @@ async def _open(ctx: IngressContext, handle, kind: str, req: Any, model: str):
     return await opened
 
 
+@dataclass
+class Answer:
+    """A started model call: its whole answer (``body``), or its stream's lines relayed and observed (``lines``),
+    with the headers saying which model and replica answer."""
+
+    headers: dict[str, str]
+    body: dict[str, Any] | None = None
+    lines: AsyncIterator[str] | None = None
+
+
 async def generate(ctx: IngressContext, kind: str, req: Any, model: str, handle):
-    """Run a chat or completion request on ``model``'s LLM deployment (``handle``; while a canary of that model
-    is out, the canary's share of them on the canary): the whole answer as one JSON body, or the stream
-    relayed as server-sent events."""
+    """Run a chat or completion request on ``model``'s LLM deployment: the whole answer as one JSON body, or
+    the stream relayed as server-sent events."""
+    answer = await start(ctx, kind, req, model, handle)
+    if answer.lines is None:
+        return JSONResponse(answer.body, headers=answer.headers)
+    return StreamingResponse(answer.lines, media_type="text/event-stream", headers=answer.headers)
+
+
+async def start(ctx: IngressContext, kind: str, req: Any, model: str, handle, route: str | None = None) -> Answer:
+    """Start a chat or completion request on ``model``'s LLM deployment (``handle``; while a canary of that
+    model is out, the canary's share of them on the canary) and wait for its head. ``route``: the public route
+    it serves, for the metrics (default: the request kind's own)."""
     ctx.models.gate(model)
-    route = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
+    route = route or ("/v1/chat/completions" if kind == "chat" else "/v1/completions")
     tags = {"route": route, "model": model}
     # While a canary of this model is out, a share of its requests goes to the canary's LLM and each side's
     # outcome is recorded (serve_app/ingress/canary.py).
@@ -158,7 +178,6 @@ async def generate(ctx: IngressContext, kind: str, req: Any, model: str, handle)
                             ("completion_tokens", "serve_app_llm_output_tokens")):
             if usage.get(field):  # Ray's counters refuse an increment of 0
                 metric(name).inc(usage[field], tags=tags)
-        return JSONResponse(head["body"], headers=_served_by(head, model))
+        return Answer(_served_by(head, model), body=head["body"])
     lines = relay_stream(gen, ctx.settings.ingress.stream_idle_timeout_s)
-    return StreamingResponse(_observed(lines, tags, record, t0, call_span), media_type="text/event-stream",
-                             headers=_served_by(head, model))
+    return Answer(_served_by(head, model), lines=_observed(lines, tags, record, t0, call_span))

@@ -66,3 +66,34 @@ rate_buckets = Table(
     Column("level", Float, nullable=False),
     Column("stamp", Float, nullable=False),
 )
+
+# Stored responses of the Responses API (state/responses.py): the response object as answered, and every item
+# its model call saw as input (the chain before it included), which a follow-up continues from.
+responses = Table(
+    "responses", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("tenant", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("body", Text, nullable=False),          # the response object (JSON)
+    Column("input_items", Text, nullable=False),   # JSON list of items
+    Index("responses_created_at", "created_at"),
+)
+
+conversations = Table(
+    "conversations", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("tenant", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("metadata", Text, nullable=False),      # JSON object
+)
+
+# A conversation's items in the order they were added (``n``, increasing across the store).
+conversation_items = Table(
+    "conversation_items", metadata,
+    Column("n", Integer, primary_key=True, autoincrement=True),
+    Column("conversation_id", String(64), nullable=False),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+    Column("item", Text, nullable=False),          # the item (JSON)
+    Index("conversation_items_conversation", "conversation_id", "n"),
+)

@@ -8,7 +8,7 @@ import asyncio
 import secrets
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from serve_app.ingress.keybook import KeyBook
 from serve_app.ingress.limits import digest
@@ -19,26 +19,6 @@ from serve_app.state import buckets, store
 from serve_app.state.keys import KeyExists, KeyNotFound, KeyStore
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request, tmp_path, monkeypatch):
-    monkeypatch.setenv("SERVE_APP_STATE_DIR", str(tmp_path / "state"))  # no older history of the user's read
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'state.sqlite'}"
-    else:
-        pg = request.getfixturevalue("postgres")
-        name = f"t_{secrets.token_hex(6)}"
-        admin = create_engine(pg.url.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f"CREATE DATABASE {name}"))
-        admin.dispose()
-        url = pg.url.rsplit("/", 1)[0] + f"/{name}"
-    e = store.open_store(url)
-    try:
-        yield e
-    finally:
-        e.dispose()
 
 
 def _entry(name: str, **kw) -> tuple[str, KeyEntry]:

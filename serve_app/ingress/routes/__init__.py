@@ -7,16 +7,18 @@ from serve_app.ingress.routes import (
                                       agent,
                                       chat,
                                       completions,
+                                      conversations,
                                       documents,
                                       embeddings,
                                       health,
                                       keys,
                                       models,
                                       rag,
+                                      responses,
                                       search,
                                       tokens,
 )
 
 ROUTERS = [health.router, models.router, chat.router, completions.router, tokens.router, embeddings.router,
            documents.router, search.router, rag.router, agent.router, admin.router,
-           keys.router]
+           keys.router, responses.router, conversations.router]

@@ -1,0 +1,93 @@
+"""Conversations of the Responses API: POST /v1/conversations, GET / POST (metadata) / DELETE
+/v1/conversations/{id}, and its items: GET and POST /v1/conversations/{id}/items, GET and DELETE
+/v1/conversations/{id}/items/{item_id}. A response made with ``conversation`` adds its input and output items
+to it (serve_app/ingress/responses.py). Every conversation is its API key's tenant's."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from serve_app.errors import NotFound
+from serve_app.ingress.context import IngressContext, context
+from serve_app.ingress.responses import Responses, page, tenant_of
+from serve_app.protocol.responses import ConversationCreate, ConversationUpdate, ItemsCreate
+from serve_app.responses.items import canonical, new_id
+
+router = APIRouter()
+
+
+def _missing(conversation_id: str) -> NotFound:
+    return NotFound(f"No conversation found with id '{conversation_id[:64]}'.")
+
+
+async def _items(ctx: IngressContext, request: Request, conversation_id: str) -> list[dict[str, Any]]:
+    found = await Responses(ctx).call("items", tenant_of(request), conversation_id)
+    if found is None:
+        raise _missing(conversation_id)
+    return found
+
+
+@router.post("/v1/conversations")
+async def create_conversation(body: ConversationCreate, request: Request, ctx: IngressContext = Depends(context)):
+    return await Responses(ctx).call("create_conversation", tenant_of(request), new_id("conv"), body.metadata or {},
+                                     canonical(body.items or []))
+
+
+@router.get("/v1/conversations/{conversation_id}")
+async def get_conversation(conversation_id: str, request: Request, ctx: IngressContext = Depends(context)):
+    found = await Responses(ctx).call("conversation", tenant_of(request), conversation_id)
+    if found is None:
+        raise _missing(conversation_id)
+    return found
+
+
+@router.post("/v1/conversations/{conversation_id}")
+async def update_conversation(conversation_id: str, body: ConversationUpdate, request: Request,
+                              ctx: IngressContext = Depends(context)):
+    found = await Responses(ctx).call("update_conversation", tenant_of(request), conversation_id, body.metadata)
+    if found is None:
+        raise _missing(conversation_id)
+    return found
+
+
+@router.delete("/v1/conversations/{conversation_id}")
+async def delete_conversation(conversation_id: str, request: Request, ctx: IngressContext = Depends(context)):
+    if not await Responses(ctx).call("delete_conversation", tenant_of(request), conversation_id):
+        raise _missing(conversation_id)
+    return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
+
+
+@router.get("/v1/conversations/{conversation_id}/items")
+async def list_items(conversation_id: str, request: Request, after: str | None = None,
+                     limit: int = Query(default=20, ge=1, le=100), order: Literal["asc", "desc"] = "desc",
+                     ctx: IngressContext = Depends(context)):
+    return page(await _items(ctx, request, conversation_id), after, limit, order)
+
+
+@router.post("/v1/conversations/{conversation_id}/items")
+async def add_items(conversation_id: str, body: ItemsCreate, request: Request, ctx: IngressContext = Depends(context)):
+    items = canonical(body.items)
+    if not await Responses(ctx).call("add_items", tenant_of(request), conversation_id, items):
+        raise _missing(conversation_id)
+    return page(items, None, len(items), "asc")
+
+
+@router.get("/v1/conversations/{conversation_id}/items/{item_id}")
+async def get_item(conversation_id: str, item_id: str, request: Request, ctx: IngressContext = Depends(context)):
+    for item in await _items(ctx, request, conversation_id):
+        if item["id"] == item_id:
+            return item
+    raise NotFound(f"No item found with id '{item_id[:64]}' in this conversation.")
+
+
+@router.delete("/v1/conversations/{conversation_id}/items/{item_id}")
+async def delete_item(conversation_id: str, item_id: str, request: Request, ctx: IngressContext = Depends(context)):
+    tenant = tenant_of(request)
+    done = await Responses(ctx).call("delete_item", tenant, conversation_id, item_id)
+    if done is None:
+        raise _missing(conversation_id)
+    if not done:
+        raise NotFound(f"No item found with id '{item_id[:64]}' in this conversation.")
+    return await get_conversation(conversation_id, request, ctx)
