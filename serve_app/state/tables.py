@@ -92,8 +92,9 @@ conversation_items = Table(
     "conversation_items", metadata,
     Column("n", Integer, primary_key=True, autoincrement=True),
     Column("conversation_id", String(64), nullable=False),
-    Column("id", String(64), nullable=False, unique=True),
+    Column("id", String(64), nullable=False),      # the item's id (a client may add one twice)
     Column("created_at", Float, nullable=False),
     Column("item", Text, nullable=False),          # the item (JSON)
     Index("conversation_items_conversation", "conversation_id", "n"),
+    Index("conversation_items_id", "conversation_id", "id"),
 )

@@ -55,7 +55,11 @@ def two_llm_replicas(admin, http):
 def test_t1_killing_an_llm_replica_fails_only_its_requests_in_flight(two_llm_replicas, app_url, http, admin, model_name,
                                                                    reliability):
     replicas = llm_replica_pids(http, 2)
-    victim, pid = sorted(replicas.items())[0]
+    # A Responses API exchange whose first turn the victim answers: its follow-up, greedy, is made now and
+    # again once the victim is dead and replaced, and must not change (the state is in the store).
+    first, follow, unkilled = _responses_first_turn(http, model_name)
+    victim = first.headers["x-served-by"]
+    pid = replicas[victim]
     engine_pids = [c.pid for c in psutil.Process(pid).children(recursive=True)]
     with Load(app_url, model_name, clients=2, stream_tokens=48) as load, HealthSampler(app_url) as health_log:
         load.wait_for(8, started_after=0)  # both replicas busy, streams open
@@ -83,6 +87,23 @@ def test_t1_killing_an_llm_replica_fails_only_its_requests_in_flight(two_llm_rep
     assert all(r["done"] and r["error_event"] for r in failed if r["stream"] and r["status"] == 200), failed[:5]
     assert {r["replica"] for r in after} - {None, victim}, "the surviving replica served nothing"
     assert engine_gone, f"the killed replica's engine-core processes {engine_pids} outlived it"
+    killed = http.post("/v1/responses", json=follow)
+    assert killed.status_code == 200 and killed.headers["x-served-by"] != victim, killed.text
+    # The same greedy answer (item ids are new each time; the text is the model's).
+    assert killed.json()["output"][0]["content"][0]["text"] == unkilled["output"][0]["content"][0]["text"]
+    assert killed.json()["usage"]["input_tokens"] == unkilled["usage"]["input_tokens"]
+
+
+def _responses_first_turn(http, model_name: str) -> tuple:
+    """A first turn (on whichever replica answers it) and its greedy follow-up of 24 tokens, made now."""
+    first = http.post("/v1/responses", json={"model": model_name, "input": "Count from one to ten in words.",
+                                             "max_output_tokens": 8, "temperature": 0})
+    assert first.status_code == 200, first.text
+    follow = {"model": model_name, "previous_response_id": first.json()["id"], "temperature": 0,
+              "input": "Now count on from eleven to thirty in words.", "max_output_tokens": 24}
+    unkilled = http.post("/v1/responses", json=follow).json()
+    assert unkilled["usage"]["output_tokens"] >= 16 and unkilled["output"][0]["content"][0]["text"].strip()
+    return first, follow, unkilled
 
 
 def _streams(app_url, model_name, count, max_tokens, results, opened=None):

@@ -36,7 +36,8 @@ SKIP = {"/metrics"}
 # Valid requests to these routes run the model (an agent run of 2 steps takes seconds to tens of seconds on
 # 2 cores): in the long run their valid cases are capped so that the run stays within an hour here; every
 # other route, and the invalid cases of these, get FUZZ_EXAMPLES.
-POSITIVE_CAP = {"/v1/agent": 20, "/v1/rag": 150, "/v1/chat/completions": 300, "/v1/completions": 300}
+POSITIVE_CAP = {"/v1/agent": 20, "/v1/rag": 150, "/v1/chat/completions": 300, "/v1/completions": 300,
+                "/v1/responses": 300}
 
 
 def _small(value, bound):
@@ -59,6 +60,8 @@ def bounded(path: str, body):
                 body[key] = _small(body[key], 2)
         if "min_tokens" in body:
             body["min_tokens"] = _small(body["min_tokens"], 4)
+    if path == "/v1/responses":
+        body["max_output_tokens"] = _small(body.get("max_output_tokens", 4), 4)
     if path == "/v1/agent":
         body["max_steps"] = _small(body.get("max_steps", 2), 2)
     return body

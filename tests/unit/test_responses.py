@@ -186,6 +186,9 @@ def test_a_conversation_of_three_turns_across_replicas(replicas):
     assert a.delete(f"/v1/conversations/{conv['id']}/items/{gone}",
                     headers={"Authorization": "Bearer sk-alice"}).json()["id"] == conv["id"]
     assert _get(b, f"/v1/conversations/{conv['id']}/items/{gone}").status_code == 404
+    again = {"items": [{"id": "msg_mine", "role": "user", "content": "a note"}]}  # one item id, added twice
+    for client in (a, b):
+        assert _post(client, again, path=f"/v1/conversations/{conv['id']}/items").status_code == 200
     both = _post(a, {"input": "x", "conversation": conv["id"], "previous_response_id": "resp_1"})
     assert both.status_code == 400 and both.json()["error"]["param"] == "conversation"
     assert a.delete(f"/v1/conversations/{conv['id']}", headers={"Authorization": "Bearer sk-alice"}).json()["deleted"]

@@ -34,11 +34,12 @@ def upgrade() -> None:
         "conversation_items",
         sa.Column("n", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("conversation_id", sa.String(64), nullable=False),
-        sa.Column("id", sa.String(64), nullable=False, unique=True),
+        sa.Column("id", sa.String(64), nullable=False),
         sa.Column("created_at", sa.Float, nullable=False),
         sa.Column("item", sa.Text, nullable=False),
     )
     op.create_index("conversation_items_conversation", "conversation_items", ["conversation_id", "n"])
+    op.create_index("conversation_items_id", "conversation_items", ["conversation_id", "id"])
 
 
 def downgrade() -> None:
