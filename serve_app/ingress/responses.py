@@ -160,12 +160,13 @@ class Responses:
     async def _keep(self, store: ResponseStore, tenant: str, body: ResponseCreate, response: dict[str, Any],
                     seen: list[dict[str, Any]], new: list[dict[str, Any]]) -> None:
         """Store an answered response (``store``) and add its input and output to its conversation."""
-        if body.store or body.conversation_id:
-            added = await self.run(store.record, tenant, response, seen if body.store else None,
-                                   body.conversation_id, new + response["output"])
-            if not added:
-                raise NotFound(f"No conversation found with id '{body.conversation_id}' (deleted while the response "
-                               "was made).", "conversation")
+        if not body.store and not body.conversation_id:
+            return
+        added = await self.run(store.record, tenant, response, seen if body.store else None, body.conversation_id,
+                               new + response["output"])
+        if not added:
+            raise NotFound(f"No conversation found with id '{body.conversation_id}' (deleted while the response "
+                           "was made).", "conversation")
         await self.run(store.prune_due, self.ctx.settings.responses.retention_s, PRUNE_PERIOD_S)
 
     async def _events(self, store: ResponseStore, tenant: str, body: ResponseCreate, model: str, response_id: str,
