@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
@@ -52,7 +52,7 @@ def check_sampling(req: Any, settings: AppSettings) -> None:
 
 
 async def _observed(lines: AsyncIterator[str], tags: dict[str, str], record: Outcome | None, t0: float,
-                    call_span: trace.Span) -> AsyncIterator[str]:
+                    call_span: trace.Span) -> AsyncGenerator[str, None]:
     """Relay a stream, recording the time to its first event (TTFT), its finish and usage on the call's span,
     and, while a canary is out, its side's outcome: whether it ended with [DONE] and no error event (a client
     that leaves early records none). Only the typed lines are looked into (serve_app/protocol/stream.py): the
@@ -124,7 +124,7 @@ class Answer:
 
     headers: dict[str, str]
     body: dict[str, Any] | None = None
-    lines: AsyncIterator[str] | None = None
+    lines: AsyncGenerator[str, None] | None = None
 
 
 async def generate(ctx: IngressContext, kind: str, req: Any, model: str, handle):

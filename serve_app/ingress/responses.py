@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator, Callable
+from typing import Any, ParamSpec, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -34,6 +35,10 @@ from serve_app.protocol.stream import ErrorEvent, data_of, is_done
 from serve_app.responses import items as it
 from serve_app.responses.events import StreamEvents, sse_event
 from serve_app.state.responses import ResponseStore
+
+logger = logging.getLogger("ray.serve")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 ROUTE = "/v1/responses"
 # How often one replica deletes the responses past their retention (one statement for every tenant).
@@ -66,29 +71,27 @@ class Responses:
     def __init__(self, ctx: IngressContext):
         self.store, self.ctx = ctx.response_store, ctx
 
-    def _store(self) -> ResponseStore:
+    def db(self) -> ResponseStore:
+        """The store (404 while the Responses API is off). Its calls block: ``run`` them."""
         if self.store is None or not self.ctx.settings.responses.enabled:
             raise NotFound("the Responses API is off in this deployment")
         return self.store
 
-    async def run(self, fn, *args):
+    @staticmethod
+    async def run(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """A store call, off the event loop."""
-        return await asyncio.to_thread(fn, *args)
-
-    async def call(self, method: str, *args):
-        """``ResponseStore.<method>(*args)``, off the event loop."""
-        return await self.run(getattr(self._store(), method), *args)
+        return await asyncio.to_thread(fn, *args, **kwargs)
 
     # Stored responses
 
     async def stored(self, tenant: str, response_id: str, param: str | None = None):
-        found = await self.run(self._store().get, tenant, response_id)
+        found = await self.run(self.db().get, tenant, response_id)
         if found is None:
             raise NotFound(f"No response found with id '{response_id[:64]}'.", param)
         return found
 
     async def delete(self, tenant: str, response_id: str) -> dict[str, Any]:
-        if not await self.run(self._store().delete, tenant, response_id):
+        if not await self.run(self.db().delete, tenant, response_id):
             raise NotFound(f"No response found with id '{response_id[:64]}'.")
         return {"id": response_id, "object": "response.deleted", "deleted": True}
 
@@ -102,9 +105,9 @@ class Responses:
             prior, prior_input = await self.stored(tenant, body.previous_response_id, "previous_response_id")
             return prior_input + prior["output"]
         if body.conversation_id:
-            found = await self.run(self._store().items, tenant, body.conversation_id)
+            found = await self.run(self.db().items, tenant, body.conversation_id)
             if found is None:
-                raise NotFound(f"No conversation found with id '{body.conversation_id[:64]}'.", "conversation")
+                raise NotFound(f"No conversation found with id '{body.conversation_id}'.", "conversation")
             return found
         return []
 
@@ -131,15 +134,18 @@ class Responses:
         return req
 
     async def create(self, request: Request, body: ResponseCreate):
-        store = self._store()
+        store = self.db()
         tenant = tenant_of(request)
         context = await self._context(tenant, body)
         new = it.canonical(body.input)
-        seen = context + new
+        it.check_ids(context, new)
         limit = self.ctx.settings.responses.max_context_items
+        if body.truncation == "auto" and len(context) + len(new) > limit:
+            context = it.truncated(context, limit - len(new))  # the oldest items dropped, as OpenAI's "auto"
+        seen = context + new
         if len(seen) > limit:
             raise InvalidRequest(f"this response would carry {len(seen)} items of context and input, more than "
-                                 f"{limit}", "input")
+                                 f"{limit} (truncation: auto drops the oldest)", "input")
         model, handle = self.ctx.models.chat_model(body.model, api_key(request))
         req = self._chat_request(body, model, it.chat_messages(seen, body.instructions))
         await charge_tokens(request, req.max_tokens or self.ctx.settings.ingress.default_token_charge,
@@ -167,28 +173,34 @@ class Responses:
         if not added:
             raise NotFound(f"No conversation found with id '{body.conversation_id}' (deleted while the response "
                            "was made).", "conversation")
-        await self.run(store.prune_due, self.ctx.settings.responses.retention_s, PRUNE_PERIOD_S)
+        try:  # the response is kept: a failed prune must not fail it (the next period tries again)
+            await self.run(store.prune_due, self.ctx.settings.responses.retention_s, PRUNE_PERIOD_S)
+        except ServiceUnavailable as exc:
+            logger.warning("pruning stored responses failed: %s", exc)
 
     async def _events(self, store: ResponseStore, tenant: str, body: ResponseCreate, model: str, response_id: str,
-                      created: int, lines: AsyncIterator[str], seen: list[dict[str, Any]],
-                      new: list[dict[str, Any]]) -> AsyncIterator[str]:
+                      created: int, lines: AsyncGenerator[str, None], seen: list[dict[str, Any]],
+                      new: list[dict[str, Any]]) -> AsyncGenerator[str, None]:
         stream = StreamEvents()
         snapshot = it.response_object(response_id, body, model, status="in_progress", output=[], created_at=created)
         yield sse_event(stream.lifecycle("created", snapshot))
         yield sse_event(stream.lifecycle("in_progress", snapshot))
         error: dict[str, Any] | None = None
-        async for line in lines:
-            if isinstance(line, ErrorEvent):
-                error = line.body.get("error") or {}
-                break
-            if is_done(line):
-                break
-            data = data_of(line)
-            if data is None:
-                continue
-            for event in stream.chunk(json.loads(data)):
-                yield sse_event(event)
-        for event in stream.close():
+        try:
+            async for line in lines:
+                if isinstance(line, ErrorEvent):
+                    error = line.body.get("error") or {}
+                    break
+                if is_done(line):
+                    break
+                data = data_of(line)
+                if data is None:
+                    continue
+                for event in stream.chunk(json.loads(data)):
+                    yield sse_event(event)
+        finally:
+            await lines.aclose()  # the relay's end now: its span, its canary outcome
+        for event in stream.close(failed=error is not None):
             yield sse_event(event)
         if error is None:
             final = it.response_object(response_id, body, model, status="completed", output=stream.output,

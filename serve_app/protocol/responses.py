@@ -18,6 +18,10 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 _METADATA_PAIRS, _METADATA_KEY, _METADATA_VALUE = 16, 64, 512
 # How many items one request may add to a conversation (OpenAI's limit).
 MAX_ADDED_ITEMS = 20
+# Ids of responses, conversations and items, the app's (``resp_<hex>``...) or a client's: letters, digits, "_" and
+# "-", so that an id is a plain key in every store (PostgreSQL refuses a NUL byte in a text parameter).
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+Id = Annotated[str, Field(pattern=ID_PATTERN)]
 
 
 class _Body(BaseModel):
@@ -48,14 +52,14 @@ Part = Annotated[InputText | OutputText | Refusal, Field(discriminator="type")]
 
 class MessageItem(_Loose):
     type: Literal["message"] = "message"
-    id: str | None = Field(default=None, max_length=64)
+    id: Id | None = None
     role: Literal["user", "assistant", "system", "developer"]
     content: str | list[Part]
 
 
 class FunctionCallItem(_Loose):
     type: Literal["function_call"]
-    id: str | None = Field(default=None, max_length=64)
+    id: Id | None = None
     call_id: str = Field(min_length=1, max_length=64)
     name: str = Field(min_length=1, max_length=64)
     arguments: str
@@ -63,7 +67,7 @@ class FunctionCallItem(_Loose):
 
 class FunctionCallOutputItem(_Loose):
     type: Literal["function_call_output"]
-    id: str | None = Field(default=None, max_length=64)
+    id: Id | None = None
     call_id: str = Field(min_length=1, max_length=64)
     output: str | list[InputText]
 
@@ -107,7 +111,7 @@ class TextConfig(_Loose):
 
 
 class ConversationRef(_Loose):
-    id: str = Field(min_length=1, max_length=64)
+    id: Id
 
 
 def _check_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
@@ -125,8 +129,8 @@ class ResponseCreate(_Body):
     model: str | None = None
     input: Annotated[str, Field(min_length=1)] | Annotated[list[Item], Field(min_length=1)]
     instructions: str | None = None
-    previous_response_id: str | None = Field(default=None, max_length=64)
-    conversation: str | ConversationRef | None = None
+    previous_response_id: Id | None = None
+    conversation: Id | ConversationRef | None = None
     store: bool = True
     stream: bool = False
     max_output_tokens: int | None = Field(default=None, ge=1)

@@ -14,7 +14,7 @@ import copy
 import json
 from typing import Any
 
-from serve_app.responses.items import function_call, new_id, output_message
+from serve_app.responses.items import function_call, item_status, new_id, output_message
 
 
 def sse_event(event: dict[str, Any]) -> str:
@@ -75,13 +75,13 @@ class StreamEvents:
                                  content_index=0, delta=text, logprobs=[]))
         return events
 
-    def _close_text(self) -> list[dict[str, Any]]:
+    def _close_text(self, status: str = "completed") -> list[dict[str, Any]]:
         if self._text is None:
             return []
         index, self._text = self._text, None
         item = self.output[index]
         part = item["content"][0]
-        item["status"] = "completed"
+        item["status"] = status
         return [self.event("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
                            text=part["text"], logprobs=[]),
                 self.event("response.content_part.done", item_id=item["id"], output_index=index, content_index=0,
@@ -93,7 +93,7 @@ class StreamEvents:
         fn = call.get("function") or {}
         key = call.get("index", 0)
         if key not in self._calls:
-            events += self._close_text()
+            events += self._close_text()  # the message before a call is whole
             item = function_call(call.get("id") or new_id("call"), fn.get("name") or "", "", status="in_progress")
             self._calls[key] = len(self.output)
             self._open_calls.append(len(self.output))
@@ -110,12 +110,14 @@ class StreamEvents:
                                      output_index=index, delta=fn["arguments"]))
         return events
 
-    def close(self) -> list[dict[str, Any]]:
-        """The closing events of every item still open: the answer ended."""
-        events = self._close_text()
+    def close(self, failed: bool = False) -> list[dict[str, Any]]:
+        """The closing events of every item still open: the answer ended (``failed``: by an error). Items of an
+        answer cut short (an error, ``max_output_tokens``) are ``incomplete``."""
+        status = "incomplete" if failed else item_status(self.finish_reason)
+        events = self._close_text(status)
         for index in self._open_calls:
             item = self.output[index]
-            item["status"] = "completed"
+            item["status"] = status
             events.append(self.event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
                                      name=item["name"], arguments=item["arguments"]))
             events.append(self.event("response.output_item.done", output_index=index, item=copy.deepcopy(item)))

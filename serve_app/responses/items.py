@@ -16,6 +16,7 @@ import time
 import uuid
 from typing import Any
 
+from serve_app.errors import InvalidRequest
 from serve_app.protocol.responses import FunctionCallItem, FunctionCallOutputItem, MessageItem, ResponseCreate
 
 
@@ -80,6 +81,8 @@ def chat_messages(items: list[dict[str, Any]], instructions: str | None) -> list
 def chat_tools(req: ResponseCreate) -> dict[str, Any]:
     """The chat request's ``tools``, ``tool_choice`` and ``response_format`` of a response's request."""
     out: dict[str, Any] = {}
+    if not req.tools and req.tool_choice not in ("auto", "none"):
+        raise InvalidRequest("tool_choice 'required' or a named function needs tools", "tool_choice")
     if req.tools:
         out["tools"] = [{"type": "function", "function": t.model_dump(exclude={"type"}, exclude_none=True)}
                         for t in req.tools]
@@ -113,18 +116,45 @@ def output_of(chat: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
     """A whole chat answer's output items (its text, then its tool calls) and its finish reason."""
     choice = chat["choices"][0]
     message = choice.get("message") or {}
-    out = [output_message(message["content"])] if message.get("content") else []
+    status = item_status(choice.get("finish_reason"))
+    out = [output_message(message["content"], status=status)] if message.get("content") else []
     for call in message.get("tool_calls") or ():
         fn = call.get("function") or {}
-        out.append(function_call(call.get("id") or new_id("call"), fn.get("name", ""), fn.get("arguments") or ""))
+        out.append(function_call(call.get("id") or new_id("call"), fn.get("name", ""), fn.get("arguments") or "",
+                                 status=status))
     return out, choice.get("finish_reason")
+
+
+def item_status(finish_reason: str | None) -> str:
+    """An output item's status: cut by ``max_output_tokens`` (a finish for length) is ``incomplete``."""
+    return "incomplete" if finish_reason == "length" else "completed"
+
+
+def check_ids(context: list[dict[str, Any]], new: list[dict[str, Any]]) -> None:
+    """Every item id once in a model call's items (OpenAI refuses a duplicate): a page of a list is found by
+    the id it starts after, which must name one item."""
+    seen = {item["id"] for item in context}
+    for i, item in enumerate(new):
+        if item["id"] in seen:
+            raise InvalidRequest(f"Duplicate item found with id {item['id']!r}", f"input[{i}].id")
+        seen.add(item["id"])
+
+
+def truncated(context: list[dict[str, Any]], room: int) -> list[dict[str, Any]]:
+    """``truncation: auto``: the newest ``room`` items of the context, not starting inside a function call's
+    answer (a ``tool`` message must follow its call)."""
+    kept = context[len(context) - room:] if room > 0 else []
+    while kept and kept[0]["type"] == "function_call_output":
+        kept = kept[1:]
+    return kept
 
 
 def usage_of(chat_usage: dict[str, Any] | None) -> dict[str, Any] | None:
     if not chat_usage:
         return None
     cached = (chat_usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-    return {"input_tokens": chat_usage.get("prompt_tokens", 0), "input_tokens_details": {"cached_tokens": cached},
+    return {"input_tokens": chat_usage.get("prompt_tokens", 0),
+            "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
             "output_tokens": chat_usage.get("completion_tokens", 0), "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": chat_usage.get("total_tokens", 0)}
 

@@ -82,9 +82,12 @@ class ResponseStore:
 
     @_store_call
     def prune(self, older_than_s: float) -> int:
-        """Delete the responses stored more than ``older_than_s`` ago (every tenant's)."""
+        """Delete the responses stored more than ``older_than_s`` ago (every tenant's), and the items of
+        conversations deleted while a response was adding to them (nothing can read those)."""
         with self.engine.begin() as conn:
             done = conn.execute(delete(responses).where(responses.c.created_at < time.time() - older_than_s))
+            conn.execute(delete(conversation_items).where(
+                conversation_items.c.conversation_id.not_in(select(conversations.c.id))))
         return done.rowcount
 
     def prune_due(self, older_than_s: float, period_s: float) -> int:

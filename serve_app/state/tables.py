@@ -4,7 +4,7 @@ revision; a change here goes with a new migration."""
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table, Text
 
 metadata = MetaData()
 
@@ -90,7 +90,8 @@ conversations = Table(
 # A conversation's items in the order they were added (``n``, increasing across the store).
 conversation_items = Table(
     "conversation_items", metadata,
-    Column("n", Integer, primary_key=True, autoincrement=True),
+    # 64 bits (SQLite's INTEGER is; its rowid alias must be spelled INTEGER to count by itself).
+    Column("n", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("conversation_id", String(64), nullable=False),
     Column("id", String(64), nullable=False),      # the item's id (a client may add one twice)
     Column("created_at", Float, nullable=False),

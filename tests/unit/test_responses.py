@@ -187,8 +187,9 @@ def test_a_conversation_of_three_turns_across_replicas(replicas):
                     headers={"Authorization": "Bearer sk-alice"}).json()["id"] == conv["id"]
     assert _get(b, f"/v1/conversations/{conv['id']}/items/{gone}").status_code == 404
     again = {"items": [{"id": "msg_mine", "role": "user", "content": "a note"}]}  # one item id, added twice
-    for client in (a, b):
-        assert _post(client, again, path=f"/v1/conversations/{conv['id']}/items").status_code == 200
+    assert _post(a, again, path=f"/v1/conversations/{conv['id']}/items").status_code == 200
+    twice = _post(b, again, path=f"/v1/conversations/{conv['id']}/items")
+    assert twice.status_code == 400 and "Duplicate" in twice.json()["error"]["message"]
     both = _post(a, {"input": "x", "conversation": conv["id"], "previous_response_id": "resp_1"})
     assert both.status_code == 400 and both.json()["error"]["param"] == "conversation"
     assert a.delete(f"/v1/conversations/{conv['id']}", headers={"Authorization": "Bearer sk-alice"}).json()["deleted"]
@@ -239,12 +240,33 @@ def test_a_streamed_tool_call_becomes_a_function_call_item():
     ({"input": [{"type": "function_call_output", "call_id": "c9", "output": "o"}]}, "input"),
     ({"input": "x", "previous_response_id": "resp_missing"}, "previous_response_id"),
     ({"input": "x", "conversation": "conv_missing"}, "conversation"),
+    ({"input": "x", "tool_choice": "required"}, "tool_choice"),
+    ({"input": [{"id": "a\x00", "role": "user", "content": "x"}]}, "input"),
+    ({"input": "x", "previous_response_id": "resp_\x00"}, "previous_response_id"),
+    ({"input": [{"id": "m1", "role": "user", "content": "x"}, {"id": "m1", "role": "user", "content": "y"}]},
+     "input[1].id"),
 ])
 def test_bad_requests_get_openai_errors(replicas, body, param):
     a, _, _ = replicas
     r = _post(a, body)
     assert 400 <= r.status_code < 500, r.text
     assert param in (r.json()["error"]["param"] or ""), r.json()
+
+
+def test_truncation_auto_keeps_the_newest_items(replicas, monkeypatch):
+    a, _, llm = replicas
+    ctx = a.app.state.context
+    monkeypatch.setattr(ctx, "settings", ctx.settings.model_copy(
+        update={"responses": ctx.settings.responses.model_copy(update={"max_context_items": 4})}))
+    rid = _post(a, {"input": "one"}).json()["id"]
+    rid = _post(a, {"input": "two", "previous_response_id": rid}).json()["id"]  # 3 items of context now
+    long = _post(a, {"input": "three", "previous_response_id": rid})
+    assert long.status_code == 400 and "truncation" in long.json()["error"]["message"]
+    cut = _post(a, {"input": "three", "previous_response_id": rid, "truncation": "auto"})
+    assert cut.status_code == 200
+    assert [m["content"] for m in json.loads(llm.prompts[-1])][-2:] == [llm.prompts[-2], "three"]
+    assert len(json.loads(llm.prompts[-1])) == 4
+    assert cut.json()["usage"]["input_tokens_details"] == {"cached_tokens": 0, "cache_write_tokens": 0}
 
 
 def test_retention_prunes_old_responses(engine):

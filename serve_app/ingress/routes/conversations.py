@@ -5,25 +5,29 @@ to it (serve_app/ingress/responses.py). Every conversation is its API key's tena
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 
 from serve_app.errors import NotFound
 from serve_app.ingress.context import IngressContext, context
 from serve_app.ingress.responses import Responses, page, tenant_of
-from serve_app.protocol.responses import ConversationCreate, ConversationUpdate, ItemsCreate
-from serve_app.responses.items import canonical, new_id
+from serve_app.protocol.responses import ID_PATTERN, ConversationCreate, ConversationUpdate, ItemsCreate
+from serve_app.responses.items import canonical, check_ids, new_id
 
 router = APIRouter()
 
+ConversationId = Annotated[str, Path(pattern=ID_PATTERN)]
+ItemId = Annotated[str, Path(pattern=ID_PATTERN)]
+
 
 def _missing(conversation_id: str) -> NotFound:
-    return NotFound(f"No conversation found with id '{conversation_id[:64]}'.")
+    return NotFound(f"No conversation found with id '{conversation_id}'.")
 
 
 async def _items(ctx: IngressContext, request: Request, conversation_id: str) -> list[dict[str, Any]]:
-    found = await Responses(ctx).call("items", tenant_of(request), conversation_id)
+    r = Responses(ctx)
+    found = await r.run(r.db().items, tenant_of(request), conversation_id)
     if found is None:
         raise _missing(conversation_id)
     return found
@@ -31,63 +35,70 @@ async def _items(ctx: IngressContext, request: Request, conversation_id: str) ->
 
 @router.post("/v1/conversations")
 async def create_conversation(body: ConversationCreate, request: Request, ctx: IngressContext = Depends(context)):
-    return await Responses(ctx).call("create_conversation", tenant_of(request), new_id("conv"), body.metadata or {},
-                                     canonical(body.items or []))
+    items = canonical(body.items or [])
+    check_ids([], items)
+    r = Responses(ctx)
+    return await r.run(r.db().create_conversation, tenant_of(request), new_id("conv"), body.metadata or {}, items)
 
 
 @router.get("/v1/conversations/{conversation_id}")
-async def get_conversation(conversation_id: str, request: Request, ctx: IngressContext = Depends(context)):
-    found = await Responses(ctx).call("conversation", tenant_of(request), conversation_id)
+async def get_conversation(conversation_id: ConversationId, request: Request, ctx: IngressContext = Depends(context)):
+    r = Responses(ctx)
+    found = await r.run(r.db().conversation, tenant_of(request), conversation_id)
     if found is None:
         raise _missing(conversation_id)
     return found
 
 
 @router.post("/v1/conversations/{conversation_id}")
-async def update_conversation(conversation_id: str, body: ConversationUpdate, request: Request,
+async def update_conversation(conversation_id: ConversationId, body: ConversationUpdate, request: Request,
                               ctx: IngressContext = Depends(context)):
-    found = await Responses(ctx).call("update_conversation", tenant_of(request), conversation_id, body.metadata)
+    r = Responses(ctx)
+    found = await r.run(r.db().update_conversation, tenant_of(request), conversation_id, body.metadata)
     if found is None:
         raise _missing(conversation_id)
     return found
 
 
 @router.delete("/v1/conversations/{conversation_id}")
-async def delete_conversation(conversation_id: str, request: Request, ctx: IngressContext = Depends(context)):
-    if not await Responses(ctx).call("delete_conversation", tenant_of(request), conversation_id):
+async def delete_conversation(conversation_id: ConversationId, request: Request, ctx: IngressContext = Depends(context)):
+    r = Responses(ctx)
+    if not await r.run(r.db().delete_conversation, tenant_of(request), conversation_id):
         raise _missing(conversation_id)
     return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
 
 
 @router.get("/v1/conversations/{conversation_id}/items")
-async def list_items(conversation_id: str, request: Request, after: str | None = None,
+async def list_items(conversation_id: ConversationId, request: Request, after: str | None = None,
                      limit: int = Query(default=20, ge=1, le=100), order: Literal["asc", "desc"] = "desc",
                      ctx: IngressContext = Depends(context)):
     return page(await _items(ctx, request, conversation_id), after, limit, order)
 
 
 @router.post("/v1/conversations/{conversation_id}/items")
-async def add_items(conversation_id: str, body: ItemsCreate, request: Request, ctx: IngressContext = Depends(context)):
+async def add_items(conversation_id: ConversationId, body: ItemsCreate, request: Request, ctx: IngressContext = Depends(context)):
     items = canonical(body.items)
-    if not await Responses(ctx).call("add_items", tenant_of(request), conversation_id, items):
+    check_ids(await _items(ctx, request, conversation_id), items)
+    r = Responses(ctx)
+    if not await r.run(r.db().add_items, tenant_of(request), conversation_id, items):
         raise _missing(conversation_id)
     return page(items, None, len(items), "asc")
 
 
 @router.get("/v1/conversations/{conversation_id}/items/{item_id}")
-async def get_item(conversation_id: str, item_id: str, request: Request, ctx: IngressContext = Depends(context)):
+async def get_item(conversation_id: ConversationId, item_id: ItemId, request: Request, ctx: IngressContext = Depends(context)):
     for item in await _items(ctx, request, conversation_id):
         if item["id"] == item_id:
             return item
-    raise NotFound(f"No item found with id '{item_id[:64]}' in this conversation.")
+    raise NotFound(f"No item found with id '{item_id}' in this conversation.")
 
 
 @router.delete("/v1/conversations/{conversation_id}/items/{item_id}")
-async def delete_item(conversation_id: str, item_id: str, request: Request, ctx: IngressContext = Depends(context)):
-    tenant = tenant_of(request)
-    done = await Responses(ctx).call("delete_item", tenant, conversation_id, item_id)
+async def delete_item(conversation_id: ConversationId, item_id: ItemId, request: Request, ctx: IngressContext = Depends(context)):
+    r = Responses(ctx)
+    done = await r.run(r.db().delete_item, tenant_of(request), conversation_id, item_id)
     if done is None:
         raise _missing(conversation_id)
     if not done:
-        raise NotFound(f"No item found with id '{item_id[:64]}' in this conversation.")
+        raise NotFound(f"No item found with id '{item_id}' in this conversation.")
     return await get_conversation(conversation_id, request, ctx)

@@ -32,7 +32,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "conversation_items",
-        sa.Column("n", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("n", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
         sa.Column("conversation_id", sa.String(64), nullable=False),
         sa.Column("id", sa.String(64), nullable=False),
         sa.Column("created_at", sa.Float, nullable=False),
