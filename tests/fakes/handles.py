@@ -1,5 +1,6 @@
 """A deployment handle's method and response, for unit tests that drive the ingress without Ray: ``Method(fn)``
-behaves as ``handle.method`` (``.remote(*args)`` returns an awaitable response holding ``fn(*args)``)."""
+behaves as ``handle.method`` (``.remote(*args)`` returns an awaitable response holding ``fn(*args)``);
+``StreamResponse(items)`` as a streaming call's response generator."""
 
 from __future__ import annotations
 
@@ -29,3 +30,21 @@ class Method:
 
     def remote(self, *args: Any) -> Response:
         return Response(self.fn(*args))
+
+
+class StreamResponse:
+    """A streaming DeploymentResponseGenerator's interface: async iteration over ``items`` and cancel()."""
+
+    def __init__(self, items):
+        self.items = list(items)
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if not self.items:
+            raise StopAsyncIteration
+        return self.items.pop(0)
+
+    def cancel(self):
+        self.items = []

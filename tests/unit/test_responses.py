@@ -21,29 +21,12 @@ from serve_app.protocol.keys import KeyEntry
 from serve_app.protocol.stream import DONE, sse
 from serve_app.responses.events import StreamEvents
 from serve_app.state.responses import ResponseStore
+from tests.fakes.handles import StreamResponse
 
 pytestmark = pytest.mark.unit
 
 TOOLS = [{"type": "function", "name": "weather", "description": "Weather of a city",
           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
-
-
-class _Stream:
-    """A streaming handle call: the head, then SSE lines."""
-
-    def __init__(self, items):
-        self.items = list(items)
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self):
-        if not self.items:
-            raise StopAsyncIteration
-        return self.items.pop(0)
-
-    def cancel(self):
-        pass
 
 
 class EchoLLM:
@@ -76,7 +59,7 @@ class EchoLLM:
         if not req.stream:
             body = {"id": "chatcmpl-1", "object": "chat.completion", "model": req.model, "usage": usage,
                     "choices": [{"index": 0, "message": message, "finish_reason": finish}]}
-            return _Stream([{"stream": False, "replica": "r", "body": body}])
+            return StreamResponse([{"stream": False, "replica": "r", "body": body}])
         chunks = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}]
         if message["content"]:
             third = max(1, len(prompt) // 3)
@@ -90,7 +73,7 @@ class EchoLLM:
                 {"index": i, "function": {"arguments": fn["arguments"]}}]}}]})
         chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
         chunks.append({"choices": [], "usage": usage})
-        return _Stream([{"stream": True, "replica": "r"}, *[sse(c) for c in chunks], DONE])
+        return StreamResponse([{"stream": True, "replica": "r"}, *[sse(c) for c in chunks], DONE])
 
 
 KEYS = {"alice": "sk-alice", "bob": "sk-bob"}

@@ -21,6 +21,7 @@ from serve_app.llm.client import LLMClient
 from serve_app.observability.tracing import span, trace_id
 from serve_app.protocol.retrieval import SearchHit
 from serve_app.rag.pipeline import RagPipeline
+from tests.fakes.handles import StreamResponse
 
 pytestmark = pytest.mark.unit
 
@@ -125,27 +126,11 @@ class Handle:
         return self
 
     def remote(self, kind, request):
-        return Response([{"stream": False, "body": {
+        return StreamResponse([{"stream": False, "body": {
             "id": "c1", "model": "m", "usage": {"prompt_tokens": 5, "completion_tokens": 1},
             "choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}]}}])
 
 
-class Response:
-    """A streaming DeploymentResponseGenerator's interface: async iteration and cancel()."""
-
-    def __init__(self, items):
-        self.items = list(items)
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self):
-        if not self.items:
-            raise StopAsyncIteration
-        return self.items.pop(0)
-
-    def cancel(self):
-        self.items = []
 
 
 def test_every_llm_call_is_a_span():

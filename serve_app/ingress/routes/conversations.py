@@ -5,7 +5,7 @@ to it (serve_app/ingress/responses.py). Every conversation is its API key's tena
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 
@@ -16,6 +16,7 @@ from serve_app.protocol.responses import ID_PATTERN, ConversationCreate, Convers
 from serve_app.responses.items import canonical, check_ids, new_id
 
 router = APIRouter()
+T = TypeVar("T")
 
 ConversationId = Annotated[str, Path(pattern=ID_PATTERN)]
 ItemId = Annotated[str, Path(pattern=ID_PATTERN)]
@@ -25,12 +26,16 @@ def _missing(conversation_id: str) -> NotFound:
     return NotFound(f"No conversation found with id '{conversation_id}'.")
 
 
+def _found(value: T | None, conversation_id: str) -> T:
+    """What the store found of the tenant's conversation; None (none such) is a 404."""
+    if value is None:
+        raise _missing(conversation_id)
+    return value
+
+
 async def _items(ctx: IngressContext, request: Request, conversation_id: str) -> list[dict[str, Any]]:
     r = Responses(ctx)
-    found = await r.run(r.db().items, tenant_of(request), conversation_id)
-    if found is None:
-        raise _missing(conversation_id)
-    return found
+    return _found(await r.run(r.db().items, tenant_of(request), conversation_id), conversation_id)
 
 
 @router.post("/v1/conversations")
@@ -44,20 +49,15 @@ async def create_conversation(body: ConversationCreate, request: Request, ctx: I
 @router.get("/v1/conversations/{conversation_id}")
 async def get_conversation(conversation_id: ConversationId, request: Request, ctx: IngressContext = Depends(context)):
     r = Responses(ctx)
-    found = await r.run(r.db().conversation, tenant_of(request), conversation_id)
-    if found is None:
-        raise _missing(conversation_id)
-    return found
+    return _found(await r.run(r.db().conversation, tenant_of(request), conversation_id), conversation_id)
 
 
 @router.post("/v1/conversations/{conversation_id}")
 async def update_conversation(conversation_id: ConversationId, body: ConversationUpdate, request: Request,
                               ctx: IngressContext = Depends(context)):
     r = Responses(ctx)
-    found = await r.run(r.db().update_conversation, tenant_of(request), conversation_id, body.metadata)
-    if found is None:
-        raise _missing(conversation_id)
-    return found
+    return _found(await r.run(r.db().update_conversation, tenant_of(request), conversation_id, body.metadata),
+                  conversation_id)
 
 
 @router.delete("/v1/conversations/{conversation_id}")
@@ -96,9 +96,6 @@ async def get_item(conversation_id: ConversationId, item_id: ItemId, request: Re
 @router.delete("/v1/conversations/{conversation_id}/items/{item_id}")
 async def delete_item(conversation_id: ConversationId, item_id: ItemId, request: Request, ctx: IngressContext = Depends(context)):
     r = Responses(ctx)
-    done = await r.run(r.db().delete_item, tenant_of(request), conversation_id, item_id)
-    if done is None:
-        raise _missing(conversation_id)
-    if not done:
+    if not _found(await r.run(r.db().delete_item, tenant_of(request), conversation_id, item_id), conversation_id):
         raise NotFound(f"No item found with id '{item_id}' in this conversation.")
     return await get_conversation(conversation_id, request, ctx)
