@@ -80,11 +80,12 @@ SESSION_CONFIG = "configs/multi-model.yaml"
 # up (production: 10 s); the fault it must catch in the release tier (tests/fakes/engine.py) shows within 1 s.
 # LoRA: one adapter at most, so that the adapter tests can ask for one more than allowed
 # (tests/release/test_runtime_adapters.py).
-# The fault-injection engine (tests/fakes/engine.py) is registered, so a release may select it while code
+# The test engines (tests/fakes/engine.py: a fault injection, an echo of the rendered prompt) are registered, so a release may select them while code
 # changes stay off (their default): the suite runs with the guard a production config has.
 # /healthz answers from background probes; the tests that watch an engine's running requests through it
 # (tests/integration/test_rag_agent.py) need them fresher than the production period.
-TEST_SETTINGS = {"releases": {"watch_s": 2, "engine_factories": ["tests.fakes.engine:turns_unhealthy"]},
+TEST_SETTINGS = {"releases": {"watch_s": 2, "engine_factories": ["tests.fakes.engine:turns_unhealthy",
+                                                                     "tests.fakes.engine:echo"]},
                  "lora": {"max_adapters": 1}, "ingress": {"health_period_s": 0.5}}
 
 
