@@ -13,19 +13,16 @@ history gives configs back as they were stored, and whoever deploys one migrates
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from sqlalchemy import Engine, delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 
 from serve_app.config.versions import CURRENT_VERSION
-from serve_app.errors import ServiceUnavailable
 from serve_app.state import store
 from serve_app.state.tables import audit as audit_table
 from serve_app.state.tables import releases
@@ -36,30 +33,10 @@ PRUNE_EVERY = 64
 _COLUMNS = [c.name for c in releases.columns]
 # Rows as dicts. A name of its own: inside History, ``list`` is the method.
 Records = list[dict[str, Any]]
-P = ParamSpec("P")
-R = TypeVar("R")
 
 
-def _store_call(fn: Callable[P, R]) -> Callable[P, R]:
-    """The store not answering becomes ServiceUnavailable (503 at the admin API, naming the store, never its
-    password): the controller's callers get a clear refusal, and a release whose row cannot be written is
-    never applied."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return fn(*args, **kwargs)
-        except IntegrityError:
-            raise
-        except SQLAlchemyError as exc:
-            history = args[0]
-            assert isinstance(history, History)
-            raise ServiceUnavailable(f"the state store {store.shown(str(history.engine.url))} does not answer "
-                                     f"({type(exc).__name__})") from None
-
-    return wrapper
-
-
+# Every call is store.answering: the store not answering is a 503 naming it, so the controller's callers get a
+# clear refusal and a release whose row cannot be written is never applied.
 class History:
     def __init__(self, where: str | Path | Engine):
         """``where``: the store's engine, or a state directory (its default SQLite store, migrated here)."""
@@ -83,7 +60,7 @@ class History:
         with self.engine.connect() as conn:
             return [self._row(r) for r in conn.execute(query)]
 
-    @_store_call
+    @store.answering
     def add(self, *, actor: str, kind: str, note: str | None, config: dict, changed: list[str], status: str,
             scope: str = "app") -> int:
         """Record a release; ``config`` is in the shape this code deploys (schema ``CURRENT_VERSION``): the whole
@@ -103,19 +80,19 @@ class History:
                     continue
             raise RuntimeError("could not number a release: the history is being written by another controller")
 
-    @_store_call
+    @store.answering
     def finish(self, n: int, status: str, outcome: str, rolled_back_to: int | None = None) -> None:
         with self._lock, self.engine.begin() as conn:
             conn.execute(update(releases).where(releases.c.n == n).values(
                 status=status, outcome=outcome, finished_at=time.time(), rolled_back_to=rolled_back_to))
             self._last_good = None
 
-    @_store_call
+    @store.answering
     def get(self, n: int) -> dict[str, Any] | None:
         rows = self._rows(select(releases).where(releases.c.n == n))
         return rows[0] if rows else None
 
-    @_store_call
+    @store.answering
     def list(self, limit: int = 100) -> Records:
         return self._rows(select(releases).order_by(releases.c.n.desc()).limit(limit))
 
@@ -127,7 +104,7 @@ class History:
             return cached and {**cached, "config": copy.deepcopy(cached["config"])}
         return self._read_last_good(before)
 
-    @_store_call
+    @store.answering
     def _read_last_good(self, before: int | None) -> dict[str, Any] | None:
         q = select(releases).where(releases.c.status == "good")
         if before is not None:
@@ -135,7 +112,7 @@ class History:
         rows = self._rows(q.order_by(releases.c.n.desc()).limit(1))
         return rows[0] if rows else None
 
-    @_store_call
+    @store.answering
     def good_version(self) -> tuple[int, int]:
         """(How many releases are good, the newest of them): changes whenever a release turns good, so what is
         composed from the good releases can be kept until it does."""
@@ -144,7 +121,7 @@ class History:
                 select(func.count(), func.max(releases.c.n)).where(releases.c.status == "good")).one()
         return count, newest or 0
 
-    @_store_call
+    @store.answering
     def good(self, whole: bool = False) -> Records:
         """Every good release in release order, from the last good one of the whole application on (what the
         running config is composed of: release/scopes.py ``compose``); ``whole``: from the first on."""
@@ -156,7 +133,7 @@ class History:
         return self._rows(select(releases).where(releases.c.status == "good", releases.c.n >= (start or 0))
                           .order_by(releases.c.n))
 
-    @_store_call
+    @store.answering
     def audit(self, actor: str, action: str, allowed: bool, detail: str | None = None, *,
               max_rows: int | None = None, max_age_s: float | None = None) -> None:
         """Record an admin call; every ``PRUNE_EVERY`` records, rows past ``max_rows`` (the oldest) or older
@@ -175,7 +152,7 @@ class History:
             newest = conn.execute(select(func.max(audit_table.c.id))).scalar() or 0
             conn.execute(delete(audit_table).where(audit_table.c.id <= newest - max_rows))
 
-    @_store_call
+    @store.answering
     def audit_log(self, limit: int = 200) -> Records:
         t = audit_table.c
         with self.engine.connect() as conn:

@@ -13,34 +13,15 @@ Calls are blocking (SQLAlchemy): the ingress runs them in a thread; a store that
 
 from __future__ import annotations
 
-import functools
 import json
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select, update
-from sqlalchemy.exc import SQLAlchemyError
 
-from serve_app.errors import ServiceUnavailable
 from serve_app.state import store
 from serve_app.state.tables import conversation_items, conversations, responses
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _store_call(fn: Callable[P, R]) -> Callable[P, R]:
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return fn(*args, **kwargs)
-        except SQLAlchemyError as exc:
-            engine: Engine = args[0].engine  # type: ignore[attr-defined]  # every decorated function is a method
-            raise ServiceUnavailable(f"the state store {store.shown(str(engine.url))} does not answer "
-                                     f"({type(exc).__name__})") from None
-
-    return wrapper
 
 
 class ResponseStore:
@@ -50,7 +31,7 @@ class ResponseStore:
 
     # Responses
 
-    @_store_call
+    @store.answering
     def record(self, tenant: str, body: dict[str, Any], input_items: list[dict[str, Any]] | None,
                conversation_id: str | None = None, new_items: Sequence[dict[str, Any]] = ()) -> bool:
         """One answered response, in one transaction: the response with its input items (``input_items`` None:
@@ -66,7 +47,7 @@ class ResponseStore:
                                                       body=json.dumps(body), input_items=json.dumps(input_items)))
         return True
 
-    @_store_call
+    @store.answering
     def get(self, tenant: str, response_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         """(the response, its input items), or None when the tenant has no such response."""
         with self.engine.connect() as conn:
@@ -74,13 +55,13 @@ class ResponseStore:
                                .where(responses.c.id == response_id, responses.c.tenant == tenant)).first()
         return None if row is None else (json.loads(row.body), json.loads(row.input_items))
 
-    @_store_call
+    @store.answering
     def delete(self, tenant: str, response_id: str) -> bool:
         with self.engine.begin() as conn:
             done = conn.execute(delete(responses).where(responses.c.id == response_id, responses.c.tenant == tenant))
         return done.rowcount > 0
 
-    @_store_call
+    @store.answering
     def prune(self, older_than_s: float) -> int:
         """Delete the responses stored more than ``older_than_s`` ago (every tenant's), and the items of
         conversations deleted while a response was adding to them (nothing can read those)."""
@@ -105,7 +86,7 @@ class ResponseStore:
         return conn.execute(select(conversations).where(conversations.c.id == conversation_id,
                                                         conversations.c.tenant == tenant)).first()
 
-    @_store_call
+    @store.answering
     def create_conversation(self, tenant: str, conversation_id: str, metadata: dict[str, str],
                             items: list[dict[str, Any]]) -> dict[str, Any]:
         now = time.time()
@@ -115,13 +96,13 @@ class ResponseStore:
             self._append(conn, conversation_id, items, now)
         return _conversation(conversation_id, now, metadata)
 
-    @_store_call
+    @store.answering
     def conversation(self, tenant: str, conversation_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
             row = self._owned(conn, tenant, conversation_id)
         return None if row is None else _conversation(row.id, row.created_at, json.loads(row.metadata))
 
-    @_store_call
+    @store.answering
     def update_conversation(self, tenant: str, conversation_id: str, metadata: dict[str, str]) -> dict[str, Any] | None:
         with self.engine.begin() as conn:
             row = self._owned(conn, tenant, conversation_id)
@@ -131,7 +112,7 @@ class ResponseStore:
                          .values(metadata=json.dumps(metadata)))
         return _conversation(row.id, row.created_at, metadata)
 
-    @_store_call
+    @store.answering
     def delete_conversation(self, tenant: str, conversation_id: str) -> bool:
         with self.engine.begin() as conn:
             done = conn.execute(delete(conversations).where(conversations.c.id == conversation_id,
@@ -147,7 +128,7 @@ class ResponseStore:
                 {"conversation_id": conversation_id, "id": item["id"], "created_at": now, "item": json.dumps(item)}
                 for item in items])
 
-    @_store_call
+    @store.answering
     def add_items(self, tenant: str, conversation_id: str, items: list[dict[str, Any]]) -> bool:
         """Append ``items`` (each with its ``id``) to the tenant's conversation; False when it has none such."""
         with self.engine.begin() as conn:
@@ -156,7 +137,7 @@ class ResponseStore:
             self._append(conn, conversation_id, items, time.time())
         return True
 
-    @_store_call
+    @store.answering
     def items(self, tenant: str, conversation_id: str) -> list[dict[str, Any]] | None:
         """Every item of the conversation, oldest first (None: the tenant has no such conversation)."""
         with self.engine.connect() as conn:
@@ -167,7 +148,7 @@ class ResponseStore:
                                 .order_by(conversation_items.c.n)).all()
         return [json.loads(r.item) for r in rows]
 
-    @_store_call
+    @store.answering
     def delete_item(self, tenant: str, conversation_id: str, item_id: str) -> bool | None:
         """None: no such conversation; False: no such item in it."""
         with self.engine.begin() as conn:

@@ -18,10 +18,13 @@ the first start of a store that holds no release and no audit record yet (``impo
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -33,6 +36,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 
 from serve_app.config import paths
+from serve_app.errors import ServiceUnavailable
 from serve_app.state import tables
 
 logger = logging.getLogger(__name__)
@@ -63,6 +67,30 @@ def shown(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
         return "<unparsable URL>"
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def answering(fn: Callable[P, R]) -> Callable[P, R]:
+    """For the methods of an object holding the store's ``engine``: the store not answering becomes
+    ServiceUnavailable (503, naming the store, never its password), so a caller gets a clear refusal instead of
+    a database error. An IntegrityError is no outage: it stays the caller's to read (a name taken, a row that
+    exists)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except IntegrityError:
+            raise
+        except SQLAlchemyError as exc:
+            holder: Any = args[0]
+            raise ServiceUnavailable(f"the state store {shown(str(holder.engine.url))} does not answer "
+                                     f"({type(exc).__name__})") from None
+
+    return wrapper
 
 
 def make_engine(url: str) -> Engine:
