@@ -173,6 +173,8 @@ class Responses:
         if not added:
             raise NotFound(f"No conversation found with id '{body.conversation_id}' (deleted while the response "
                            "was made).", "conversation")
+        if not store.due(PRUNE_PERIOD_S):
+            return
         try:  # the response is kept: a failed prune must not fail it (the next period tries again)
             await self.run(store.prune_due, self.ctx.settings.responses.retention_s, PRUNE_PERIOD_S)
         except ServiceUnavailable as exc:

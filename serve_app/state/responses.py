@@ -71,6 +71,10 @@ class ResponseStore:
                 conversation_items.c.conversation_id.not_in(select(conversations.c.id))))
         return done.rowcount
 
+    def due(self, period_s: float) -> bool:
+        """Whether this process has not pruned within ``period_s`` (no I/O: asked on the request path)."""
+        return self._pruned_at is None or time.monotonic() - self._pruned_at >= period_s
+
     def prune_due(self, older_than_s: float, period_s: float) -> int:
         """``prune`` when this process has not pruned within ``period_s``: retention costs one statement per
         period and replica, not one per response."""
@@ -147,6 +151,18 @@ class ResponseStore:
                                 .where(conversation_items.c.conversation_id == conversation_id)
                                 .order_by(conversation_items.c.n)).all()
         return [json.loads(r.item) for r in rows]
+
+    @store.answering
+    def item(self, tenant: str, conversation_id: str, item_id: str) -> dict[str, Any] | bool | None:
+        """The item (the first of that id), False when the conversation has none such, None when the tenant has
+        no such conversation."""
+        with self.engine.connect() as conn:
+            if self._owned(conn, tenant, conversation_id) is None:
+                return None
+            row = conn.execute(select(conversation_items.c.item).where(
+                conversation_items.c.conversation_id == conversation_id, conversation_items.c.id == item_id)
+                .order_by(conversation_items.c.n).limit(1)).first()
+        return False if row is None else json.loads(row.item)
 
     @store.answering
     def delete_item(self, tenant: str, conversation_id: str, item_id: str) -> bool | None:

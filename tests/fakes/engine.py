@@ -19,7 +19,23 @@ from serve_app.protocol.stream import DONE, sse
 HEALTHY_FOR_S = 1.0
 
 
-class TurnsUnhealthyEngine(LLMEngine):
+class _FakeEngine(LLMEngine):
+    """What a fake engine of one served model answers alike: its model list, no running requests, nothing to
+    stop."""
+
+    name: str
+
+    async def models(self):
+        return {"object": "list", "data": [{"id": self.name, "object": "model"}]}
+
+    def running_requests(self) -> int:
+        return 0
+
+    def shutdown(self) -> None:
+        pass
+
+
+class TurnsUnhealthyEngine(_FakeEngine):
     def __init__(self, name: str):
         self.name = name
         self.started = 0.0
@@ -33,25 +49,16 @@ class TurnsUnhealthyEngine(LLMEngine):
     async def completion(self, request):
         raise EngineError("fault injection: this engine cannot generate", 503)
 
-    async def models(self):
-        return {"object": "list", "data": [{"id": self.name, "object": "model"}]}
-
     async def check_health(self) -> None:
         if time.monotonic() - self.started > HEALTHY_FOR_S:
             raise RuntimeError("fault injection: the engine became unhealthy")
-
-    def running_requests(self) -> int:
-        return 0
-
-    def shutdown(self) -> None:
-        pass
 
 
 def turns_unhealthy(settings) -> LLMEngine:
     return TurnsUnhealthyEngine(settings.model.name)
 
 
-class EchoEngine(LLMEngine):
+class EchoEngine(_FakeEngine):
     """An engine whose answer is the prompt its model's chat template renders from the request (the template
     vLLM would use: serve_app/llm/engine_args.py), with no model run: what reached the engine, byte for byte,
     for tests that compare what two replicas were asked (tests/release/test_responses_replicas.py)."""
@@ -96,18 +103,9 @@ class EchoEngine(LLMEngine):
     async def completion(self, request):
         raise EngineError("the echo engine answers chat requests only", 400)
 
-    async def models(self):
-        return {"object": "list", "data": [{"id": self.name, "object": "model"}]}
-
     async def check_health(self) -> None:
         if self.tokenizer is None:
             raise RuntimeError("not started")
-
-    def running_requests(self) -> int:
-        return 0
-
-    def shutdown(self) -> None:
-        pass
 
 
 def echo(settings) -> LLMEngine:

@@ -166,6 +166,7 @@ def test_a_conversation_of_three_turns_across_replicas(replicas):
     first_two = _get(b, f"/v1/conversations/{conv['id']}/items?order=asc&limit=2").json()
     assert first_two["has_more"] and first_two["last_id"] == items["data"][1]["id"]
     gone = items["data"][1]["id"]
+    assert _get(a, f"/v1/conversations/{conv['id']}/items/{gone}").json() == items["data"][1]
     assert a.delete(f"/v1/conversations/{conv['id']}/items/{gone}",
                     headers={"Authorization": "Bearer sk-alice"}).json()["id"] == conv["id"]
     assert _get(b, f"/v1/conversations/{conv['id']}/items/{gone}").status_code == 404

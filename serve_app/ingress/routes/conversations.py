@@ -87,9 +87,10 @@ async def add_items(conversation_id: ConversationId, body: ItemsCreate, request:
 
 @router.get("/v1/conversations/{conversation_id}/items/{item_id}")
 async def get_item(conversation_id: ConversationId, item_id: ItemId, request: Request, ctx: IngressContext = Depends(context)):
-    for item in await _items(ctx, request, conversation_id):
-        if item["id"] == item_id:
-            return item
+    r = Responses(ctx)
+    item = _found(await r.run(r.db().item, tenant_of(request), conversation_id, item_id), conversation_id)
+    if item is not False:
+        return item
     raise NotFound(f"No item found with id '{item_id}' in this conversation.")
 
 
