@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -44,7 +45,8 @@ ToolFn = Callable[[BaseModel], Awaitable[ToolResult]]
 
 class Completer(Protocol):
     async def complete(
-        self, messages: list[dict[str, str]], max_tokens: int, temperature: float = 0.0, json_schema: dict | None = None
+        self, messages: list[dict[str, str]], max_tokens: int, temperature: float = 0.0, json_schema: dict | None = None,
+        *, session: str | None = None,
     ) -> str: ...
 
 
@@ -74,7 +76,11 @@ class AgentLoop:
         name, attributes = agent_run(max_steps=max_steps)
         run_span = tracer().start_span(name, attributes=attributes)
         try:
-            async with aclosing(self._steps(messages, steps, sources, deadline, max_steps, run_span)) as events:
+            # Every LLM call of the run is one session: it reaches the replica whose prefix cache holds the run's
+            # growing transcript (serve_app/llm/router.py).
+            session = f"agent-{uuid.uuid4().hex}"
+            async with aclosing(self._steps(messages, steps, sources, deadline, max_steps, run_span,
+                                            session)) as events:
                 async for event in events:
                     if event["type"] == "end":
                         answer, reason = event["answer"], event["reason"]
@@ -102,7 +108,7 @@ class AgentLoop:
         }
 
     async def _steps(self, messages, steps, sources, deadline, max_steps,
-                     run_span) -> AsyncGenerator[dict[str, Any], None]:
+                     run_span, session: str) -> AsyncGenerator[dict[str, Any], None]:
         answer, reason = None, "max_steps"
         for i in range(max_steps):
             last = i == max_steps - 1
@@ -119,7 +125,7 @@ class AgentLoop:
                 try:
                     raw = await asyncio.wait_for(
                         self.llm.complete(messages, self.s.step_max_tokens, self.s.temperature,
-                                          self._final_schema if last else self._schema),
+                                          self._final_schema if last else self._schema, session=session),
                         remaining,
                     )
                 except TimeoutError:

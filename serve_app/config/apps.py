@@ -52,7 +52,7 @@ from serve_app.config.loader import (
     deployment_names,
     validate_app_args,
 )
-from serve_app.config.model_settings import EngineSettings
+from serve_app.config.model_settings import EngineSettings, RoutingSettings
 from serve_app.config.names import AGENT, EMBEDDER, INGRESS, VECTOR_STORE
 from serve_app.config.settings import AppSettings
 
@@ -92,7 +92,20 @@ def llm_args(settings: AppSettings, deployment: str) -> dict[str, Any]:
     out = _dump(LLMAppSettings(deployment=deployment, model=served.model, engine=served.engine, lora=served.lora))
     if out.get("lora") is not None:
         out["lora"][ADAPTERS] = {}
+    out.pop("routing", None)  # read by the callers' routers (request_router_config), not by the replica
     return out
+
+
+ROUTER_CLASS = "serve_app.llm.router:LLMRequestRouter"
+
+
+def router_config(routing: RoutingSettings) -> dict[str, Any] | None:
+    """The LLM deployment's ``request_router_config`` for its routing settings (None: Serve's default)."""
+    if routing.policy == "power_of_two":
+        return None
+    return {"request_router_class": ROUTER_CLASS, "request_router_kwargs": {
+        "imbalanced_threshold": routing.imbalanced_threshold, "match_rate_threshold": routing.match_rate_threshold,
+        "eviction_threshold_chars": routing.tree_max_chars, "eviction_target_chars": routing.tree_max_chars * 9 // 10}}
 
 
 def _ingress_args(args: dict[str, Any], settings: AppSettings) -> dict[str, Any]:
@@ -143,6 +156,10 @@ def llm_application(plain: dict[str, Any], deployment: str, name: str | None = N
     settings = validate_app_args(plain.get("args"))
     entries = [dict(d) for d in plain.get("deployments") or [] if d.get("name") == deployment]
     served = settings.served_models()[deployment]
+    routing = router_config(served.routing)
+    if routing is not None:  # a deployment entry that names its own router keeps it
+        entries = [{"request_router_config": routing, **e} for e in entries] or [
+            {"name": deployment, "request_router_config": routing}]
     if served.lora is not None:
         entries = [_with_user_config(e, dict(served.lora.adapters)) for e in entries] or [
             _with_user_config({"name": deployment}, dict(served.lora.adapters))]

@@ -161,11 +161,39 @@ def check_folder_name(folder: str, name: str = "adapter") -> str:
     return folder
 
 
+class RoutingSettings(_Strict):
+    """Which of the model's replicas a request goes to (serve_app/llm/router.py). A change reaches the callers
+    (the ingress, the agent) made after it: a release restarts the model's replicas and the ingress."""
+
+    policy: Literal["prefix", "power_of_two"] = Field(
+        default="prefix",
+        description="'prefix': to the replica whose recent prompts share the longest prefix with the request (its "
+        "vLLM prefix cache likely holds it) while the replicas' queues are balanced, and every call of one session "
+        "(an agent run, a Responses conversation or previous_response_id chain, an x-session-id header) to one "
+        "replica; with one replica it is power of two and costs nothing. 'power_of_two': Serve's default, the "
+        "less loaded of two random replicas.")
+    imbalanced_threshold: int = Field(
+        default=4, ge=0, le=10_000,
+        description="With 'prefix': the largest difference of queued requests between replicas at which the "
+        "prefix still decides; past it, the less loaded replica does. (Sessions stay where they are unless their "
+        "replica is full.)")
+    match_rate_threshold: float = Field(
+        default=0.1, ge=0.0, le=1.0,
+        description="With 'prefix': below this share of the prompt matched, a request goes to the replica that "
+        "holds the least prompt text instead.")
+    tree_max_chars: int = Field(
+        default=400_000, ge=10_000, le=100_000_000,
+        description="With 'prefix': the prompt characters the router remembers per replica, past which the least "
+        "recently used are forgotten (to 90 % of it).")
+
+
 class ServedModel(_Strict):
     """One served model: what its LLM deployment reads."""
 
     model: ModelSettings = Field(default_factory=ModelSettings, description="Which model is served.")
     engine: EngineSettings = Field(default_factory=EngineSettings, description="vLLM engine arguments.")
     lora: LoraSettings | None = Field(default=None, description="LoRA adapters of the model (None: LoRA off).")
+    routing: RoutingSettings = Field(default_factory=RoutingSettings,
+                                     description="Which replica a request goes to (cache-aware routing).")
 
 

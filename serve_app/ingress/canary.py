@@ -6,10 +6,16 @@ seconds (serve_app/release/canary.py judges)."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 from typing import Any
 
 from serve_app.protocol.canary import CANARY, PRIMARY, ArmStats
+
+
+def _unit(session: str) -> float:
+    """A session's fixed draw in [0, 1)."""
+    return int.from_bytes(hashlib.blake2b(session.encode(), digest_size=8).digest(), "big") / 2**64
 
 
 class CanaryRouter:
@@ -21,8 +27,11 @@ class CanaryRouter:
         self._rng = rng or random.Random()
         self._stats = {PRIMARY: ArmStats(), CANARY: ArmStats()}
 
-    def pick(self) -> tuple[str, Any]:
-        arm = CANARY if self._rng.random() < self.share else PRIMARY
+    def pick(self, session: str | None = None) -> tuple[str, Any]:
+        """A request's side: random with the canary's share, or for a session (serve_app/llm/router.py) a hash of
+        it, so that a session's calls never switch sides while the share stays."""
+        draw = self._rng.random() if not session else _unit(session)
+        arm = CANARY if draw < self.share else PRIMARY
         return arm, self.handles[arm]
 
     def record(self, arm: str, ok: bool, ttft_ms: float | None = None) -> None:

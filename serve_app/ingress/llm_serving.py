@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
+from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from opentelemetry import trace
 
@@ -49,6 +50,19 @@ def check_sampling(req: Any, settings: AppSettings) -> None:
         cap = settings.ingress.max_tokens
         if value is not None and cap is not None and value > cap:
             raise InvalidRequest(f"{field} must be at most {cap}", field)
+
+
+SESSION_HEADER = "x-session-id"  # Ray Serve's own name for it (RAY_SERVE_SESSION_ID_HEADER_KEY's default)
+_MAX_SESSION_CHARS = 256
+
+
+def session_header(request: Request) -> str | None:
+    """The ``x-session-id`` header of a request: its LLM calls go to one replica (serve_app/llm/router.py)."""
+    session = request.headers.get(SESSION_HEADER)
+    if session is not None and not 0 < len(session) <= _MAX_SESSION_CHARS:
+        raise InvalidRequest(f"the {SESSION_HEADER} header must be 1 to {_MAX_SESSION_CHARS} characters",
+                             SESSION_HEADER)
+    return session
 
 
 async def _observed(lines: AsyncIterator[str], tags: dict[str, str], record: Outcome | None, t0: float,
@@ -127,19 +141,21 @@ class Answer:
     lines: AsyncGenerator[str, None] | None = None
 
 
-async def generate(ctx: IngressContext, kind: str, req: Any, model: str, handle):
+async def generate(ctx: IngressContext, kind: str, req: Any, model: str, handle, session: str | None = None):
     """Run a chat or completion request on ``model``'s LLM deployment: the whole answer as one JSON body, or
     the stream relayed as server-sent events."""
-    answer = await start(ctx, kind, req, model, handle)
+    answer = await start(ctx, kind, req, model, handle, session=session)
     if answer.lines is None:
         return JSONResponse(answer.body, headers=answer.headers)
     return StreamingResponse(answer.lines, media_type="text/event-stream", headers=answer.headers)
 
 
-async def start(ctx: IngressContext, kind: str, req: Any, model: str, handle, route: str | None = None) -> Answer:
+async def start(ctx: IngressContext, kind: str, req: Any, model: str, handle, route: str | None = None,
+                session: str | None = None) -> Answer:
     """Start a chat or completion request on ``model``'s LLM deployment (``handle``; while a canary of that
     model is out, the canary's share of them on the canary) and wait for its head. ``route``: the public route
-    it serves, for the metrics (default: the request kind's own)."""
+    it serves, for the metrics (default: the request kind's own). ``session``: the calls that share it go to
+    one replica (serve_app/llm/router.py) and one side of a canary."""
     ctx.models.gate(model)
     route = route or ("/v1/chat/completions" if kind == "chat" else "/v1/completions")
     tags = {"route": route, "model": model}
@@ -149,9 +165,11 @@ async def start(ctx: IngressContext, kind: str, req: Any, model: str, handle, ro
     router = releases.router_for(handle) if releases.routers else None
     record: Outcome | None = None
     if router is not None:
-        arm, handle = router.pick()
+        arm, handle = router.pick(session)
         record = partial(router.record, arm)
         releases.canary_reporter()
+    if session:
+        handle = handle.options(session_id=session)
     # The model call's span (OpenTelemetry's GenAI conventions), from the call to the answer's last token.
     name, attributes = llm_call("chat" if kind == "chat" else "text_completion", model,
                                 getattr(req, "max_completion_tokens", None) or req.max_tokens, req.temperature,

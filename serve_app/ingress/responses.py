@@ -28,7 +28,7 @@ from serve_app.errors import InvalidRequest, NotFound, ServiceUnavailable
 from serve_app.ingress.chat_checks import check_messages, check_tools
 from serve_app.ingress.context import IngressContext, api_key
 from serve_app.ingress.limits import charge_tokens
-from serve_app.ingress.llm_serving import check_sampling, start
+from serve_app.ingress.llm_serving import check_sampling, session_header, start
 from serve_app.protocol.openai import ChatCompletionRequest
 from serve_app.protocol.responses import ResponseCreate
 from serve_app.protocol.stream import ErrorEvent, data_of, is_done
@@ -151,7 +151,10 @@ class Responses:
         await charge_tokens(request, req.max_tokens or self.ctx.settings.ingress.default_token_charge,
                             "max_output_tokens")
         response_id, created = it.new_id("resp"), int(time.time())
-        answer = await start(self.ctx, "chat", req, model, handle, route=ROUTE)
+        # One session per conversation or previous_response_id chain (its first item's id, carried along in
+        # every stored input), so its turns reach the replica whose prefix cache holds their history.
+        session = session_header(request) or body.conversation_id or seen[0].get("id")
+        answer = await start(self.ctx, "chat", req, model, handle, route=ROUTE, session=session)
         if answer.lines is None:
             assert answer.body is not None
             output, finish = it.output_of(answer.body)

@@ -35,12 +35,17 @@ class LLMClient:
     def _body(self, messages: list[dict[str, str]], max_tokens: int, temperature: float, **extra) -> dict[str, Any]:
         return {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature, **extra}
 
+    def _handle(self, session: str | None):
+        # A session's calls (an agent run's) go to one replica (serve_app/llm/router.py).
+        return self.handle.options(session_id=session) if session else self.handle
+
     async def complete(
         self, messages: list[dict[str, str]], max_tokens: int, temperature: float = 0.0, json_schema: dict | None = None,
-        usage: dict[str, Any] | None = None, **options: Any,
+        usage: dict[str, Any] | None = None, session: str | None = None, **options: Any,
     ) -> str:
         """The whole answer text. With ``json_schema`` the engine constrains the output to the schema. ``usage``
-        gets the answer's token counts; ``options`` are more of vLLM's sampling fields (``min_tokens``, ...)."""
+        gets the answer's token counts; ``session``: calls that share it go to one replica; ``options`` are
+        more of vLLM's sampling fields (``min_tokens``, ...)."""
         extra: dict[str, Any] = dict(options)
         if json_schema is not None:
             extra["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": json_schema}}
@@ -48,7 +53,7 @@ class LLMClient:
         name, attributes = llm_call("chat", self.model, max_tokens, temperature, structured=json_schema is not None,
                                     stream=False)
         with span(name, SpanKind.CLIENT, **attributes) as s:
-            head, gen = await open_call(self.handle.generate, ("chat", req), self.settings)
+            head, gen = await open_call(self._handle(session).generate, ("chat", req), self.settings)
             gen.cancel()  # a non-streaming answer is complete in the head
             record_response(s, head["body"])
         if usage is not None:

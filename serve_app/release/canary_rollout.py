@@ -135,4 +135,4 @@ class CanaryRollout:
             started, _ = await self.live.apply()
         await self.rollout.wait_ready(started, settings, [self.app])
         for a in gone:  # its engine's resources are free for the next canary once Serve has deleted it
-            await self.rollout.wait_gone(a, settings)
+            await self.rollout.wait_gone(a, settings, [d["name"] for d in (left.get(a) or {}).get("deployments") or ()])

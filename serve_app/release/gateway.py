@@ -53,6 +53,12 @@ class ServeGateway(abc.ABC):
         """``method(*args)`` on one replica of ``deployment`` (an adapter's trial load), found and called like a
         probe."""
 
+    @abc.abstractmethod
+    def forget(self, app: str, deployments: list[str]) -> None:
+        """Remove what Serve keeps of a deleted application's deployments outside their replicas (the prefix
+        router's tree actor, serve_app/llm/router.py, which Serve itself removes only at ``serve.shutdown``).
+        Blocking."""
+
 
 # The callers of ``probe`` and ``call`` bound them with their own deadline (a release's ready_timeout_s, at
 # most an hour); this is only the backstop every handle call has.
@@ -96,3 +102,9 @@ class RayServeGateway(ServeGateway):
         from ray import serve
 
         return call(serve.get_deployment_handle(deployment, app), method, *args, timeout_s=CALLER_BOUND_S)
+
+    def forget(self, app: str, deployments: list[str]) -> None:
+        from serve_app.llm.router import drop_tree
+
+        for deployment in deployments:
+            drop_tree(app, deployment)

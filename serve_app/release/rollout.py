@@ -164,7 +164,7 @@ class Rollout:
             await self.wait_ready(started, settings, self.waited(scope, settings, changed))
             self.live.extra.pop(application["name"], None)
             started, _ = await self.live.apply()
-            await self.wait_gone(application["name"], settings)
+            await self.wait_gone(application["name"], settings, [deployment])
             self.history.finish(n, "good", f"{model!r} removed after {self.clock() - t0:.1f}s")
         except Exception as exc:  # noqa: BLE001 - every failure puts the model back
             self.live.extra.pop(application["name"], None)
@@ -174,13 +174,16 @@ class Rollout:
         finally:
             self.state.deploying.pop(scope, None)
 
-    async def wait_gone(self, name: str, settings: AppSettings) -> None:
-        """Until Serve no longer lists the application ``name`` (its replicas have stopped)."""
-        t0 = self.clock()
-        while name in (await asyncio.to_thread(self.gateway.details))["applications"]:
+    async def wait_gone(self, name: str, settings: AppSettings, deployments: Iterable[str] = ()) -> None:
+        """Until Serve no longer lists the application ``name`` (its replicas have stopped); then what Serve keeps
+        of its ``deployments`` (and of those it listed meanwhile) outside them is removed too."""
+        t0, deployments = self.clock(), set(deployments)
+        while name in (apps := (await asyncio.to_thread(self.gateway.details))["applications"]):
+            deployments.update(apps[name].get("deployments") or {})
             if self.clock() - t0 > settings.releases.ready_timeout_s:
                 raise ReleaseFailed(f"{name} not deleted within {settings.releases.ready_timeout_s:g}s")
             await self.sleep(0.5)
+        await asyncio.to_thread(self.gateway.forget, name, sorted(deployments))
 
     async def wait_ready(self, started: float, settings: AppSettings, apps: Iterable[str] | None = None) -> None:
         """Until every application of the release applied at ``started`` (its components, or ``apps``) is

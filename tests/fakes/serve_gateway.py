@@ -41,6 +41,7 @@ class FakeServeGateway(ServeGateway):
         self.calls: list[tuple] = []
         self.on_call: Callable[..., Awaitable[Any]] | None = None
         self.at_zero: set[str] = set()  # deployments deployed with min_replicas 0, at zero replicas now
+        self.forgotten: list[tuple[str, list[str]]] = []  # (application, its deployments) whose state was removed
 
     def details(self) -> dict[str, Any]:
         ready = self.clock() - self.deployed_at >= self.ready_after_s
@@ -95,6 +96,10 @@ class FakeServeGateway(ServeGateway):
             return await self.on_call(app, deployment, method, *args) if self.on_call is not None else {}
 
         return call()
+
+
+    def forget(self, app: str, deployments: list[str]) -> None:
+        self.forgotten.append((app, deployments))
 
 
 def _expanded(apps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

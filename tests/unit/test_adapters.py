@@ -171,7 +171,7 @@ def test_adapters_reach_the_replicas_as_user_config_so_a_change_restarts_nothing
     assert llm[DEPLOYMENT]["user_config"] == {"adapters": {"a": "a", "b": "team/b"}}
     assert ingress["Ingress"]["user_config"] == {"release": "2", "adapters": {BASE: {"a": "a", "b": "team/b"}}}
     assert "team/b" not in json.dumps(a2["serve_app"]["args"]) and "team/b" not in json.dumps(a2[APP]["args"])
-    assert not _deps(a2["serve_app-LLMServer-tiny-random-llama"])  # LoRA off for it: no user_config
+    assert "user_config" not in _deps(a2["serve_app-LLMServer-tiny-random-llama"])["LLMServer-tiny-random-llama"]  # LoRA off
     assert one == _config({"a": "a"})  # the plain config untouched
 
 

@@ -66,9 +66,11 @@ class Scripted:
         self.outputs = list(outputs)
         self.schemas = []
         self.messages = []
+        self.sessions = []
 
-    async def complete(self, messages, max_tokens, temperature=0.0, json_schema=None):
+    async def complete(self, messages, max_tokens, temperature=0.0, json_schema=None, *, session=None):
         self.schemas.append(json_schema)
+        self.sessions.append(session)
         self.messages.append(list(messages))
         out = self.outputs.pop(0)
         if isinstance(out, float):
@@ -152,6 +154,11 @@ def test_steps_are_bounded_and_the_last_one_must_answer():
     assert llm.schemas[0] == call_schema(DEFAULT_TOOLS)
     assert llm.schemas[-1] == call_schema(("final_answer",))
     assert events[-1]["finish_reason"] == "final_answer"
+    # Every LLM call of one run is one session (the router keeps it on one replica); another run is another.
+    assert len(set(llm.sessions)) == 1 and llm.sessions[0]
+    again = Scripted([_call("final_answer", answer="b")])
+    asyncio.run(_run(again, {"calculator": calc, "search_documents": calc, "get_document": calc}))
+    assert again.sessions[0] and again.sessions[0] != llm.sessions[0]
 
 
 def test_the_deadline_ends_a_run():

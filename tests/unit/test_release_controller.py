@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from serve_app.config.apps import router_config
+from serve_app.config.model_settings import RoutingSettings
 from serve_app.config.settings import AppSettings
 from serve_app.errors import InvalidRequest
 from serve_app.release.canary import CANARY, PRIMARY
@@ -107,7 +109,10 @@ def test_a_failing_canary_is_started_routed_then_removed_and_the_current_release
     canary = next(a for a in gw.applied[0]["applications"] if a["name"] == CANARY_APP)
     assert canary["import_path"] == "serve_app.app:build_llm" and canary["args"]["engine"]["max_num_seqs"] == 8
     assert canary["args"]["deployment"] == DEPLOYMENT and "vector" not in canary["args"]  # the LLM's settings alone
-    assert canary["deployments"] == [{"name": DEPLOYMENT, "num_replicas": 1}]
+    # Routed by the prefix router as the current release's LLM is; its tree actor removed with the application.
+    assert canary["deployments"] == [{"name": DEPLOYMENT, "num_replicas": 1,
+                                      "request_router_config": router_config(RoutingSettings())}]
+    assert gw.forgotten == [(CANARY_APP, [DEPLOYMENT])]
     assert canary["logging_config"] == {"encoding": "JSON"} and canary["route_prefix"] is None
     assert not c.state.canaries and not c.state.deploying and c.history.last_good()["n"] == 1
 

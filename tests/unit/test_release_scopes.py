@@ -196,6 +196,7 @@ def test_the_first_model_is_removed_like_any_other_once_nothing_uses_it_by_defau
     # named by its model, not by its place, which it now takes as the first model.
     served = [validate_app_args(step["serve_app"]["args"]).model_names() for step in steps]
     assert FIRST_APP in steps[0] and served[0] == [SECOND] and FIRST_APP not in steps[-1]
+    assert (FIRST_APP, [f"LLMServer-{FIRST}"]) in gw.forgotten  # its prefix router's tree actor removed with it
     assert all(step[SECOND_APP] == _apps(gw.applied[0])[SECOND_APP] for step in steps)
     args = c._good()["config"]["applications"][0]["args"]
     assert args["model"] == {"source": "tiny"} and args["models"] == []

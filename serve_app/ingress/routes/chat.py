@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Request
 from serve_app.ingress.chat_checks import check_messages, check_tools
 from serve_app.ingress.context import IngressContext, api_key, context
 from serve_app.ingress.limits import charge_tokens
-from serve_app.ingress.llm_serving import check_sampling, generate
+from serve_app.ingress.llm_serving import check_sampling, generate, session_header
 from serve_app.protocol.openai import ChatCompletionRequest
 
 router = APIRouter()
@@ -22,4 +22,4 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, ctx: I
     model, handle = ctx.models.chat_model(body.model, api_key(request))
     limit = body.max_completion_tokens or body.max_tokens or settings.ingress.default_token_charge
     await charge_tokens(request, limit * (body.n or 1), "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
-    return await generate(ctx, "chat", body, model, handle)
+    return await generate(ctx, "chat", body, model, handle, session_header(request))

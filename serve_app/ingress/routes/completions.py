@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Request
 from serve_app.errors import InvalidRequest
 from serve_app.ingress.context import IngressContext, api_key, context
 from serve_app.ingress.limits import charge_tokens
-from serve_app.ingress.llm_serving import check_sampling, generate
+from serve_app.ingress.llm_serving import check_sampling, generate, session_header
 from serve_app.protocol.openai import CompletionRequest
 
 router = APIRouter()
@@ -22,4 +22,4 @@ async def completions(body: CompletionRequest, request: Request, ctx: IngressCon
     # One charge per prompt of a batch (a list of strings); a list of token ids is one prompt.
     prompts = len(body.prompt) if isinstance(body.prompt, list) and body.prompt and not isinstance(body.prompt[0], int) else 1
     await charge_tokens(request, (body.max_tokens or ctx.settings.ingress.default_token_charge) * (body.n or 1) * prompts)
-    return await generate(ctx, "completion", body, model, handle)
+    return await generate(ctx, "completion", body, model, handle, session_header(request))

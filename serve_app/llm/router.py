@@ -1,0 +1,202 @@
+"""Which LLM replica a request goes to: Serve's request-router API (``request_router_config`` on the LLM
+deployment, serve_app/config/apps.py) with Ray's prefix-cache affinity router, subclassed where it must be.
+
+Several replicas of one model each keep their own vLLM prefix cache. Serve's default power-of-two choice scatters
+requests that share a prefix (a system prompt, a tool schema, a conversation's history, an agent run's growing
+transcript) and each replica computes it again. Ray's ``PrefixCacheAffinityRouter`` keeps a character-level tree
+of the prompts it routed, per replica, in one actor per deployment, and sends a request to the replica whose
+prompts share the longest prefix with it while the replicas' queues are within ``imbalanced_threshold`` of each
+other (power of two otherwise; below ``match_rate_threshold``, to the replica holding the least text).
+
+What this subclass changes, and why:
+
+- **Sessions** (a handle call's ``session_id``: an agent run, a Responses conversation or chain, an
+  ``x-session-id`` header) go to one replica, chosen by rendezvous hashing of the session over the replicas that
+  can take it: every caller (each ingress replica, the agent) picks the same one without sharing state, and only
+  the sessions of a replica that left move. The prefix router's choice follows as the fallback when that replica
+  is full; one that died is no longer a candidate, so its sessions move to another at once.
+- **One replica** (or none to choose from): power of two, with no call to the tree actor at all.
+- **The prompt's text** covers what a chat template renders first (the tools, then each message's role and
+  content), and an adapter's requests are keyed apart from the base model's (their KV blocks differ). A call
+  with no text (an adapter trial, a health probe, token-id prompts, an empty prompt) is routed by power of two
+  instead of raising or dividing by zero.
+- **No blocking call in the caller's router**: the tree actor is asked with ``await``; prompts and replica
+  changes are recorded without waiting (Ray runs one caller's calls on an actor in order).
+- **The tree actor** needs no CPU of Ray's (``num_cpus=0``: a bare actor otherwise waits for a free logical
+  CPU), trims itself (eviction on), and is removed with its application (``drop_tree``), not only at
+  ``serve.shutdown``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from typing import Any
+
+import ray
+from ray.llm._internal.serve.routing_policies.prefix_aware.prefix_aware_router import PrefixCacheAffinityRouter
+from ray.llm._internal.serve.routing_policies.prefix_aware.prefix_tree import PrefixTreeActor
+from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+from ray.serve._private.request_router import PowerOfTwoChoicesRequestRouter
+
+logger = logging.getLogger("ray.serve")
+
+TREE_ACTOR = "LlmPrefixTreeActor"  # Ray's name for it: one per deployment, told apart by namespace
+
+
+def tree_namespace(app: str, deployment: str) -> str:
+    """The namespace of ``deployment``'s tree actor (the one Ray's router would look up)."""
+    return "::".join((SERVE_NAMESPACE, app, deployment))
+
+
+def drop_tree(app: str, deployment: str) -> bool:
+    """Remove the tree actor of a deleted application's deployment; False when it had none."""
+    try:
+        actor = ray.get_actor(TREE_ACTOR, namespace=tree_namespace(app, deployment))
+    except ValueError:
+        return False
+    ray.kill(actor, no_restart=True)
+    return True
+
+
+def session_replica(session: str, replicas: list[Any]) -> Any:
+    """The replica a session goes to: the highest hash of (session, replica id) — rendezvous hashing, the same
+    answer in every caller for the same replicas, and a replica leaving moves only its own sessions."""
+    def weight(replica) -> int:
+        key = f"{session}\x00{replica.replica_id.unique_id}".encode()
+        return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
+
+    return max(replicas, key=weight)
+
+
+def _text(value: Any) -> str:
+    """The text of a message content: a string, or the text parts of a list of parts."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "".join(_text(part.get("text") if isinstance(part, dict) else part) for part in value)
+    return ""
+
+
+def prompt_text(arg: Any) -> str:
+    """What a request's prompt starts with, as text: a chat's tools, then each message's role, content and tool
+    calls; a completion's prompt (a string or strings). "" when there is none to go by (token ids)."""
+    messages = getattr(arg, "messages", None)
+    if isinstance(messages, list):
+        tools = getattr(arg, "tools", None)
+        head = json.dumps([t.model_dump() if hasattr(t, "model_dump") else t for t in tools]) if tools else ""
+        parts = [head]
+        for m in messages:
+            m = m if isinstance(m, dict) else getattr(m, "model_dump", lambda: {})()
+            parts.append(f"\x1e{m.get('role', '')}\x1f{_text(m.get('content'))}")
+            if m.get("tool_calls"):
+                parts.append(json.dumps(m["tool_calls"], default=str))
+        return "".join(parts) if len(parts) > 1 or head else ""
+    prompt = getattr(arg, "prompt", None)
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        return "".join(prompt)
+    return ""
+
+
+class LLMRequestRouter(PrefixCacheAffinityRouter):
+    """Prefix-cache affinity with sessions, for the LLM deployments (see the module's docstring)."""
+
+    _eviction_loop_running: bool  # set by Ray's initialize_state
+
+    def initialize_state(
+        self,
+        imbalanced_threshold: float = 4,
+        match_rate_threshold: float = 0.1,
+        eviction_threshold_chars: int = 400_000,
+        eviction_target_chars: int = 360_000,
+        eviction_interval_secs: int = 10,
+        tree_actor: Any = None,
+    ) -> None:
+        if tree_actor is None:
+            tree_actor = self._make_tree_actor()
+        super().initialize_state(
+            imbalanced_threshold=imbalanced_threshold, match_rate_threshold=match_rate_threshold, do_eviction=True,
+            eviction_threshold_chars=eviction_threshold_chars, eviction_target_chars=eviction_target_chars,
+            eviction_interval_secs=eviction_interval_secs, tree_actor=tree_actor)
+
+    def _make_tree_actor(self):
+        deployment = self._deployment_id
+        actor = PrefixTreeActor.options(
+            name=TREE_ACTOR, namespace=tree_namespace(deployment.app_name, deployment.name), get_if_exists=True,
+            lifetime="detached", num_cpus=0).remote()
+        # Also removed at serve.shutdown, as Ray's own router does (and by drop_tree with its application).
+        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        ray.get(controller._register_shutdown_cleanup_actor.remote(actor))
+        return actor
+
+    def _extract_text_from_request(self, pending_request) -> str:
+        text = next((t for t in map(prompt_text, pending_request.args or ()) if t), "")
+        adapter = pending_request.metadata.multiplexed_model_id
+        return f"{adapter}\x00{text}" if text and adapter else text
+
+    async def choose_replicas(self, candidate_replicas, pending_request=None):
+        if len(candidate_replicas) < 2 or pending_request is None:
+            return await PowerOfTwoChoicesRequestRouter.choose_replicas(self, candidate_replicas, pending_request)
+        ranks = await super().choose_replicas(candidate_replicas, pending_request)
+        session = pending_request.metadata.session_id
+        if not session:
+            return ranks
+        return [[session_replica(session, candidate_replicas)], *ranks]
+
+    async def _prefix_match_best_replicas(self, pending_request, candidate_replicas):
+        """Ray's choice, asked of the tree actor without blocking: the replicas whose prompts share the longest
+        prefix while the queues are balanced; [[]] (power of two decides) otherwise."""
+        text = self._extract_text_from_request(pending_request) if pending_request is not None else ""
+        if not text or len(candidate_replicas) < 2 or not await self._balanced(candidate_replicas):
+            return [[]]
+        ids = [r.replica_id.to_full_id_str() for r in candidate_replicas]
+        matched, holders = await self._tree_actor.prefix_match.remote(text, ids)
+        if len(matched) / len(text) < self._match_rate_threshold:
+            holders = await self._tree_actor.get_smallest_tenants.remote()
+        by_id = {r.replica_id.to_full_id_str(): r for r in candidate_replicas}
+        return [[by_id[h] for h in holders or () if h in by_id]]
+
+    async def _balanced(self, candidate_replicas) -> bool:
+        """Whether the candidates' queue lengths (Serve's cache, probed where it has none) differ by at most
+        ``imbalanced_threshold``."""
+        lengths: list[int] = []
+        unknown = []
+        for r in candidate_replicas:
+            n = self._replica_queue_len_cache.get(r.replica_id) if self._use_replica_queue_len_cache else None
+            if n is None or n >= r.max_ongoing_requests:
+                unknown.append(r)
+            else:
+                lengths.append(n)
+        if unknown:
+            lengths += [n for _, n in await self._probe_queue_lens(unknown, 0) if n is not None]
+        return not lengths or max(lengths) - min(lengths) <= self._imbalanced_threshold
+
+    def update_replicas(self, replicas) -> None:
+        """Serve's update (Ray's router's, without its blocking calls): the tree learns which replicas came and
+        went."""
+        old = set(self._replica_id_set)
+        super(PrefixCacheAffinityRouter, self).update_replicas(replicas)
+        added, removed = self._replica_id_set - old, old - self._replica_id_set
+        if added:
+            self._tree_actor.add_tenants.remote([r.to_full_id_str() for r in added], time.time())
+        if removed:
+            self._tree_actor.remove_tenants.remote([r.to_full_id_str() for r in removed])
+        if not self._eviction_loop_running:
+            self._tree_actor.start_eviction_loop.remote(
+                self._eviction_threshold_chars, self._eviction_target_chars, self._eviction_interval_secs)
+            self._eviction_loop_running = True
+
+    def on_replica_actor_died(self, replica_id) -> None:
+        super(PrefixCacheAffinityRouter, self).on_replica_actor_died(replica_id)
+        self._tree_actor.remove_tenants.remote([replica_id.to_full_id_str()])
+
+    def on_request_routed(self, pending_request, replica_id, result) -> None:
+        if pending_request is None or len(self._replica_id_set) < 2:
+            return  # nothing to choose between: the tree is not kept
+        text = self._extract_text_from_request(pending_request)
+        if text:
+            self._tree_actor.insert.remote(text, replica_id.to_full_id_str(), time.time())

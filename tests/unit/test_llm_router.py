@@ -1,0 +1,181 @@
+"""The LLM deployments' request router (serve_app/llm/router.py) deciding on Serve's own fake replicas
+(``FakeRunningReplica``) with Ray's prefix tree in process (tests/fakes/prefix_tree.py): shared prefixes,
+sessions, and the calls it must route without a prompt."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from types import SimpleNamespace
+
+import pytest
+from ray.serve._private.common import DeploymentHandleSource, DeploymentID, RequestMetadata
+from ray.serve._private.request_router.common import PendingRequest
+from ray.serve._private.test_utils import FakeRunningReplica
+
+from serve_app.llm.client import chat_request
+from serve_app.llm.router import LLMRequestRouter, prompt_text, session_replica
+from serve_app.protocol.openai import CompletionRequest
+from tests.fakes.prefix_tree import FakeTreeActor
+
+pytestmark = pytest.mark.unit
+
+SYSTEM = "You are the support assistant of a large company. " * 20  # a long shared system prompt
+
+
+def _router(tree: FakeTreeActor, replicas: list[FakeRunningReplica], threshold: int = 4) -> LLMRequestRouter:
+    router = LLMRequestRouter(deployment_id=DeploymentID(name="LLMServer-m", app_name="a"),
+                              handle_source=DeploymentHandleSource.REPLICA)
+    router.initialize_state(imbalanced_threshold=threshold, tree_actor=tree)
+    router.update_replicas(replicas)
+    return router
+
+
+def _replicas(n: int, queue_len: int = 0) -> list[FakeRunningReplica]:
+    out = []
+    for i in range(n):
+        r = FakeRunningReplica(f"r{i}")
+        r.set_queue_len_response(queue_len)
+        out.append(r)
+    return out
+
+
+def _chat(question: str, system: str = SYSTEM):
+    return chat_request({"model": "m", "messages": [{"role": "system", "content": system},
+                                                    {"role": "user", "content": question}]})
+
+
+def _pending(*args, session: str = "", adapter: str = "") -> PendingRequest:
+    rid = uuid.uuid4().hex
+    return PendingRequest(args=list(args), kwargs={}, metadata=RequestMetadata(
+        request_id=rid, internal_request_id=rid, call_method="generate", session_id=session,
+        multiplexed_model_id=adapter))
+
+
+async def _route(router: LLMRequestRouter, request: PendingRequest):
+    """What Serve does: the first rank's least loaded replica takes it; the router hears where it went."""
+    ranks = await router.choose_replicas(router._replicas_list, request)
+    chosen = ranks[0][0]
+    router.on_request_routed(request, chosen.replica_id, None)
+    return ranks, chosen
+
+
+@pytest.fixture
+def tree():
+    t = FakeTreeActor()
+    yield t
+    t.close()
+
+
+def test_requests_sharing_a_prefix_follow_the_replica_that_computed_it(tree):
+    async def run():
+        router = _router(tree, _replicas(3))
+        _, first = await _route(router, _pending("chat", _chat("How do I reset my password?")))
+        for question in ("Where is my invoice?", "Can I change my plan?", "What are your opening hours?"):
+            ranks, chosen = await _route(router, _pending("chat", _chat(question)))
+            assert ranks[0] == [first] and chosen is first
+        # A prompt that shares nothing goes to a replica that holds the least prompt text: not the first one.
+        _, other = await _route(router, _pending("chat", _chat("Bonjour", system="Tu es un assistant qui parle français. " * 5)))
+        assert other is not first
+
+    asyncio.run(run())
+
+
+def test_load_decides_when_the_replicas_queues_are_imbalanced(tree):
+    async def run():
+        busy, idle = _replicas(2)
+        router = _router(tree, [busy, idle], threshold=4)
+        router.on_request_routed(_pending("chat", _chat("first")), busy.replica_id, None)
+        ranks = await router.choose_replicas(router._replicas_list, _pending("chat", _chat("second")))
+        assert ranks[0] == [busy]  # balanced: the prefix decides
+        busy.set_queue_len_response(10)
+        ranks = await router.choose_replicas(router._replicas_list, _pending("chat", _chat("third")))
+        assert {r.replica_id for r in ranks[0]} == {busy.replica_id, idle.replica_id}  # power of two's pair
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("args", [
+    ("trial", "adapters/a"),  # an adapter trial: a folder, no prompt
+    (),  # models(), health(): no arguments
+    ("completion", CompletionRequest(model="m", prompt=[1, 2, 3])),  # token ids
+    ("completion", SimpleNamespace(prompt="")),  # an empty prompt (Ray's router divides by its length)
+])
+def test_calls_without_a_text_prompt_are_routed_by_power_of_two(tree, args):
+    async def run():
+        router = _router(tree, _replicas(2))
+        ranks, _ = await _route(router, _pending(*args))
+        assert len(ranks[0]) == 2  # power of two's pair, no match asked
+        assert tree.calls["prefix_match"] == 0 and tree.calls["insert"] == 0
+
+    asyncio.run(run())
+
+
+def test_one_replica_never_asks_the_tree(tree):
+    async def run():
+        router = _router(tree, _replicas(1))
+        calls_at_start = sum(tree.calls.values())  # the replica set and the eviction loop, once
+        for q in ("a", "b", "c"):
+            ranks, chosen = await _route(router, _pending("chat", _chat(q), session="s"))
+            assert ranks == [[chosen]]
+        assert sum(tree.calls.values()) == calls_at_start
+
+    asyncio.run(run())
+
+
+def test_a_session_stays_on_one_replica_in_every_caller_and_moves_only_when_its_replica_leaves(tree):
+    async def run():
+        replicas = _replicas(3)
+        callers = [_router(tree, replicas), _router(FakeTreeActor(), replicas)]  # two ingress replicas
+        sessions = [f"session-{i}" for i in range(24)]
+        pinned = {}
+        for s in sessions:
+            for turn in range(3):
+                for router in callers:
+                    ranks, chosen = await _route(router, _pending("chat", _chat(f"turn {turn}"), session=s))
+                    assert chosen is pinned.setdefault(s, chosen)
+                    assert len(ranks) > 1  # the prefix router's choice follows if the pinned one is full
+        assert len({r.replica_id for r in pinned.values()}) == 3  # the sessions spread over every replica
+        # A replica dies: only its own sessions move.
+        gone = replicas[0]
+        for router in callers:
+            router.on_replica_actor_died(gone.replica_id)
+        for s in sessions:
+            _, chosen = await _route(callers[0], _pending("chat", _chat("after"), session=s))
+            assert chosen is not gone
+            if pinned[s] is not gone:
+                assert chosen is pinned[s]
+        assert tree.calls["remove_tenants"] == 1
+
+    asyncio.run(run())
+
+
+def test_session_replica_is_a_pure_function_of_the_session_and_the_replicas():
+    replicas = _replicas(4)
+    picks = {s: session_replica(s, replicas) for s in map(str, range(400))}
+    assert all(session_replica(s, list(reversed(replicas))) is r for s, r in picks.items())
+    counts = [sum(1 for r in picks.values() if r is x) for x in replicas]
+    assert min(counts) > 60  # ~100 each
+
+
+def test_the_prompt_text_is_what_a_chat_template_renders_first():
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    with_tools = chat_request({"model": "m", "tools": tools, "messages": [{"role": "user", "content": "hi"}]})
+    plain = chat_request({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]})
+    assert prompt_text(with_tools).startswith("[{") and "lookup" in prompt_text(with_tools)
+    assert prompt_text(with_tools).endswith("\x1euser\x1fhi") and prompt_text(plain) == "\x1euser\x1fhi"
+    assert prompt_text(CompletionRequest(model="m", prompt=["a", "b"])) == "ab"
+    assert prompt_text("chat") == ""
+
+
+def test_an_adapters_prompts_are_kept_apart_from_the_base_models(tree):
+    async def run():
+        base, other = _replicas(2)
+        router = _router(tree, [base, other])
+        router.on_request_routed(_pending("chat", _chat("q")), base.replica_id, None)
+        text = router._extract_text_from_request(_pending("chat", _chat("q"), adapter="team-a"))
+        assert text.startswith("team-a\x00") and text.endswith("q")
+        matched, _ = await tree.prefix_match.remote(text, [base.replica_id.to_full_id_str()])
+        assert matched == ""  # nothing of the base model's prompts matches an adapter's
+
+    asyncio.run(run())
