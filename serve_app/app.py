@@ -37,10 +37,11 @@ def build_ingress(args: dict[str, Any] | None = None) -> Application:
 
 def build_llm(args: dict[str, Any] | None = None) -> Application:
     """One served model's LLM deployment (also a canary's application: no HTTP route, reached by handle)."""
-    from serve_app.llm.deployment import LLMServer
+    from serve_app.llm.deployment import LLMRoot, LLMServer
 
     settings = validate_component_args(LLMAppSettings, args)
-    return _deployment(LLMServer).options(name=settings.deployment).bind(settings.model_dump(mode="json"))
+    llm = _deployment(LLMServer).options(name=settings.deployment).bind(settings.model_dump(mode="json"))
+    return _deployment(LLMRoot).bind(llm)
 
 
 def build_retrieval(args: dict[str, Any] | None = None) -> Application:

@@ -20,6 +20,7 @@ SERVED_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
 # "LLMServer-<served name>" (with the characters a deployment name cannot hold replaced), never by its place, so
 # any model (the first included) can be added, released and removed without renaming another's deployment.
 LLM_DEPLOYMENT = "LLMServer"
+LLM_ROOT = "LLMRoot"  # an LLM application's root: serve_app/llm/deployment.py
 # A canary of a model runs as the application "<its model's application>-canary" (serve_app/release/plan.py).
 CANARY_SUFFIX = "-canary"
 INGRESS = "Ingress"

@@ -19,7 +19,7 @@ from ray import serve
 
 from serve_app.config.components import LLMAppSettings
 from serve_app.config.model_settings import ServedModel
-from serve_app.config.names import LLM_DEPLOYMENT, SERVED_NAMES
+from serve_app.config.names import LLM_DEPLOYMENT, LLM_ROOT, SERVED_NAMES
 from serve_app.errors import InvalidRequest, ModelNotFound
 from serve_app.llm import engine_args
 from serve_app.llm.adapters import adapter_path, check_adapter, check_shapes, model_config
@@ -239,3 +239,16 @@ class LLMServer:
                 engine.shutdown()
             except Exception:
                 logger.exception("engine shutdown failed")
+
+
+@serve.deployment(name=LLM_ROOT, ray_actor_options={"num_cpus": 0},
+                  autoscaling_config={"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1})
+class LLMRoot:
+    """The root of an LLM application, holding its LLM deployment as a child. Serve makes an application's root
+    its ingress and, with HAProxy in front (``serve-app run``'s default), refuses a custom request router on an
+    ingress deployment, even one without an HTTP route: the LLM deployment's own router (serve_app/llm/router.py)
+    needs it to be a child. Nothing calls the root (the ingress and the agent reach the LLM deployment by name),
+    so it stays at zero replicas and costs nothing."""
+
+    def __init__(self, llm):
+        self._llm = llm

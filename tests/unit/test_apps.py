@@ -127,8 +127,9 @@ def test_each_builder_reads_its_own_applications_args():
     apps = {a["name"]: a for a in expand(config)["applications"]}
     assert build_ingress(apps["serve_app"]["args"])._bound_deployment.name == "Ingress"
     tiny = apps["serve_app-LLMServer-tiny-random-llama"]
-    llm = build_llm(tiny["args"])._bound_deployment
-    assert llm.name == "LLMServer-tiny-random-llama"
+    root = build_llm(tiny["args"])._bound_deployment
+    llm = root.init_args[0]._bound_deployment  # the LLM deployment is its root's child (its own router)
+    assert root.name == "LLMRoot" and llm.name == "LLMServer-tiny-random-llama"
     assert LLMAppSettings.model_validate(llm.init_args[0]).engine.max_num_seqs == 16
     assert build_retrieval(apps["serve_app-retrieval"]["args"])._bound_deployment.name == "VectorStore"
     assert build_agent(apps["serve_app-agent"]["args"])._bound_deployment.name == "Agent"
