@@ -18,7 +18,7 @@ from serve_app.config.base import Strict as _Strict
 
 # The served model's, the answering features' and the release's settings live in modules of their own;
 # importable from here too.
-from serve_app.config.model_settings import EngineSettings, LoraSettings, ModelSettings, ServedModel
+from serve_app.config.model_settings import EngineSettings, LoraSettings, ModelSettings, RoutingSettings, ServedModel
 from serve_app.config.names import (
     CANARY_SUFFIX,
     LLM_DEPLOYMENT,
@@ -211,6 +211,8 @@ class AppSettings(_Strict):
     engine: EngineSettings = Field(default_factory=EngineSettings, description="vLLM engine arguments of the "
                                    "first model.")
     lora: LoraSettings | None = Field(default=None, description="LoRA adapters of the first model (None: LoRA off).")
+    routing: RoutingSettings = Field(default_factory=RoutingSettings,
+                                     description="Which of the first model's replicas a request goes to.")
     models: list[ServedModel] = Field(
         default_factory=list, max_length=32,
         description="More models served behind the same endpoint, each by its own LLM deployment "
@@ -277,7 +279,8 @@ class AppSettings(_Strict):
     def _served(self) -> list[ServedModel]:
         if not self.model.enabled:
             return []
-        return [ServedModel.model_construct(model=self.model, engine=self.engine, lora=self.lora), *self.models]
+        return [ServedModel.model_construct(model=self.model, engine=self.engine, lora=self.lora, routing=self.routing),
+                *self.models]
 
     def served_models(self) -> dict[str, ServedModel]:
         """Deployment name -> the model it serves, the first model first."""

@@ -40,7 +40,7 @@ APP = "app"
 MODEL = "model:"
 COMPONENT = "component:"
 COMPONENTS = ("retrieval", "agent", "ingress")
-_MODEL_KEYS = ("model", "engine", "lora")
+_MODEL_KEYS = ("model", "engine", "lora", "routing")
 _OWNED = {"retrieval": (("vector",), (EMBEDDER, VECTOR_STORE)), "agent": (("agent",), (AGENT,))}
 
 

@@ -134,6 +134,9 @@ def test_prometheus_sees_the_request_counter_and_ttft_histogram(prometheus, http
     # The release the ingress serves, and the engine's own metrics through the same endpoint.
     assert _wait_for(prometheus, "max(ray_serve_app_release_info)", lambda v: v == 1) == 1
     assert _wait_for(prometheus, "sum(ray_vllm_time_to_first_token_seconds_count)", lambda v: v >= 1) >= 1
+    # The same prompt eight times: the prefix cache's hits, per model and replica (the dashboard's hit rate).
+    hits = f'sum(ray_vllm_prefix_cache_hits_total{{model_name="{model_name}",ReplicaId!=""}})'
+    assert _wait_for(prometheus, hits, lambda v: v >= 1) >= 1
 
 
 def test_labels_never_carry_request_content(http):
