@@ -183,7 +183,10 @@ class Rollout:
             if self.clock() - t0 > settings.releases.ready_timeout_s:
                 raise ReleaseFailed(f"{name} not deleted within {settings.releases.ready_timeout_s:g}s")
             await self.sleep(0.5)
-        await asyncio.to_thread(self.gateway.forget, name, sorted(deployments))
+        try:  # the application is gone: what is left of it must not fail the release that removed it
+            await asyncio.to_thread(self.gateway.forget, name, sorted(deployments))
+        except Exception as exc:  # noqa: BLE001 - logged; Serve removes the rest at serve.shutdown
+            logger.warning("removing what %s left behind failed: %s", name, exc)
 
     async def wait_ready(self, started: float, settings: AppSettings, apps: Iterable[str] | None = None) -> None:
         """Until every application of the release applied at ``started`` (its components, or ``apps``) is
