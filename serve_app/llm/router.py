@@ -22,6 +22,8 @@ What this subclass changes, and why:
   instead of raising or dividing by zero.
 - **No blocking call in the caller's router**: the tree actor is asked with ``await``; prompts and replica
   changes are recorded without waiting (Ray runs one caller's calls on an actor in order).
+- **Each routing task's choice goes to its own request**, even when several calls of one ingress request share
+  Serve's internal request id (``_fulfill_next_pending_request``).
 - **The tree actor** needs no CPU of Ray's (``num_cpus=0``: a bare actor otherwise waits for a free logical
   CPU), trims itself (eviction on), and is removed with its application (``drop_tree``), not only at
   ``serve.shutdown``.
@@ -174,6 +176,21 @@ class LLMRequestRouter(PrefixCacheAffinityRouter):
         if unknown:
             lengths += [n for _, n in await self._probe_queue_lens(unknown, 0) if n is not None]
         return not lengths or max(lengths) - min(lengths) <= self._imbalanced_threshold
+
+    def _fulfill_next_pending_request(self, replica, request_metadata=None) -> None:
+        """Give the replica a routing task chose to that task's own request. Serve's matching for a router
+        without its FIFO mixin looks the request up by its internal request id, which every handle call made
+        while serving one ingress request shares (Serve copies the caller's request context): of two concurrent
+        calls of one request to this deployment (a cold start's wake-up probe and the request itself), one would
+        never be matched and wait until its deadline. The request is found by its own metadata object instead."""
+        for pending in self._pending_requests_to_fulfill:
+            if pending.metadata is request_metadata and not pending.future.done():
+                self._cancel_routing_task_for_pending_request(pending)
+                self._record_queue_wait_time(pending)
+                pending.future.set_result(replica)
+                if self._pending_requests_by_id.get(pending.metadata.internal_request_id) is pending:
+                    self._remove_pending_request_from_indices(pending)
+                return
 
     def update_replicas(self, replicas) -> None:
         """Serve's update (Ray's router's, without its blocking calls): the tree learns which replicas came and

@@ -61,7 +61,7 @@ def turns_unhealthy(settings) -> LLMEngine:
 class EchoEngine(_FakeEngine):
     """An engine whose answer is the prompt its model's chat template renders from the request (the template
     vLLM would use: serve_app/llm/engine_args.py), with no model run: what reached the engine, byte for byte,
-    for tests that compare what two replicas were asked (tests/release/test_llm_replicas.py)."""
+    for tests that compare what two replicas were asked (tests/release/test_replicas_routing.py)."""
 
     def __init__(self, settings):
         from serve_app.llm.model import resolve_model

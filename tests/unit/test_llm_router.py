@@ -45,8 +45,8 @@ def _chat(question: str, system: str = SYSTEM):
                                                     {"role": "user", "content": question}]})
 
 
-def _pending(*args, session: str = "", adapter: str = "") -> PendingRequest:
-    rid = uuid.uuid4().hex
+def _pending(*args, session: str = "", adapter: str = "", rid: str | None = None) -> PendingRequest:
+    rid = rid or uuid.uuid4().hex
     return PendingRequest(args=list(args), kwargs={}, metadata=RequestMetadata(
         request_id=rid, internal_request_id=rid, call_method="generate", session_id=session,
         multiplexed_model_id=adapter))
@@ -177,5 +177,20 @@ def test_an_adapters_prompts_are_kept_apart_from_the_base_models(tree):
         assert text.startswith("team-a\x00") and text.endswith("q")
         matched, _ = await tree.prefix_match.remote(text, [base.replica_id.to_full_id_str()])
         assert matched == ""  # nothing of the base model's prompts matches an adapter's
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_concurrent_calls_of_one_ingress_request_are_all_routed(tree, replicas):
+    # Serve gives every handle call made while serving one ingress request that request's internal id: a cold
+    # start's wake-up probe and the chat itself reach the router together with the same id.
+    async def run():
+        router = _router(tree, _replicas(replicas))
+        calls = [_pending("health", rid="one-request"), _pending("chat", _chat("q"), rid="one-request"),
+                 _pending("chat", _chat("r"), rid="one-request")]
+        routed = await asyncio.wait_for(asyncio.gather(*(router._choose_replica_for_request(c) for c in calls)), 5)
+        assert len(routed) == 3 and all(r is not None for r in routed)
+        assert not router._pending_requests_by_id  # nothing left behind in Serve's index
 
     asyncio.run(run())
