@@ -12,9 +12,10 @@ small KV cache set by ``--kv-cache-memory-bytes``):
 Loads, each on each model in turn (nothing else runs meanwhile):
 
 - **multi-round QA** (production-stack's benchmarks/multi-round-qa, scaled down): ``--users`` users, each with the
-  shared system prompt and a document of its own, ask ``--rounds`` questions one after another, the history
-  growing with every answer (``--answer-tokens``, fixed length); at most ``--concurrency`` requests in flight. Every
-  user sends its id as ``x-session-id`` (power of two ignores it). The load's distinct prefixes are reported
+  shared system prompt and a long document of its own, ask ``--rounds`` questions one after another, the history
+  growing with every short answer (``--answer-tokens``, fixed length): prefill-heavy, as that load is; at most
+  ``--concurrency`` requests in flight. Every user sends its id as ``x-session-id`` (power of two ignores it), and
+  once more on the prefix router without it (prefix affinity alone). The load's distinct prefixes are reported
   against one replica's KV cache (goal: at least 2x, so one replica cannot hold them all).
 - **agent-shaped runs**: ``--runs`` transcripts of ``--steps`` calls each (a shared system prompt listing the
   tools, then the task, each step's tool call and observation appended), one session per run: what the agent
@@ -25,7 +26,7 @@ Figures: client TTFT p50/p90 (streamed), the prefix-cache hit rate from vLLM's o
 (``vllm:prefix_cache_hits`` / ``queries``, per model and replica, read from the app's /metrics before and after
 each load), how the requests spread over the replicas, and the share of each session's calls on its replica.
 
-    python -m benchmarks.routing [--users 16 --rounds 5 --concurrency 8 --runs 8 --steps 4]
+    python -m benchmarks.routing [--users 16 --rounds 4 --doc-words 700 --concurrency 8 --runs 8 --steps 4]
 
 Writes benchmarks/results/routing.json.
 """
@@ -49,6 +50,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 P2C, PREFIX, REF, ONE = "route-p2c", "route-prefix", "route-ref", "route-one-p2c"
+NO_SESSION = "route-prefix (no x-session-id)"
+# (what the report calls it, the model, whether users send x-session-id)
+PHASES = ((P2C, P2C, True), (PREFIX, PREFIX, True), (NO_SESSION, PREFIX, False), (REF, REF, True))
 WORDS = ("account billing invoice refund policy support customer order delivery address payment card plan "
          "upgrade downgrade contract renewal discount warranty return exchange product service issue ticket "
          "priority escalation manager agent response time region store online mobile app password login "
@@ -59,9 +63,9 @@ def _text(rng: random.Random, words: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(words))
 
 
-def kv_bytes_per_token(model_dir: Path) -> int:
+def kv_bytes_per_token(model_dir: str | Path) -> int:
     """What one token takes in the KV cache (keys and values of every layer, 16-bit)."""
-    c = json.loads((model_dir / "config.json").read_text())
+    c = json.loads((Path(model_dir) / "config.json").read_text())
     head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
     return 2 * c["num_hidden_layers"] * c.get("num_key_value_heads", c["num_attention_heads"]) * head_dim * 2
 
@@ -146,7 +150,7 @@ async def chat(c: httpx.AsyncClient, model: str, messages: list[dict], tokens: i
             "output_tokens": usage.get("completion_tokens", 0), "end": time.perf_counter()}
 
 
-async def multi_round_qa(url: str, model: str, ns, seed: int) -> dict[str, Any]:
+async def multi_round_qa(url: str, model: str, ns, seed: int, sessions: bool = True) -> dict[str, Any]:
     rng = random.Random(seed)
     system = "You are the support assistant. Policy: " + _text(rng, ns.system_words)
     docs = [f"Customer {u} file: " + _text(rng, ns.doc_words) for u in range(ns.users)]
@@ -162,7 +166,7 @@ async def multi_round_qa(url: str, model: str, ns, seed: int) -> dict[str, Any]:
             question = f"Question {r}: " + _text(urng, ns.question_words)
             messages.append({"role": "user", "content": (docs[u] + "\n" if r == 0 else "") + question})
             async with gate:
-                rec = await chat(c, model, messages, ns.answer_tokens, f"user-{seed}-{u}")
+                rec = await chat(c, model, messages, ns.answer_tokens, f"user-{seed}-{u}" if sessions else None)
             records.append({**rec, "session": u, "round": r})
             messages.append({"role": "assistant", "content": rec["answer"]})
             finals[u] = rec["prompt_tokens"] + rec["output_tokens"]
@@ -258,12 +262,12 @@ def main() -> None:
     p.add_argument("--config", default="configs/dev-cpu.yaml")
     p.add_argument("--kv-tokens", type=int, default=4096, help="one replica's KV cache, in tokens")
     p.add_argument("--users", type=int, default=16)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--system-words", type=int, default=150)
-    p.add_argument("--doc-words", type=int, default=230)
+    p.add_argument("--doc-words", type=int, default=700)
     p.add_argument("--question-words", type=int, default=15)
-    p.add_argument("--answer-tokens", type=int, default=32)
+    p.add_argument("--answer-tokens", type=int, default=16)
     p.add_argument("--stagger-s", type=float, default=0.25)
     p.add_argument("--runs", type=int, default=8)
     p.add_argument("--steps", type=int, default=4)
@@ -287,13 +291,14 @@ def main() -> None:
             for model, n in ((P2C, 2), (PREFIX, 2), (REF, 1), (ONE, 1)):
                 asyncio.run(warm(url, model, n))
             qa: dict[str, Any] = {}
-            for model in (P2C, PREFIX, REF):
+            # The same load's shape on each, its words drawn anew (no phase finds another's prompts cached).
+            for seed, (name, model, sessions) in enumerate(PHASES):
                 before = prefix_counters(url)
-                run = asyncio.run(multi_round_qa(url, model, ns, seed=7))  # the same load on each model
+                run = asyncio.run(multi_round_qa(url, model, ns, seed=7 + seed, sessions=sessions))
                 after = settled_counters(url, model, _queries(before, model) + 1)
-                qa[model] = {**summary(run["records"], before, after), "duration_s": round(run["duration_s"], 1)}
-                qa[model]["distinct_prompt_tokens"] = sum(run["final_tokens"].values())
-                print(model, json.dumps({k: v for k, v in qa[model].items() if k != "prefix_cache"}), flush=True)
+                qa[name] = {**summary(run["records"], before, after), "duration_s": round(run["duration_s"], 1)}
+                qa[name]["distinct_prompt_tokens"] = sum(run["final_tokens"].values())
+                print(name, json.dumps({k: v for k, v in qa[name].items() if k != "prefix_cache"}), flush=True)
             agents: dict[str, Any] = {}
             for model in (P2C, PREFIX):
                 before = prefix_counters(url)
@@ -320,6 +325,9 @@ def main() -> None:
         "hit_rate_power_of_two_vs_single_replica_whole_cache": (
             round(qa[P2C]["hit_rate"] / qa[REF]["hit_rate"], 3) if qa[REF]["hit_rate"] else None),
         "ttft_p50_prefix_vs_power_of_two": round(qa[PREFIX]["ttft_p50_ms"] / qa[P2C]["ttft_p50_ms"], 3),
+        "hit_rate_prefix_without_sessions_vs_single_replica_whole_cache": (
+            round(qa[NO_SESSION]["hit_rate"] / qa[REF]["hit_rate"], 3) if qa[REF]["hit_rate"] else None),
+        "ttft_p50_prefix_without_sessions_vs_power_of_two": round(qa[NO_SESSION]["ttft_p50_ms"] / qa[P2C]["ttft_p50_ms"], 3),
         "agent_calls_on_one_replica_prefix": agents[PREFIX]["session_calls_on_one_replica"],
         "agent_calls_on_one_replica_power_of_two": agents[P2C]["session_calls_on_one_replica"],
     }

@@ -35,12 +35,15 @@ class EchoLLM:
 
     def __init__(self):
         self.prompts: list[str] = []
+        self.sessions: list[str] = []  # the session of each call (the router keeps a session on one replica)
 
     @property
     def generate(self):
         return self
 
-    def options(self, **_):
+    def options(self, **options):
+        if "session_id" in options:
+            self.sessions.append(options["session_id"])
         return self
 
     def remote(self, kind, req):
@@ -260,3 +263,29 @@ def test_retention_prunes_old_responses(engine):
     assert s.prune_due(0.0, period_s=60) == 1 and s.get("t", "resp_old") is None
     s.record("t", {"id": "resp_new", "output": []}, [])
     assert s.prune_due(0.0, period_s=60) == 0  # pruned within the period: not again
+
+
+def test_a_chain_a_conversation_and_an_x_session_id_are_each_one_session_on_every_replica(replicas):
+    a, b, llm = replicas
+    first = _post(a, {"input": "One."}).json()
+    second = _post(b, {"input": "Two.", "previous_response_id": first["id"]}).json()
+    _post(a, {"input": "Three.", "previous_response_id": second["id"]})
+    chain = llm.sessions[-3:]
+    first_item = _get(a, f"/v1/responses/{first['id']}/input_items?order=asc").json()["data"][0]["id"]
+    assert chain == [first_item] * 3  # the chain's first item, carried in every stored input
+    _post(a, {"input": "Another chain."})
+    assert llm.sessions[-1] != chain[0]  # a new chain is a new session
+    conversation = _post(a, {}, path="/v1/conversations").json()["id"]
+    for client in (a, b):
+        _post(client, {"input": "Hi.", "conversation": conversation})
+    assert llm.sessions[-2:] == [conversation, conversation]
+    headers = {"Authorization": f"Bearer {KEYS['alice']}", "x-session-id": "chat-42"}
+    assert a.post("/v1/responses", json={"input": "x"}, headers=headers).status_code == 200
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    assert b.post("/v1/chat/completions", json=body, headers=headers).status_code == 200
+    assert llm.sessions[-2:] == ["chat-42", "chat-42"]  # the header wins, on every route
+    calls = len(llm.sessions)
+    assert b.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEYS['alice']}"}).status_code == 200
+    assert len(llm.sessions) == calls  # no header: no session, the prefix router decides
+    bad = b.post("/v1/chat/completions", json=body, headers={**headers, "x-session-id": "x" * 257})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "x-session-id"
