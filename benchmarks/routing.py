@@ -26,7 +26,7 @@ Figures: client TTFT p50/p90 (streamed), the prefix-cache hit rate from vLLM's o
 (``vllm:prefix_cache_hits`` / ``queries``, per model and replica, read from the app's /metrics before and after
 each load), how the requests spread over the replicas, and the share of each session's calls on its replica.
 
-    python -m benchmarks.routing [--users 16 --rounds 4 --doc-words 700 --concurrency 8 --runs 8 --steps 4]
+    python -m benchmarks.routing [--users 16 --rounds 4 --doc-words 260 --concurrency 8 --runs 8 --steps 4]
 
 Writes benchmarks/results/routing.json.
 """
@@ -265,7 +265,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--system-words", type=int, default=150)
-    p.add_argument("--doc-words", type=int, default=700)
+    p.add_argument("--doc-words", type=int, default=260)
     p.add_argument("--question-words", type=int, default=15)
     p.add_argument("--answer-tokens", type=int, default=16)
     p.add_argument("--stagger-s", type=float, default=0.25)

@@ -172,6 +172,11 @@ class RoutingSettings(_Strict):
         "(an agent run, a Responses conversation or previous_response_id chain, an x-session-id header) to one "
         "replica; with one replica it is power of two and costs nothing. 'power_of_two': Serve's default, the "
         "less loaded of two random replicas.")
+    sessions: bool = Field(
+        default=True,
+        description="With 'prefix': every call of a session on one replica, chosen by hashing the session over the "
+        "live replicas. Off: sessions are routed by their prompts' prefixes alone, which follow them too while the "
+        "replicas' load is balanced, and balance better when a model has few sessions at a time.")
     imbalanced_threshold: int = Field(
         default=4, ge=0, le=10_000,
         description="With 'prefix': the largest difference of queued requests between replicas at which the "

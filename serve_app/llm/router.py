@@ -111,6 +111,7 @@ class LLMRequestRouter(PrefixCacheAffinityRouter):
 
     def initialize_state(
         self,
+        sessions: bool = True,
         imbalanced_threshold: float = 4,
         match_rate_threshold: float = 0.1,
         eviction_threshold_chars: int = 400_000,
@@ -118,6 +119,7 @@ class LLMRequestRouter(PrefixCacheAffinityRouter):
         eviction_interval_secs: int = 10,
         tree_actor: Any = None,
     ) -> None:
+        self._sessions = sessions
         if tree_actor is None:
             tree_actor = self._make_tree_actor()
         super().initialize_state(
@@ -145,7 +147,7 @@ class LLMRequestRouter(PrefixCacheAffinityRouter):
             return await PowerOfTwoChoicesRequestRouter.choose_replicas(self, candidate_replicas, pending_request)
         ranks = await super().choose_replicas(candidate_replicas, pending_request)
         session = pending_request.metadata.session_id
-        if not session:
+        if not session or not self._sessions:
             return ranks
         return [[session_replica(session, candidate_replicas)], *ranks]
 

@@ -23,10 +23,11 @@ pytestmark = pytest.mark.unit
 SYSTEM = "You are the support assistant of a large company. " * 20  # a long shared system prompt
 
 
-def _router(tree: FakeTreeActor, replicas: list[FakeRunningReplica], threshold: int = 4) -> LLMRequestRouter:
+def _router(tree: FakeTreeActor, replicas: list[FakeRunningReplica], threshold: int = 4,
+            sessions: bool = True) -> LLMRequestRouter:
     router = LLMRequestRouter(deployment_id=DeploymentID(name="LLMServer-m", app_name="a"),
                               handle_source=DeploymentHandleSource.REPLICA)
-    router.initialize_state(imbalanced_threshold=threshold, tree_actor=tree)
+    router.initialize_state(sessions=sessions, imbalanced_threshold=threshold, tree_actor=tree)
     router.update_replicas(replicas)
     return router
 
@@ -192,5 +193,16 @@ def test_concurrent_calls_of_one_ingress_request_are_all_routed(tree, replicas):
         routed = await asyncio.wait_for(asyncio.gather(*(router._choose_replica_for_request(c) for c in calls)), 5)
         assert len(routed) == 3 and all(r is not None for r in routed)
         assert not router._pending_requests_by_id  # nothing left behind in Serve's index
+
+    asyncio.run(run())
+
+
+def test_with_sessions_off_a_session_is_routed_by_its_prefix_like_any_request(tree):
+    async def run():
+        router = _router(tree, _replicas(3), sessions=False)
+        _, first = await _route(router, _pending("chat", _chat("q0")))
+        for i in range(12):  # each its own session; all share the system prompt the first replica holds
+            ranks, chosen = await _route(router, _pending("chat", _chat(f"q{i}"), session=f"s{i}"))
+            assert chosen is first and len(ranks) == 1
 
     asyncio.run(run())
