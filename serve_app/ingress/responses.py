@@ -148,12 +148,14 @@ class Responses:
                                  f"{limit} (truncation: auto drops the oldest)", "input")
         model, handle = self.ctx.models.chat_model(body.model, api_key(request))
         req = self._chat_request(body, model, it.chat_messages(seen, body.instructions))
+        # A conversation, or a previous_response_id chain from its second turn (the id of its first item, carried
+        # in every stored input), is one session: its turns reach the replica whose prefix cache holds their
+        # history. A first turn has none yet: the prefix router places it.
+        session = session_header(request) or body.conversation_id or (
+            f"{tenant}:{seen[0].get('id')}" if body.previous_response_id else None)
         await charge_tokens(request, req.max_tokens or self.ctx.settings.ingress.default_token_charge,
                             "max_output_tokens")
         response_id, created = it.new_id("resp"), int(time.time())
-        # One session per conversation or previous_response_id chain (its first item's id, carried along in
-        # every stored input), so its turns reach the replica whose prefix cache holds their history.
-        session = session_header(request) or body.conversation_id or seen[0].get("id")
         answer = await start(self.ctx, "chat", req, model, handle, route=ROUTE, session=session)
         if answer.lines is None:
             assert answer.body is not None

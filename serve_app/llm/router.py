@@ -13,15 +13,18 @@ What this subclass changes, and why:
 - **Sessions** (a handle call's ``session_id``: an agent run, a Responses conversation or chain, an
   ``x-session-id`` header) go to one replica, chosen by rendezvous hashing of the session over the replicas that
   can take it: every caller (each ingress replica, the agent) picks the same one without sharing state, and only
-  the sessions of a replica that left move. The prefix router's choice follows as the fallback when that replica
-  is full; one that died is no longer a candidate, so its sessions move to another at once.
+  the sessions of a replica that left move. When that replica is full, power of two picks another; one that died is
+  no longer a candidate, so its sessions move at once. An adapter's sessions hash over the replicas holding it.
+- **Adapters** are routed by Serve's multiplexing (replicas holding the adapter first): Ray's router applies it
+  twice, the second time over the replicas the first excluded.
 - **One replica** (or none to choose from): power of two, with no call to the tree actor at all.
 - **The prompt's text** covers what a chat template renders first (the tools, then each message's role and
-  content), and an adapter's requests are keyed apart from the base model's (their KV blocks differ). A call
-  with no text (an adapter trial, a health probe, token-id prompts, an empty prompt) is routed by power of two
-  instead of raising or dividing by zero.
-- **No blocking call in the caller's router**: the tree actor is asked with ``await``; prompts and replica
-  changes are recorded without waiting (Ray runs one caller's calls on an actor in order).
+  content). A call with no text (an adapter trial, a health probe, token-id prompts, an empty prompt) is routed by
+  power of two instead of raising or dividing by zero.
+- **No blocking call on a request's path**: the tree actor is asked with ``await``; prompts and replica changes
+  are recorded without waiting (Ray runs one caller's calls on an actor in order). (Making the actor, once per
+  caller, waits for Ray, as Ray's router does.) A failing tree actor never leaves a request unrouted: power of
+  two takes it, and a dead actor is made again.
 - **Each routing task's choice goes to its own request**, even when several calls of one ingress request share
   Serve's internal request id (``_fulfill_next_pending_request``).
 - **The tree actor** needs no CPU of Ray's (``num_cpus=0``: a bare actor otherwise waits for a free logical
@@ -31,6 +34,7 @@ What this subclass changes, and why:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -46,6 +50,7 @@ from ray.serve._private.request_router import PowerOfTwoChoicesRequestRouter
 logger = logging.getLogger("ray.serve")
 
 TREE_ACTOR = "LlmPrefixTreeActor"  # Ray's name for it: one per deployment, told apart by namespace
+RENEW_PERIOD_S = 10.0
 
 
 def tree_namespace(app: str, deployment: str) -> str:
@@ -119,7 +124,7 @@ class LLMRequestRouter(PrefixCacheAffinityRouter):
         eviction_interval_secs: int = 10,
         tree_actor: Any = None,
     ) -> None:
-        self._sessions = sessions
+        self._sessions, self._renewed = sessions, float("-inf")
         if tree_actor is None:
             tree_actor = self._make_tree_actor()
         super().initialize_state(
@@ -138,18 +143,44 @@ class LLMRequestRouter(PrefixCacheAffinityRouter):
         return actor
 
     def _extract_text_from_request(self, pending_request) -> str:
-        text = next((t for t in map(prompt_text, pending_request.args or ()) if t), "")
-        adapter = pending_request.metadata.multiplexed_model_id
-        return f"{adapter}\x00{text}" if text and adapter else text
+        # An adapter's requests are left to Serve's multiplexing (``choose_replicas``): no text, no tree entry.
+        if pending_request.metadata.multiplexed_model_id:
+            return ""
+        return next((t for t in map(prompt_text, pending_request.args or ()) if t), "")
 
     async def choose_replicas(self, candidate_replicas, pending_request=None):
+        power_of_two = PowerOfTwoChoicesRequestRouter.choose_replicas
         if len(candidate_replicas) < 2 or pending_request is None:
-            return await PowerOfTwoChoicesRequestRouter.choose_replicas(self, candidate_replicas, pending_request)
-        ranks = await super().choose_replicas(candidate_replicas, pending_request)
-        session = pending_request.metadata.session_id
-        if not session or not self._sessions:
-            return ranks
-        return [[session_replica(session, candidate_replicas)], *ranks]
+            return await power_of_two(self, candidate_replicas, pending_request)
+        adapter, session = pending_request.metadata.multiplexed_model_id, pending_request.metadata.session_id
+        if session and self._sessions:
+            # Hashed over the replicas holding the request's adapter when some do (Serve's multiplexing would
+            # send it there); the fallback, when that replica is full, is power of two's (no tree call).
+            holders = [r for r in candidate_replicas if adapter in r.multiplexed_model_ids] if adapter else []
+            pinned = session_replica(session, holders or candidate_replicas)
+            return [[pinned], *await power_of_two(self, candidate_replicas, pending_request)]
+        if adapter:  # Serve's multiplexing: replicas holding the adapter first (Ray's router would apply it twice)
+            return await power_of_two(self, candidate_replicas, pending_request)
+        try:
+            return await super().choose_replicas(candidate_replicas, pending_request)
+        except Exception as exc:  # noqa: BLE001 - a request must never be left unrouted by the tree's failure
+            logger.warning("prefix routing failed (%s: %s); routing by power of two", type(exc).__name__, exc)
+            await self._renew_tree(exc)
+            return await power_of_two(self, candidate_replicas, pending_request)
+
+    async def _renew_tree(self, exc: Exception) -> None:
+        """A tree actor that died (its node lost, its application removed and added again) is made again, at most
+        every ``RENEW_PERIOD_S``; it starts empty and learns the replicas again."""
+        if not isinstance(exc, ray.exceptions.RayActorError) or time.monotonic() - self._renewed < RENEW_PERIOD_S:
+            return
+        self._renewed = time.monotonic()
+        try:
+            self._tree_actor = await asyncio.to_thread(self._make_tree_actor)
+        except Exception as again:  # noqa: BLE001 - power of two meanwhile; tried again after the period
+            logger.warning("the prefix tree actor could not be made again: %s", again)
+            return
+        self._tree_actor.add_tenants.remote([r.to_full_id_str() for r in self._replica_id_set], time.time())
+        self._eviction_loop_running = False  # started again at the next replica update
 
     async def _prefix_match_best_replicas(self, pending_request, candidate_replicas):
         """Ray's choice, asked of the tree actor without blocking: the replicas whose prompts share the longest
@@ -192,6 +223,8 @@ class LLMRequestRouter(PrefixCacheAffinityRouter):
                 pending.future.set_result(replica)
                 if self._pending_requests_by_id.get(pending.metadata.internal_request_id) is pending:
                     self._remove_pending_request_from_indices(pending)
+                # Serve's per-adapter index of pending requests is cleaned as its FIFO matching would.
+                self._get_pending_request_matching_multiplexed_model_id(request_metadata)
                 return
 
     def update_replicas(self, replicas) -> None:

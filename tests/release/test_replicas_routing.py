@@ -5,7 +5,7 @@ A model served by an echo engine (tests/fakes/engine.py: its answer is the promp
 model run) is added at run time with two replicas for this module and removed after (its router's tree actor
 with it). Requests without a session and with nothing in common spread over both replicas; every call of a
 session (an ``x-session-id`` header, a ``previous_response_id`` chain, a conversation) stays on one of them, and
-the sessions use both. A first turn's follow-up is answered by the first turn's replica; that replica is
+the sessions use both. A chain's follow-up is answered by its session's replica every time; that replica is
 SIGKILLed; the same follow-up, now answered by the other replica, must be rendered byte for byte the same, and
 the session goes on there."""
 
@@ -106,13 +106,14 @@ def test_every_call_of_a_session_stays_on_one_replica_and_the_sessions_use_both(
         for turn in range(3):
             by_session.setdefault(session, set()).add(_chat(http, f"turn {turn}", session, history))
             history += [{"role": "user", "content": f"turn {turn}"}, {"role": "assistant", "content": "ok"}]
-    for i in range(4):  # previous_response_id chains
+    for i in range(4):  # previous_response_id chains: a session from the second turn on
         previous, served = None, set()
-        for turn in range(3):
+        for turn in range(4):
             answer, by = _ask(http, {"input": f"chain {i} turn {turn}",
                                      **({"previous_response_id": previous} if previous else {})})
             previous = answer["id"]
-            served.add(by)
+            if turn:
+                served.add(by)
         by_session[f"chain-{i}"] = served
     for i in range(4):  # conversations
         conversation = http.post("/v1/conversations", json={}).json()["id"]
@@ -123,15 +124,15 @@ def test_every_call_of_a_session_stays_on_one_replica_and_the_sessions_use_both(
 
 
 def test_a_follow_up_rendered_after_its_replica_was_killed_is_byte_identical(http, echo):
-    first, served = _ask(http, {"input": "Remember the number 7.", "instructions": "Be brief."})
+    first, _ = _ask(http, {"input": "Remember the number 7.", "instructions": "Be brief."})
     turn = {"previous_response_id": first["id"], "input": "Which number was it?"}
-    same = _ask(http, turn)
-    assert same[1] == served  # the chain is one session: its first turn's replica
+    same, served = _ask(http, turn)
+    assert all(_ask(http, turn)[1] == served for _ in range(3))  # the chain is one session: one replica
     os.kill(echo[served], signal.SIGKILL)
     other, by = _ask(http, turn)
     assert by != served
     rendered = other["output"][0]["content"][0]["text"]
-    assert rendered == same[0]["output"][0]["content"][0]["text"]
+    assert rendered == same["output"][0]["content"][0]["text"]
     assert "Remember the number 7." in rendered and "Which number was it?" in rendered
     # The first turn's instructions are its own: they reach the follow-up only inside the first answer (the
     # echo of the first prompt), not as the follow-up's system turn.

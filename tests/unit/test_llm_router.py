@@ -169,15 +169,38 @@ def test_the_prompt_text_is_what_a_chat_template_renders_first():
     assert prompt_text("chat") == ""
 
 
-def test_an_adapters_prompts_are_kept_apart_from_the_base_models(tree):
+def test_an_adapters_requests_go_to_replicas_holding_it_and_leave_nothing_behind(tree):
     async def run():
-        base, other = _replicas(2)
-        router = _router(tree, [base, other])
-        router.on_request_routed(_pending("chat", _chat("q")), base.replica_id, None)
-        text = router._extract_text_from_request(_pending("chat", _chat("q"), adapter="team-a"))
-        assert text.startswith("team-a\x00") and text.endswith("q")
-        matched, _ = await tree.prefix_match.remote(text, [base.replica_id.to_full_id_str()])
-        assert matched == ""  # nothing of the base model's prompts matches an adapter's
+        holder, other, third = _replicas(3)
+        holder._model_ids = {"team-a"}
+        router = _router(tree, [holder, other, third])
+        calls = [_pending("chat", _chat(f"q{i}"), adapter="team-a") for i in range(6)]
+        calls += [_pending("chat", _chat(f"s{i}"), adapter="team-a", session=f"s{i}") for i in range(6)]
+        routed = await asyncio.wait_for(asyncio.gather(*(router._choose_replica_for_request(c) for c in calls)), 5)
+        assert all(r is holder for r in routed)  # Serve's multiplexing; an adapter's sessions hash over its holders
+        assert tree.calls["prefix_match"] == 0 and tree.calls["insert"] == 0  # its prompts are not the base model's
+        assert not router._pending_requests_by_id and not router._pending_requests_by_model_id  # no leak
+
+    asyncio.run(run())
+
+
+class _BrokenTree(FakeTreeActor):
+    """A tree actor whose calls fail, as a dead actor's do."""
+
+    def __getattr__(self, name):
+        method = super().__getattr__(name)
+        if name in ("prefix_match", "get_smallest_tenants"):
+            raise RuntimeError("the actor died")
+        return method
+
+
+def test_a_failing_tree_actor_leaves_no_request_unrouted():
+    async def run():
+        tree = _BrokenTree()
+        router = _router(tree, _replicas(2))
+        routed = await asyncio.wait_for(router._choose_replica_for_request(_pending("chat", _chat("q"))), 5)
+        assert routed is not None
+        tree.close()
 
     asyncio.run(run())
 

@@ -268,13 +268,15 @@ def test_retention_prunes_old_responses(engine):
 def test_a_chain_a_conversation_and_an_x_session_id_are_each_one_session_on_every_replica(replicas):
     a, b, llm = replicas
     first = _post(a, {"input": "One."}).json()
+    assert llm.sessions == []  # a first turn has no session yet: the prefix router places it
     second = _post(b, {"input": "Two.", "previous_response_id": first["id"]}).json()
     _post(a, {"input": "Three.", "previous_response_id": second["id"]})
-    chain = llm.sessions[-3:]
+    chain = llm.sessions[-2:]
     first_item = _get(a, f"/v1/responses/{first['id']}/input_items?order=asc").json()["data"][0]["id"]
-    assert chain == [first_item] * 3  # the chain's first item, carried in every stored input
-    _post(a, {"input": "Another chain."})
-    assert llm.sessions[-1] != chain[0]  # a new chain is a new session
+    assert chain[0] == chain[1] and chain[0].endswith(f":{first_item}")  # the chain's first item, the tenant's
+    other = _post(a, {"input": "Another chain."}).json()
+    _post(b, {"input": "Its second turn.", "previous_response_id": other["id"]})
+    assert llm.sessions[-1] != chain[0]  # another chain is another session
     conversation = _post(a, {}, path="/v1/conversations").json()["id"]
     for client in (a, b):
         _post(client, {"input": "Hi.", "conversation": conversation})

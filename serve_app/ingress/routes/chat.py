@@ -19,7 +19,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, ctx: I
     check_messages(body, settings)
     check_tools(body, settings)
     check_sampling(body, settings)
+    session = session_header(request)  # checked before anything is charged
     model, handle = ctx.models.chat_model(body.model, api_key(request))
     limit = body.max_completion_tokens or body.max_tokens or settings.ingress.default_token_charge
     await charge_tokens(request, limit * (body.n or 1), "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
-    return await generate(ctx, "chat", body, model, handle, session_header(request))
+    return await generate(ctx, "chat", body, model, handle, session)

@@ -18,8 +18,9 @@ async def completions(body: CompletionRequest, request: Request, ctx: IngressCon
     if body.prompt is None or body.prompt == "" or body.prompt == []:
         raise InvalidRequest("prompt must not be empty", "prompt")
     check_sampling(body, ctx.settings)
+    session = session_header(request)  # checked before anything is charged
     model, handle = ctx.models.chat_model(body.model, api_key(request))
     # One charge per prompt of a batch (a list of strings); a list of token ids is one prompt.
     prompts = len(body.prompt) if isinstance(body.prompt, list) and body.prompt and not isinstance(body.prompt[0], int) else 1
     await charge_tokens(request, (body.max_tokens or ctx.settings.ingress.default_token_charge) * (body.n or 1) * prompts)
-    return await generate(ctx, "completion", body, model, handle, session_header(request))
+    return await generate(ctx, "completion", body, model, handle, session)
