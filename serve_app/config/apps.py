@@ -104,7 +104,7 @@ def router_config(routing: RoutingSettings) -> dict[str, Any] | None:
     if routing.policy == "power_of_two":
         return None
     return {"request_router_class": ROUTER_CLASS, "request_router_kwargs": {
-        "sessions": routing.sessions,
+        "sessions": routing.sessions, "session_ttl_s": routing.session_ttl_s,
         "imbalanced_threshold": routing.imbalanced_threshold, "match_rate_threshold": routing.match_rate_threshold,
         "eviction_threshold_chars": routing.tree_max_chars, "eviction_target_chars": routing.tree_max_chars * 9 // 10}}
 

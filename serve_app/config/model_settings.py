@@ -174,9 +174,13 @@ class RoutingSettings(_Strict):
         "less loaded of two random replicas.")
     sessions: bool = Field(
         default=True,
-        description="With 'prefix': every call of a session on one replica, chosen by hashing the session over the "
-        "live replicas. Off: sessions are routed by their prompts' prefixes alone, which follow them too while the "
-        "replicas' load is balanced, and balance better when a model has few sessions at a time.")
+        description="With 'prefix': every call of a session on one replica: on its first call, the replica with "
+        "the fewest live sessions, remembered by the router's shared actor (hashing the session over the live "
+        "replicas when that actor cannot be asked). Off: sessions are routed by their prompts' prefixes alone.")
+    session_ttl_s: float = Field(
+        default=600.0, gt=0, le=86_400,
+        description="With 'prefix' and sessions: a session unused for this long is forgotten (placed again, on the "
+        "replica with the fewest live sessions, if it comes back) and no longer counts in the balance.")
     imbalanced_threshold: int = Field(
         default=4, ge=0, le=10_000,
         description="With 'prefix': the largest difference of queued requests between replicas at which the "

@@ -11,10 +11,12 @@ other (power of two otherwise; below ``match_rate_threshold``, to the replica ho
 What this subclass changes, and why:
 
 - **Sessions** (a handle call's ``session_id``: an agent run, a Responses conversation or chain, an
-  ``x-session-id`` header) go to one replica, chosen by rendezvous hashing of the session over the replicas that
-  can take it: every caller (each ingress replica, the agent) picks the same one without sharing state, and only
-  the sessions of a replica that left move. When that replica is full, power of two picks another; one that died is
-  no longer a candidate, so its sessions move at once. An adapter's sessions hash over the replicas holding it.
+  ``x-session-id`` header) go to one replica, placed on their first call on the replica with the fewest live
+  sessions and remembered in the tree actor, which every caller (each ingress replica, the agent) asks
+  (serve_app/llm/session_tree.py). When that replica is full, power of two picks another; one that died is no
+  longer a candidate, so its sessions (only those) are placed again at once. An adapter's sessions are placed over
+  the replicas holding it. Should the actor not answer, the session is hashed over the replicas (rendezvous
+  hashing: the same answer in every caller without shared state).
 - **Adapters** are routed by Serve's multiplexing (replicas holding the adapter first): Ray's router applies it
   twice, the second time over the replicas the first excluded.
 - **One replica** (or none to choose from): power of two, with no call to the tree actor at all.
@@ -27,7 +29,7 @@ What this subclass changes, and why:
   two takes it, and a dead actor is made again.
 - **Each routing task's choice goes to its own request**, even when several calls of one ingress request share
   Serve's internal request id (``_fulfill_next_pending_request``).
-- **The tree actor** needs no CPU of Ray's (``num_cpus=0``: a bare actor otherwise waits for a free logical
+- **The tree actor** is ours (Ray's tree plus the sessions, under its own name), needs no CPU of Ray's (``num_cpus=0``: a bare actor otherwise waits for a free logical
   CPU), trims itself (eviction on), and is removed with its application (``drop_tree``), not only at
   ``serve.shutdown``.
 """
@@ -35,7 +37,6 @@ What this subclass changes, and why:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import time
@@ -43,18 +44,20 @@ from typing import Any
 
 import ray
 from ray.llm._internal.serve.routing_policies.prefix_aware.prefix_aware_router import PrefixCacheAffinityRouter
-from ray.llm._internal.serve.routing_policies.prefix_aware.prefix_tree import PrefixTreeActor
 from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 from ray.serve._private.request_router import PowerOfTwoChoicesRequestRouter
 
+from serve_app.llm.session_tree import SessionTreeActor, session_replica
+
 logger = logging.getLogger("ray.serve")
 
-TREE_ACTOR = "LlmPrefixTreeActor"  # Ray's name for it: one per deployment, told apart by namespace
+_TEXT = "_llm_router_prompt_text"  # where a pending request's prompt text is kept
+TREE_ACTOR = "LlmSessionPrefixTree"  # one per deployment, told apart by namespace as Ray's are
 RENEW_PERIOD_S = 10.0
 
 
 def tree_namespace(app: str, deployment: str) -> str:
-    """The namespace of ``deployment``'s tree actor (the one Ray's router would look up)."""
+    """The namespace of ``deployment``'s tree actor (the one Ray's router would use for its own)."""
     return "::".join((SERVE_NAMESPACE, app, deployment))
 
 
@@ -66,16 +69,6 @@ def drop_tree(app: str, deployment: str) -> bool:
         return False
     ray.kill(actor, no_restart=True)
     return True
-
-
-def session_replica(session: str, replicas: list[Any]) -> Any:
-    """The replica a session goes to: the highest hash of (session, replica id) — rendezvous hashing, the same
-    answer in every caller for the same replicas, and a replica leaving moves only its own sessions."""
-    def weight(replica) -> int:
-        key = f"{session}\x00{replica.replica_id.unique_id}".encode()
-        return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
-
-    return max(replicas, key=weight)
 
 
 def _text(value: Any) -> str:
@@ -117,6 +110,7 @@ class LLMRequestRouter(PrefixCacheAffinityRouter):
     def initialize_state(
         self,
         sessions: bool = True,
+        session_ttl_s: float = 600.0,
         imbalanced_threshold: float = 4,
         match_rate_threshold: float = 0.1,
         eviction_threshold_chars: int = 400_000,
@@ -124,7 +118,7 @@ class LLMRequestRouter(PrefixCacheAffinityRouter):
         eviction_interval_secs: int = 10,
         tree_actor: Any = None,
     ) -> None:
-        self._sessions, self._renewed = sessions, float("-inf")
+        self._sessions, self._session_ttl_s, self._renewed = sessions, session_ttl_s, float("-inf")
         if tree_actor is None:
             tree_actor = self._make_tree_actor()
         super().initialize_state(
@@ -134,19 +128,23 @@ class LLMRequestRouter(PrefixCacheAffinityRouter):
 
     def _make_tree_actor(self):
         deployment = self._deployment_id
-        actor = PrefixTreeActor.options(
+        actor = SessionTreeActor.options(
             name=TREE_ACTOR, namespace=tree_namespace(deployment.app_name, deployment.name), get_if_exists=True,
-            lifetime="detached", num_cpus=0).remote()
+            lifetime="detached", num_cpus=0).remote(session_ttl_s=self._session_ttl_s)
         # Also removed at serve.shutdown, as Ray's own router does (and by drop_tree with its application).
         controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
         ray.get(controller._register_shutdown_cleanup_actor.remote(actor))
         return actor
 
     def _extract_text_from_request(self, pending_request) -> str:
-        # An adapter's requests are left to Serve's multiplexing (``choose_replicas``): no text, no tree entry.
-        if pending_request.metadata.multiplexed_model_id:
-            return ""
-        return next((t for t in map(prompt_text, pending_request.args or ()) if t), "")
+        # Asked when choosing and again when recording where the request went: kept on the request.
+        text = getattr(pending_request, _TEXT, None)
+        if text is None:
+            # An adapter's requests are left to Serve's multiplexing (``choose_replicas``): no text, no tree entry.
+            adapter = pending_request.metadata.multiplexed_model_id
+            text = "" if adapter else next((t for t in map(prompt_text, pending_request.args or ()) if t), "")
+            setattr(pending_request, _TEXT, text)
+        return text
 
     async def choose_replicas(self, candidate_replicas, pending_request=None):
         power_of_two = PowerOfTwoChoicesRequestRouter.choose_replicas
@@ -154,10 +152,10 @@ class LLMRequestRouter(PrefixCacheAffinityRouter):
             return await power_of_two(self, candidate_replicas, pending_request)
         adapter, session = pending_request.metadata.multiplexed_model_id, pending_request.metadata.session_id
         if session and self._sessions:
-            # Hashed over the replicas holding the request's adapter when some do (Serve's multiplexing would
+            # Placed over the replicas holding the request's adapter when some do (Serve's multiplexing would
             # send it there); the fallback, when that replica is full, is power of two's (no tree call).
             holders = [r for r in candidate_replicas if adapter in r.multiplexed_model_ids] if adapter else []
-            pinned = session_replica(session, holders or candidate_replicas)
+            pinned = await self._session_replica(session, holders or candidate_replicas)
             return [[pinned], *await power_of_two(self, candidate_replicas, pending_request)]
         if adapter:  # Serve's multiplexing: replicas holding the adapter first (Ray's router would apply it twice)
             return await power_of_two(self, candidate_replicas, pending_request)
@@ -167,6 +165,17 @@ class LLMRequestRouter(PrefixCacheAffinityRouter):
             logger.warning("prefix routing failed (%s: %s); routing by power of two", type(exc).__name__, exc)
             await self._renew_tree(exc)
             return await power_of_two(self, candidate_replicas, pending_request)
+
+    async def _session_replica(self, session: str, replicas: list) -> Any:
+        """The session's replica as the tree actor keeps it; hashed over ``replicas`` when it cannot be asked."""
+        by_id = {r.replica_id.to_full_id_str(): r for r in replicas}
+        try:
+            chosen = await self._tree_actor.place_session.remote(session, list(by_id), time.time())
+            return by_id[chosen]
+        except Exception as exc:  # noqa: BLE001 - a session is never left unrouted by the tree's failure
+            logger.warning("session placement failed (%s: %s); hashing the session", type(exc).__name__, exc)
+            await self._renew_tree(exc)
+            return session_replica(session, replicas)
 
     async def _renew_tree(self, exc: Exception) -> None:
         """A tree actor that died (its node lost, its application removed and added again) is made again, at most

@@ -1,12 +1,13 @@
-"""The prefix router's tree actor in process: Ray's own ``PrefixTree`` (the class its actor wraps), called the
-way the router calls the actor (``tree.method.remote(*args)``, awaited or not), with the calls counted."""
+"""The LLM router's tree actor in process: the class its actor wraps (``SessionPrefixTree``: Ray's own
+``PrefixTree`` with the sessions), called the way the router calls the actor (``tree.method.remote(*args)``,
+awaited or not), with the calls counted."""
 
 from __future__ import annotations
 
 from collections import Counter
 from typing import Any
 
-from ray.llm._internal.serve.routing_policies.prefix_aware.prefix_tree import PrefixTree
+from serve_app.llm.session_tree import SessionPrefixTree
 
 
 class _Done:
@@ -31,11 +32,11 @@ class _Method:
 
 class FakeTreeActor:
     def __init__(self):
-        self.tree = PrefixTree()
+        self.tree = SessionPrefixTree()
         self.calls: Counter[str] = Counter()
 
     def __getattr__(self, name: str) -> _Method:
-        if name.startswith("_") or not callable(getattr(PrefixTree, name, None)):
+        if name.startswith("_") or not callable(getattr(SessionPrefixTree, name, None)):
             raise AttributeError(name)
         return _Method(self, name)
 

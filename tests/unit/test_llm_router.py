@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from types import SimpleNamespace
 
 import pytest
@@ -14,7 +15,8 @@ from ray.serve._private.request_router.common import PendingRequest
 from ray.serve._private.test_utils import FakeRunningReplica
 
 from serve_app.llm.client import chat_request
-from serve_app.llm.router import LLMRequestRouter, prompt_text, session_replica
+from serve_app.llm.router import LLMRequestRouter, prompt_text
+from serve_app.llm.session_tree import SessionPrefixTree, session_replica
 from serve_app.protocol.openai import CompletionRequest
 from tests.fakes.prefix_tree import FakeTreeActor
 
@@ -127,7 +129,7 @@ def test_one_replica_never_asks_the_tree(tree):
 def test_a_session_stays_on_one_replica_in_every_caller_and_moves_only_when_its_replica_leaves(tree):
     async def run():
         replicas = _replicas(3)
-        callers = [_router(tree, replicas), _router(FakeTreeActor(), replicas)]  # two ingress replicas
+        callers = [_router(tree, replicas), _router(tree, replicas)]  # two ingress replicas, one actor
         sessions = [f"session-{i}" for i in range(24)]
         pinned = {}
         for s in sessions:
@@ -136,8 +138,9 @@ def test_a_session_stays_on_one_replica_in_every_caller_and_moves_only_when_its_
                     ranks, chosen = await _route(router, _pending("chat", _chat(f"turn {turn}"), session=s))
                     assert chosen is pinned.setdefault(s, chosen)
                     assert len(ranks) > 1  # the prefix router's choice follows if the pinned one is full
-        assert len({r.replica_id for r in pinned.values()}) == 3  # the sessions spread over every replica
-        # A replica dies: only its own sessions move.
+        counts = Counter(r.replica_id for r in pinned.values())
+        assert sorted(counts.values()) == [8, 8, 8]  # spread evenly, as few as they are
+        # A replica dies: only its own sessions move, spread over the others.
         gone = replicas[0]
         for router in callers:
             router.on_replica_actor_died(gone.replica_id)
@@ -146,9 +149,25 @@ def test_a_session_stays_on_one_replica_in_every_caller_and_moves_only_when_its_
             assert chosen is not gone
             if pinned[s] is not gone:
                 assert chosen is pinned[s]
-        assert tree.calls["remove_tenants"] == 1
+            pinned[s] = chosen
+        assert sorted(Counter(r.replica_id for r in pinned.values()).values()) == [12, 12]
+        assert tree.calls["remove_tenants"] == 2  # told by each caller
 
     asyncio.run(run())
+
+
+def test_a_handful_of_sessions_splits_evenly_and_idle_ones_are_forgotten():
+    tree = SessionPrefixTree(session_ttl_s=60, max_sessions=20)
+    replicas = ["r0", "r1"]
+    placed = [tree.place_session(f"user-{i}", replicas, 0.0) for i in range(16)]
+    assert Counter(placed) == {"r0": 8, "r1": 8}  # hashing split these 5 / 11 in the routing benchmark
+    assert all(tree.place_session(f"user-{i}", replicas, 30.0) == placed[i] for i in range(16))
+    assert tree.session_counts() == {"r0": 8, "r1": 8}
+    tree.place_session("late", replicas, 100.0)  # the others idle for 70 s: forgotten
+    assert sum(tree.session_counts().values()) == 1
+    for i in range(40):  # at most max_sessions kept
+        tree.place_session(f"burst-{i}", replicas, 101.0)
+    assert sum(tree.session_counts().values()) == 20 and len(tree._sessions) == 20
 
 
 def test_session_replica_is_a_pure_function_of_the_session_and_the_replicas():
@@ -189,7 +208,7 @@ class _BrokenTree(FakeTreeActor):
 
     def __getattr__(self, name):
         method = super().__getattr__(name)
-        if name in ("prefix_match", "get_smallest_tenants"):
+        if name in ("prefix_match", "get_smallest_tenants", "place_session"):
             raise RuntimeError("the actor died")
         return method
 
@@ -200,6 +219,9 @@ def test_a_failing_tree_actor_leaves_no_request_unrouted():
         router = _router(tree, _replicas(2))
         routed = await asyncio.wait_for(router._choose_replica_for_request(_pending("chat", _chat("q"))), 5)
         assert routed is not None
+        for turn in range(3):  # a session without its actor: hashed over the replicas, so still on one
+            ranks, chosen = await _route(router, _pending("chat", _chat(f"t{turn}"), session="s"))
+            assert chosen is session_replica("s", router._replicas_list)
         tree.close()
 
     asyncio.run(run())
