@@ -13,8 +13,10 @@ Loads, each on each model in turn (nothing else runs meanwhile):
 
 - **multi-round QA** (production-stack's benchmarks/multi-round-qa, scaled down): ``--users`` users, each with the
   shared system prompt and a long document of its own, ask ``--rounds`` questions one after another, the history
-  growing with every short answer (``--answer-tokens``, fixed length): prefill-heavy, as that load is; at most
-  ``--concurrency`` requests in flight. Every user sends its id as ``x-session-id`` (power of two ignores it), and
+  growing with every short answer (``--answer-tokens``, fixed length): prefill-heavy, as that load is. Paced as
+  production-stack paces it: ``--qps`` requests a second overall, each user asking every ``users / qps`` seconds
+  or when its previous answer is in, whichever is later (``--qps 0``: a closed loop, at most ``--concurrency``
+  requests in flight). Every user sends its id as ``x-session-id`` (power of two ignores it), and
   once more on the prefix router without it (prefix affinity alone). The load's distinct prefixes are reported
   against one replica's KV cache (goal: at least 2x, so one replica cannot hold them all).
 - **agent-shaped runs**: ``--runs`` transcripts of ``--steps`` calls each (a shared system prompt listing the
@@ -26,15 +28,16 @@ Figures: client TTFT p50/p90 (streamed), the prefix-cache hit rate from vLLM's o
 (``vllm:prefix_cache_hits`` / ``queries``, per model and replica, read from the app's /metrics before and after
 each load), how the requests spread over the replicas, and the share of each session's calls on its replica.
 
-    python -m benchmarks.routing [--users 16 --rounds 4 --doc-words 260 --concurrency 8 --runs 8 --steps 4]
+    python -m benchmarks.routing [--users 16 --rounds 4 --doc-words 260 --qps 1.5 --runs 8 --steps 4]
 
-Writes benchmarks/results/routing.json.
+Writes benchmarks/results/routing.json (``--name``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import copy
 import json
 import random
@@ -158,14 +161,19 @@ async def multi_round_qa(url: str, model: str, ns, seed: int, sessions: bool = T
     records: list[dict] = []
     finals: dict[int, int] = {}
 
+    # With --qps (production-stack's pacing): user u starts at u / qps and asks every users / qps seconds, or as
+    # soon as its previous answer is in when that comes later. Without: at most --concurrency in flight.
+    gap = ns.users / ns.qps if ns.qps else 0.0
+
     async def user(c: httpx.AsyncClient, u: int) -> None:
-        await asyncio.sleep(u * ns.stagger_s)
+        start = t0 + (u / ns.qps if ns.qps else u * ns.stagger_s)
         messages = [{"role": "system", "content": system}]
         urng = random.Random(seed * 1000 + u)
         for r in range(ns.rounds):
             question = f"Question {r}: " + _text(urng, ns.question_words)
             messages.append({"role": "user", "content": (docs[u] + "\n" if r == 0 else "") + question})
-            async with gate:
+            await asyncio.sleep(max(0.0, start + r * gap - time.perf_counter()))
+            async with gate if not ns.qps else contextlib.nullcontext():
                 rec = await chat(c, model, messages, ns.answer_tokens, f"user-{seed}-{u}" if sessions else None)
             records.append({**rec, "session": u, "round": r})
             messages.append({"role": "assistant", "content": rec["answer"]})
@@ -263,6 +271,9 @@ def main() -> None:
     p.add_argument("--kv-tokens", type=int, default=4096, help="one replica's KV cache, in tokens")
     p.add_argument("--users", type=int, default=16)
     p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--qps", type=float, default=1.5,
+                   help="the QA load's overall request rate (production-stack's pacing); 0: closed loop of "
+                   "--concurrency")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--system-words", type=int, default=150)
     p.add_argument("--doc-words", type=int, default=260)
@@ -273,6 +284,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--cost-requests", type=int, default=32)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--name", default="routing.json", help="the report's file name in --out")
     ns = p.parse_args()
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -332,7 +344,7 @@ def main() -> None:
         "agent_calls_on_one_replica_power_of_two": agents[P2C]["session_calls_on_one_replica"],
     }
     report["goals"] = {"hit_rate_ratio_min": 0.9, "ttft_p50_ratio_max": 0.8, "agent_calls_on_one_replica_min": 0.95}
-    (out / "routing.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / ns.name).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["ratios"], indent=2))
 
 
