@@ -37,6 +37,7 @@ import httpx
 import numpy as np
 
 from benchmarks._servers import ROOT, serve_app
+from benchmarks._sse import sse_events
 
 RESULTS = ROOT / "benchmarks" / "results"
 CORPUS = ROOT / "benchmarks" / "data" / "rag_corpus.json"
@@ -78,10 +79,7 @@ async def rag_once(c: httpx.AsyncClient, question: str, top_k: int, max_tokens: 
     async with c.stream("POST", "/v1/rag", json=body) as r:
         if r.status_code != 200:
             return {"ok": False, "status": r.status_code, "body": (await r.aread()).decode()[:300]}
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[6:])
+        async for event in sse_events(r):
             if event.get("type") == "token" and event.get("text"):
                 tokens += 1
                 ttft = ttft if ttft is not None else (time.perf_counter() - t0) * 1000
@@ -130,10 +128,7 @@ async def plain_once(c: httpx.AsyncClient, question: str, top_k: int, max_tokens
     async with c.stream("POST", "/v1/chat/completions", json=body) as r:
         if r.status_code != 200:
             return {"ok": False, "status": r.status_code}
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[6:])
+        async for event in sse_events(r):
             usage = event.get("usage") or usage
             for choice in event.get("choices") or ():
                 if (choice.get("delta") or {}).get("content"):

@@ -1,6 +1,6 @@
 """The benchmark suite's report: every scenario's ratio table in the Markdown report with the machine and
 versions, a failed scenario named with its error, CSV columns from all rows, and the command line refusing
-an unknown scenario."""
+an unknown scenario; the streamed answers the benchmarks' clients read."""
 
 import csv
 
@@ -66,3 +66,21 @@ def test_cpu_accounting_counts_the_load_and_every_core():
     assert cpu._role("ray::ServeReplica:serve_app:LLMServer") == cpu._role("python -m vllm.entrypoints.openai.api_server")
     assert cpu._role("VLLM::Worker") == cpu.ENGINE
     assert cpu._role("ray::ServeReplica:serve_app:Ingress") != cpu._role("ray::ServeReplica:serve_app:Embedder")
+
+
+def test_the_benchmarks_read_streamed_events_up_to_done():
+    import asyncio
+
+    import httpx
+
+    from benchmarks._sse import sse_events
+
+    body = b'data: {"a": 1}\n\n: keep-alive\n\ndata: {"b": 2}\n\ndata: [DONE]\n\ndata: {"after": 3}\n\n'
+
+    async def read():
+        transport = httpx.MockTransport(lambda request: httpx.Response(200, content=body))
+        async with httpx.AsyncClient(transport=transport, base_url="http://x") as c:
+            async with c.stream("POST", "/v1/chat/completions") as r:
+                return [e async for e in sse_events(r)]
+
+    assert asyncio.run(read()) == [{"a": 1}, {"b": 2}]
