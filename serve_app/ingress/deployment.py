@@ -24,7 +24,6 @@ from serve_app.config.names import AGENT, EMBEDDER, INGRESS, VECTOR_STORE
 from serve_app.config.settings import AppSettings
 from serve_app.ingress.admin_gate import admin_key_digest
 from serve_app.ingress.context import IngressContext
-from serve_app.ingress.fastapi_app import create_app
 from serve_app.ingress.limits import load_keys
 from serve_app.state import store
 
@@ -79,6 +78,10 @@ class Ingress:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """The replica's FastAPI app, its state the replica's context."""
+        # Imported here, not with the module: the routes bring vLLM's protocol (several seconds of imports),
+        # which the replica needs and Serve's build of the application (every release that changes it) does not.
+        from serve_app.ingress.fastapi_app import create_app
+
         app = self._app = create_app(self.context)
         try:
             # Serve builds the app on the replica's event loop: probing starts with the replica, so its first
