@@ -1,4 +1,4 @@
-"""Reading a streamed OpenAI-style answer (server-sent events) in the benchmarks' clients."""
+"""Reading a streamed OpenAI-style answer (server-sent events) in the benchmarks' clients (rag.py, routing.py)."""
 
 from __future__ import annotations
 

@@ -51,6 +51,8 @@ from typing import Any
 import httpx
 import yaml
 
+from benchmarks._sse import sse_events
+
 ROOT = Path(__file__).resolve().parent.parent
 P2C, PREFIX, REF, ONE = "route-p2c", "route-prefix", "route-ref", "route-one-p2c"
 NO_SESSION = "route-prefix (no x-session-id)"
@@ -138,10 +140,7 @@ async def chat(c: httpx.AsyncClient, model: str, messages: list[dict], tokens: i
                         headers={"x-session-id": session} if session else {}) as r:
         r.raise_for_status()
         replica = r.headers.get("x-served-by")
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[6:])
+        async for event in sse_events(r):
             usage = event.get("usage") or usage
             for choice in event.get("choices") or ():
                 delta = (choice.get("delta") or {}).get("content")
