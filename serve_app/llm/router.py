@@ -53,6 +53,8 @@ logger = logging.getLogger("ray.serve")
 
 _TEXT = "_llm_router_prompt_text"  # where a pending request's prompt text is kept
 TREE_ACTOR = "LlmSessionPrefixTree"  # one per deployment, told apart by namespace as Ray's are
+# What routers of earlier releases (Ray's tree, no sessions) named theirs: removed with the application too.
+_EARLIER_TREE_ACTOR = "LlmPrefixTreeActor"
 RENEW_PERIOD_S = 10.0
 
 
@@ -63,12 +65,15 @@ def tree_namespace(app: str, deployment: str) -> str:
 
 def drop_tree(app: str, deployment: str) -> bool:
     """Remove the tree actor of a deleted application's deployment; False when it had none."""
-    try:
-        actor = ray.get_actor(TREE_ACTOR, namespace=tree_namespace(app, deployment))
-    except ValueError:
-        return False
-    ray.kill(actor, no_restart=True)
-    return True
+    dropped = False
+    for name in (TREE_ACTOR, _EARLIER_TREE_ACTOR):
+        try:
+            actor = ray.get_actor(name, namespace=tree_namespace(app, deployment))
+        except ValueError:
+            continue
+        ray.kill(actor, no_restart=True)
+        dropped = True
+    return dropped
 
 
 def _text(value: Any) -> str:
