@@ -160,21 +160,24 @@ async def multi_round_qa(url: str, model: str, ns, seed: int, sessions: bool = T
     records: list[dict] = []
     finals: dict[int, int] = {}
 
-    # With --qps (production-stack's pacing): user u starts at u / qps and asks every users / qps seconds, or as
-    # soon as its previous answer is in when that comes later. Without: at most --concurrency in flight.
+    # With --qps (production-stack's pacing): user u starts at u / qps and asks users / qps seconds after its
+    # previous question, or as soon as the answer is in when that comes later ("late": the load fell behind its
+    # pace). Without: at most --concurrency in flight.
     gap = ns.users / ns.qps if ns.qps else 0.0
 
     async def user(c: httpx.AsyncClient, u: int) -> None:
-        start = t0 + (u / ns.qps if ns.qps else u * ns.stagger_s)
+        send_at = t0 + (u / ns.qps if ns.qps else u * ns.stagger_s)
         messages = [{"role": "system", "content": system}]
         urng = random.Random(seed * 1000 + u)
         for r in range(ns.rounds):
             question = f"Question {r}: " + _text(urng, ns.question_words)
             messages.append({"role": "user", "content": (docs[u] + "\n" if r == 0 else "") + question})
-            await asyncio.sleep(max(0.0, start + r * gap - time.perf_counter()))
+            late = bool(ns.qps) and r > 0 and time.perf_counter() > send_at
+            await asyncio.sleep(max(0.0, send_at - time.perf_counter()))
+            send_at = time.perf_counter() + gap
             async with gate if not ns.qps else contextlib.nullcontext():
                 rec = await chat(c, model, messages, ns.answer_tokens, f"user-{seed}-{u}" if sessions else None)
-            records.append({**rec, "session": u, "round": r})
+            records.append({**rec, "session": u, "round": r, "late": late})
             messages.append({"role": "assistant", "content": rec["answer"]})
             finals[u] = rec["prompt_tokens"] + rec["output_tokens"]
 
@@ -309,6 +312,7 @@ def main() -> None:
                 after = settled_counters(url, model, _queries(before, model) + 1)
                 qa[name] = {**summary(run["records"], before, after), "duration_s": round(run["duration_s"], 1)}
                 qa[name]["distinct_prompt_tokens"] = sum(run["final_tokens"].values())
+                qa[name]["late_sends"] = sum(r["late"] for r in run["records"])
                 print(name, json.dumps({k: v for k, v in qa[name].items() if k != "prefix_cache"}), flush=True)
             agents: dict[str, Any] = {}
             for model in (P2C, PREFIX):

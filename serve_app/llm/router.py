@@ -56,6 +56,7 @@ TREE_ACTOR = "LlmSessionPrefixTree"  # one per deployment, told apart by namespa
 # What routers of earlier releases (Ray's tree, no sessions) named theirs: removed with the application too.
 _EARLIER_TREE_ACTOR = "LlmPrefixTreeActor"
 RENEW_PERIOD_S = 10.0
+PLACE_TIMEOUT_S = 5.0  # a placement is a dictionary lookup in the actor: milliseconds when it answers
 
 
 def tree_namespace(app: str, deployment: str) -> str:
@@ -124,6 +125,7 @@ class LLMRequestRouter(PrefixCacheAffinityRouter):
         tree_actor: Any = None,
     ) -> None:
         self._sessions, self._session_ttl_s, self._renewed = sessions, session_ttl_s, float("-inf")
+        self._sessions_hashed_until = float("-inf")
         if tree_actor is None:
             tree_actor = self._make_tree_actor()
         super().initialize_state(
@@ -135,7 +137,7 @@ class LLMRequestRouter(PrefixCacheAffinityRouter):
         deployment = self._deployment_id
         actor = SessionTreeActor.options(
             name=TREE_ACTOR, namespace=tree_namespace(deployment.app_name, deployment.name), get_if_exists=True,
-            lifetime="detached", num_cpus=0).remote(session_ttl_s=self._session_ttl_s)
+            lifetime="detached", num_cpus=0).remote()
         # Also removed at serve.shutdown, as Ray's own router does (and by drop_tree with its application).
         controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
         ray.get(controller._register_shutdown_cleanup_actor.remote(actor))
@@ -175,12 +177,17 @@ class LLMRequestRouter(PrefixCacheAffinityRouter):
         """The session's replica as the tree actor keeps it; hashed over ``replicas`` when it cannot be asked."""
         by_id = {r.replica_id.to_full_id_str(): r for r in replicas}
         try:
-            chosen = await self._tree_actor.place_session.remote(session, list(by_id), time.time())
-            return by_id[chosen]
+            if time.monotonic() >= self._sessions_hashed_until:
+                placing = self._tree_actor.place_session.remote(session, list(by_id), self._session_ttl_s)
+                return by_id[await asyncio.wait_for(placing, PLACE_TIMEOUT_S)]
+        except TimeoutError:  # an actor that stalls (its node cut off) is not waited for again for a while
+            logger.warning("session placement took over %.0f s; hashing sessions for %.0f s", PLACE_TIMEOUT_S,
+                           RENEW_PERIOD_S)
+            self._sessions_hashed_until = time.monotonic() + RENEW_PERIOD_S
         except Exception as exc:  # noqa: BLE001 - a session is never left unrouted by the tree's failure
             logger.warning("session placement failed (%s: %s); hashing the session", type(exc).__name__, exc)
             await self._renew_tree(exc)
-            return session_replica(session, replicas)
+        return session_replica(session, replicas)
 
     async def _renew_tree(self, exc: Exception) -> None:
         """A tree actor that died (its node lost, its application removed and added again) is made again, at most

@@ -13,6 +13,7 @@ placed again if it comes back. Hashing remains the router's answer when the acto
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import Counter, OrderedDict
 from typing import Any
 
@@ -34,16 +35,19 @@ def session_replica(session: str, replicas: list[Any]) -> Any:
 class SessionPrefixTree(PrefixTree):
     """Ray's prefix tree with the replica of each live session (see the module's docstring)."""
 
-    def __init__(self, session_ttl_s: float = 600.0, max_sessions: int = 100_000) -> None:
+    def __init__(self, max_sessions: int = 100_000) -> None:
         super().__init__()
-        self._session_ttl_s, self._max_sessions = session_ttl_s, max_sessions
+        self._max_sessions = max_sessions
         self._sessions: OrderedDict[str, tuple[str, float]] = OrderedDict()  # least recently used first
         self._live: Counter[str] = Counter()  # live sessions per replica
 
-    def place_session(self, session: str, candidates: list[str], time_s: float) -> str:
+    def place_session(self, session: str, candidates: list[str], ttl_s: float, time_s: float | None = None) -> str:
         """The replica (one of ``candidates``, full replica ids) ``session`` goes to: where it went before while
-        that replica is a candidate, else the candidate with the fewest live sessions (ties broken by hashing)."""
-        self._forget_idle(time_s)
+        that replica is a candidate, else the candidate with the fewest live sessions (ties broken by hashing).
+        ``ttl_s`` comes with every call, so a release that changes it takes effect in the actor that outlives the
+        release; the time is the actor's own (callers' clocks may differ), given only by tests."""
+        time_s = time.time() if time_s is None else time_s
+        self._forget_idle(time_s, ttl_s)
         held = self._sessions.pop(session, None)
         if held is not None and held[0] in candidates:
             replica = held[0]
@@ -65,10 +69,10 @@ class SessionPrefixTree(PrefixTree):
             self._live.pop(replica, None)
         return super().remove_tenants(tenants)
 
-    def _forget_idle(self, now: float) -> None:
+    def _forget_idle(self, now: float, ttl_s: float) -> None:
         while self._sessions:
             session, (replica, last) = next(iter(self._sessions.items()))
-            if now - last <= self._session_ttl_s and len(self._sessions) < self._max_sessions:
+            if now - last <= ttl_s and len(self._sessions) < self._max_sessions:
                 return
             del self._sessions[session]
             if self._live[replica] > 0:

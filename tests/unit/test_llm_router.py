@@ -14,6 +14,7 @@ from ray.serve._private.common import DeploymentHandleSource, DeploymentID, Requ
 from ray.serve._private.request_router.common import PendingRequest
 from ray.serve._private.test_utils import FakeRunningReplica
 
+from serve_app.llm import router as router_module
 from serve_app.llm.client import chat_request
 from serve_app.llm.router import LLMRequestRouter, prompt_text
 from serve_app.llm.session_tree import SessionPrefixTree, session_replica
@@ -157,16 +158,16 @@ def test_a_session_stays_on_one_replica_in_every_caller_and_moves_only_when_its_
 
 
 def test_a_handful_of_sessions_splits_evenly_and_idle_ones_are_forgotten():
-    tree = SessionPrefixTree(session_ttl_s=60, max_sessions=20)
+    tree = SessionPrefixTree(max_sessions=20)
     replicas = ["r0", "r1"]
-    placed = [tree.place_session(f"user-{i}", replicas, 0.0) for i in range(16)]
+    placed = [tree.place_session(f"user-{i}", replicas, 60, 0.0) for i in range(16)]
     assert Counter(placed) == {"r0": 8, "r1": 8}  # hashing split these 5 / 11 in the routing benchmark
-    assert all(tree.place_session(f"user-{i}", replicas, 30.0) == placed[i] for i in range(16))
+    assert all(tree.place_session(f"user-{i}", replicas, 60, 30.0) == placed[i] for i in range(16))
     assert tree.session_counts() == {"r0": 8, "r1": 8}
-    tree.place_session("late", replicas, 100.0)  # the others idle for 70 s: forgotten
+    tree.place_session("late", replicas, 60, 100.0)  # the others idle for 70 s: forgotten
     assert sum(tree.session_counts().values()) == 1
     for i in range(40):  # at most max_sessions kept
-        tree.place_session(f"burst-{i}", replicas, 101.0)
+        tree.place_session(f"burst-{i}", replicas, 60, 101.0)
     assert sum(tree.session_counts().values()) == 20 and len(tree._sessions) == 20
 
 
@@ -222,6 +223,31 @@ def test_a_failing_tree_actor_leaves_no_request_unrouted():
         for turn in range(3):  # a session without its actor: hashed over the replicas, so still on one
             ranks, chosen = await _route(router, _pending("chat", _chat(f"t{turn}"), session="s"))
             assert chosen is session_replica("s", router._replicas_list)
+        tree.close()
+
+    asyncio.run(run())
+
+
+class _StalledTree(FakeTreeActor):
+    """A tree actor that never answers a placement, as one on a node cut off from the caller."""
+
+    def __getattr__(self, name):
+        if name == "place_session":
+            self.calls[name] += 1
+            return SimpleNamespace(remote=lambda *args: asyncio.get_running_loop().create_future())
+        return super().__getattr__(name)
+
+
+def test_a_stalled_tree_actor_delays_sessions_once_then_they_are_hashed(monkeypatch):
+    monkeypatch.setattr(router_module, "PLACE_TIMEOUT_S", 0.05)
+
+    async def run():
+        tree = _StalledTree()
+        router = _router(tree, _replicas(2))
+        for turn in range(3):
+            _, chosen = await asyncio.wait_for(_route(router, _pending("chat", _chat(f"t{turn}"), session="s")), 1)
+            assert chosen is session_replica("s", router._replicas_list)
+        assert tree.calls["place_session"] == 1  # not asked again for a while
         tree.close()
 
     asyncio.run(run())
