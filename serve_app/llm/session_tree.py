@@ -40,6 +40,7 @@ class SessionPrefixTree(PrefixTree):
         self._max_sessions = max_sessions
         self._sessions: OrderedDict[str, tuple[str, float]] = OrderedDict()  # least recently used first
         self._live: Counter[str] = Counter()  # live sessions per replica
+        self._eviction_bounds: tuple[int, int, float] | None = None  # the running eviction loop's
 
     def place_session(self, session: str, candidates: list[str], ttl_s: float, time_s: float | None = None) -> str:
         """The replica (one of ``candidates``, full replica ids) ``session`` goes to: where it went before while
@@ -58,6 +59,15 @@ class SessionPrefixTree(PrefixTree):
             self._live[replica] += 1
         self._sessions[session] = (replica, time_s)
         return replica
+
+    def start_eviction_loop(self, eviction_threshold: int, eviction_target: int, interval_secs: float) -> bool:
+        """Ray's loop, started again when a caller brings other bounds (``routing.tree_max_chars`` changed by a
+        release: the actor outlives it, and Ray's would keep the first caller's bounds)."""
+        bounds = (eviction_threshold, eviction_target, interval_secs)
+        if self._eviction_thread is not None and bounds != self._eviction_bounds:
+            self.stop_eviction_loop()
+        self._eviction_bounds = bounds
+        return super().start_eviction_loop(*bounds)
 
     def session_counts(self) -> dict[str, int]:
         """Live sessions per replica (what the next new session is placed by)."""

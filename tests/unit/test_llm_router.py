@@ -171,6 +171,18 @@ def test_a_handful_of_sessions_splits_evenly_and_idle_ones_are_forgotten():
     assert sum(tree.session_counts().values()) == 20 and len(tree._sessions) == 20
 
 
+def test_a_release_that_changes_the_trees_bounds_restarts_its_eviction_loop():
+    tree = SessionPrefixTree()
+    try:
+        assert tree.start_eviction_loop(400_000, 360_000, 10)
+        first = tree._eviction_thread
+        assert not tree.start_eviction_loop(400_000, 360_000, 10)  # another caller, same bounds: one loop
+        assert tree.start_eviction_loop(20_000, 18_000, 10)  # a release changed routing.tree_max_chars
+        assert tree._eviction_thread is not first and not first.is_alive()
+    finally:
+        tree.stop_eviction_loop()
+
+
 def test_session_replica_is_a_pure_function_of_the_session_and_the_replicas():
     replicas = _replicas(4)
     picks = {s: session_replica(s, replicas) for s in map(str, range(400))}
