@@ -29,9 +29,9 @@ What this subclass changes, and why:
   two takes it, and a dead actor is made again.
 - **Each routing task's choice goes to its own request**, even when several calls of one ingress request share
   Serve's internal request id (``_fulfill_next_pending_request``).
-- **The tree actor** is ours (Ray's tree plus the sessions, under its own name), needs no CPU of Ray's (``num_cpus=0``: a bare actor otherwise waits for a free logical
-  CPU), trims itself (eviction on), and is removed with its application (``drop_tree``), not only at
-  ``serve.shutdown``.
+- **The tree actor** is ours (Ray's tree plus the sessions, under its own name), needs no CPU of Ray's
+  (``num_cpus=0``: a bare actor otherwise waits for a free logical CPU), trims itself (eviction on), and is
+  removed with its application (``drop_tree``), not only at ``serve.shutdown``.
 """
 
 from __future__ import annotations
