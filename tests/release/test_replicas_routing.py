@@ -5,9 +5,9 @@ A model served by an echo engine (tests/fakes/engine.py: its answer is the promp
 model run) is added at run time with two replicas for this module and removed after (its router's tree actor
 with it). Requests without a session and with nothing in common spread over both replicas; every call of a
 session (an ``x-session-id`` header, a ``previous_response_id`` chain, a conversation) stays on one of them, and
-the sessions split evenly between them. A chain's follow-up is answered by its session's replica every time; that replica is
-SIGKILLed; the same follow-up, now answered by the other replica, must be rendered byte for byte the same, and
-the session goes on there."""
+the sessions split evenly between them. A chain's follow-up is answered by its session's replica every time;
+that replica is SIGKILLed; the same follow-up, now answered by the other replica, must be rendered byte for byte
+the same, and the session goes on there."""
 
 import copy
 import os
@@ -99,7 +99,7 @@ def test_requests_without_a_session_or_a_shared_prefix_spread_over_both_replicas
     assert all(16 <= n <= 24 for n in served.values()), served  # 50 ± 10 %
 
 
-def test_every_call_of_a_session_stays_on_one_replica_and_the_sessions_use_both(http, echo):
+def test_every_call_of_a_session_stays_on_one_replica_and_the_sessions_split_evenly(http, echo):
     by_session: dict[str, set[str]] = {}
     for _ in range(4):  # x-session-id on chat completions, the history growing
         session, history = f"chat-{uuid.uuid4().hex}", []
