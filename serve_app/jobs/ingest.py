@@ -1,7 +1,10 @@
 """Batch ingest as a Ray job: a folder of .txt/.md files or a JSONL file into the running app's vector store.
 
-    ray job submit --address http://HEAD:8265 --working-dir . -- python -m serve_app.jobs.ingest PATH
-    serve-app ingest PATH        (the same as a command: on a node of the cluster, or with --address)
+    ray job submit --address http://HEAD:8265 --working-dir . -- python -m serve_app.jobs.ingest PATH --tenant T
+    serve-app ingest PATH --tenant T   (the same as a command: on a node of the cluster, or with --address)
+
+The documents are the tenant's (``--tenant``: the tenant of that team's API keys; none: the keyless tenant, whose
+documents every request reaches while keys are off).
 
 Each file becomes one document (id: its path relative to PATH; metadata: source and suffix); a JSONL file
 holds one {"id", "text", "metadata"} object per line. Documents are validated with the same model as
@@ -10,7 +13,7 @@ settings): a document over a limit, or whose id came before, is refused and repo
 the others go on. Documents are sent in batches to the app's VectorStore deployment through its Serve
 handle; a failed batch is retried with exponential backoff (the app's retry policy, serve_app/calls/retry.py),
 and a batch the deployment refuses (over its write budget; never retried) is split until each refused
-document stands alone. Ingest is idempotent by id: running the job again changes nothing. Exit status 2
+document stands alone. Ingest is idempotent by id and content: running the job again changes nothing and embeds nothing. Exit status 2
 when a document was refused.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +35,7 @@ from serve_app.config.components import component_app
 from serve_app.config.names import VECTOR_STORE
 from serve_app.config.settings import VectorSettings
 from serve_app.errors import AppError, status_for, unwrap
+from serve_app.protocol.keys import NAME_PATTERN
 from serve_app.protocol.retrieval import Document
 from serve_app.vector.limits import check_document
 
@@ -158,6 +163,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attempts", type=int, default=4, help="tries of a batch before the job fails")
     p.add_argument("--backoff", type=float, default=1.0, help="seconds before the first retry (doubled each time)")
     p.add_argument("--address", default=None, help="Ray address (none: the job's cluster, or a local one)")
+    p.add_argument("--tenant", default="", type=_tenant,
+                   help="whose documents these are: the tenant of that team's API keys (none: the keyless tenant)")
+
+
+def _tenant(value: str) -> str:
+    if value and not re.fullmatch(NAME_PATTERN, value) or len(value) > 64:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a tenant name (letters, digits, _ . @ -; 64 at most)")
+    return value
 
 
 def run(ns: argparse.Namespace) -> int:
@@ -175,8 +188,8 @@ def run(ns: argparse.Namespace) -> int:
     # The running app's limits, not this machine's defaults: its config may set others.
     limits = VectorSettings.model_validate(call_blocking(handle, "limits", timeout_s=60))
     size = min(ns.batch_size, limits.max_documents_per_request)
-    job = Ingest(lambda payload: call_blocking(handle, "ingest", payload, timeout_s=300), limits, ns.attempts,
-                 ns.backoff, report=lambda line: tqdm.write(line, file=sys.stderr))
+    send = lambda payload: call_blocking(handle, "ingest", payload, tenant=ns.tenant, timeout_s=300)  # noqa: E731
+    job = Ingest(send, limits, ns.attempts, ns.backoff, report=lambda line: tqdm.write(line, file=sys.stderr))
     with tqdm(total=len(docs), unit="doc", desc="ingest", file=sys.stdout) as bar:
         for batch in batches(iter(docs), size):
             job.batch([d for d in batch if job.admit(d)])

@@ -44,11 +44,29 @@ class IngestRequest(_Model):
 class IngestedDocument(BaseModel):
     id: str
     chunks: int
+    unchanged: bool = Field(False, description="The same content was stored already: nothing was written.")
 
 
 class IngestResponse(BaseModel):
     object: Literal["ingest.result"] = "ingest.result"
     documents: list[IngestedDocument]
+
+
+class DocumentEntry(BaseModel):
+    id: str
+    object: Literal["document"] = "document"
+    metadata: dict[str, Any]
+    chunks: int
+
+
+class DocumentList(BaseModel):
+    """``GET /v1/documents``: one page of the tenant's documents, as OpenAI pages its lists."""
+
+    object: Literal["list"] = "list"
+    data: list[DocumentEntry]
+    first_id: str | None = None
+    last_id: str | None = Field(None, description="Pass it as ``after`` for the next page.")
+    has_more: bool
 
 
 # The search modes, declared once: the requests, the VectorStore deployment, the store and RAG take this type.

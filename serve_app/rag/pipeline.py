@@ -31,7 +31,7 @@ from serve_app.vector.documents import rejoin
 logger = logging.getLogger("ray.serve")
 
 # (question, top_k, filter, mode) -> hits as /v1/search returns them.
-Search = Callable[[str, int, dict[str, Any] | None, SearchMode | None], Awaitable[list[SearchHit]]]
+Search = Callable[[str, int, dict[str, Any] | None, SearchMode | None, str], Awaitable[list[SearchHit]]]
 _CITATION = re.compile(r"\[(\d{1,3})\]")
 _WORD = re.compile(r"[^\W_]{4,}")
 _OVERLAP = 3
@@ -77,21 +77,22 @@ class RagPipeline:
     # -- retrieval ----------------------------------------------------------------------------------
 
     async def _retrieve(self, question: str, top_k: int, filter_: dict | None,
-                        mode: SearchMode | None) -> tuple[list[SearchHit], str | None, float | None]:
+                        mode: SearchMode | None, tenant: str) -> tuple[list[SearchHit], str | None, float | None]:
         with span("rag.retrieval", top_k=top_k, mode=mode or "default") as s:
-            hits, reason, ms = await self._search_hits(question, top_k, filter_, mode)
+            hits, reason, ms = await self._search_hits(question, top_k, filter_, mode, tenant)
             s.set_attribute("hits", len(hits))
             if reason is not None:
                 s.set_attribute("degraded_reason", reason)
             return hits, reason, ms
 
-    async def _search_hits(self, question: str, top_k: int, filter_: dict | None,
-                           mode: SearchMode | None) -> tuple[list[SearchHit], str | None, float | None]:
+    async def _search_hits(self, question: str, top_k: int, filter_: dict | None, mode: SearchMode | None,
+                           tenant: str) -> tuple[list[SearchHit], str | None, float | None]:
         if self.search is None:
             return [], "the retrieval tier is disabled", None
         start = time.perf_counter()
         try:
-            hits = await asyncio.wait_for(self.search(question, top_k, filter_, mode), self.s.retrieval_timeout_s)
+            hits = await asyncio.wait_for(self.search(question, top_k, filter_, mode, tenant),
+                                          self.s.retrieval_timeout_s)
             return hits, None, _ms(start)
         except TimeoutError:
             reason = f"document search did not answer within {self.s.retrieval_timeout_s:g}s"
@@ -105,10 +106,11 @@ class RagPipeline:
         return [], reason, None
 
     async def prepare(self, question: str, top_k: int, filter_: dict | None,
-                      mode: SearchMode | None = None) -> Prepared:
+                      mode: SearchMode | None = None, tenant: str = "") -> Prepared:
+        """Retrieval for ``question`` among the tenant's documents (the API key's; "" while keys are off)."""
         with span("rag.prepare", mode=mode or "default"):
             started = time.perf_counter()
-            hits, reason, retrieval_ms = await self._retrieve(question, top_k, filter_, mode)
+            hits, reason, retrieval_ms = await self._retrieve(question, top_k, filter_, mode, tenant)
             sources = self.sources_of(hits)
             return Prepared(question, sources, reason, {"retrieval_ms": retrieval_ms}, started, mode,
                             self.messages(question, sources))

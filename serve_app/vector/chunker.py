@@ -1,18 +1,23 @@
 """Token-aware chunking: windows of ``chunk_tokens`` tokens overlapping by ``overlap_tokens``, cut on the
 embedder's own tokenizer so a chunk never exceeds what the embedder reads. Chunk ids are derived from the
-document id and the chunk's position, so re-ingesting a document overwrites its chunks in place."""
+tenant, document id, version and position: the same on every machine, and a new version of a document never
+overwrites the old one's chunks while searches may still see them (serve_app/vector/store.py)."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
 
-# Fixed namespace: the same (document id, position) gives the same chunk id on every machine and run.
+# Fixed namespaces: the same (tenant, document id, version, position) gives the same chunk id on every machine
+# and run. Chunks written before tenants and versions (neither given) keep the ids they had.
 _NAMESPACE = uuid.UUID("6f0c4a52-6a4e-4c8e-9a8e-2b1f1c0de001")
+_VERSIONED = uuid.UUID("6f0c4a52-6a4e-4c8e-9a8e-2b1f1c0de004")
 
 
-def chunk_id(document_id: str, position: int) -> str:
-    return str(uuid.uuid5(_NAMESPACE, f"{document_id}\x00{position}"))
+def chunk_id(document_id: str, position: int, tenant: str = "", version: str = "") -> str:
+    if not tenant and not version:
+        return str(uuid.uuid5(_NAMESPACE, f"{document_id}\x00{position}"))
+    return str(uuid.uuid5(_VERSIONED, f"{tenant}\x00{version}\x00{position}\x00{document_id}"))
 
 
 @dataclass

@@ -11,6 +11,7 @@ loader refuses more); with the remote backend it scales too.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -32,11 +33,11 @@ from serve_app.observability.metrics import metric
 from serve_app.observability.tracing import span
 from serve_app.protocol.retrieval import SearchHit, SearchMode
 from serve_app.vector.chunker import Chunk, chunk_text
-from serve_app.vector.documents import document_view
+from serve_app.vector.documents import document_entry, document_view
 from serve_app.vector.embedder import Embedder, resolve_embedder
 from serve_app.vector.keywords import KeywordEncoder
 from serve_app.vector.limits import check_documents, check_filter, check_write_budget
-from serve_app.vector.store import StoredChunk, VectorStore
+from serve_app.vector.store import StoredChunk, VectorStore, content_version
 
 logger = logging.getLogger("ray.serve")
 
@@ -140,35 +141,51 @@ class VectorStoreServer:
         self._write_lock = asyncio.Lock()
         self._chunk_lock = asyncio.Lock()
 
-    async def ingest(self, documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Chunk, embed and store documents. A document's old chunks and record are replaced (idempotent by
-        id). Every check runs before anything is written: a refused request writes nothing."""
+    async def ingest(self, documents: list[dict[str, Any]], *, tenant: str) -> list[dict[str, Any]]:
+        """Chunk, embed and store the tenant's documents. A document's old chunks and record are replaced
+        (idempotent by id); one whose content is already stored (same version: ``_version``) is neither chunked
+        nor embedded again. Every check runs before anything is written: a refused request writes nothing."""
         # The same checks as the route's, here too: the batch-ingest job and other deployments call this
         # handle directly, and this replica's settings are the ones that bound what it writes.
         check_documents(documents, self.s)
+        versions = [self._version(d) for d in documents]
+        live = await asyncio.to_thread(self.store.get_records, tenant, [d["id"] for d in documents])
+        unchanged = [(r := live.get(d["id"])) is not None and r.live and r.version == v
+                     for d, v in zip(documents, versions, strict=True)]
+        todo = [d for d, same in zip(documents, unchanged, strict=True) if not same]
         # Off the event loop: tokenizing a document of a million characters takes most of a second, and every
         # other request of this replica (searches included) would wait for it. One at a time, waiting on the
         # loop rather than in a worker thread: the fast tokenizer refuses use from two threads at once, and
         # threads blocked on a lock would hold the pool that searches run in.
         async with self._chunk_lock:
-            per_doc = await asyncio.to_thread(self._chunk, documents)
+            per_doc = await asyncio.to_thread(self._chunk, todo)
         check_write_budget([len(chunks) for chunks in per_doc], self.s)
         texts = [c.text for chunks in per_doc for c in chunks]
         vectors = await self._embed_in_slices(texts)
         # Keyword vectors of every chunk before the first write: a failure here writes nothing.
         sparse = await asyncio.to_thread(self.keywords.documents, texts)
-        out, i = [], 0
-        for d, chunks in zip(documents, per_doc, strict=True):
-            stored = [StoredChunk(c.id, c.document_id, c.position, c.text) for c in chunks]
+        written: dict[str, int] = {}
+        i = 0
+        for d, chunks in zip(todo, per_doc, strict=True):
+            stored = [StoredChunk("", c.document_id, c.position, c.text) for c in chunks]
             end = i + len(chunks)
             async with self._write_lock:
-                await asyncio.to_thread(self.store.replace_document, d["id"], stored, vectors[i:end],
-                                        d.get("metadata") or {}, sparse[i:end])
-            i += len(chunks)
-            out.append({"id": d["id"], "chunks": len(chunks)})
+                await asyncio.to_thread(functools.partial(
+                    self.store.replace_document, d["id"], stored, vectors[i:end], d.get("metadata") or {},
+                    sparse[i:end], tenant=tenant, version=self._version(d)))
+            i = end
+            written[d["id"]] = len(chunks)
         self._unindexed += len(texts)
         self._maybe_index()
-        return out
+        return [{"id": d["id"], "chunks": written[d["id"]] if not same else live[d["id"]].chunks, "unchanged": same}
+                for d, same in zip(documents, unchanged, strict=True)]
+
+    def _version(self, d: dict[str, Any]) -> str:
+        """The document's content hash: its text and metadata, and what its chunks depend on (chunking and
+        embedder): the same file sent again is not written again; another embedder or chunking is."""
+        s = self.s
+        return content_version(d["id"], [d["text"], s.embedder_name, str(s.chunk_tokens), str(s.chunk_overlap)],
+                               d.get("metadata") or {})
 
     async def _embed_in_slices(self, texts: list[str]) -> np.ndarray:
         # One embedder call per slice, one after another: the embedder runs one batch at a time, and a whole
@@ -200,34 +217,39 @@ class VectorStoreServer:
         self._unindexed = 0
         self._index_task = asyncio.get_running_loop().create_task(asyncio.to_thread(optimize))
 
-    async def get_document(self, document_id: str) -> dict[str, Any]:
+    async def get_document(self, document_id: str, *, tenant: str) -> dict[str, Any]:
         # Reads and rebuilds the text in a worker thread: rejoining a long document's chunks is CPU work.
-        view = await asyncio.to_thread(self._read_document, document_id)
+        view = await asyncio.to_thread(self._read_document, tenant, document_id)
         if view is None:
             raise NotFound(f"document {document_id!r} does not exist", "id")
         return view
 
-    def _read_document(self, document_id: str) -> dict[str, Any] | None:
-        chunks = self.store.get_chunks(document_id)
-        if not chunks:
+    def _read_document(self, tenant: str, document_id: str) -> dict[str, Any] | None:
+        found = self.store.document_chunks(tenant, document_id)
+        if found is None:
             return None
-        record = self.store.get_records([document_id]).get(document_id)
-        return document_view(document_id, chunks, record.metadata if record else {})
+        record, chunks = found
+        return document_view(document_id, chunks, record.metadata)
 
-    async def delete_document(self, document_id: str) -> dict[str, Any]:
+    async def delete_document(self, document_id: str, *, tenant: str) -> dict[str, Any]:
         async with self._write_lock:
-            n = await asyncio.to_thread(self._delete_document, document_id)
+            n = await asyncio.to_thread(self.store.delete_document, tenant, document_id)
         if not n:
             raise NotFound(f"document {document_id!r} does not exist", "id")
         return {"id": document_id, "deleted": True, "chunks": n}
 
-    def _delete_document(self, document_id: str) -> int:
-        n = len(self.store.get_chunks(document_id))
-        # A record without chunks (left by an interrupted write) is deleted too, though the document reads
-        # as absent; with neither, nothing is written.
-        if n or self.store.get_records([document_id]):
-            self.store.delete_document(document_id)
-        return n
+    async def list_documents(self, limit: int, after: str | None = None, *, tenant: str) -> dict[str, Any]:
+        """One page of the tenant's documents (id, metadata, chunk count), in a stable order."""
+        records = await asyncio.to_thread(self.store.list_records, tenant, limit + 1, after)
+        live = [r for r in records[:limit] if r.live]  # documents being written for the first time: not yet
+        return {"object": "list", "data": [document_entry(r) for r in live],
+                "first_id": live[0].document_id if live else None,
+                "last_id": records[min(limit, len(records)) - 1].document_id if records else None,
+                "has_more": len(records) > limit}
+
+    async def tenants(self) -> dict[str, int]:
+        """Documents per tenant, every tenant's (the admin's view)."""
+        return await asyncio.to_thread(self.store.tenants)
 
     # Concurrent queries share forward passes; the first one does not wait for company (a batch forms from the
     # queries that arrive while one runs). One batch at a time: the tokenizer refuses use from two threads.
@@ -238,7 +260,7 @@ class VectorStoreServer:
 
     async def search(
         self, query: str, top_k: int, filter: dict[str, Any] | None = None, score_threshold: float | None = None,
-        mode: SearchMode | None = None,
+        mode: SearchMode | None = None, *, tenant: str,
     ) -> list[SearchHit]:
         check_filter(filter, self.s)  # RAG and the agent search through this handle too
         # A threshold is a cosine similarity: with one and no mode, the search is dense (the store refuses a
@@ -252,7 +274,8 @@ class VectorStoreServer:
             sparse = self.keywords.query(query) if mode != "dense" else None
             hits = await asyncio.to_thread(self.store.search, vec, top_k, filter, score_threshold,
                                            max_filter_documents=self.s.max_filter_documents, mode=mode,
-                                           sparse=sparse, candidates=max(top_k, self.s.hybrid_candidates))
+                                           sparse=sparse, candidates=max(top_k, self.s.hybrid_candidates),
+                                           tenant=tenant)
             s.set_attribute("hits", len(hits))
         metric("serve_app_vector_search_duration_seconds").observe(time.perf_counter() - started)
         metric("serve_app_vector_search_hits").observe(len(hits))

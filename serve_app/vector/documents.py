@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from serve_app.vector.store import StoredChunk
+from serve_app.vector.store import DocumentRecord, StoredChunk
 
 
 def document_view(document_id: str, chunks: list[StoredChunk], metadata: dict[str, Any]) -> dict[str, Any]:
@@ -16,6 +16,11 @@ def document_view(document_id: str, chunks: list[StoredChunk], metadata: dict[st
         "metadata": metadata,
         "chunks": [{"chunk_id": c.id, "position": c.position, "text": c.text} for c in chunks],
     }
+
+
+def document_entry(r: DocumentRecord) -> dict[str, Any]:
+    """A document as GET /v1/documents lists it: no text (reading it is GET /v1/documents/{id})."""
+    return {"id": r.document_id, "object": "document", "metadata": r.metadata, "chunks": r.chunks}
 
 
 def rejoin(texts: list[str]) -> str:

@@ -1,7 +1,8 @@
 """Vector store on Qdrant Edge (qdrant-edge-py): the Qdrant engine in-process, with HNSW, payload indexes
 and a write-ahead log. One process per storage folder (single writer). Chunks live in the shard at ``path``,
 document records in a second shard next to it (``<path>_documents``). A chunks shard made before keyword search
-is migrated when the store opens (serve_app/vector/edge_migration.py)."""
+is migrated when the store opens (serve_app/vector/edge_migration.py); chunks and records made before tenants
+and versions are given the keyless tenant and the legacy version (``_adopt_legacy``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import numpy as np
 from serve_app.vector import edge_migration
 from serve_app.vector.keywords import KeywordEncoder, Sparse
 from serve_app.vector.store import (
+    CHUNK_INDEXES,
+    LEGACY_VERSION,
+    RECORD_INDEXES,
     RRF_K,
     SPARSE_NAME,
     DocumentRecord,
@@ -51,7 +55,7 @@ class QdrantEdgeStore(VectorStore):
         sparse = {SPARSE_NAME: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)}
         chunks = qe.EdgeConfig(vectors=vectors, sparse_vectors=sparse, optimizers=optimizers)
         records = qe.EdgeConfig(vectors={_NO_VECTOR: qe.EdgeVectorParams(size=1, distance=qe.Distance.Dot)})
-        chunk_indexes = {"document_id": qe.PayloadSchemaType.Keyword, "position": qe.PayloadSchemaType.Integer}
+        chunk_indexes = self._indexes(CHUNK_INDEXES)
         edge_migration.recover(self.path)
         self._shard = self._open(self.path, chunks, chunk_indexes)
         if not edge_migration.has_keywords(qe, self._shard):
@@ -59,7 +63,28 @@ class QdrantEdgeStore(VectorStore):
                                    self.encoder)
             self._shard = qe.EdgeShard.load(str(self.path))
         self._records = self._open(self.path.with_name(records_name(self.path.name)), records,
-                                   {"document_id": qe.PayloadSchemaType.Keyword})
+                                   self._indexes(RECORD_INDEXES))
+        self._adopt_legacy(self._shard, chunk_indexes, {"tenant": "", "version": LEGACY_VERSION})
+        self._adopt_legacy(self._records, self._indexes(RECORD_INDEXES),
+                           {"tenant": "", "version": LEGACY_VERSION, "hidden": []})
+
+    def _indexes(self, kinds: dict[str, str]) -> dict[str, Any]:
+        qe = self._qe
+        schema = {"tenant": qe.KeywordIndexParams(is_tenant=True), "keyword": qe.PayloadSchemaType.Keyword,
+                  "integer": qe.PayloadSchemaType.Integer}
+        return {key: schema[kind] for key, kind in kinds.items()}
+
+    def _adopt_legacy(self, shard, indexes: dict[str, Any], fields: dict[str, Any]) -> None:
+        """Points written before tenants get ``fields`` (the keyless tenant, the legacy version), and the
+        shard the indexes it lacks. One filtered write, repeated harmlessly at every open."""
+        qe = self._qe
+        have = set(shard.info().payload_schema)
+        for key, kind in indexes.items():
+            if key not in have:
+                shard.update(qe.UpdateOperation.create_field_index(key, kind))
+        legacy = qe.Filter(must=[qe.IsEmptyCondition("tenant")])
+        if shard.count(qe.CountRequest(filter=legacy, exact=True)):
+            shard.update(qe.UpdateOperation.set_payload_by_filter(legacy, fields))
 
     def _open(self, path: Path, config, indexes: dict[str, Any]):
         """The shard at ``path``, created with ``config`` and these payload indexes when the folder is new."""
@@ -71,16 +96,25 @@ class QdrantEdgeStore(VectorStore):
             shard.update(qe.UpdateOperation.create_field_index(key, kind))
         return shard
 
-    def _filter(self, document_id=None, metadata: dict[str, Any] | None = None, from_position: int | None = None,
-                document_ids: list[str] | None = None):
+    def _filter(self, tenant: str, document_id=None, metadata: dict[str, Any] | None = None,
+                document_ids: list[str] | None = None, version: str | None = None,
+                not_version: str | None = None, hidden: list[str] | None = None, pending: bool = False):
+        """The tenant's points matching the other conditions: the tenant is always the first condition."""
         qe = self._qe
-        must = []
+        must = [qe.FieldCondition(key="tenant", match=qe.MatchValue(tenant))]
+        must_not = []
         if document_id is not None:
             must.append(qe.FieldCondition(key="document_id", match=qe.MatchValue(document_id)))
         if document_ids is not None:
             must.append(qe.FieldCondition(key="document_id", match=qe.MatchAny(list(document_ids))))
-        if from_position:
-            must.append(qe.FieldCondition(key="position", range=qe.RangeFloat(gte=float(from_position))))
+        if version is not None:
+            must.append(qe.FieldCondition(key="version", match=qe.MatchValue(version)))
+        if not_version is not None:
+            must_not.append(qe.FieldCondition(key="version", match=qe.MatchValue(not_version)))
+        if hidden:
+            must_not.append(qe.FieldCondition(key="version", match=qe.MatchAny(list(hidden))))
+        if pending:  # records that hide versions
+            must_not.append(qe.IsEmptyCondition("hidden"))
         for key, value in (metadata or {}).items():
             if isinstance(value, float):
                 # Exact match is for keywords, integers and booleans; a number with a fraction is matched
@@ -88,7 +122,7 @@ class QdrantEdgeStore(VectorStore):
                 must.append(qe.FieldCondition(key=f"metadata.{key}", range=qe.RangeFloat(gte=value, lte=value)))
             else:
                 must.append(qe.FieldCondition(key=f"metadata.{key}", match=qe.MatchValue(value)))
-        return qe.Filter(must=must) if must else None
+        return qe.Filter(must=must, must_not=must_not or None)
 
     @property
     def keywords(self) -> bool:
@@ -115,29 +149,30 @@ class QdrantEdgeStore(VectorStore):
             # crash of this process.
             self._shard.update(qe.UpdateOperation.upsert_points(points))
 
-    def delete_chunks(self, document_id: str, from_position: int = 0) -> None:
-        flt = self._filter(document_id=document_id, from_position=from_position)
+    def delete_chunks(self, tenant: str, document_id: str, keep_version: str | None = None) -> None:
+        flt = self._filter(tenant, document_id=document_id, not_version=keep_version)
         with self._lock:
             self._shard.update(self._qe.UpdateOperation.delete_points_by_filter(flt))
 
-    def get_chunks(self, document_id: str) -> list[StoredChunk]:
+    def get_chunks(self, tenant: str, document_id: str, version: str) -> list[StoredChunk]:
         qe = self._qe
         out: list[StoredChunk] = []
         offset = None
         with self._lock:
             while True:
-                req = qe.ScrollRequest(offset=offset, limit=256, filter=self._filter(document_id=document_id), with_payload=True)
+                req = qe.ScrollRequest(offset=offset, limit=256, filter=self._filter(tenant, document_id=document_id, version=version),
+                                       with_payload=True)
                 points, offset = self._shard.scroll(req)
                 out.extend(chunk_from_point(p.id, p.payload) for p in points)
                 if offset is None:
                     break
         return sorted(out, key=lambda c: c.position)
 
-    def search_chunks(self, vector, top_k, document_ids=None, score_threshold=None, exact=False, *, mode="dense",
-                      sparse=None, candidates=None) -> list[StoredChunk]:
+    def search_chunks(self, tenant, vector, top_k, document_ids=None, score_threshold=None, exact=False, *,
+                      mode="dense", sparse=None, candidates=None, hidden=None) -> list[StoredChunk]:
         qe = self._qe
         self.check_mode(mode, vector, sparse)
-        flt = self._filter(document_ids=document_ids)
+        flt = self._filter(tenant, document_ids=document_ids, hidden=hidden)
         params = qe.SearchParams(hnsw_ef=self.hnsw_ef, exact=exact)
         if mode == "keyword":
             if not sparse:
@@ -164,29 +199,48 @@ class QdrantEdgeStore(VectorStore):
         return np.asarray(vector, dtype=np.float32).tolist()
 
     def put_record(self, record: DocumentRecord) -> None:
-        point = self._qe.Point(record_id(record.document_id), {}, record_payload(record))
+        point = self._qe.Point(record_id(record.document_id, record.tenant), {}, record_payload(record))
         with self._lock:
             self._records.update(self._qe.UpdateOperation.upsert_points([point]))
 
-    def delete_record(self, document_id: str) -> None:
+    def delete_record(self, tenant: str, document_id: str) -> None:
         with self._lock:
-            self._records.update(self._qe.UpdateOperation.delete_points([record_id(document_id)]))
+            self._records.update(self._qe.UpdateOperation.delete_points([record_id(document_id, tenant)]))
 
-    def get_records(self, document_ids: list[str]) -> dict[str, DocumentRecord]:
+    def get_records(self, tenant: str, document_ids: list[str]) -> dict[str, DocumentRecord]:
         if not document_ids:
             return {}
         with self._lock:
-            points = self._records.retrieve([record_id(d) for d in document_ids], True, False)
+            points = self._records.retrieve([record_id(d, tenant) for d in document_ids], True, False)
         records = (record_from_payload(p.payload) for p in points)
-        return {r.document_id: r for r in records}
+        # Ids derive from the tenant already; the payload's tenant is checked all the same.
+        return {r.document_id: r for r in records if r.tenant == tenant}
 
-    def find_records(self, filter: dict[str, Any], limit: int) -> list[str]:
-        qe = self._qe
-        req = qe.ScrollRequest(limit=limit, filter=self._filter(metadata=filter),
-                               with_payload=qe.PayloadSelector.Include(["document_id"]))
+    def _scroll_records(self, flt, limit: int, offset=None, payload=True) -> list[DocumentRecord]:
+        req = self._qe.ScrollRequest(offset=offset, limit=limit, filter=flt, with_payload=payload)
         with self._lock:
             points, _ = self._records.scroll(req)
-        return [p.payload["document_id"] for p in points]
+        return [record_from_payload(p.payload) for p in points]
+
+    def find_records(self, tenant: str, filter: dict[str, Any], limit: int) -> list[str]:
+        include = self._qe.PayloadSelector.Include(["document_id"])
+        return [r.document_id for r in self._scroll_records(self._filter(tenant, metadata=filter), limit,
+                                                            payload=include)]
+
+    def pending_records(self, tenant: str, limit: int) -> list[DocumentRecord]:
+        return self._scroll_records(self._filter(tenant, pending=True), limit)
+
+    def list_records(self, tenant: str, limit: int, after: str | None = None) -> list[DocumentRecord]:
+        # Scroll pages start at a point id (inclusive): from the record of ``after``, which is then dropped.
+        start = record_id(after, tenant) if after is not None else None
+        records = self._scroll_records(self._filter(tenant), limit + 1, offset=start)
+        return [r for r in records if r.document_id != after][:limit]
+
+    def tenants(self) -> dict[str, int]:
+        req = self._qe.FacetRequest("tenant", limit=1_000_000, exact=True)
+        with self._lock:
+            hits = self._records.facet(req).hits
+        return {str(h.value): int(h.count) for h in hits}
 
     def optimize(self) -> bool:
         """Build the HNSW index for what was added since the last call (blocks writers meanwhile)."""

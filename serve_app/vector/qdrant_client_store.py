@@ -10,7 +10,11 @@ are then given the BM25 vectors of their payload texts (``update_vectors``: the 
 takes only chunks still without one and writes only to chunks still without one, so it resumes after a crash,
 and on a server that several replicas open at once it never overwrites a newer write. A server that cannot
 add the vector (older than 1.18) keeps the collection dense-only: ``keywords`` is False, and keyword or hybrid
-searches answer NoKeywordIndex (409: re-ingest into a new collection)."""
+searches answer NoKeywordIndex (409: re-ingest into a new collection).
+
+Chunks and records made before tenants and versions are given the keyless tenant and the legacy version when
+the store opens (one filtered payload write each, repeated harmlessly), and the collections the payload indexes
+they lack (``tenant`` with Qdrant's ``is_tenant``)."""
 
 from __future__ import annotations
 
@@ -23,6 +27,9 @@ import numpy as np
 
 from serve_app.vector.keywords import KeywordEncoder, Sparse
 from serve_app.vector.store import (
+    CHUNK_INDEXES,
+    LEGACY_VERSION,
+    RECORD_INDEXES,
     RRF_K,
     SPARSE_NAME,
     DocumentRecord,
@@ -42,22 +49,31 @@ logger = logging.getLogger("ray.serve")
 _PAGE = 256  # chunks per scroll page and per write of the keyword backfill
 
 
-def _payload_filter(models, document_id: str | None = None, metadata: dict[str, Any] | None = None,
-                    from_position: int | None = None, document_ids: list[str] | None = None):
-    must = []
+def _payload_filter(models, tenant: str, document_id: str | None = None, metadata: dict[str, Any] | None = None,
+                    document_ids: list[str] | None = None, version: str | None = None,
+                    not_version: str | None = None, hidden: list[str] | None = None, pending: bool = False):
+    """The tenant's points matching the other conditions: the tenant is always the first condition."""
+    must = [models.FieldCondition(key="tenant", match=models.MatchValue(value=tenant))]
+    must_not = []
     if document_id is not None:
         must.append(models.FieldCondition(key="document_id", match=models.MatchValue(value=document_id)))
     if document_ids is not None:
         must.append(models.FieldCondition(key="document_id", match=models.MatchAny(any=list(document_ids))))
-    if from_position:
-        must.append(models.FieldCondition(key="position", range=models.Range(gte=from_position)))
+    if version is not None:
+        must.append(models.FieldCondition(key="version", match=models.MatchValue(value=version)))
+    if not_version is not None:
+        must_not.append(models.FieldCondition(key="version", match=models.MatchValue(value=not_version)))
+    if hidden:
+        must_not.append(models.FieldCondition(key="version", match=models.MatchAny(any=list(hidden))))
+    if pending:  # records that hide versions
+        must_not.append(models.IsEmptyCondition(is_empty=models.PayloadField(key="hidden")))
     for key, value in (metadata or {}).items():
         if isinstance(value, float):
             # Exact match is for keywords, integers and booleans: a float is matched as the one-point range.
             must.append(models.FieldCondition(key=f"metadata.{key}", range=models.Range(gte=value, lte=value)))
         else:
             must.append(models.FieldCondition(key=f"metadata.{key}", match=models.MatchValue(value=value)))
-    return models.Filter(must=must) if must else None
+    return models.Filter(must=must, must_not=must_not or None)
 
 
 class QdrantClientStore(VectorStore):
@@ -92,19 +108,33 @@ class QdrantClientStore(VectorStore):
         self.records = records_name(collection)
         # Keyword vectors: IDF applied by Qdrant at query time, from the collection's live statistics.
         self._create(collection, models.VectorParams(size=dim, distance=models.Distance.COSINE),
-                     {"document_id": models.PayloadSchemaType.KEYWORD, "position": models.PayloadSchemaType.INTEGER},
                      {SPARSE_NAME: models.SparseVectorParams(modifier=models.Modifier.IDF)})
         self._keywords = self._add_keywords()
         # Records carry no vector: a collection without any (Qdrant takes it; points then have vector={}).
-        self._create(self.records, {}, {"document_id": models.PayloadSchemaType.KEYWORD})
+        self._create(self.records, {})
+        self._adopt_legacy(collection, CHUNK_INDEXES, {"tenant": "", "version": LEGACY_VERSION})
+        self._adopt_legacy(self.records, RECORD_INDEXES,
+                           {"tenant": "", "version": LEGACY_VERSION, "hidden": []})
 
-    def _create(self, name: str, vectors_config, indexes: dict[str, Any], sparse_config=None) -> None:
-        if self._client.collection_exists(name):
-            return
-        self._client.create_collection(name, vectors_config=vectors_config, sparse_vectors_config=sparse_config)
-        if not self._local:  # local mode has no payload indexes
+    def _create(self, name: str, vectors_config, sparse_config=None) -> None:
+        if not self._client.collection_exists(name):
+            self._client.create_collection(name, vectors_config=vectors_config, sparse_vectors_config=sparse_config)
+
+    def _adopt_legacy(self, name: str, indexes: dict[str, str], fields: dict[str, Any]) -> None:
+        """The payload indexes the collection lacks (none in local mode, which has no payload indexes), and
+        ``fields`` on the points written before tenants (module docstring)."""
+        m = self._m
+        if not self._local:
+            have = set(self._client.get_collection(name).payload_schema or {})
+            schema = {"tenant": m.KeywordIndexParams(type=m.KeywordIndexType.KEYWORD, is_tenant=True),
+                      "keyword": m.PayloadSchemaType.KEYWORD, "integer": m.PayloadSchemaType.INTEGER}
             for key, kind in indexes.items():
-                self._client.create_payload_index(name, key, kind)
+                if key not in have:  # idempotent on the server: replicas opening together all succeed
+                    self._client.create_payload_index(name, key, schema[kind], wait=True)
+        legacy = m.Filter(must=[m.IsEmptyCondition(is_empty=m.PayloadField(key="tenant"))])
+        with self._lock:
+            if self._client.count(name, count_filter=legacy, exact=True).count:
+                self._client.set_payload(name, fields, points=m.FilterSelector(filter=legacy), wait=True)
 
     def _add_keywords(self) -> bool:
         """Give an old-layout chunks collection its keyword vector and backfill it (module docstring)."""
@@ -177,13 +207,13 @@ class QdrantClientStore(VectorStore):
         with self._lock:
             self._client.upsert(self.collection, points=points, wait=True)
 
-    def delete_chunks(self, document_id: str, from_position: int = 0) -> None:
-        flt = _payload_filter(self._m, document_id=document_id, from_position=from_position)
+    def delete_chunks(self, tenant: str, document_id: str, keep_version: str | None = None) -> None:
+        flt = _payload_filter(self._m, tenant, document_id=document_id, not_version=keep_version)
         with self._lock:
             self._client.delete(self.collection, points_selector=self._m.FilterSelector(filter=flt), wait=True)
 
-    def get_chunks(self, document_id: str) -> list[StoredChunk]:
-        flt = _payload_filter(self._m, document_id=document_id)
+    def get_chunks(self, tenant: str, document_id: str, version: str) -> list[StoredChunk]:
+        flt = _payload_filter(self._m, tenant, document_id=document_id, version=version)
         out: list[StoredChunk] = []
         offset = None
         while True:
@@ -194,11 +224,11 @@ class QdrantClientStore(VectorStore):
                 break
         return sorted(out, key=lambda c: c.position)
 
-    def search_chunks(self, vector, top_k, document_ids=None, score_threshold=None, exact=False, *, mode="dense",
-                      sparse=None, candidates=None) -> list[StoredChunk]:
+    def search_chunks(self, tenant, vector, top_k, document_ids=None, score_threshold=None, exact=False, *,
+                      mode="dense", sparse=None, candidates=None, hidden=None) -> list[StoredChunk]:
         m = self._m
         self.check_mode(mode, vector, sparse)
-        flt = _payload_filter(m, document_ids=document_ids)
+        flt = _payload_filter(m, tenant, document_ids=document_ids, hidden=hidden)
         # Local mode is always exact.
         params = m.SearchParams(exact=True) if exact and not self._local else None
         dense = np.asarray(vector, dtype=np.float32).tolist() if vector is not None else None
@@ -220,28 +250,49 @@ class QdrantClientStore(VectorStore):
         return [chunk_from_point(p.id, p.payload, p.score) for p in res.points]
 
     def put_record(self, record: DocumentRecord) -> None:
-        point = self._m.PointStruct(id=record_id(record.document_id), vector={}, payload=record_payload(record))
+        point = self._m.PointStruct(id=record_id(record.document_id, record.tenant), vector={},
+                                    payload=record_payload(record))
         with self._lock:
             self._client.upsert(self.records, points=[point], wait=True)
 
-    def delete_record(self, document_id: str) -> None:
-        selector = self._m.PointIdsList(points=[record_id(document_id)])
+    def delete_record(self, tenant: str, document_id: str) -> None:
+        selector = self._m.PointIdsList(points=[record_id(document_id, tenant)])
         with self._lock:
             self._client.delete(self.records, points_selector=selector, wait=True)
 
-    def get_records(self, document_ids: list[str]) -> dict[str, DocumentRecord]:
+    def get_records(self, tenant: str, document_ids: list[str]) -> dict[str, DocumentRecord]:
         if not document_ids:
             return {}
         with self._lock:
-            points = self._client.retrieve(self.records, [record_id(d) for d in document_ids], with_payload=True)
+            points = self._client.retrieve(self.records, [record_id(d, tenant) for d in document_ids],
+                                           with_payload=True)
         records = (record_from_payload(p.payload) for p in points)
-        return {r.document_id: r for r in records}
+        # Ids derive from the tenant already; the payload's tenant is checked all the same.
+        return {r.document_id: r for r in records if r.tenant == tenant}
 
-    def find_records(self, filter: dict[str, Any], limit: int) -> list[str]:
+    def _scroll_records(self, flt, limit: int, offset=None, payload: Any = True) -> list[DocumentRecord]:
         with self._lock:
-            points, _ = self._client.scroll(self.records, scroll_filter=_payload_filter(self._m, metadata=filter),
-                                            limit=limit, with_payload=["document_id"])
-        return [record_from_payload(p.payload).document_id for p in points]
+            points, _ = self._client.scroll(self.records, scroll_filter=flt, limit=limit, offset=offset,
+                                            with_payload=payload)
+        return [record_from_payload(p.payload) for p in points]
+
+    def find_records(self, tenant: str, filter: dict[str, Any], limit: int) -> list[str]:
+        flt = _payload_filter(self._m, tenant, metadata=filter)
+        return [r.document_id for r in self._scroll_records(flt, limit, payload=["document_id"])]
+
+    def pending_records(self, tenant: str, limit: int) -> list[DocumentRecord]:
+        return self._scroll_records(_payload_filter(self._m, tenant, pending=True), limit)
+
+    def list_records(self, tenant: str, limit: int, after: str | None = None) -> list[DocumentRecord]:
+        # Scroll pages start at a point id (inclusive): from the record of ``after``, which is then dropped.
+        start = record_id(after, tenant) if after is not None else None
+        records = self._scroll_records(_payload_filter(self._m, tenant), limit + 1, offset=start)
+        return [r for r in records if r.document_id != after][:limit]
+
+    def tenants(self) -> dict[str, int]:
+        with self._lock:
+            hits = self._client.facet(self.records, "tenant", limit=1_000_000, exact=True).hits
+        return {str(h.value): int(h.count) for h in hits}
 
     def count(self) -> int:
         with self._lock:

@@ -3,10 +3,23 @@ congruence tests (tests/unit/test_store_congruence.py).
 
 Layout: a document is its chunks (one point each, with a vector, in the collection) plus one *record* (its
 metadata and chunk count, in a second collection ``<collection>_documents``, without a vector). Metadata is
-stored once, in the record, never in the chunks: a chunk's payload is its document id, position and text.
-Backends implement the primitives on chunks and on records; how a document is written, deleted and
-searched (filters are resolved against the records, then the chunks are searched by document id) is
-written once, here.
+stored once, in the record, never in the chunks: a chunk's payload is its tenant, document id, version,
+position and text. Backends implement the primitives on chunks and on records; how a document is written,
+deleted and searched (filters are resolved against the records, then the chunks are searched by document id)
+is written once, here.
+
+Tenants: every chunk and record carries its tenant (the API key's, serve_app/protocol/keys.py; "" while keys are
+off), indexed with Qdrant's ``is_tenant`` so each tenant's points are stored together, and every primitive
+takes the tenant and puts it in the store query itself: a search's top-k is the tenant's own top-k, never
+another tenant's hits filtered away afterwards. One collection holds every tenant (Qdrant's guidance for
+multitenancy); keyword (BM25) statistics are therefore shared (docs/architecture.md says what they reveal).
+
+Versions: a document's chunks carry the version they were written as (a hash of the document's content,
+computed by the caller; chunk ids derive from tenant, document id, version and position). Its record names the
+live version and the versions no read may see (``hidden``). Replacing a document writes the new version's
+chunks while the record hides them, then switches the record (one point write: the new version live, the old
+one hidden), then deletes the old chunks: a search during a replacement sees the old chunks or the new ones,
+never a mix and never neither. The same content again (same version) writes nothing.
 
 Each chunk has two vectors: the dense one of the embedder (unnamed, cosine) and the BM25 keyword vector of its
 text (sparse, named ``SPARSE_NAME``, IDF applied by Qdrant at query time; serve_app/vector/keywords.py). A chunk
@@ -17,6 +30,8 @@ keyword prefetch fused by reciprocal rank (RRF)."""
 from __future__ import annotations
 
 import abc
+import hashlib
+import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, get_args
@@ -25,6 +40,7 @@ import numpy as np
 
 from serve_app.errors import Conflict, InvalidRequest
 from serve_app.protocol.retrieval import SearchMode
+from serve_app.vector.chunker import chunk_id
 from serve_app.vector.keywords import KeywordEncoder, Sparse
 
 SEARCH_MODES: tuple[SearchMode, ...] = get_args(SearchMode)
@@ -34,14 +50,31 @@ SPARSE_NAME = "bm25"
 # (Cormack et al.) and of Elasticsearch and OpenSearch; Qdrant's own default, 2, lets the first hit of one
 # list outrank a chunk both lists place high. Set explicitly so every backend fuses alike.
 RRF_K = 60
+# The version of chunks and records written before versions existed (given when the store opens).
+LEGACY_VERSION = "legacy"
+# Payload indexes. ``tenant`` is Qdrant's tenant index (points of one tenant stored together); a record's
+# ``hidden`` is not empty while its document is in the middle of a write: every search reads those first.
+CHUNK_INDEXES = {"tenant": "tenant", "document_id": "keyword", "version": "keyword", "position": "integer"}
+RECORD_INDEXES = {"tenant": "tenant", "document_id": "keyword", "hidden": "keyword"}
 
-# Fixed namespace of record ids: the same document id gives the same record id on every machine and run, so
-# writing a document's record again overwrites it.
+# Fixed namespaces: the same ids on every machine and run, so writing a document's record again overwrites it.
+# Documents of the keyless tenant ("") keep the ids they had before tenants existed.
 _RECORDS = uuid.UUID("6f0c4a52-6a4e-4c8e-9a8e-2b1f1c0de002")
+_TENANT_RECORDS = uuid.UUID("6f0c4a52-6a4e-4c8e-9a8e-2b1f1c0de003")
 
 
-def record_id(document_id: str) -> str:
-    return str(uuid.uuid5(_RECORDS, document_id))
+def record_id(document_id: str, tenant: str = "") -> str:
+    if not tenant:
+        return str(uuid.uuid5(_RECORDS, document_id))
+    # Tenant names never contain NUL (protocol/keys.py's pattern): the pair maps to one string only.
+    return str(uuid.uuid5(_TENANT_RECORDS, f"{tenant}\x00{document_id}"))
+
+
+def content_version(document_id: str, parts: list[str], metadata: dict[str, Any]) -> str:
+    """A document's version: a hash of its id (two documents with the same text never share a version, so
+    hiding one hides only its own chunks), content and metadata."""
+    digest = hashlib.sha256(json.dumps([document_id, parts, metadata], sort_keys=True).encode())
+    return digest.hexdigest()[:24]
 
 
 def records_name(collection: str) -> str:
@@ -55,6 +88,8 @@ class StoredChunk:
     document_id: str
     position: int
     text: str
+    tenant: str = ""
+    version: str = ""
     # Read side only: search fills in the document's metadata from its record. Never written with the chunk.
     metadata: dict[str, Any] = field(default_factory=dict)
     score: float | None = None
@@ -65,6 +100,15 @@ class DocumentRecord:
     document_id: str
     metadata: dict[str, Any] = field(default_factory=dict)
     chunks: int = 0
+    tenant: str = ""
+    # The version reads and searches see ("": none yet, a first write under way), and the versions of this
+    # document's chunks that no search may see (a write or delete under way, or cut short).
+    version: str = ""
+    hidden: list[str] = field(default_factory=list)
+
+    @property
+    def live(self) -> bool:
+        return bool(self.version) and self.version not in self.hidden
 
 
 class FilterTooBroad(InvalidRequest):
@@ -95,25 +139,30 @@ def chunk_from_point(point_id: Any, payload: dict[str, Any] | None, score: float
         document_id=p.get("document_id", ""),
         position=int(p.get("position", 0)),
         text=p.get("text", ""),
+        tenant=p.get("tenant", ""),
+        version=p.get("version", ""),
         score=score,
     )
 
 
 def chunk_payload(c: StoredChunk) -> dict[str, Any]:
-    return {"document_id": c.document_id, "position": c.position, "text": c.text}
+    return {"tenant": c.tenant, "document_id": c.document_id, "version": c.version, "position": c.position,
+            "text": c.text}
 
 
 def record_from_payload(payload: dict[str, Any] | None) -> DocumentRecord:
     p = payload or {}
-    return DocumentRecord(p.get("document_id", ""), p.get("metadata") or {}, int(p.get("chunks", 0)))
+    return DocumentRecord(p.get("document_id", ""), p.get("metadata") or {}, int(p.get("chunks", 0)),
+                          p.get("tenant", ""), p.get("version", ""), list(p.get("hidden") or []))
 
 
 def record_payload(r: DocumentRecord) -> dict[str, Any]:
-    return {"document_id": r.document_id, "metadata": r.metadata, "chunks": r.chunks}
+    return {"tenant": r.tenant, "document_id": r.document_id, "metadata": r.metadata, "chunks": r.chunks,
+            "version": r.version, "hidden": r.hidden}
 
 
 class VectorStore(abc.ABC):
-    """Chunks of documents with a dense and a keyword vector each, and one record per document."""
+    """Chunks of documents with a dense and a keyword vector each, and one record per document, per tenant."""
 
     # Computes the keyword vectors of writes that bring none (backends set it in their constructor; pass the
     # deployment's own encoder so both use one configuration).
@@ -133,16 +182,17 @@ class VectorStore(abc.ABC):
         returns."""
 
     @abc.abstractmethod
-    def delete_chunks(self, document_id: str, from_position: int = 0) -> None:
-        """Delete a document's chunks whose position is at least ``from_position``."""
+    def delete_chunks(self, tenant: str, document_id: str, keep_version: str | None = None) -> None:
+        """Delete the tenant's chunks of the document, but those of ``keep_version`` when given."""
 
     @abc.abstractmethod
-    def get_chunks(self, document_id: str) -> list[StoredChunk]:
-        """A document's chunks in position order (empty when absent)."""
+    def get_chunks(self, tenant: str, document_id: str, version: str) -> list[StoredChunk]:
+        """The chunks of one version of the tenant's document, in position order (empty when absent)."""
 
     @abc.abstractmethod
     def search_chunks(
         self,
+        tenant: str,
         vector: np.ndarray | None,
         top_k: int,
         document_ids: list[str] | None = None,
@@ -152,17 +202,19 @@ class VectorStore(abc.ABC):
         mode: SearchMode = "dense",
         sparse: Sparse | None = None,
         candidates: int | None = None,
+        hidden: list[str] | None = None,
     ) -> list[StoredChunk]:
-        """Top-k chunks of the given documents only when ``document_ids`` is given. ``mode``:
+        """Top-k chunks of the tenant (of the given documents only when ``document_ids`` is given; none of the
+        versions in ``hidden``), the conditions inside the query. ``mode``:
         dense: by cosine similarity to ``vector``; ``score_threshold`` and ``exact`` apply to it alone.
         keyword: by BM25 of the query's keyword vector ``sparse`` (empty: no hits; ``vector`` unused).
         hybrid: one query, the dense and the keyword top ``hybrid_candidates(top_k, candidates)`` (each
-        filtered by ``document_ids``) fused by RRF; the score is the RRF score. An empty ``sparse`` leaves
-        the dense prefetch alone in the fusion."""
+        filtered alike) fused by RRF; the score is the RRF score. An empty ``sparse`` leaves the dense
+        prefetch alone in the fusion."""
 
     @abc.abstractmethod
     def count(self) -> int:
-        """Chunks stored (records not counted)."""
+        """Chunks stored, every tenant's (records not counted)."""
 
     @abc.abstractmethod
     def close(self) -> None: ...
@@ -171,38 +223,90 @@ class VectorStore(abc.ABC):
 
     @abc.abstractmethod
     def put_record(self, record: DocumentRecord) -> None:
-        """Insert or overwrite a document's record. Durable when it returns."""
+        """Insert or overwrite a document's record (its tenant's). Durable when it returns."""
 
     @abc.abstractmethod
-    def delete_record(self, document_id: str) -> None: ...
+    def delete_record(self, tenant: str, document_id: str) -> None: ...
 
     @abc.abstractmethod
-    def get_records(self, document_ids: list[str]) -> dict[str, DocumentRecord]:
-        """The records of these documents, by document id, in one read (absent ones left out)."""
+    def get_records(self, tenant: str, document_ids: list[str]) -> dict[str, DocumentRecord]:
+        """The tenant's records of these documents, by document id, in one read (absent ones left out)."""
 
     @abc.abstractmethod
-    def find_records(self, filter: dict[str, Any], limit: int) -> list[str]:
-        """Ids of at most ``limit`` documents whose metadata matches ``filter`` (equality, all must match)."""
+    def find_records(self, tenant: str, filter: dict[str, Any], limit: int) -> list[str]:
+        """Ids of at most ``limit`` of the tenant's documents whose metadata matches ``filter`` (equality, all
+        must match)."""
+
+    @abc.abstractmethod
+    def pending_records(self, tenant: str, limit: int) -> list[DocumentRecord]:
+        """The tenant's records that hide versions (writes and deletes under way or cut short)."""
+
+    @abc.abstractmethod
+    def list_records(self, tenant: str, limit: int, after: str | None = None) -> list[DocumentRecord]:
+        """At most ``limit`` of the tenant's records in a stable order (by record id), from the one after the
+        document ``after``."""
+
+    @abc.abstractmethod
+    def tenants(self) -> dict[str, int]:
+        """Records per tenant, every tenant's (the admin's view)."""
 
     # -- documents: the same for every backend ------------------------------------------------------------
 
+    def record(self, tenant: str, document_id: str) -> DocumentRecord | None:
+        return self.get_records(tenant, [document_id]).get(document_id)
+
     def replace_document(
         self, document_id: str, chunks: list[StoredChunk], vectors: np.ndarray, metadata: dict[str, Any] | None = None,
-        sparse: list[Sparse] | None = None,
-    ) -> None:
-        """Make ``chunks`` and ``metadata`` the document's whole content: overwrite positions 0..n-1 (ids are
-        derived from position, so this never duplicates), drop positions >= n left from a longer older
-        version, then write the record. The record goes last: a write cut short leaves chunks that a filter
-        does not reach yet, never a record that promises chunks not written."""
-        self.upsert(chunks, vectors, sparse)
-        self.delete_chunks(document_id, from_position=len(chunks))
-        self.put_record(DocumentRecord(document_id, dict(metadata or {}), len(chunks)))
+        sparse: list[Sparse] | None = None, *, tenant: str = "", version: str | None = None,
+    ) -> bool:
+        """Make ``chunks`` and ``metadata`` the tenant's document, as ``version`` (None: ``content_version`` of
+        the chunks' texts and the metadata; the module docstring says how searches see only one version). The
+        chunks are written with the ids of (tenant, document, version, position). False, and nothing written,
+        when that version is already the live one."""
+        version = version or content_version(document_id, [c.text for c in chunks], metadata or {})
+        old = self.record(tenant, document_id)
+        if old is not None and old.live and old.version == version:
+            return False
+        if old is not None and old.hidden:  # a write or delete cut short: keep only the live version's chunks
+            self.delete_chunks(tenant, document_id, keep_version=old.version if old.live else None)
+        base = old if old is not None and old.live else DocumentRecord(document_id, tenant=tenant)
+        # 1. The new version hidden, then written.
+        self.put_record(DocumentRecord(document_id, base.metadata, base.chunks, tenant, base.version, [version]))
+        stored = [StoredChunk(chunk_id(document_id, c.position, tenant, version), document_id, c.position, c.text,
+                              tenant, version) for c in chunks]
+        self.upsert(stored, vectors, sparse)
+        # 2. The switch: one record write makes the new version live and hides the old one.
+        old_versions = [base.version] if base.version else []
+        switched = DocumentRecord(document_id, dict(metadata or {}), len(chunks), tenant, version, old_versions)
+        self.put_record(switched)
+        # 3. The old chunks go; the record stops hiding.
+        if old_versions or old is not None:
+            self.delete_chunks(tenant, document_id, keep_version=version)
+        if switched.hidden:
+            switched.hidden = []
+            self.put_record(switched)
+        return True
 
-    def delete_document(self, document_id: str) -> None:
-        """The chunks, then the record (the reverse of writing: a delete cut short leaves a record without
-        chunks, which reads as absent and which the next write or delete replaces)."""
-        self.delete_chunks(document_id, 0)
-        self.delete_record(document_id)
+    def delete_document(self, tenant: str, document_id: str) -> int:
+        """Hide every version, delete the chunks, then the record (a delete cut short leaves a record that hides
+        its chunks: absent to every read, and put right by the next write or delete). The live version's
+        chunk count (0: the tenant has no such document)."""
+        old = self.record(tenant, document_id)
+        if old is None:
+            return 0
+        if old.version and old.version not in old.hidden:
+            self.put_record(DocumentRecord(document_id, old.metadata, old.chunks, tenant, old.version,
+                                           [*old.hidden, old.version]))
+        self.delete_chunks(tenant, document_id)
+        self.delete_record(tenant, document_id)
+        return old.chunks if old.live else 0
+
+    def document_chunks(self, tenant: str, document_id: str) -> tuple[DocumentRecord, list[StoredChunk]] | None:
+        """The tenant's live document: its record and chunks (None when absent)."""
+        record = self.record(tenant, document_id)
+        if record is None or not record.live:
+            return None
+        return record, self.get_chunks(tenant, document_id, record.version)
 
     def search(
         self,
@@ -216,12 +320,14 @@ class VectorStore(abc.ABC):
         mode: SearchMode = "dense",
         sparse: Sparse | None = None,
         candidates: int | None = None,
+        tenant: str = "",
     ) -> list[StoredChunk]:
-        """Top-k chunks, each with its document's metadata. ``filter`` is metadata equality (all must match):
-        resolved against the records to at most ``max_filter_documents`` document ids (more: FilterTooBroad),
-        then the chunks of those documents are searched (``mode``, ``sparse``, ``candidates``: search_chunks).
-        A keyword search whose query has only stop words is refused (400) rather than answered empty, so every
-        caller tells the user why nothing matched."""
+        """The tenant's top-k chunks, each with its document's metadata. ``filter`` is metadata equality (all
+        must match): resolved against the tenant's records to at most ``max_filter_documents`` document ids
+        (more: FilterTooBroad), then the chunks of those documents are searched (``mode``, ``sparse``,
+        ``candidates``: search_chunks), never a version a record hides. A keyword search whose query has only
+        stop words is refused (400) rather than answered empty, so every caller tells the user why nothing
+        matched."""
         self.check_mode(mode, vector, sparse)
         if score_threshold is not None and mode != "dense":
             raise InvalidRequest("score_threshold applies to dense search only", "score_threshold")
@@ -230,16 +336,18 @@ class VectorStore(abc.ABC):
                                  "query")
         ids = None
         if filter:
-            ids = self.find_records(filter, max_filter_documents + 1)
+            ids = self.find_records(tenant, filter, max_filter_documents + 1)
             if len(ids) > max_filter_documents:
                 raise FilterTooBroad(
                     f"the filter matches more than {max_filter_documents} documents; narrow it with more keys",
                     "filter")
             if not ids:
                 return []
-        hits = self.search_chunks(vector, top_k, ids, score_threshold, exact, mode=mode, sparse=sparse,
-                                  candidates=candidates)
-        records = self.get_records(sorted({h.document_id for h in hits})) if hits else {}
+        # Versions under a write or delete: few at any time (one per document being written).
+        hidden = sorted({v for r in self.pending_records(tenant, max_filter_documents) for v in r.hidden})
+        hits = self.search_chunks(tenant, vector, top_k, ids, score_threshold, exact, mode=mode, sparse=sparse,
+                                  candidates=candidates, hidden=hidden)
+        records = self.get_records(tenant, sorted({h.document_id for h in hits})) if hits else {}
         for h in hits:
             record = records.get(h.document_id)
             h.metadata = dict(record.metadata) if record else {}

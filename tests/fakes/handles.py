@@ -28,8 +28,8 @@ class Method:
     def __init__(self, fn: Callable[..., Any]):
         self.fn = fn
 
-    def remote(self, *args: Any) -> Response:
-        return Response(self.fn(*args))
+    def remote(self, *args: Any, **kwargs: Any) -> Response:
+        return Response(self.fn(*args, **kwargs))
 
 
 class StreamResponse:

@@ -19,7 +19,7 @@ class _VectorStore:
     """What the Ingress calls on the VectorStore deployment's handle."""
 
     def __init__(self):
-        self.search = Method(lambda q, k, f, t, m: [{"document_id": "d1", "chunk_id": "d1:0", "position": 0, "text": q,
+        self.search = Method(lambda q, k, f, t, m, tenant: [{"document_id": "d1", "chunk_id": "d1:0", "position": 0, "text": q,
                                                   "score": 0.5, "metadata": {}}])
 
 

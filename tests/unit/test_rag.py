@@ -66,9 +66,10 @@ class FakeLLM:
 
 
 def _search(fail=None, delay=0.0, hits=HITS, seen=None):
-    async def search(q, k, f, mode):
+    async def search(q, k, f, mode, tenant):
         if seen is not None:
             seen.append(mode)
+        assert tenant == ""  # no keys: the keyless tenant
         if delay:
             await asyncio.sleep(delay)
         if fail is not None:

@@ -91,7 +91,12 @@ def store(request, tmp_path):
 def _exact(vecs, chunks, q, k, keep=lambda c: True):
     scores = vecs @ q
     order = [i for i in np.argsort(-scores) if keep(chunks[i])][:k]
-    return [chunks[i].id for i in order], [float(scores[i]) for i in order]
+    return [_key(chunks[i]) for i in order], [float(scores[i]) for i in order]
+
+
+def _key(c):
+    """A chunk as searches and reads name it across writes: chunk ids also derive from the version."""
+    return (c.document_id, c.position)
 
 
 def _doc(c):
@@ -106,7 +111,7 @@ def test_exact_search_matches_brute_force(store):
         q /= np.linalg.norm(q)
         hits = store.search(q, 10, exact=True)
         ids, scores = _exact(vecs, chunks, q, 10)
-        assert [h.id for h in hits] == ids
+        assert [_key(h) for h in hits] == ids
         assert np.allclose([h.score for h in hits], scores, atol=1e-4)
         assert all(h.text and h.document_id for h in hits)
         # Each hit carries its document's metadata, read from the record.
@@ -118,25 +123,25 @@ def test_filter_and_threshold(store):
     q = vecs[7]
     hits = store.search(q, 8, filter={"group": 2, "lang": "de"}, exact=True)  # "de": the even documents
     ids, _ = _exact(vecs, chunks, q, 8, keep=lambda c: _meta(_doc(c))["group"] == 2 and _doc(c) % 2 == 0)
-    assert [h.id for h in hits] == ids and ids
+    assert [_key(h) for h in hits] == ids and ids
     assert all(h.metadata["group"] == 2 for h in hits)
     # A number with a fraction (exact match in the stores is for keywords, integers and booleans).
     hits = store.search(q, 8, filter={"weight": 1.25, "lang": "de"}, exact=True)
     ids, _ = _exact(vecs, chunks, q, 8, keep=lambda c: _meta(_doc(c))["weight"] == 1.25 and _doc(c) % 2 == 0)
-    assert [h.id for h in hits] == ids and ids
+    assert [_key(h) for h in hits] == ids and ids
     assert store.search(q, 8, filter={"lang": "fr"}, exact=True) == []
     top = store.search(q, 5, score_threshold=0.999, exact=True)
-    assert [h.id for h in top] == [chunks[7].id]
+    assert [_key(h) for h in top] == [_key(chunks[7])]
 
 
 def test_metadata_is_stored_once_per_document(store):
     payloads = _chunk_payloads(store)
     assert len(payloads) == N_DOCS * PER_DOC
-    assert all(set(p) == {"document_id", "position", "text"} for p in payloads)
-    records = store.get_records([f"doc{d}" for d in range(N_DOCS)] + ["never"])
+    assert all(set(p) == {"tenant", "document_id", "version", "position", "text"} for p in payloads)
+    records = store.get_records("", [f"doc{d}" for d in range(N_DOCS)] + ["never"])
     assert {d: (r.metadata, r.chunks) for d, r in records.items()} == {
         f"doc{d}": (_meta(d), PER_DOC) for d in range(N_DOCS)}
-    assert store.get_records([]) == {}
+    assert store.get_records("", []) == {}
     assert store.count() == N_DOCS * PER_DOC  # records are not chunks
 
 
@@ -147,8 +152,8 @@ def test_filter_is_bounded_by_the_documents_it_matches(store):
     with pytest.raises(FilterTooBroad) as err:
         store.search(vecs[0], 3, filter={"lang": "de"}, max_filter_documents=19)
     assert err.value.param == "filter" and "narrow" in err.value.message
-    assert sorted(store.find_records({"group": 1}, 100)) == sorted(f"doc{d}" for d in range(N_DOCS) if d % 4 == 1)
-    assert len(store.find_records({"group": 1}, 3)) == 3
+    assert sorted(store.find_records("", {"group": 1}, 100)) == sorted(f"doc{d}" for d in range(N_DOCS) if d % 4 == 1)
+    assert len(store.find_records("", {"group": 1}, 3)) == 3
 
 
 def test_replace_leaves_no_duplicates_or_leftovers(store):
@@ -156,11 +161,11 @@ def test_replace_leaves_no_duplicates_or_leftovers(store):
     rng = np.random.default_rng(2)
     new = [StoredChunk(chunk_id("doc3", p), "doc3", p, f"new {p}") for p in range(2)]
     store.replace_document("doc3", new, rng.normal(size=(2, DIM)).astype(np.float32), {"group": 9})
-    got = store.get_chunks("doc3")
+    _, got = store.document_chunks("", "doc3")
     assert [(c.position, c.text) for c in got] == [(0, "new 0"), (1, "new 1")]
     assert store.count() == len(chunks) - PER_DOC + 2
     # The record follows: new metadata and chunk count; the old metadata no longer matches.
-    record = store.get_records(["doc3"])["doc3"]
+    record = store.get_records("", ["doc3"])["doc3"]
     assert (record.metadata, record.chunks) == ({"group": 9}, 2)
     assert {h.document_id for h in store.search(vecs[15], 50, filter={"group": 9}, exact=True)} == {"doc3"}
     assert "doc3" not in {h.document_id for h in store.search(vecs[15], 50, filter={"group": 3}, exact=True)}
@@ -168,13 +173,13 @@ def test_replace_leaves_no_duplicates_or_leftovers(store):
 
 def test_delete_and_absent(store):
     _, vecs = _data()
-    store.delete_document("doc5")
-    assert store.get_chunks("doc5") == []
-    assert store.get_records(["doc5"]) == {}
-    assert "doc5" not in store.find_records({"group": 1}, 100)
+    store.delete_document("", "doc5")
+    assert store.document_chunks("", "doc5") is None
+    assert store.get_records("", ["doc5"]) == {}
+    assert "doc5" not in store.find_records("", {"group": 1}, 100)
     assert "doc5" not in {h.document_id for h in store.search(vecs[25], 50, exact=True)}
-    assert store.get_chunks("never") == []
-    store.delete_document("never")  # absent: nothing to do, no error
+    assert store.document_chunks("", "never") is None
+    store.delete_document("", "never")  # absent: nothing to do, no error
     assert store.count() == N_DOCS * PER_DOC - PER_DOC
 
 
@@ -183,13 +188,13 @@ def test_data_survives_reopening(kind, tmp_path):
     chunks, vecs = _data()
     s = _open(kind, tmp_path)
     _load(s, chunks, vecs)
-    before = [h.id for h in s.search(vecs[0], 5, exact=True)]
+    before = [_key(h) for h in s.search(vecs[0], 5, exact=True)]
     s.close()
     s = _open(kind, tmp_path)
     try:
         assert s.count() == len(chunks)
-        assert [h.id for h in s.search(vecs[0], 5, exact=True)] == before
-        assert s.get_records(["doc1"])["doc1"].metadata == _meta(1)
+        assert [_key(h) for h in s.search(vecs[0], 5, exact=True)] == before
+        assert s.get_records("", ["doc1"])["doc1"].metadata == _meta(1)
         assert len(s.search(vecs[0], 5, filter={"group": 1}, exact=True)) == 5
     finally:
         _drop(s)
@@ -207,7 +212,7 @@ def test_concurrent_threads(store):
         store.replace_document(f"doc{d}", chunks[rows], vecs[rows], _meta(d))
         assert len(store.search(vecs[i], 5)) == 5
         assert len(store.search(vecs[i], 5, filter={"group": d % 4})) == 5
-        return len(store.get_chunks(f"doc{d}"))
+        return len(store.document_chunks("", f"doc{d}")[1])
 
     with ThreadPoolExecutor(8) as pool:
         assert set(pool.map(work, range(64))) == {PER_DOC}
@@ -271,24 +276,24 @@ def _groups(hits):
     out = []
     for h in hits:
         if out and abs(out[-1][0] - h.score) < 1e-5:
-            out[-1][1].add(h.id)
+            out[-1][1].add(_key(h))
         else:
-            out.append((h.score, {h.id}))
+            out.append((h.score, {_key(h)}))
     return [ids for _, ids in out]
 
 
 def test_keyword_search_ranks_the_rare_word_first(kw_store):
     chunks, _ = _kw_data()
     hits = _keyword(kw_store, "zeppelin")
-    assert [h.id for h in hits] == [chunk_id("kw1", 0)]  # the only chunk with the word
+    assert [_key(h) for h in hits] == [("kw1", 0)]  # the only chunk with the word
     assert hits[0].metadata == _kw_meta("kw1") and hits[0].text.startswith("A zeppelin")
     # A common word and a rare one: the chunk with both first, then the chunks with the common word only.
     hits = _keyword(kw_store, "zeppelin harbour")
-    assert hits[0].id == chunk_id("kw1", 0)
-    assert {h.id for h in hits} == {c.id for c in chunks if "harbour" in c.text.lower()}
+    assert _key(hits[0]) == ("kw1", 0)
+    assert {_key(h) for h in hits} == {_key(c) for c in chunks if "harbour" in c.text.lower()}
     assert all(a.score >= b.score > 0 for a, b in pairwise(hits))
     # Stemming: "boat" finds "boats"; a chunk saying it three times ranks first.
-    assert _keyword(kw_store, "boat")[0].id == chunk_id("kw3", 1)
+    assert _key(_keyword(kw_store, "boat")[0]) == ("kw3", 1)
 
 
 def test_keyword_search_of_stop_words_is_refused(kw_store):
@@ -296,7 +301,7 @@ def test_keyword_search_of_stop_words_is_refused(kw_store):
         _keyword(kw_store, "the and of it")
     assert err.value.param == "query" and "only stop words" in err.value.message
     # The primitive answers empty; search (every caller's way in) refuses.
-    assert kw_store.search_chunks(None, 5, mode="keyword", sparse=ENC.query("the")) == []
+    assert kw_store.search_chunks("", None, 5, mode="keyword", sparse=ENC.query("the")) == []
     refused = ({"mode": "semantic"}, "mode"), ({"mode": "keyword", "score_threshold": 0.1}, "score_threshold")
     for wrong, param in refused:
         with pytest.raises(InvalidRequest) as err:
@@ -308,35 +313,35 @@ def test_hybrid_is_the_rank_fusion_of_dense_and_keyword(kw_store):
     chunks, vecs = _kw_data()
     q, text, n = vecs[6], "harbour patience", 5  # vecs[6]: a chunk of kw3, far from "patience"
     dense_ids, _ = _exact(vecs, chunks, q, n)
-    keyword_ids = [h.id for h in _keyword(kw_store, text, n)]
+    keyword_ids = [_key(h) for h in _keyword(kw_store, text, n)]
     hits = kw_store.search(q, n, mode="hybrid", sparse=ENC.query(text), candidates=n, exact=True)
     # The top of the union of the two prefetches (each `candidates` long), ranked by the fused score.
     _assert_fused(hits, _rrf(dense_ids, keyword_ids), n)
     # In both lists beats either list alone.
     both = set(dense_ids) & set(keyword_ids)
-    assert both and {h.id for h in hits[: len(both)]} == both
+    assert both and {_key(h) for h in hits[: len(both)]} == both
     assert all(h.metadata == _kw_meta(h.document_id) for h in hits)
     # top_k cuts the fused ranking.
-    assert [h.id for h in kw_store.search(q, 3, mode="hybrid", sparse=ENC.query(text), candidates=n,
-                                          exact=True)] == [h.id for h in hits[:3]]
+    assert [_key(h) for h in kw_store.search(q, 3, mode="hybrid", sparse=ENC.query(text), candidates=n,
+                                          exact=True)] == [_key(h) for h in hits[:3]]
     # Each prefetch is never shorter than top_k: asking for more hits than candidates fuses longer lists.
     wide = kw_store.search(q, 2 * n, mode="hybrid", sparse=ENC.query(text), candidates=n, exact=True)
     dense_ids, _ = _exact(vecs, chunks, q, 2 * n)
-    _assert_fused(wide, _rrf(dense_ids, [h.id for h in _keyword(kw_store, text, 2 * n)]), 2 * n)
+    _assert_fused(wide, _rrf(dense_ids, [_key(h) for h in _keyword(kw_store, text, 2 * n)]), 2 * n)
 
 
 def _assert_fused(hits, expected, k):
     """``hits`` are the top ``k`` of the reference fusion ``expected`` (by score: ties come in any order)."""
-    assert len(hits) == min(k, len(expected)) and {h.id for h in hits} <= set(expected)
+    assert len(hits) == min(k, len(expected)) and {_key(h) for h in hits} <= set(expected)
     assert [h.score for h in hits] == pytest.approx(sorted(expected.values(), reverse=True)[:k], abs=1e-6)
-    assert all(h.score == pytest.approx(expected[h.id], abs=1e-6) for h in hits)
+    assert all(h.score == pytest.approx(expected[_key(h)], abs=1e-6) for h in hits)
 
 
 def test_hybrid_of_stop_words_is_dense_alone(kw_store):
     chunks, vecs = _kw_data()
     dense_ids, _ = _exact(vecs, chunks, vecs[3], 4)
     hits = kw_store.search(vecs[3], 4, mode="hybrid", sparse=ENC.query("the of"), exact=True)
-    assert [h.id for h in hits] == dense_ids
+    assert [_key(h) for h in hits] == dense_ids
     assert [h.score for h in hits] == pytest.approx([1.0 / (RRF_K + r) for r in range(4)], abs=1e-6)
 
 
@@ -345,8 +350,8 @@ def test_dense_search_is_unchanged_by_keyword_vectors(kw_store):
     for q in vecs[:4]:
         hits = kw_store.search(q, 5, exact=True)
         ids, scores = _exact(vecs, chunks, q, 5)
-        assert [h.id for h in hits] == ids and np.allclose([h.score for h in hits], scores, atol=1e-4)
-        assert [h.id for h in kw_store.search(q, 5, mode="dense", exact=True)] == ids
+        assert [_key(h) for h in hits] == ids and np.allclose([h.score for h in hits], scores, atol=1e-4)
+        assert [_key(h) for h in kw_store.search(q, 5, mode="dense", exact=True)] == ids
 
 
 def test_filters_restrict_keyword_and_hybrid(kw_store):
@@ -358,11 +363,11 @@ def test_filters_restrict_keyword_and_hybrid(kw_store):
     def keep(c):
         return _kw_meta(c.document_id) == even
 
-    assert {h.id for h in hits} == {c.id for c in chunks if "harbour" in c.text.lower() and keep(c)}
+    assert {_key(h) for h in hits} == {_key(c) for c in chunks if "harbour" in c.text.lower() and keep(c)}
     # Hybrid: both prefetches filtered, so every hit is an even document's, fused from the filtered rankings.
     q, text, n = vecs[2], "harbour boats", 4
     dense_ids, _ = _exact(vecs, chunks, q, n, keep=keep)
-    keyword_ids = [h.id for h in _keyword(kw_store, text, n, filter=even)]
+    keyword_ids = [_key(h) for h in _keyword(kw_store, text, n, filter=even)]
     hits = kw_store.search(q, n, filter=even, mode="hybrid", sparse=ENC.query(text), candidates=n, exact=True)
     assert all(h.metadata == even for h in hits)
     _assert_fused(hits, _rrf(dense_ids, keyword_ids), n)
@@ -371,11 +376,11 @@ def test_filters_restrict_keyword_and_hybrid(kw_store):
 
 def test_keyword_search_follows_replacement_and_deletion(kw_store):
     chunks, vecs = _kw_data()
-    new = [StoredChunk(chunk_id("kw4", 0), "kw4", 0, "A second zeppelin landed")]
+    new = [StoredChunk(("kw4", 0), "kw4", 0, "A second zeppelin landed")]
     kw_store.replace_document("kw4", new, vecs[:1], _kw_meta("kw4"))  # keyword vectors computed by the store
     assert {h.document_id for h in _keyword(kw_store, "zeppelin")} == {"kw1", "kw4"}
     assert not any(h.document_id == "kw4" for h in _keyword(kw_store, "balloons"))  # the old chunk 1 is gone
-    kw_store.delete_document("kw1")
+    kw_store.delete_document("", "kw1")
     assert [h.document_id for h in _keyword(kw_store, "zeppelin")] == ["kw4"]
 
 

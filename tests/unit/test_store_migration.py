@@ -18,7 +18,7 @@ from serve_app.vector.chunker import chunk_id
 from serve_app.vector.edge_store import QdrantEdgeStore
 from serve_app.vector.keywords import KeywordEncoder
 from serve_app.vector.qdrant_client_store import QdrantClientStore
-from serve_app.vector.store import DocumentRecord, NoKeywordIndex, StoredChunk, chunk_payload, record_id, record_payload
+from serve_app.vector.store import LEGACY_VERSION, NoKeywordIndex, StoredChunk, record_id
 
 pytestmark = pytest.mark.unit
 
@@ -44,6 +44,15 @@ def _meta(d):
     return {"group": d % 3}
 
 
+def _old_chunk(c):
+    """A chunk's payload as written before tenants and versions."""
+    return {"document_id": c.document_id, "position": c.position, "text": c.text}
+
+
+def _old_record(d):
+    return {"document_id": f"doc{d}", "metadata": _meta(d), "chunks": 4}
+
+
 def _old_edge(path: Path):
     """Chunks and records as the store wrote them before keyword search."""
     chunks, vecs = _corpus()
@@ -51,13 +60,13 @@ def _old_edge(path: Path):
     shard = qe.EdgeShard.create(str(path), qe.EdgeConfig(vectors=dense))
     shard.update(qe.UpdateOperation.create_field_index("document_id", qe.PayloadSchemaType.Keyword))
     shard.update(qe.UpdateOperation.create_field_index("position", qe.PayloadSchemaType.Integer))
-    points = [qe.Point(c.id, v.tolist(), chunk_payload(c)) for c, v in zip(chunks, vecs, strict=True)]
+    points = [qe.Point(c.id, v.tolist(), _old_chunk(c)) for c, v in zip(chunks, vecs, strict=True)]
     shard.update(qe.UpdateOperation.upsert_points(points))
     unused = {"unused": qe.EdgeVectorParams(size=1, distance=qe.Distance.Dot)}
     records = qe.EdgeShard.create(str(path.with_name(path.name + "_documents")), qe.EdgeConfig(vectors=unused))
     records.update(qe.UpdateOperation.create_field_index("document_id", qe.PayloadSchemaType.Keyword))
     records.update(qe.UpdateOperation.upsert_points([
-        qe.Point(record_id(f"doc{d}"), {}, record_payload(DocumentRecord(f"doc{d}", _meta(d), 4))) for d in range(12)]))
+        qe.Point(record_id(f"doc{d}"), {}, _old_record(d)) for d in range(12)]))
     for s in (shard, records):
         s.flush()
         s.close()
@@ -68,8 +77,11 @@ def _assert_intact(store):
     chunks, vecs = _corpus()
     assert store.keywords and store.count() == len(chunks)
     for d in range(12):
-        assert store.get_chunks(f"doc{d}") == [c for c in chunks if c.document_id == f"doc{d}"]
-    records = store.get_records([f"doc{d}" for d in range(12)])
+        # The keyless tenant's, as the legacy version, under the ids they had.
+        _, got = store.document_chunks("", f"doc{d}")
+        assert got == [StoredChunk(c.id, c.document_id, c.position, c.text, "", LEGACY_VERSION)
+                       for c in chunks if c.document_id == f"doc{d}"]
+    records = store.get_records("", [f"doc{d}" for d in range(12)])
     assert {d: (r.metadata, r.chunks) for d, r in records.items()} == {f"doc{d}": (_meta(d), 4) for d in range(12)}
     for q in vecs[:3]:
         order = np.argsort(-(vecs @ q))[:5]
@@ -79,6 +91,10 @@ def _assert_intact(store):
     assert {h.id for h in hits} == {c.id for c in chunks if "harbour" in c.text}
     hits = store.search(vecs[0], 5, filter={"group": 1}, mode="hybrid", sparse=ENC.query("zeppelin harbour"))
     assert len(hits) == 5 and all(h.metadata == {"group": 1} for h in hits)
+
+
+def _all_texts(store):
+    return [h.text for h in store.search(np.ones(DIM, np.float32), 100, exact=True)]
 
 
 def _folders(tmp_path):
@@ -95,7 +111,7 @@ def test_edge_old_layout_is_migrated_on_open(tmp_path, small_pages, monkeypatch)
     store = QdrantEdgeStore(tmp_path / "docs", DIM)
     try:
         _assert_intact(store)
-        assert set(store._shard.info().payload_schema) == {"document_id", "position"}
+        assert set(store._shard.info().payload_schema) == {"tenant", "document_id", "version", "position"}
         assert _folders(tmp_path) == ["docs", "docs_documents"]
         # Writes after the migration carry keyword vectors as usual.
         store.replace_document("new", [StoredChunk(chunk_id("new", 0), "new", 0, "Another zeppelin")],
@@ -108,8 +124,13 @@ def test_edge_old_layout_is_migrated_on_open(tmp_path, small_pages, monkeypatch)
     monkeypatch.setattr(edge_migration, "migrate", lambda *a: pytest.fail("migrated twice"))
     store = QdrantEdgeStore(tmp_path / "docs", DIM)
     try:
-        store.delete_document("new")
+        store.delete_document("", "new")
         _assert_intact(store)
+        # A legacy document written again: its legacy chunks give way to the new version's.
+        store.replace_document("doc2", [StoredChunk("", "doc2", 0, "rewritten")], np.ones((1, DIM), np.float32))
+        _, got = store.document_chunks("", "doc2")
+        assert [(c.text, c.version != LEGACY_VERSION) for c in got] == [("rewritten", True)]
+        assert store.count() == 48 - 4 + 1
     finally:
         store.close()
 
@@ -149,13 +170,13 @@ def test_edge_half_built_shard_from_a_crash_is_discarded(tmp_path):
         vectors=qe.EdgeVectorParams(size=DIM, distance=qe.Distance.Cosine),
         sparse_vectors={"bm25": qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)}))
     ghost = StoredChunk(chunk_id("ghost", 0), "ghost", 0, "zeppelin")
-    half.update(qe.UpdateOperation.upsert_points([qe.Point(ghost.id, {"": [1.0] * DIM}, chunk_payload(ghost))]))
+    half.update(qe.UpdateOperation.upsert_points([qe.Point(ghost.id, {"": [1.0] * DIM}, _old_chunk(ghost))]))
     half.flush()
     half.close()
     store = QdrantEdgeStore(tmp_path / "docs", DIM)
     try:
         _assert_intact(store)
-        assert store.get_chunks("ghost") == []
+        assert store.document_chunks("", "ghost") is None and "ghost" not in str(_all_texts(store))
         assert _folders(tmp_path) == ["docs", "docs_documents"]
     finally:
         store.close()
@@ -190,10 +211,10 @@ def _old_local(path: Path):
     client = QdrantClient(path=str(path))
     client.create_collection("docs", vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE))
     client.create_collection("docs_documents", vectors_config={})
-    client.upsert("docs", [models.PointStruct(id=c.id, vector=v.tolist(), payload=chunk_payload(c))
+    client.upsert("docs", [models.PointStruct(id=c.id, vector=v.tolist(), payload=_old_chunk(c))
                            for c, v in zip(chunks, vecs, strict=True)])
-    client.upsert("docs_documents", [models.PointStruct(id=record_id(f"doc{d}"), vector={}, payload=record_payload(
-        DocumentRecord(f"doc{d}", _meta(d), 4))) for d in range(12)])
+    client.upsert("docs_documents", [models.PointStruct(id=record_id(f"doc{d}"), vector={}, payload=_old_record(d))
+                                     for d in range(12)])
     client.close()
 
 

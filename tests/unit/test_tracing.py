@@ -63,7 +63,7 @@ class LLM:
 
 
 def test_a_rag_answer_is_one_trace_with_the_retrieval_under_prepare():
-    async def search(q, k, f, mode):
+    async def search(q, k, f, mode, tenant):
         return [SearchHit(document_id="a", chunk_id="a1", position=0, text="Paris is the capital of France.",
                           score=0.9, metadata={})]
 

@@ -91,9 +91,9 @@ class _VectorStore:
 
     def __init__(self):
         self.calls = []
-        self.ingest = Method(lambda docs: self.calls.append(("ingest", docs)) or
+        self.ingest = Method(lambda docs, tenant: self.calls.append(("ingest", docs)) or
                              [{"id": d["id"], "chunks": 1} for d in docs])
-        self.search = Method(lambda *a: self.calls.append(("search", a)) or [])
+        self.search = Method(lambda *a, tenant: self.calls.append(("search", a)) or [])
 
 
 def _client(vector, **limits) -> TestClient:
@@ -202,10 +202,10 @@ def _words(n):
 def test_ingest_over_the_budget_writes_nothing(server):
     docs = [{"id": "small", "text": _words(10), "metadata": {}}, {"id": "big", "text": _words(200), "metadata": {}}]
     with pytest.raises(PayloadTooLarge) as err:
-        asyncio.run(server.ingest(docs))
+        asyncio.run(server.ingest(docs, tenant=""))
     assert err.value.param == "documents.1.text"
     assert server.embedder.texts == 0 and server.store.count() == 0
-    assert server.store.get_records(["small", "big"]) == {}
+    assert server.store.get_records("", ["small", "big"]) == {}
 
 
 def test_a_failure_building_keyword_vectors_writes_nothing(server):
@@ -213,45 +213,45 @@ def test_a_failure_building_keyword_vectors_writes_nothing(server):
         def documents(self, texts):
             raise RuntimeError("tokenizer failed")
 
-    asyncio.run(server.ingest([{"id": "old", "text": _words(10), "metadata": {"v": 1}}]))
+    asyncio.run(server.ingest([{"id": "old", "text": _words(10), "metadata": {"v": 1}}], tenant=""))
     before = server.store.count()
     server.keywords = Broken()
     with pytest.raises(RuntimeError):
         asyncio.run(server.ingest([{"id": "old", "text": _words(30), "metadata": {"v": 2}},
-                                   {"id": "new", "text": _words(10), "metadata": {}}]))
+                                   {"id": "new", "text": _words(10), "metadata": {}}], tenant=""))
     # The old version of "old" is whole, "new" was never written.
-    assert server.store.count() == before and server.store.get_records(["old"])["old"].metadata == {"v": 1}
-    assert server.store.get_records(["new"]) == {} and asyncio.run(server.get_document("old"))["text"] == _words(10)
+    assert server.store.count() == before and server.store.get_records("", ["old"])["old"].metadata == {"v": 1}
+    assert server.store.get_records("", ["new"]) == {} and asyncio.run(server.get_document("old", tenant=""))["text"] == _words(10)
 
 
 def test_ingest_stores_metadata_once_and_reads_it_back(server):
     meta = {"topic": "geo", "n": 3}
-    out = asyncio.run(server.ingest([{"id": "a", "text": _words(40), "metadata": meta}]))
+    out = asyncio.run(server.ingest([{"id": "a", "text": _words(40), "metadata": meta}], tenant=""))
     n = out[0]["chunks"]
     assert n > 1 and server.store.count() == n
-    assert server.store.get_records(["a"])["a"].metadata == meta
-    doc = asyncio.run(server.get_document("a"))
+    assert server.store.get_records("", ["a"])["a"].metadata == meta
+    doc = asyncio.run(server.get_document("a", tenant=""))
     assert doc["metadata"] == meta and doc["text"] == _words(40)
     hits = server.store.search(np.ones(8, np.float32), 3, filter={"topic": "geo"}, exact=True)
     assert hits and all(h.metadata == meta for h in hits)
     # The deployment's search answers typed hits (they cross Ray as they are).
-    typed = asyncio.run(server.search("word3", 3, {"topic": "geo"}, mode="keyword"))
+    typed = asyncio.run(server.search("word3", 3, {"topic": "geo"}, mode="keyword", tenant=""))
     assert typed and all(isinstance(h, SearchHit) and h.metadata == meta for h in typed)
-    assert asyncio.run(server.delete_document("a"))["chunks"] == n
-    assert server.store.get_records(["a"]) == {}
+    assert asyncio.run(server.delete_document("a", tenant=""))["chunks"] == n
+    assert server.store.get_records("", ["a"]) == {}
     with pytest.raises(NotFound):
-        asyncio.run(server.get_document("a"))
+        asyncio.run(server.get_document("a", tenant=""))
     with pytest.raises(NotFound):
-        asyncio.run(server.delete_document("a"))
+        asyncio.run(server.delete_document("a", tenant=""))
 
 
 def test_the_deployment_checks_documents_and_filters_too(server):
     # The batch-ingest job and other deployments call the handle directly.
     with pytest.raises(InvalidRequest) as err:
-        asyncio.run(server.ingest([{"id": "a", "text": "t", "metadata": {"k": "v" * 1025}}]))
+        asyncio.run(server.ingest([{"id": "a", "text": "t", "metadata": {"k": "v" * 1025}}], tenant=""))
     assert err.value.param == "documents.0.metadata.k" and server.store.count() == 0
     with pytest.raises(InvalidRequest) as err:
-        asyncio.run(server.search("q", 3, {"k": "v" * 1025}))
+        asyncio.run(server.search("q", 3, {"k": "v" * 1025}, tenant=""))
     assert err.value.param == "filter.k"
 
 
@@ -269,8 +269,8 @@ def test_chunking_and_rebuilding_run_off_the_event_loop(server):
 
     async def run():
         loop = threading.get_ident()
-        await server.ingest([{"id": "a", "text": _words(30), "metadata": {}}])
-        await server.get_document("a")
+        await server.ingest([{"id": "a", "text": _words(30), "metadata": {}}], tenant="")
+        await server.get_document("a", tenant="")
         return loop
 
     loop = asyncio.run(run())

@@ -1,5 +1,5 @@
 """/admin: releases (of the whole app, a model or a component), rollback, models removed, scale, LoRA adapters,
-status, audit. Thin: each route depends on the gate's
+tenants, status, audit. Thin: each route depends on the gate's
 ``authorized(action)``, which authorizes and audits the call (serve_app/ingress/admin_gate.py) and gives it the
 release controller (serve_app/release/controller.py), which acts. Each call on the controller has
 ``ingress.admin_timeout_s``: the controller answers a deploy or a rollback once it has started it, so a
@@ -9,6 +9,7 @@ controller that does not answer within it is wedged or gone (504)."""
 # when the module is imported, rather than evaluated from strings by FastAPI.
 
 import json
+from collections import Counter
 from typing import Annotated, Any
 
 import yaml
@@ -139,3 +140,14 @@ async def admin_unload_adapter(name: str, request: Request, c: Annotated[Any, au
 @router.get("/admin/audit")
 async def admin_audit(request: Request, c: Annotated[Any, authorized("audit")]):
     return {"object": "list", "data": await _act(request, c, "audit_log")}
+
+
+@router.get("/admin/tenants")
+async def admin_tenants(request: Request, _: Annotated[Any, authorized("list tenants")]):
+    """Every tenant: those of the active API keys and those with documents, with their counts of each. The
+    keyless tenant ("") holds what was written while keys were off, and documents stored before tenants."""
+    ctx = context(request)
+    documents: dict[str, int] = await ctx.retrieval.call("tenants") if ctx.retrieval.enabled else {}
+    keys = Counter(entry.owner for entry in (ctx.keys.active or {}).values())
+    return {"object": "list", "data": [{"tenant": t, "documents": documents.get(t, 0), "keys": keys.get(t, 0)}
+                                       for t in sorted(set(documents) | set(keys))]}

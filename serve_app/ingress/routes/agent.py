@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from serve_app.calls.handles import open_call
 from serve_app.calls.streams import sse_events
 from serve_app.errors import NotFound, UpstreamTimeout
-from serve_app.ingress.context import IngressContext, api_key, bounded, context, deadline
+from serve_app.ingress.context import IngressContext, api_key, bounded, context, deadline, tenant_of
 from serve_app.ingress.limits import charge_tokens
 from serve_app.protocol.rag import AgentRequest, AgentResponse
 
@@ -30,7 +30,8 @@ async def agent_run(body: AgentRequest, request: Request, ctx: IngressContext = 
     ingress = ctx.settings.ingress
     # The agent enforces its own deadline; this one only guards against a lost replica.
     budget = s.deadline_s + ingress.health_timeout_s
-    head, gen = await open_call(ctx.agent.run, (body.task, max_steps), ingress)
+    # The agent's tools reach the key's tenant's documents only.
+    head, gen = await open_call(ctx.agent.run, (body.task, max_steps, tenant_of(request)), ingress)
     if body.stream:
         # A step is one whole LLM call, which the agent bounds only by the run's deadline: a shorter idle
         # deadline would cut healthy runs whose step is slow. Keep-alives hold the stream open meanwhile.

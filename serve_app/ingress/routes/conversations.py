@@ -10,8 +10,8 @@ from typing import Annotated, Any, Literal, TypeVar
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from serve_app.errors import NotFound
-from serve_app.ingress.context import IngressContext, context
-from serve_app.ingress.responses import Responses, page, tenant_of
+from serve_app.ingress.context import IngressContext, context, tenant_of
+from serve_app.ingress.responses import Responses, page
 from serve_app.protocol.responses import ID_PATTERN, ConversationCreate, ConversationUpdate, ItemsCreate
 from serve_app.responses.items import canonical, check_ids, new_id
 

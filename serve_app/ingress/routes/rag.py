@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 
 from serve_app.calls.streams import sse_events
 from serve_app.errors import InvalidRequest, NotFound
-from serve_app.ingress.context import IngressContext, api_key, bounded, context, deadline
+from serve_app.ingress.context import IngressContext, api_key, bounded, context, deadline, tenant_of
 from serve_app.ingress.limits import charge_tokens
 from serve_app.protocol.rag import RagRequest, RagResponse
 
@@ -31,11 +31,12 @@ async def rag_answer(body: RagRequest, request: Request, ctx: IngressContext = D
     if body.min_tokens is not None and body.min_tokens > max_tokens:
         raise InvalidRequest(f"min_tokens must be at most max_tokens ({max_tokens})", "min_tokens")
     await charge_tokens(request, max_tokens)
+    tenant = tenant_of(request)  # the key's documents only
     options: dict[str, Any] = {k: v for k, v in (("min_tokens", body.min_tokens), ("ignore_eos", body.ignore_eos))
                                if v}
     if not body.stream:
         async def whole() -> dict[str, Any]:
-            prep = await rag.prepare(body.question, top_k, body.filter, body.mode)
+            prep = await rag.prepare(body.question, top_k, body.filter, body.mode, tenant)
             return await rag.answer(prep, max_tokens, **options)
 
         out = await deadline(whole(), s.timeout_s, "the RAG answer")
@@ -44,7 +45,7 @@ async def rag_answer(body: RagRequest, request: Request, ctx: IngressContext = D
     async def first() -> AsyncGenerator[dict[str, Any], None]:
         # Everything up to the first answer token happens before the response starts, so a failure
         # there still gets its own status code instead of an in-band error.
-        prep = await rag.prepare(body.question, top_k, body.filter, body.mode)
+        prep = await rag.prepare(body.question, top_k, body.filter, body.mode, tenant)
         return await rag.open_stream(prep, max_tokens, **options)
 
     events = await deadline(first(), s.timeout_s, "the RAG answer")

@@ -8,8 +8,8 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 
-from serve_app.ingress.context import IngressContext, context
-from serve_app.ingress.responses import Responses, page, tenant_of
+from serve_app.ingress.context import IngressContext, context, tenant_of
+from serve_app.ingress.responses import Responses, page
 from serve_app.protocol.responses import ID_PATTERN, ResponseCreate
 
 router = APIRouter()
