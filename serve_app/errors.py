@@ -65,6 +65,15 @@ class PayloadTooLarge(AppError):
     """The request body is over the configured limit (413)."""
 
 
+class UnsupportedFile(AppError):
+    """A file of a kind the app does not read, or whose content is not what its name says (415)."""
+
+
+class UnreadableFile(AppError):
+    """A file of a supported kind that cannot be read: encrypted, corrupt, without text, too large once
+    expanded, or over the parser's time or memory (422)."""
+
+
 class ServiceUnavailable(AppError):
     """A component needed for this request is down or overloaded (503)."""
 
@@ -105,6 +114,8 @@ ERROR_TABLE: dict[type[BaseException], int] = {
     Forbidden: 403,
     Conflict: 409,
     PayloadTooLarge: 413,
+    UnsupportedFile: 415,
+    UnreadableFile: 422,
     RateLimited: 429,
     ServiceUnavailable: 503,
     UpstreamTimeout: 504,

@@ -43,6 +43,9 @@ class RagSource(BaseModel):
     document_id: str
     chunk_id: str = Field(..., description="The source's best-scoring chunk.")
     chunk_ids: list[str] = Field(..., description="Its chunks: consecutive chunks of one document are one source.")
+    page: int | None = Field(None, description="The page of its best chunk, in a PDF.")
+    section: str | None = Field(None, description="The heading path of its best chunk, in an HTML, Word or "
+                                "Markdown file.")
     score: float
     cited: bool = Field(..., description="Whether the answer cites this source.")
     cited_by: Literal["marker", "overlap"] | None = Field(

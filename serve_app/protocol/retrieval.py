@@ -98,6 +98,9 @@ class SearchHit(BaseModel):
     text: str
     score: float = Field(..., description="Cosine similarity (dense), BM25 (keyword) or the fused rank score (hybrid).")
     metadata: dict[str, Any]
+    page: int | None = Field(None, description="The chunk's page in its PDF (1 first); None for other documents.")
+    section: str | None = Field(None, description="The headings above the chunk in its HTML, Word or Markdown file, "
+                                "from the top, joined by ' > '.")
 
 
 class SearchResponse(BaseModel):

@@ -54,6 +54,8 @@ class Source:
     chunk_ids: list[str]  # its chunks, in position order
     text: str  # its chunks rejoined
     score: float  # its best chunk's
+    page: int | None = None  # its best chunk's place in its file (a PDF's page, a heading path)
+    section: str | None = None
 
 
 @dataclass
@@ -161,7 +163,8 @@ class RagPipeline:
             else:
                 by = None
             out.append({"index": i, "document_id": h.document_id, "chunk_id": h.chunk_id,
-                        "chunk_ids": list(h.chunk_ids), "score": h.score, "cited": by is not None, "cited_by": by})
+                        "chunk_ids": list(h.chunk_ids), "page": h.page, "section": h.section, "score": h.score,
+                        "cited": by is not None, "cited_by": by})
         return out
 
     def finish(self, prep: Prepared, answer: str, answer_ms: float, ttft_ms: float | None) -> dict[str, Any]:
@@ -244,5 +247,5 @@ def merge_hits(hits: list[SearchHit]) -> list[Source]:
     for run in runs:
         best = max(run, key=lambda h: h.score)
         sources.append(Source(best.document_id, best.chunk_id, [h.chunk_id for h in run],
-                              rejoin([h.text for h in run]), best.score))
+                              rejoin([h.text for h in run]), best.score, best.page, best.section))
     return sorted(sources, key=lambda s: -s.score)

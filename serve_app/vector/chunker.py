@@ -25,6 +25,8 @@ class Chunk:
     document_id: str
     position: int
     text: str
+    page: int | None = None  # where in its file the chunk is (serve_app/files/parse.py)
+    section: str | None = None
 
     @property
     def id(self) -> str:
@@ -57,3 +59,14 @@ def chunk_text(
             break
         start += step
     return chunks
+
+
+def chunk_sections(document_id: str, sections: list[dict], tokenizer, chunk_tokens: int,
+                   overlap_tokens: int) -> list[Chunk]:
+    """Each section (``{"text", "page", "section"}``) chunked on its own, so every chunk lies on one page or
+    under one heading path and says which; positions run on across sections."""
+    out: list[Chunk] = []
+    for s in sections:
+        for c in chunk_text(document_id, s["text"], tokenizer, chunk_tokens, overlap_tokens):
+            out.append(Chunk(document_id, len(out), c.text, s.get("page"), s.get("section")))
+    return out

@@ -32,7 +32,7 @@ from serve_app.observability.genai import vector_search
 from serve_app.observability.metrics import metric
 from serve_app.observability.tracing import span
 from serve_app.protocol.retrieval import SearchHit, SearchMode
-from serve_app.vector.chunker import Chunk, chunk_text
+from serve_app.vector.chunker import Chunk, chunk_sections, chunk_text
 from serve_app.vector.documents import document_entry, document_view
 from serve_app.vector.embedder import Embedder, resolve_embedder
 from serve_app.vector.keywords import KeywordEncoder
@@ -167,7 +167,8 @@ class VectorStoreServer:
         written: dict[str, int] = {}
         i = 0
         for d, chunks in zip(todo, per_doc, strict=True):
-            stored = [StoredChunk("", c.document_id, c.position, c.text) for c in chunks]
+            stored = [StoredChunk("", c.document_id, c.position, c.text, page=c.page, section=c.section)
+                      for c in chunks]
             end = i + len(chunks)
             async with self._write_lock:
                 await asyncio.to_thread(functools.partial(
@@ -184,8 +185,9 @@ class VectorStoreServer:
         """The document's content hash: its text and metadata, and what its chunks depend on (chunking and
         embedder): the same file sent again is not written again; another embedder or chunking is."""
         s = self.s
-        return content_version(d["id"], [d["text"], s.embedder_name, str(s.chunk_tokens), str(s.chunk_overlap)],
-                               d.get("metadata") or {})
+        located = [f"{x.get('page')}|{x.get('section')}|{x['text']}" for x in d.get("sections") or ()]
+        return content_version(d["id"], [d["text"], *located, s.embedder_name, str(s.chunk_tokens),
+                                         str(s.chunk_overlap)], d.get("metadata") or {})
 
     async def _embed_in_slices(self, texts: list[str]) -> np.ndarray:
         # One embedder call per slice, one after another: the embedder runs one batch at a time, and a whole
@@ -198,8 +200,12 @@ class VectorStoreServer:
         return np.concatenate(parts)
 
     def _chunk(self, documents: list[dict[str, Any]]) -> list[list[Chunk]]:
-        # Chunks carry no metadata: it is stored once, in the document's record (store.py).
-        return [chunk_text(d["id"], d["text"], self.tokenizer, self.s.chunk_tokens, self.s.chunk_overlap)
+        # Chunks carry no metadata: it is stored once, in the document's record (store.py). A file's document
+        # comes as located sections (serve_app/files): each chunked on its own, so each chunk knows its place.
+        s = self.s
+        return [chunk_sections(d["id"], d["sections"], self.tokenizer, s.chunk_tokens, s.chunk_overlap)
+                if d.get("sections") else chunk_text(d["id"], d["text"], self.tokenizer, s.chunk_tokens,
+                                                     s.chunk_overlap)
                 for d in documents]
 
     def limits(self) -> dict[str, Any]:
@@ -302,4 +308,4 @@ def _hit(c: StoredChunk) -> SearchHit:
     if c.score is None:  # every backend's search scores what it returns
         raise ValueError(f"the store returned the unscored chunk {c.id} as a search hit")
     return SearchHit(document_id=c.document_id, chunk_id=c.id, position=c.position, text=c.text, score=c.score,
-                     metadata=c.metadata)
+                     metadata=c.metadata, page=c.page, section=c.section)

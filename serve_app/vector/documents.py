@@ -14,7 +14,9 @@ def document_view(document_id: str, chunks: list[StoredChunk], metadata: dict[st
         "id": document_id,
         "text": rejoin([c.text for c in chunks]),
         "metadata": metadata,
-        "chunks": [{"chunk_id": c.id, "position": c.position, "text": c.text} for c in chunks],
+        "chunks": [{"chunk_id": c.id, "position": c.position, "text": c.text,
+                    **{k: v for k, v in (("page", c.page), ("section", c.section)) if v is not None}}
+                   for c in chunks],
     }
 
 

@@ -90,6 +90,9 @@ class StoredChunk:
     text: str
     tenant: str = ""
     version: str = ""
+    # Where in its file the chunk is: a PDF's page, the heading path of HTML, Word and Markdown (None: unknown).
+    page: int | None = None
+    section: str | None = None
     # Read side only: search fills in the document's metadata from its record. Never written with the chunk.
     metadata: dict[str, Any] = field(default_factory=dict)
     score: float | None = None
@@ -141,13 +144,18 @@ def chunk_from_point(point_id: Any, payload: dict[str, Any] | None, score: float
         text=p.get("text", ""),
         tenant=p.get("tenant", ""),
         version=p.get("version", ""),
+        page=p.get("page"),
+        section=p.get("section"),
         score=score,
     )
 
 
 def chunk_payload(c: StoredChunk) -> dict[str, Any]:
-    return {"tenant": c.tenant, "document_id": c.document_id, "version": c.version, "position": c.position,
-            "text": c.text}
+    out = {"tenant": c.tenant, "document_id": c.document_id, "version": c.version, "position": c.position,
+           "text": c.text}
+    # A location only where the document has one (files), so a plain document's chunks carry no empty keys.
+    out.update({k: v for k, v in (("page", c.page), ("section", c.section)) if v is not None})
+    return out
 
 
 def record_from_payload(payload: dict[str, Any] | None) -> DocumentRecord:
@@ -273,7 +281,7 @@ class VectorStore(abc.ABC):
         # 1. The new version hidden, then written.
         self.put_record(DocumentRecord(document_id, base.metadata, base.chunks, tenant, base.version, [version]))
         stored = [StoredChunk(chunk_id(document_id, c.position, tenant, version), document_id, c.position, c.text,
-                              tenant, version) for c in chunks]
+                              tenant, version, c.page, c.section) for c in chunks]
         self.upsert(stored, vectors, sparse)
         # 2. The switch: one record write makes the new version live and hides the old one.
         old_versions = [base.version] if base.version else []

@@ -1,0 +1,1 @@
+"""Document files: their kind told by content, parsed into located sections in a child process."""
