@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 from serve_app.config import paths
 from serve_app.config.answer_settings import AgentSettings, RagSettings, ResponsesSettings
 from serve_app.config.base import Strict as _Strict
+from serve_app.config.file_settings import FileSettings
 
 # The served model's, the answering features' and the release's settings live in modules of their own;
 # importable from here too.
@@ -221,6 +222,7 @@ class AppSettings(_Strict):
     )
     ingress: IngressSettings = Field(default_factory=IngressSettings, description="HTTP front door limits.")
     vector: VectorSettings = Field(default_factory=VectorSettings, description="Retrieval tier.")
+    files: FileSettings = Field(default_factory=FileSettings, description="Document files (/v1/files).")
     rag: RagSettings = Field(default_factory=RagSettings, description="Retrieval-augmented answers.")
     responses: ResponsesSettings = Field(default_factory=ResponsesSettings, description="The Responses API.")
     agent: AgentSettings = Field(default_factory=AgentSettings, description="The tool-using agent.")

@@ -33,6 +33,7 @@ from serve_app.llm.client import LLMClient
 from serve_app.protocol.replicas import UP
 from serve_app.rag.pipeline import RagPipeline
 from serve_app.state import buckets
+from serve_app.state.files import FileStore
 from serve_app.state.keys import KeyStore
 from serve_app.state.responses import ResponseStore
 
@@ -53,6 +54,8 @@ class IngressContext:
     metrics_url: str | None = None  # this node's metrics exporter (GET /metrics), looked up once
     # Stored responses and conversations of the Responses API (None: no state store).
     response_store: ResponseStore | None = None
+    # Uploaded files' entries (None: no state store).
+    file_store: FileStore | None = None
 
     @classmethod
     def build(cls, settings: AppSettings, llms: dict[str, DeploymentHandle] | None = None,
@@ -79,7 +82,8 @@ class IngressContext:
         admin = AdminGate(admin_digest, releases.controller, keys)
         health = health_monitor(settings, models, retrieval, agent, releases, admin_on=admin_digest is not None)
         return cls(settings, models, releases, retrieval, admin, health, agent, rag, keys, limiter,
-                   response_store=ResponseStore(state) if state is not None else None)
+                   response_store=ResponseStore(state) if state is not None else None,
+                   file_store=FileStore(state) if state is not None else None)
 
     @property
     def api_keys(self) -> dict[str, KeyEntry] | None:

@@ -87,6 +87,22 @@ conversations = Table(
     Column("metadata", Text, nullable=False),      # JSON object
 )
 
+# Files uploaded through /v1/files (state/files.py): what each became, so its status reads the same on every
+# ingress replica.
+files = Table(
+    "files", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("tenant", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("filename", String(256), nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("document_id", String(256), nullable=False),
+    Column("status", String(16), nullable=False),  # uploaded | processed | error
+    Column("details", Text, nullable=False),       # JSON: chunks, or the error (status, message)
+    Index("files_tenant_created", "tenant", "created_at"),
+)
+
 # A conversation's items in the order they were added (``n``, increasing across the store).
 conversation_items = Table(
     "conversation_items", metadata,

@@ -302,3 +302,20 @@ def test_rejoin_gives_the_same_text_as_before(tokenizer):
     text = _words(500)
     chunks = [c.text for c in chunk_text("d", text, tokenizer, 50, 10)]
     assert rejoin(chunks) == _rejoin_before(chunks) == text
+
+
+def test_a_documents_sections_give_each_chunk_its_place(server):
+    sections = [{"text": _words(30), "page": 1, "section": None}, {"text": "glacier " * 5, "page": 2, "section": None}]
+    doc = {"id": "f.pdf", "text": "\n\n".join(s["text"] for s in sections), "metadata": {}, "sections": sections}
+    [out] = asyncio.run(server.ingest([doc], tenant="t"))
+    # Each section chunked on its own: no chunk spans the two pages.
+    view = asyncio.run(server.get_document("f.pdf", tenant="t"))
+    pages = [c["page"] for c in view["chunks"]]
+    assert out["chunks"] == len(pages) > 2 and pages == sorted(pages) and pages[-1] == 2
+    assert all(c["text"].startswith("glacier") for c in view["chunks"] if c["page"] == 2)
+    [hit] = asyncio.run(server.search("glacier", 1, mode="keyword", tenant="t"))
+    assert (hit.page, hit.section) == (2, None)
+    # The same file again: unchanged, nothing embedded.
+    embedded = server.embedder.texts
+    assert asyncio.run(server.ingest([doc], tenant="t"))[0]["unchanged"] and server.embedder.texts == embedded
+    assert asyncio.run(server.search("glacier", 1, mode="keyword", tenant="other")) == []

@@ -7,6 +7,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app.ingress.middleware.common import ingress_context, refuse
 
+UPLOADS = "/v1/files"
+_FRAMING = 64 * 1024
+
 
 class BodyLimitMiddleware:
     """413 for bodies over the limit: early from Content-Length, else while the body streams in.
@@ -25,6 +28,10 @@ class BodyLimitMiddleware:
             return
         ctx = ingress_context(scope)
         max_bytes = ctx.settings.ingress.max_body_bytes if ctx is not None else self.default_max_bytes
+        if ctx is not None and scope["method"] == "POST" and scope["path"] == UPLOADS:
+            # A file upload: multipart, streamed to disk by Starlette, bounded by the files' own limit (and the
+            # multipart framing around the file).
+            max_bytes = ctx.settings.files.max_bytes + _FRAMING
         for key, value in scope.get("headers", ()):
             if key == b"content-length":
                 try:

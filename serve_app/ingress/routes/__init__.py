@@ -10,6 +10,7 @@ from serve_app.ingress.routes import (
                                       conversations,
                                       documents,
                                       embeddings,
+                                      files,
                                       health,
                                       keys,
                                       models,
@@ -21,4 +22,4 @@ from serve_app.ingress.routes import (
 
 ROUTERS = [health.router, models.router, chat.router, completions.router, tokens.router, embeddings.router,
            documents.router, search.router, rag.router, agent.router, admin.router,
-           keys.router, responses.router, conversations.router]
+           keys.router, responses.router, conversations.router, files.router]
