@@ -1,4 +1,5 @@
-"""Batch ingest as a Ray job: a folder of .txt/.md files or a JSONL file into the running app's vector store.
+"""Batch ingest as a Ray job: a folder of document files (PDF, Word, HTML, Markdown, text) or a JSONL file into
+the running app's vector store.
 
     ray job submit --address http://HEAD:8265 --working-dir . -- python -m serve_app.jobs.ingest PATH --tenant T
     serve-app ingest PATH --tenant T   (the same as a command: on a node of the cluster, or with --address)
@@ -6,8 +7,11 @@
 The documents are the tenant's (``--tenant``: the tenant of that team's API keys; none: the keyless tenant, whose
 documents every request reaches while keys are off).
 
-Each file becomes one document (id: its path relative to PATH; metadata: source and suffix); a JSONL file
-holds one {"id", "text", "metadata"} object per line. Documents are validated with the same model as
+Each file becomes one document (id: its path relative to PATH; metadata: source, suffix and kind), its kind
+told by its content and read in a child process with time and memory limits (serve_app/files), each chunk
+knowing its page or heading path; a file that cannot be read (encrypted, damaged, without text, a zip bomb, a
+name that lies about its kind) is refused and reported with the reason. A JSONL file holds one {"id", "text",
+"metadata"} object per line. Documents are validated with the same model as
 POST /v1/documents and against the same limits (serve_app/vector/limits.py, with the running app's
 settings): a document over a limit, or whose id came before, is refused and reported, never written, and
 the others go on. Documents are sent in batches to the app's VectorStore deployment through its Serve
@@ -34,22 +38,45 @@ from serve_app.calls.retry import RetryPolicy
 from serve_app.config.components import component_app
 from serve_app.config.names import VECTOR_STORE
 from serve_app.config.settings import VectorSettings
-from serve_app.errors import AppError, status_for, unwrap
+from serve_app.errors import AppError, UnreadableFile, UnsupportedFile, status_for, unwrap
+from serve_app.files.kinds import EXTENSIONS, detect
+from serve_app.files.parse import markdown_sections
+from serve_app.files.sandbox import ParseLimits, parse_in_child_blocking
 from serve_app.protocol.keys import NAME_PATTERN
-from serve_app.protocol.retrieval import Document
+from serve_app.protocol.retrieval import Document, LocatedDocument
 from serve_app.vector.limits import check_document
 
-SUFFIXES = {".txt", ".md"}
+SUFFIXES = set(EXTENSIONS)
+_LIMITS = ParseLimits()  # the files' default limits (serve_app/config/file_settings.py)
 
 
-def iter_documents(path: Path) -> Iterator[Document]:
+def iter_documents(path: Path, refuse: Callable[[str, str], None] = lambda name, why: None,
+                   limits: ParseLimits = _LIMITS) -> Iterator[Document]:
+    """The documents under ``path``: a folder's files (PDF, Word, HTML, Markdown, text: their kind told by
+    content, parsed in a child process with ``limits``, serve_app/files) or a JSONL file's lines. A file that
+    cannot be read is passed to ``refuse`` with the reason, and the others go on."""
     if path.is_dir():
         for f in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES):
-            text = f.read_text(encoding="utf-8", errors="replace")
+            rel = f.relative_to(path).as_posix()
+            with f.open("rb") as fh:
+                if not fh.read(4096).strip():
+                    continue  # empty: nothing to ingest, nothing wrong
+            try:
+                kind = detect(f, rel)
+                if kind in ("markdown", "text"):
+                    text = f.read_text(encoding="utf-8", errors="replace")
+                    sections = [s.to_dict() for s in markdown_sections(text)] if kind == "markdown" else None
+                else:
+                    sections = parse_in_child_blocking(f, rel, kind, limits)
+                    text = "\n\n".join(s["text"] for s in sections)
+            except (UnsupportedFile, UnreadableFile) as exc:
+                refuse(rel, exc.message)
+                continue
             if not text.strip():
                 continue
-            rel = f.relative_to(path).as_posix()
-            yield Document(id=rel, text=text, metadata={"source": rel, "suffix": f.suffix.lower().lstrip(".")})
+            yield LocatedDocument.model_validate({
+                "id": rel, "text": text, "sections": sections,
+                "metadata": {"source": rel, "suffix": f.suffix.lower().lstrip("."), "kind": kind}})
     elif path.suffix.lower() == ".jsonl":
         with path.open(encoding="utf-8") as fh:
             for n, line in enumerate(fh, 1):
@@ -60,7 +87,7 @@ def iter_documents(path: Path) -> Iterator[Document]:
                 except ValidationError as exc:
                     raise SystemExit(f"{path}:{n}: invalid document: {exc.errors()[0]['msg']}") from None
     else:
-        raise SystemExit(f"{path}: expected a folder of .txt/.md files or a .jsonl file")
+        raise SystemExit(f"{path}: expected a folder of document files or a .jsonl file")
 
 
 def batches(docs: Iterator[Document], size: int) -> Iterator[list[Document]]:
@@ -119,7 +146,7 @@ class Ingest:
         why = "its id appears earlier in the input" if doc.id in self._seen else refusal(doc, self.s)
         self._seen.add(doc.id)
         if why is not None:
-            self._refuse(doc.id, why)
+            self.refuse(doc.id, why)
         return why is None
 
     def batch(self, batch: list[Document]) -> None:
@@ -133,7 +160,7 @@ class Ingest:
             if refused is None:
                 raise
             if len(batch) == 1:
-                self._refuse(batch[0].id, refused.message)
+                self.refuse(batch[0].id, refused.message)
                 return
             half = len(batch) // 2
             self.batch(batch[:half])
@@ -142,7 +169,7 @@ class Ingest:
         self.documents += len(result)
         self.chunks += sum(r["chunks"] for r in result)
 
-    def _refuse(self, doc_id: str, why: str) -> None:
+    def refuse(self, doc_id: str, why: str) -> None:
         self.refused.append((doc_id, why))
         self.report(f"refused {doc_id!r}: {why}")
 
@@ -156,7 +183,7 @@ class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpF
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The job's options, on its own parser and on `serve-app ingest`'s."""
-    p.add_argument("path", type=Path, help="a folder of .txt/.md files, or a .jsonl file")
+    p.add_argument("path", type=Path, help="a folder of document files (.pdf .docx .html .md .txt), or a .jsonl file")
     p.add_argument("--app", default="serve_app", help="the app's name in its config file; the job calls the "
                    "VectorStore of its retrieval application, <app>-retrieval")
     p.add_argument("--batch-size", type=int, default=32, help="documents per call of the VectorStore deployment")
@@ -179,10 +206,13 @@ def run(ns: argparse.Namespace) -> int:
     from ray import serve
     from tqdm import tqdm
 
-    docs = list(iter_documents(ns.path))
+    unreadable: list[tuple[str, str]] = []  # files that could not be read: refused like invalid documents
+    docs = list(iter_documents(ns.path, lambda name, why: unreadable.append((name, why))))
     if not docs:
+        for name, why in unreadable:
+            print(f"refused {name!r}: {why}", file=sys.stderr)
         print(f"no documents under {ns.path}")
-        return 1
+        return 2 if unreadable else 1
     ray.init(address=ns.address or "auto", namespace="serve", log_to_driver=False)
     handle = serve.get_deployment_handle(VECTOR_STORE, app_name=component_app(ns.app, VECTOR_STORE))
     # The running app's limits, not this machine's defaults: its config may set others.
@@ -190,6 +220,8 @@ def run(ns: argparse.Namespace) -> int:
     size = min(ns.batch_size, limits.max_documents_per_request)
     send = lambda payload: call_blocking(handle, "ingest", payload, tenant=ns.tenant, timeout_s=300)  # noqa: E731
     job = Ingest(send, limits, ns.attempts, ns.backoff, report=lambda line: tqdm.write(line, file=sys.stderr))
+    for name, why in unreadable:
+        job.refuse(name, why)
     with tqdm(total=len(docs), unit="doc", desc="ingest", file=sys.stdout) as bar:
         for batch in batches(iter(docs), size):
             job.batch([d for d in batch if job.admit(d)])

@@ -37,6 +37,19 @@ class Document(_Model):
         return v
 
 
+class DocumentSection(_Model):
+    text: str
+    page: int | None = Field(None, ge=1)
+    section: str | None = Field(None, max_length=4096)
+
+
+class LocatedDocument(Document):
+    """A document read from a file (the ingest job, /v1/files): its text also as located sections, each
+    chunked on its own so its chunks know their page or heading path. Not part of POST /v1/documents."""
+
+    sections: list[DocumentSection] | None = None
+
+
 class IngestRequest(_Model):
     documents: list[Document] = Field(..., min_length=1)
 

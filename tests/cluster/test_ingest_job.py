@@ -11,6 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests import documents
+
 pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,7 +27,11 @@ def _corpus(folder: Path) -> int:
         (folder / ("guides" if i % 2 else ".") / f"{t}.md").write_text(f"# {t.title()}\n\n{body}\n")
     (folder / "empty.txt").write_text("   \n")
     (folder / "ignored.csv").write_text("a,b\n")
-    return len(topics)
+    # A PDF: read in the job's child process, each chunk with its page.
+    (folder / "reports").mkdir()
+    documents.pdf(folder / "reports" / "ice.pdf", ["Annual report of the observatory, first page: staff and budget.",
+                                                   "Second page: the Aletsch glacier retreated forty metres."])
+    return len(topics) + 1
 
 
 def _submit(cluster, folder):
@@ -52,7 +58,10 @@ def test_ray_job_ingest_is_searchable_and_idempotent(cluster):
         assert chunks_after_first == first["chunks"]
         hits = http.post("/v1/search", json={"query": "facts about glaciers", "top_k": 3}).json()["results"]
         assert hits[0]["document_id"] == "glaciers.md"
-        assert http.get("/v1/documents/guides/honeybees.md").json()["metadata"] == {"source": "guides/honeybees.md", "suffix": "md"}
+        assert http.get("/v1/documents/guides/honeybees.md").json()["metadata"] == {
+            "source": "guides/honeybees.md", "suffix": "md", "kind": "markdown"}
+        hits = http.post("/v1/search", json={"query": "Aletsch retreated forty metres", "top_k": 1}).json()["results"]
+        assert (hits[0]["document_id"], hits[0]["page"]) == ("reports/ice.pdf", 2)
 
         second = _submit(cluster, folder)
         assert second == first

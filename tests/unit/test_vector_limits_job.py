@@ -108,3 +108,25 @@ def test_a_failed_batch_is_retried_after_a_doubling_backoff_and_said_so(capsys):
     assert capsys.readouterr().err.splitlines() == [
         "batch failed (ServiceUnavailable: replica restarting); retry 1/3 in 1.5s",
         "batch failed (ServiceUnavailable: replica restarting); retry 2/3 in 3.0s"]
+
+
+def test_a_folder_of_files_is_read_by_kind_and_unreadable_files_are_reported(tmp_path):
+    from serve_app.jobs.ingest import iter_documents
+    from tests import documents
+
+    documents.pdf(tmp_path / "report.pdf", ["First page.", "Second page about ice."])
+    documents.docx(tmp_path / "memo.docx", [(1, "Memo"), (0, "Body.")])
+    (tmp_path / "page.html").write_text(documents.HTML)
+    (tmp_path / "notes.md").write_text("# Notes\n\nSome notes.\n")
+    (tmp_path / "empty.txt").write_text("  \n")
+    documents.encrypted_pdf(tmp_path / "locked.pdf")
+    documents.zip_bomb_docx(tmp_path / "bomb.docx")
+    (tmp_path / "fake.pdf").write_text("# Not a PDF\n")
+    refused = []
+    docs = {d.id: d for d in iter_documents(tmp_path, lambda name, why: refused.append((name, why)))}
+    assert set(docs) == {"report.pdf", "memo.docx", "page.html", "notes.md"}
+    assert [s.page for s in docs["report.pdf"].sections] == [1, 2]
+    assert docs["memo.docx"].metadata == {"source": "memo.docx", "suffix": "docx", "kind": "docx"}
+    assert docs["notes.md"].sections[0].section == "Notes" and "NAVMENU" not in docs["page.html"].text
+    assert sorted(name for name, _ in refused) == ["bomb.docx", "fake.pdf", "locked.pdf"]
+    assert all(why.startswith(f"{name}: ") for name, why in refused)
