@@ -224,19 +224,25 @@ def build(sections: list[Section], embedder, encoder, store, chunk_tokens: int, 
             "write_s": t_write - t_sparse}
 
 
-def rank(hits, relevant: str) -> int | None:
-    """1-based rank of ``relevant`` among the hits' distinct documents (first chunk counts), top K only."""
-    seen: list[str] = []
+def rank(hits, relevant, unit=lambda h: h.document_id) -> int | None:
+    """1-based rank of the first relevant unit among the hits' distinct units (documents by default: the first
+    chunk counts), top K only. ``relevant``: one unit, or a set of units that are each right (the pages a
+    section spans in benchmarks/quality_pdf.py)."""
+    right = relevant if isinstance(relevant, (set, frozenset)) else {relevant}
+    seen: list = []
     for h in hits:
-        if h.document_id not in seen:
-            seen.append(h.document_id)
-            if h.document_id == relevant:
+        u = unit(h)
+        if u not in seen:
+            seen.append(u)
+            if u in right:
                 return len(seen) if len(seen) <= K else None
     return None
 
 
-def evaluate(queries: list[tuple[str, str]], embedder, encoder, store, candidates: int) -> dict:
-    """Per mode: recall@1, recall@10, MRR@10 of (query text, relevant document id) pairs."""
+def evaluate(queries: list[tuple[str, object]], embedder, encoder, store, candidates: int,
+             unit=lambda h: h.document_id) -> dict:
+    """Per mode: recall@1, recall@10, MRR@10 of (query text, relevant unit) pairs; units are documents unless
+    ``unit`` says otherwise."""
     from serve_app.errors import InvalidRequest
 
     vectors = embedder.encode([q for q, _ in queries], 128)
@@ -251,7 +257,7 @@ def evaluate(queries: list[tuple[str, str]], embedder, encoder, store, candidate
                                     sparse=sparse if mode != "dense" else None, candidates=candidates)
             except InvalidRequest:  # a keyword query of stop words only: the app refuses it, a miss here
                 hits, refused = [], refused + 1
-            ranks.append(rank(hits, relevant))
+            ranks.append(rank(hits, relevant, unit))
         n = max(1, len(ranks))
         rr = [1 / r if r else 0.0 for r in ranks]
         mrr, se = _mean_se(rr)

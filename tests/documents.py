@@ -100,3 +100,12 @@ mountain institute, the largest loss since records began.</p>
 <h3>Causes</h3><p>Warmer summers melt the ice faster than winter snow can replace it, so the glaciers shrink
 year after year.</p></main><footer>FOOTERTEXT Copyright 2026 Example Corp. Privacy policy.</footer></body></html>
 """
+
+
+def html(title: str, blocks: list[tuple[int, str]]) -> str:
+    """A web page: navigation, a script and a footer around a main text of ``blocks`` ((heading level, text);
+    level 0 a paragraph)."""
+    body = "".join(f"<h{level}>{text}</h{level}>" if level else f"<p>{text}</p>" for level, text in blocks)
+    return (f"<!DOCTYPE html><html><head><title>{title}</title><script>var t = 'NAVSCRIPT';</script></head><body>"
+            f"<nav><a href='/'>Home</a> <a href='/menu'>NAVMENU</a></nav><main>{body}</main>"
+            "<footer>FOOTERTEXT Copyright 2026 Example Corp.</footer></body></html>")

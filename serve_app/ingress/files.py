@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import UploadFile
 
 from serve_app.calls.handles import call
-from serve_app.errors import AppError, NotFound, PayloadTooLarge, status_for
+from serve_app.errors import AppError, InvalidRequest, NotFound, PayloadTooLarge, status_for
 from serve_app.files.kinds import Kind, detect
 from serve_app.files.sandbox import ParseLimits, parse_in_child
 from serve_app.ingress.context import IngressContext
@@ -47,7 +47,10 @@ class Uploads:
 
     async def upload(self, tenant: str, upload: UploadFile, document_id: str | None) -> dict[str, Any]:
         db = self.db()
-        name = Path(upload.filename or "upload").name[:256] or "upload"
+        # The name as shown and stored: its last path part, printable characters only (a NUL cannot be stored).
+        name = "".join(ch for ch in Path(upload.filename or "").name if ch.isprintable())[:256] or "upload"
+        if document_id is not None and not document_id.isprintable():
+            raise InvalidRequest("document_id must be printable text", "document_id")
         if upload.size is not None and upload.size > self.s.max_bytes:
             raise PayloadTooLarge(f"{name} is {upload.size} bytes; files may have at most {self.s.max_bytes} "
                                   "(files.max_bytes)", "file")
@@ -64,7 +67,7 @@ class Uploads:
         row = await asyncio.to_thread(db.add, tenant, file_id, name, path.stat().st_size, kind, document_id or name)
         task = asyncio.get_running_loop().create_task(self._process(db, tenant, row, path, kind))
         _WORK.add(task)
-        task.add_done_callback(_WORK.discard)
+        task.add_done_callback(_settled)
         done, _ = await asyncio.wait({task}, timeout=self.s.wait_s)
         if done and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]  # the file's 4xx (or the tier's failure)
@@ -128,6 +131,14 @@ class Uploads:
         if out["status"] == ERROR:
             out["status_details"] = out["error"]["message"]
         return out
+
+
+def _settled(task: asyncio.Task) -> None:
+    """A finished upload's work: released, and its failure (written to the file's entry, and answered when the
+    upload was still waiting) read, so that asyncio does not report it as never retrieved."""
+    _WORK.discard(task)
+    if not task.cancelled():
+        task.exception()
 
 
 def _copy(upload: UploadFile, path: Path) -> None:
