@@ -21,7 +21,7 @@ EXTENSIONS: dict[str, Kind] = {".pdf": "pdf", ".docx": "docx", ".html": "html", 
                                ".md": "markdown", ".markdown": "markdown", ".txt": "text", ".text": "text"}
 _TEXT_FAMILY = {"markdown", "text"}
 _HEAD = 4096  # bytes read to tell the kind
-_HTML = re.compile(rb"^\s*(<\?xml[^>]*>\s*)?(<!--.*?-->\s*)*<(!doctype\s+html|html|head|body)[\s>]", re.I | re.S)
+_HTML_OPENINGS = (b"<!doctype html", b"<html", b"<head", b"<body")
 _MD_HEADING = re.compile(r"^#{1,6}\s+\S", re.M)
 NAMES = {"pdf": "PDF", "docx": "Word document", "html": "HTML page", "markdown": "Markdown", "text": "text"}
 
@@ -42,7 +42,7 @@ def detect(path: Path, name: str) -> Kind:
 def _sniff(path: Path, head: bytes, name: str) -> Kind:
     if not head.strip():
         raise UnsupportedFile(f"{name}: the file is empty", "file")
-    if head.startswith(b"%PDF-") or b"%PDF-" in head[:1024]:
+    if head.lstrip().startswith(b"%PDF-"):
         return "pdf"
     if head.startswith(b"PK\x03\x04"):
         try:
@@ -63,8 +63,23 @@ def _sniff(path: Path, head: bytes, name: str) -> Kind:
     except UnicodeDecodeError as exc:
         if exc.start < len(head) - 3:
             raise UnsupportedFile(f"{name}: not UTF-8 text, and no kind the app reads", "file") from None
-    if _HTML.match(head.lstrip(b"\xef\xbb\xbf")):
+    if _is_html(head):
         return "html"
     if Path(name).suffix.lower() in (".md", ".markdown") or _MD_HEADING.search(text):
         return "markdown"
     return "text"
+
+
+def _is_html(head: bytes) -> bool:
+    """Markup that opens as an HTML page: an XML declaration and comments may come first. A loop over the
+    comments, not a pattern, so a head of many comments costs one pass."""
+    rest = head.lstrip(b"\xef\xbb\xbf").lstrip()
+    if rest.startswith(b"<?xml"):
+        end = rest.find(b"?>")
+        rest = rest[end + 2:].lstrip() if end >= 0 else b""
+    while rest.startswith(b"<!--"):
+        end = rest.find(b"-->", 4)
+        rest = rest[end + 3:].lstrip() if end >= 0 else b""
+    opening = rest[:16].lower()
+    return any(opening.startswith(o) and opening[len(o):len(o) + 1] in (b" ", b">", b"\t", b"\n", b"\r")
+               for o in _HTML_OPENINGS)

@@ -15,7 +15,7 @@ from typing import Any
 from serve_app.errors import UnreadableFile
 from serve_app.files.kinds import Kind
 
-_ATX = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+_ATX = re.compile(r"^(#{1,6})[ \t]+(\S.*)$")  # the title's closing #s are stripped by hand: linear time
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _DOCX_HEADING = re.compile(r"^Heading (\d)$")
 
@@ -153,7 +153,7 @@ def markdown_sections(text: str) -> list[Section]:
         m = None if fenced else _ATX.match(line)
         if m:
             close()
-            _enter(headings, len(m.group(1)), m.group(2))
+            _enter(headings, len(m.group(1)), m.group(2).rstrip().rstrip("#").rstrip() or m.group(2).strip())
         lines.append(line)
     close()
     return sections

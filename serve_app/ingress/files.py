@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import UploadFile
 
 from serve_app.calls.handles import call
-from serve_app.errors import AppError, InvalidRequest, NotFound, PayloadTooLarge, status_for
+from serve_app.errors import AppError, Conflict, InvalidRequest, NotFound, PayloadTooLarge, status_for
 from serve_app.files.kinds import Kind, detect
 from serve_app.files.sandbox import ParseLimits, parse_in_child
 from serve_app.ingress.context import IngressContext
@@ -60,11 +60,13 @@ class Uploads:
         try:
             await asyncio.to_thread(_copy, upload, path)
             kind = await asyncio.to_thread(detect, path, name)
-        except BaseException:
+            file_id = f"file-{uuid.uuid4().hex[:24]}"
+            row = await asyncio.to_thread(db.add, tenant, file_id, name, path.stat().st_size, kind,
+                                          document_id or name)
+        except BaseException:  # refused, the store not answering, or the client gone: the copy goes
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        file_id = f"file-{uuid.uuid4().hex[:24]}"
-        row = await asyncio.to_thread(db.add, tenant, file_id, name, path.stat().st_size, kind, document_id or name)
+        # From here the background work owns the copy (and removes it).
         task = asyncio.get_running_loop().create_task(self._process(db, tenant, row, path, kind))
         _WORK.add(task)
         task.add_done_callback(_settled)
@@ -75,7 +77,8 @@ class Uploads:
 
     async def _process(self, db: FileStore, tenant: str, row: dict[str, Any], path: Path, kind: Kind) -> None:
         s = self.s
-        limits = ParseLimits(s.parse_timeout_s, s.parse_memory_mb << 20, s.max_expanded_mb << 20)
+        limits = ParseLimits(s.parse_timeout_s, s.parse_memory_mb << 20, s.max_expanded_mb << 20,
+                             self.ctx.settings.vector.max_document_chars)
         try:
             sections = await parse_in_child(path, row["filename"], kind, limits)
             doc = {"id": row["document_id"], "text": "\n\n".join(x["text"] for x in sections),
@@ -83,8 +86,8 @@ class Uploads:
             check_documents([doc], self.ctx.settings.vector)
             vector = self.ctx.retrieval.vector
             [written] = await call(vector, "ingest", [doc], tenant=tenant, timeout_s=INGEST_TIMEOUT_S)
-            await asyncio.to_thread(db.finish, row["id"], PROCESSED,
-                                    {"chunks": written["chunks"], "unchanged": written["unchanged"]})
+            await asyncio.to_thread(db.finish, row["id"], PROCESSED, {
+                "chunks": written["chunks"], "unchanged": written["unchanged"], "version": written["version"]})
         except Exception as exc:  # cancelled (the replica stopping): the row reads as interrupted later
             known = isinstance(exc, AppError)
             error = {"status": status_for(exc) if known else 500,
@@ -109,13 +112,18 @@ class Uploads:
         return {"object": "list", "data": [self._shown(r) for r in rows[:limit]], "has_more": len(rows) > limit}
 
     async def delete(self, tenant: str, file_id: str) -> dict[str, Any]:
-        """The file's entry, and the document it became (when it still is this tenant's)."""
+        """The file's entry, and the document it became while it still holds this file's content (not when a
+        later upload or a POST /v1/documents has replaced it since)."""
         found = await self.get(tenant, file_id)
+        if found["status"] == UPLOADED:
+            raise Conflict(f"the file {file_id} is still being read and written: delete it once its status is "
+                           "processed or error")
         if found["status"] == PROCESSED:
             try:
-                await self.ctx.retrieval.call("delete_document", found["document_id"], tenant=tenant)
+                await self.ctx.retrieval.call("delete_document", found["document_id"], tenant=tenant,
+                                              version=found.get("version"))
             except NotFound:
-                pass  # deleted through /v1/documents already
+                pass  # deleted, or replaced by other content, since
         await asyncio.to_thread(self.db().delete, tenant, file_id)
         return {"id": file_id, "object": "file", "deleted": True}
 

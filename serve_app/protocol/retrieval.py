@@ -58,6 +58,7 @@ class IngestedDocument(BaseModel):
     id: str
     chunks: int
     unchanged: bool = Field(False, description="The same content was stored already: nothing was written.")
+    version: str | None = Field(None, description="The document's version: a hash of its content.")
 
 
 class IngestResponse(BaseModel):

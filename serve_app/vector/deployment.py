@@ -136,7 +136,7 @@ class VectorStoreServer:
         self.store = make_store(self.s, self.dim, self.keywords)
         self._unindexed = 0
         self._index_task: asyncio.Task | None = None
-        # Writes one at a time: a document's replacement (upsert, then drop the tail) must not interleave
+        # Writes one at a time: a document's replacement (hide, write, switch, drop the old) must not interleave
         # with another write of the same document.
         self._write_lock = asyncio.Lock()
         self._chunk_lock = asyncio.Lock()
@@ -150,7 +150,9 @@ class VectorStoreServer:
         check_documents(documents, self.s)
         versions = [self._version(d) for d in documents]
         live = await asyncio.to_thread(self.store.get_records, tenant, [d["id"] for d in documents])
-        unchanged = [(r := live.get(d["id"])) is not None and r.live and r.version == v
+        # Unchanged: that version live and whole (one a cut-short write left hidden versions beside goes through
+        # replace_document, which puts it right).
+        unchanged = [(r := live.get(d["id"])) is not None and r.live and r.version == v and not r.hidden
                      for d, v in zip(documents, versions, strict=True)]
         todo = [d for d, same in zip(documents, unchanged, strict=True) if not same]
         # Off the event loop: tokenizing a document of a million characters takes most of a second, and every
@@ -178,8 +180,8 @@ class VectorStoreServer:
             written[d["id"]] = len(chunks)
         self._unindexed += len(texts)
         self._maybe_index()
-        return [{"id": d["id"], "chunks": written[d["id"]] if not same else live[d["id"]].chunks, "unchanged": same}
-                for d, same in zip(documents, unchanged, strict=True)]
+        return [{"id": d["id"], "chunks": written[d["id"]] if not same else live[d["id"]].chunks, "unchanged": same,
+                 "version": v} for d, same, v in zip(documents, unchanged, versions, strict=True)]
 
     def _version(self, d: dict[str, Any]) -> str:
         """The document's content hash: its text and metadata, and what its chunks depend on (chunking and
@@ -237,9 +239,10 @@ class VectorStoreServer:
         record, chunks = found
         return document_view(document_id, chunks, record.metadata)
 
-    async def delete_document(self, document_id: str, *, tenant: str) -> dict[str, Any]:
+    async def delete_document(self, document_id: str, *, tenant: str, version: str | None = None) -> dict[str, Any]:
+        """``version``: delete only while that version is the live one (a file's delete: serve_app/ingress/files.py)."""
         async with self._write_lock:
-            n = await asyncio.to_thread(self.store.delete_document, tenant, document_id)
+            n = await asyncio.to_thread(self.store.delete_document, tenant, document_id, version)
         if not n:
             raise NotFound(f"document {document_id!r} does not exist", "id")
         return {"id": document_id, "deleted": True, "chunks": n}

@@ -98,7 +98,7 @@ class QdrantEdgeStore(VectorStore):
 
     def _filter(self, tenant: str, document_id=None, metadata: dict[str, Any] | None = None,
                 document_ids: list[str] | None = None, version: str | None = None,
-                not_version: str | None = None, hidden: list[str] | None = None, pending: bool = False):
+                not_version: str | None = None, hidden: dict[str, list[str]] | None = None, pending: bool = False):
         """The tenant's points matching the other conditions: the tenant is always the first condition."""
         qe = self._qe
         must = [qe.FieldCondition(key="tenant", match=qe.MatchValue(tenant))]
@@ -111,8 +111,9 @@ class QdrantEdgeStore(VectorStore):
             must.append(qe.FieldCondition(key="version", match=qe.MatchValue(version)))
         if not_version is not None:
             must_not.append(qe.FieldCondition(key="version", match=qe.MatchValue(not_version)))
-        if hidden:
-            must_not.append(qe.FieldCondition(key="version", match=qe.MatchAny(list(hidden))))
+        for doc, versions in (hidden or {}).items():  # a document's hidden versions, that document's only
+            must_not.append(qe.Filter(must=[qe.FieldCondition(key="document_id", match=qe.MatchValue(doc)),
+                                            qe.FieldCondition(key="version", match=qe.MatchAny(list(versions)))]))
         if pending:  # records that hide versions
             must_not.append(qe.IsEmptyCondition("hidden"))
         for key, value in (metadata or {}).items():
@@ -228,7 +229,8 @@ class QdrantEdgeStore(VectorStore):
                                                             payload=include)]
 
     def pending_records(self, tenant: str, limit: int) -> list[DocumentRecord]:
-        return self._scroll_records(self._filter(tenant, pending=True), limit)
+        include = self._qe.PayloadSelector.Include(["document_id", "hidden", "tenant"])
+        return self._scroll_records(self._filter(tenant, pending=True), limit, payload=include)
 
     def list_records(self, tenant: str, limit: int, after: str | None = None) -> list[DocumentRecord]:
         # Scroll pages start at a point id (inclusive): from the record of ``after``, which is then dropped.

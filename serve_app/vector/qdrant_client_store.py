@@ -51,7 +51,8 @@ _PAGE = 256  # chunks per scroll page and per write of the keyword backfill
 
 def _payload_filter(models, tenant: str, document_id: str | None = None, metadata: dict[str, Any] | None = None,
                     document_ids: list[str] | None = None, version: str | None = None,
-                    not_version: str | None = None, hidden: list[str] | None = None, pending: bool = False):
+                    not_version: str | None = None, hidden: dict[str, list[str]] | None = None,
+                    pending: bool = False):
     """The tenant's points matching the other conditions: the tenant is always the first condition."""
     must = [models.FieldCondition(key="tenant", match=models.MatchValue(value=tenant))]
     must_not = []
@@ -63,8 +64,9 @@ def _payload_filter(models, tenant: str, document_id: str | None = None, metadat
         must.append(models.FieldCondition(key="version", match=models.MatchValue(value=version)))
     if not_version is not None:
         must_not.append(models.FieldCondition(key="version", match=models.MatchValue(value=not_version)))
-    if hidden:
-        must_not.append(models.FieldCondition(key="version", match=models.MatchAny(any=list(hidden))))
+    for doc, versions in (hidden or {}).items():  # a document's hidden versions, that document's only
+        must_not.append(models.Filter(must=[models.FieldCondition(key="document_id", match=models.MatchValue(value=doc)),
+                                            models.FieldCondition(key="version", match=models.MatchAny(any=versions))]))
     if pending:  # records that hide versions
         must_not.append(models.IsEmptyCondition(is_empty=models.PayloadField(key="hidden")))
     for key, value in (metadata or {}).items():
@@ -281,7 +283,8 @@ class QdrantClientStore(VectorStore):
         return [r.document_id for r in self._scroll_records(flt, limit, payload=["document_id"])]
 
     def pending_records(self, tenant: str, limit: int) -> list[DocumentRecord]:
-        return self._scroll_records(_payload_filter(self._m, tenant, pending=True), limit)
+        return self._scroll_records(_payload_filter(self._m, tenant, pending=True), limit,
+                                    payload=["document_id", "hidden", "tenant"])
 
     def list_records(self, tenant: str, limit: int, after: str | None = None) -> list[DocumentRecord]:
         # Scroll pages start at a point id (inclusive): from the record of ``after``, which is then dropped.

@@ -30,9 +30,6 @@ keyword prefetch fused by reciprocal rank (RRF)."""
 from __future__ import annotations
 
 import abc
-import hashlib
-import json
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
@@ -41,6 +38,7 @@ import numpy as np
 from serve_app.errors import Conflict, InvalidRequest
 from serve_app.protocol.retrieval import SearchMode
 from serve_app.vector.chunker import chunk_id
+from serve_app.vector.ids import content_version, record_id  # noqa: F401 - record_id re-exported
 from serve_app.vector.keywords import KeywordEncoder, Sparse
 
 SEARCH_MODES: tuple[SearchMode, ...] = get_args(SearchMode)
@@ -56,26 +54,6 @@ LEGACY_VERSION = "legacy"
 # ``hidden`` is not empty while its document is in the middle of a write: every search reads those first.
 CHUNK_INDEXES = {"tenant": "tenant", "document_id": "keyword", "version": "keyword", "position": "integer"}
 RECORD_INDEXES = {"tenant": "tenant", "document_id": "keyword", "hidden": "keyword"}
-
-# Fixed namespaces: the same ids on every machine and run, so writing a document's record again overwrites it.
-# Documents of the keyless tenant ("") keep the ids they had before tenants existed.
-_RECORDS = uuid.UUID("6f0c4a52-6a4e-4c8e-9a8e-2b1f1c0de002")
-_TENANT_RECORDS = uuid.UUID("6f0c4a52-6a4e-4c8e-9a8e-2b1f1c0de003")
-
-
-def record_id(document_id: str, tenant: str = "") -> str:
-    if not tenant:
-        return str(uuid.uuid5(_RECORDS, document_id))
-    # Tenant names never contain NUL (protocol/keys.py's pattern): the pair maps to one string only.
-    return str(uuid.uuid5(_TENANT_RECORDS, f"{tenant}\x00{document_id}"))
-
-
-def content_version(document_id: str, parts: list[str], metadata: dict[str, Any]) -> str:
-    """A document's version: a hash of its id (two documents with the same text never share a version, so
-    hiding one hides only its own chunks), content and metadata."""
-    digest = hashlib.sha256(json.dumps([document_id, parts, metadata], sort_keys=True).encode())
-    return digest.hexdigest()[:24]
-
 
 def records_name(collection: str) -> str:
     """The records' collection (or Edge shard folder) next to a chunks' collection."""
@@ -210,10 +188,10 @@ class VectorStore(abc.ABC):
         mode: SearchMode = "dense",
         sparse: Sparse | None = None,
         candidates: int | None = None,
-        hidden: list[str] | None = None,
+        hidden: dict[str, list[str]] | None = None,
     ) -> list[StoredChunk]:
-        """Top-k chunks of the tenant (of the given documents only when ``document_ids`` is given; none of the
-        versions in ``hidden``), the conditions inside the query. ``mode``:
+        """Top-k chunks of the tenant (of the given documents only when ``document_ids`` is given; none of a
+        document's versions in ``hidden``, document id -> versions), the conditions inside the query. ``mode``:
         dense: by cosine similarity to ``vector``; ``score_threshold`` and ``exact`` apply to it alone.
         keyword: by BM25 of the query's keyword vector ``sparse`` (empty: no hits; ``vector`` unused).
         hybrid: one query, the dense and the keyword top ``hybrid_candidates(top_k, candidates)`` (each
@@ -247,7 +225,8 @@ class VectorStore(abc.ABC):
 
     @abc.abstractmethod
     def pending_records(self, tenant: str, limit: int) -> list[DocumentRecord]:
-        """The tenant's records that hide versions (writes and deletes under way or cut short)."""
+        """The tenant's records that hide versions (writes and deletes under way or cut short): their document
+        ids and hidden versions at least."""
 
     @abc.abstractmethod
     def list_records(self, tenant: str, limit: int, after: str | None = None) -> list[DocumentRecord]:
@@ -273,10 +252,14 @@ class VectorStore(abc.ABC):
         when that version is already the live one."""
         version = version or content_version(document_id, [c.text for c in chunks], metadata or {})
         old = self.record(tenant, document_id)
-        if old is not None and old.live and old.version == version:
-            return False
         if old is not None and old.hidden:  # a write or delete cut short: keep only the live version's chunks
             self.delete_chunks(tenant, document_id, keep_version=old.version if old.live else None)
+            if old.live and old.version == version:  # and it was this version: put right, nothing to write
+                old.hidden = []
+                self.put_record(old)
+                return False
+        if old is not None and old.live and old.version == version:
+            return False
         base = old if old is not None and old.live else DocumentRecord(document_id, tenant=tenant)
         # 1. The new version hidden, then written.
         self.put_record(DocumentRecord(document_id, base.metadata, base.chunks, tenant, base.version, [version]))
@@ -295,12 +278,13 @@ class VectorStore(abc.ABC):
             self.put_record(switched)
         return True
 
-    def delete_document(self, tenant: str, document_id: str) -> int:
+    def delete_document(self, tenant: str, document_id: str, version: str | None = None) -> int:
         """Hide every version, delete the chunks, then the record (a delete cut short leaves a record that hides
         its chunks: absent to every read, and put right by the next write or delete). The live version's
-        chunk count (0: the tenant has no such document)."""
+        chunk count (0: the tenant has no such document, or ``version`` is given and is not the live one: then
+        nothing is deleted)."""
         old = self.record(tenant, document_id)
-        if old is None:
+        if old is None or (version is not None and not (old.live and old.version == version)):
             return 0
         if old.version and old.version not in old.hidden:
             self.put_record(DocumentRecord(document_id, old.metadata, old.chunks, tenant, old.version,
@@ -351,15 +335,27 @@ class VectorStore(abc.ABC):
                     "filter")
             if not ids:
                 return []
-        # Versions under a write or delete: few at any time (one per document being written).
-        hidden = sorted({v for r in self.pending_records(tenant, max_filter_documents) for v in r.hidden})
-        hits = self.search_chunks(tenant, vector, top_k, ids, score_threshold, exact, mode=mode, sparse=sparse,
-                                  candidates=candidates, hidden=hidden)
+        # A write that switches a document between reading its records and the query could leave the query
+        # with a version already hidden and one not yet live: the records are read again after the query, and
+        # the search done once more if a document's hidden versions changed meanwhile.
+        hidden = self._hidden(tenant, max_filter_documents)
+        for _ in range(2):
+            hits = self.search_chunks(tenant, vector, top_k, ids, score_threshold, exact, mode=mode, sparse=sparse,
+                                      candidates=candidates, hidden=hidden)
+            now = self._hidden(tenant, max_filter_documents)
+            if now == hidden:
+                break
+            hidden = now
         records = self.get_records(tenant, sorted({h.document_id for h in hits})) if hits else {}
-        for h in hits:
-            record = records.get(h.document_id)
-            h.metadata = dict(record.metadata) if record else {}
-        return hits
+        # Each hit of its document's live version only: a write concurrent with the query never shows a mix.
+        live = [h for h in hits if (r := records.get(h.document_id)) is not None and r.live and h.version == r.version]
+        for h in live:
+            h.metadata = dict(records[h.document_id].metadata)
+        return live
+
+    def _hidden(self, tenant: str, limit: int) -> dict[str, list[str]]:
+        """The versions no search may see, per document: few at any time (the documents being written)."""
+        return {r.document_id: sorted(r.hidden) for r in self.pending_records(tenant, limit)}
 
     def check_mode(self, mode: SearchMode, vector: np.ndarray | None, sparse: Sparse | None) -> None:
         """Refuse a search this collection or these arguments cannot answer (search and search_chunks)."""

@@ -59,7 +59,8 @@ def test_search_ranks_relevant_first(http, ingested):
     hits = r.json()["results"]
     assert len(hits) == 2 and hits[0]["document_id"] == "paris"
     assert hits[0]["score"] >= hits[1]["score"]
-    assert set(hits[0]) == {"document_id", "chunk_id", "position", "text", "score", "metadata"}
+    assert set(hits[0]) == {"document_id", "chunk_id", "position", "text", "score", "metadata", "page", "section"}
+    assert hits[0]["page"] is None and hits[0]["section"] is None  # a plain document has no place
 
 
 def test_search_modes_dense_keyword_and_hybrid(http, ingested):

@@ -105,12 +105,13 @@ class _Vector:
     def __init__(self):
         self.written = []
         self.ingest = Method(self._ingest)
-        self.delete_document = Method(lambda document_id, tenant: self.written.append(("delete", document_id)) or
-                                      {"id": document_id, "deleted": True, "chunks": 1})
+        self.delete_document = Method(lambda document_id, tenant, version: self.written.append(
+            ("delete", document_id, version)) or {"id": document_id, "deleted": True, "chunks": 1})
 
     def _ingest(self, docs, tenant):
         self.written.append((tenant, docs))
-        return [{"id": d["id"], "chunks": len(d["sections"]), "unchanged": False} for d in docs]
+        return [{"id": d["id"], "chunks": len(d["sections"]), "unchanged": False, "version": f"v-{d['id']}"}
+                for d in docs]
 
 
 @pytest.fixture
@@ -140,7 +141,9 @@ def test_an_upload_becomes_one_located_document(uploads, tmp_path):
     r = http.post("/v1/files", files={"file": ("notes.md", MARKDOWN.encode())}, data={"document_id": "kb/notes"})
     assert r.json()["document_id"] == "kb/notes" and r.json()["kind"] == "markdown"
     assert http.delete(f"/v1/files/{body['id']}").json()["deleted"] is True
-    assert vector.written[-1] == ("delete", "guide.docx") and http.get(body["status_url"]).status_code == 404
+    # The document goes only while it holds this file's version.
+    assert vector.written[-1] == ("delete", "guide.docx", "v-guide.docx")
+    assert http.get(body["status_url"]).status_code == 404
 
 
 def test_bad_uploads_are_4xx_and_write_nothing(uploads, tmp_path):

@@ -1,11 +1,7 @@
-"""Every vector-store backend behaves the same: same data gives the same exact top-k ids and scores, the same filters,
-replacement without duplicates or leftovers, deletion, and data that survives reopening. And the same layout: a
-document's metadata is stored once, in its record, never in its chunks' payloads; hits and reads get it from the
-record; a filter is resolved against the records (bounded), then the chunks are searched; replacing or deleting a
-document keeps its record consistent. Keyword (BM25) and hybrid (RRF of a dense and a keyword prefetch, in one
-query) searches rank alike on every backend, filters restrict both prefetches, and a keyword query of stop words
-alone is refused (400, param "query"). The remote backend shares its code with 'local' (both are qdrant-client); a
-Qdrant server is never mocked: set SERVE_APP_TEST_QDRANT_URL to a server to run these tests on it too."""
+"""Every vector-store backend behaves the same: exact top-k, filters, replacement, deletion, reopening; metadata
+stored once, in the record (filters resolved against the records first); keyword (BM25) and hybrid (RRF) searches
+ranked alike, filters on both prefetches, stop-word queries refused (400). Tenants and versions:
+test_store_tenants.py. A Qdrant server is never mocked: SERVE_APP_TEST_QDRANT_URL runs these on one too."""
 
 import os
 import uuid
@@ -94,8 +90,7 @@ def _exact(vecs, chunks, q, k, keep=lambda c: True):
     return [_key(chunks[i]) for i in order], [float(scores[i]) for i in order]
 
 
-def _key(c):
-    """A chunk as searches and reads name it across writes: chunk ids also derive from the version."""
+def _key(c):  # a chunk across writes (its id derives from the document's version too)
     return (c.document_id, c.position)
 
 
@@ -360,9 +355,9 @@ def test_filters_restrict_keyword_and_hybrid(kw_store):
     # "zeppelin" is only in kw1 (odd): nothing among the even documents.
     assert _keyword(kw_store, "zeppelin", filter=even) == []
     hits = _keyword(kw_store, "harbour", filter=even)
+
     def keep(c):
         return _kw_meta(c.document_id) == even
-
     assert {_key(h) for h in hits} == {_key(c) for c in chunks if "harbour" in c.text.lower() and keep(c)}
     # Hybrid: both prefetches filtered, so every hit is an even document's, fused from the filtered rankings.
     q, text, n = vecs[2], "harbour boats", 4

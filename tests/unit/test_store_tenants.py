@@ -145,3 +145,55 @@ def test_a_write_cut_short_leaves_the_old_version_and_is_put_right(store):
     # The next write of the document removes what the cut-short one left.
     _write(store, "t", "doc", ["newest"], _unit(rng, 1))
     assert store.count() == 1 and [c.text for c in store.document_chunks("t", "doc")[1]] == ["newest"]
+
+
+def test_hiding_is_per_document_and_stray_versions_are_never_hits(store):
+    """Documents migrated from before versions share the version "legacy": writing one hides its own legacy
+    chunks only. Chunks of a version that is not their document's live one never come back as hits."""
+    rng = np.random.default_rng(5)
+    for doc in ("one", "two"):
+        store.replace_document(doc, _chunks(doc, [f"harbour {doc}"]), _unit(rng, 1), {}, tenant="t", version="legacy")
+    seen = []
+    upsert = store.upsert
+
+    def spy(*args, **kwargs):
+        upsert(*args, **kwargs)
+        seen.append({h.document_id for h in store.search(None, 10, mode="keyword", sparse=ENC.query("harbour"),
+                                                         tenant="t")})
+
+    store.upsert = spy
+    _write(store, "t", "one", ["harbour one again"], _unit(rng, 1))
+    assert seen == [{"one", "two"}]
+    store.upsert = upsert
+    # A stray chunk of another version of "two" (as a concurrent write would leave for a moment).
+    store.upsert([StoredChunk("5f0c4a52-6a4e-4c8e-9a8e-2b1f1c0de0ff", "two", 1, "harbour stray", "t", "other")],
+                 _unit(rng, 1))
+    assert "harbour stray" not in {h.text for h in store.search(np.ones(DIM, np.float32), 10, exact=True, tenant="t")}
+
+
+def test_the_same_content_again_puts_right_a_write_cut_short_after_its_switch(store):
+    rng = np.random.default_rng(6)
+    _write(store, "t", "doc", ["old one", "old two"], _unit(rng, 2))
+    delete = store.delete_chunks
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    store.delete_chunks = crash  # the new version is live, the old chunks not yet deleted
+    with pytest.raises(RuntimeError):
+        _write(store, "t", "doc", ["new"], _unit(rng, 1))
+    store.delete_chunks = delete
+    assert store.count() == 3 and store.pending_records("t", 10)
+    assert [h.text for h in store.search(np.ones(DIM, np.float32), 10, exact=True, tenant="t")] == ["new"]
+    assert not _write(store, "t", "doc", ["new"], _unit(rng, 1))  # the same content: nothing new written
+    assert store.count() == 1 and store.pending_records("t", 10) == []
+
+
+def test_a_delete_naming_a_version_deletes_only_that_version(store):
+    rng = np.random.default_rng(7)
+    _write(store, "t", "doc", ["first"], _unit(rng, 1))
+    version = store.record("t", "doc").version
+    _write(store, "t", "doc", ["second"], _unit(rng, 1))
+    assert store.delete_document("t", "doc", version) == 0 and store.document_chunks("t", "doc") is not None
+    assert store.delete_document("t", "doc", store.record("t", "doc").version) == 1
+    assert store.document_chunks("t", "doc") is None

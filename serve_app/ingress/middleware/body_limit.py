@@ -28,7 +28,7 @@ class BodyLimitMiddleware:
             return
         ctx = ingress_context(scope)
         max_bytes = ctx.settings.ingress.max_body_bytes if ctx is not None else self.default_max_bytes
-        if ctx is not None and scope["method"] == "POST" and scope["path"] == UPLOADS:
+        if ctx is not None and ctx.settings.files.enabled and scope["method"] == "POST" and scope["path"] == UPLOADS:
             # A file upload: multipart, streamed to disk by Starlette, bounded by the files' own limit (and the
             # multipart framing around the file).
             max_bytes = ctx.settings.files.max_bytes + _FRAMING
