@@ -30,7 +30,7 @@ def scanned_pdf(path: Path, n: int = 2) -> Path:
     doc = FPDF()
     for i in range(n):
         doc.add_page()
-        doc.set_fill_color(40 * i, 90, 160)
+        doc.set_fill_color((40 * i) % 256, 90, 160)
         doc.rect(20, 20, 150, 200, style="F")
     doc.output(str(path))
     return path

@@ -28,10 +28,12 @@ class BodyLimitMiddleware:
             return
         ctx = ingress_context(scope)
         max_bytes = ctx.settings.ingress.max_body_bytes if ctx is not None else self.default_max_bytes
+        what = "request body"
         if ctx is not None and ctx.settings.files.enabled and scope["method"] == "POST" and scope["path"] == UPLOADS:
             # A file upload: multipart, streamed to disk by Starlette, bounded by the files' own limit (and the
-            # multipart framing around the file).
+            # multipart framing around the file). Refused before its parts are read, so before its name is known.
             max_bytes = ctx.settings.files.max_bytes + _FRAMING
+            what = f"file upload (files.max_bytes: {ctx.settings.files.max_bytes} bytes per file)"
         for key, value in scope.get("headers", ()):
             if key == b"content-length":
                 try:
@@ -39,7 +41,7 @@ class BodyLimitMiddleware:
                 except ValueError:
                     declared = 0
                 if declared > max_bytes:
-                    await refuse(send, 413, f"request body is larger than {max_bytes} bytes")
+                    await refuse(send, 413, f"{what} is larger than {max_bytes} bytes")
                     return
         seen = 0
 
@@ -51,7 +53,7 @@ class BodyLimitMiddleware:
                 if seen > max_bytes:
                     # Raised into whoever reads the body. An HTTPException, because FastAPI's body parsing
                     # re-raises those but turns anything else into a generic 400.
-                    raise HTTPException(413, f"request body is larger than {max_bytes} bytes")
+                    raise HTTPException(413, f"{what} is larger than {max_bytes} bytes")
             return message
 
         await self.app(scope, limited_receive, send)
